@@ -1,0 +1,200 @@
+"""Typed run configuration: defaults, YAML in, command-line flags on top, resolved YAML out.
+
+Every key of `TrainConfig` can come from a YAML file (`--config`) or a flag; flags win. The run folder
+keeps the resolved `config.yaml`, so `facetl train --config RUN/config.yaml --out NEW` reruns it.
+Validation reports every bad key at once, before any work starts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from facetl.errors import FacetlError
+
+AUGMENTATIONS = ("flip", "jitter", "rotate", "none")
+STRATEGY_HELP = "frozen | last-block | from:K (layer index or module name) | full"
+
+
+@dataclass
+class TrainConfig:
+    # data
+    data: str | None = None              # class-folder root, CSV table or list_attr_celeba.txt
+    images: str | None = None            # image folder for a table
+    target: str | None = None            # attribute column for a table
+    positive: str | None = None          # positive class name (two classes)
+    split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
+    split_file: str | None = None        # reuse this split.csv (sweeps share one split)
+    limit: int | None = None             # stratified subset of this many images (quick runs)
+    duplicates: str = "drop"             # exact duplicate files with conflicting labels: keep|drop|error
+    img_size: int | None = None          # None: the backbone's pretrained input size
+    normalize: list[float] | None = None  # [mean, std] or [m1,m2,m3,s1,s2,s3]; None: backbone's
+    augment: list[str] = field(default_factory=list)
+    # model
+    backbone: str = "mobilenet_v2"
+    weights: str = "imagenet"            # imagenet | none | auto | PATH (state dict or run folder)
+    head: str = "linear"                 # linear | mlp | vgg
+    strategy: str = "frozen"
+    dropout: float = 0.5
+    # training
+    lr: float = 1e-4
+    epochs: int = 10
+    batch_size: int = 32
+    seed: int = 0
+    device: str = "auto"                 # auto | cpu | cuda | mps
+    precision: str = "auto"              # auto | fp32 | bf16 | fp16
+    select: str = "val_loss"             # val_loss | val_acc
+    scheduler: str = "none"              # none | cosine
+    # speed
+    cache: bool = True                   # decoded-image and frozen-feature caches
+    cache_dir: str | None = None         # default: ~/.cache/facetl or $FACETL_CACHE
+    cache_views: int = 0                 # augmented views stored per image when augmenting with jitter/rotate
+    workers: int | None = None           # decode processes; None: one per core
+    out: str | None = None               # run folder
+
+    def check(self) -> None:
+        """Raise one FacetlError listing every invalid value."""
+        problems = []
+        if self.data is None:
+            problems.append("data: required (a class-folder root or an attribute table)")
+        if len(self.split) != 3 or any(p < 0 for p in self.split) or abs(sum(self.split) - 1) > 1e-6:
+            problems.append(f"split: need three non-negative fractions summing to 1, got {self.split}")
+        elif self.split[0] == 0 or self.split[1] == 0:
+            problems.append("split: train and validation fractions must be above 0")
+        choices = {
+            "duplicates": ("keep", "drop", "error"),
+            "head": ("linear", "mlp", "vgg"),
+            "device": ("auto", "cpu", "cuda", "mps"),
+            "precision": ("auto", "fp32", "bf16", "fp16"),
+            "select": ("val_loss", "val_acc"),
+            "scheduler": ("none", "cosine"),
+        }
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                problems.append(f"{key}: {getattr(self, key)!r} is not one of {', '.join(allowed)}")
+        for aug in self.augment:
+            name, _, arg = aug.partition(":")
+            if name not in AUGMENTATIONS or (arg and (name != "rotate" or not _is_number(arg))):
+                problems.append(f"augment: unknown augmentation {aug!r} (flip, jitter, rotate[:DEGREES], none)")
+        if not (self.strategy in ("frozen", "last-block", "full") or self.strategy.startswith("from:")):
+            problems.append(f"strategy: {self.strategy!r} is not one of {STRATEGY_HELP}")
+        if self.normalize is not None and len(self.normalize) not in (2, 6):
+            problems.append("normalize: give MEAN,STD or three means and three stds")
+        for key, low in (("epochs", 1), ("batch_size", 1), ("lr", 0), ("cache_views", 0)):
+            value = getattr(self, key)
+            if value < low or (key == "lr" and value == 0):
+                problems.append(f"{key}: {value} is out of range (must be {'>' if key == 'lr' else '>='} {low})")
+        if self.img_size is not None and self.img_size < 8:
+            problems.append(f"img_size: {self.img_size} is too small (at least 8)")
+        if self.limit is not None and self.limit < 10:
+            problems.append(f"limit: {self.limit} is too small (at least 10)")
+        if not 0 <= self.dropout < 1:
+            problems.append(f"dropout: {self.dropout} must be in [0, 1)")
+        if problems:
+            raise FacetlError("invalid configuration: " + "; ".join(problems))
+
+    @property
+    def augmentations(self) -> list[str]:
+        return [a for a in self.augment if a != "none"]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+_HINTS = typing.get_type_hints(TrainConfig)
+
+
+def coerce(key: str, value):
+    """Convert a YAML or command-line value to the type of `key`; raise ValueError with a reason."""
+    hint = _HINTS[key]
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    base = next((a for a in args if a is not type(None)), hint) if args and typing.get_origin(hint) is not list else hint
+    if value is None or (isinstance(value, str) and value.lower() in ("null", "none") and optional and base is not str):
+        if optional:
+            return None
+        raise ValueError("may not be empty")
+    origin = typing.get_origin(base)
+    if origin is list:
+        (item,) = typing.get_args(base)
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"expected a list, got {value!r}")
+        return [_scalar(item, v) for v in value]
+    return _scalar(base, value)
+
+
+def _scalar(kind, value):
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ValueError(f"expected true or false, got {value!r}")
+    if kind is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError(f"expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"expected an integer, got {value!r}") from None
+    if kind is float:
+        if isinstance(value, bool):
+            raise ValueError(f"expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"expected a number, got {value!r}") from None
+    if kind is str:
+        if isinstance(value, (dict, list)):
+            raise ValueError(f"expected text, got {value!r}")
+        return str(value).strip()
+    raise TypeError(kind)
+
+
+def build_config(values: dict, base: TrainConfig | None = None) -> TrainConfig:
+    """Apply `values` on top of `base`, reporting unknown keys and wrong types all at once."""
+    config = dataclasses.replace(base) if base else TrainConfig()
+    problems = []
+    for key, value in values.items():
+        name = key.replace("-", "_")
+        if name not in FIELDS:
+            problems.append(f"{key}: unknown key")
+            continue
+        try:
+            setattr(config, name, coerce(name, value))
+        except ValueError as exc:
+            problems.append(f"{key}: {exc}")
+    if problems:
+        raise FacetlError("invalid configuration: " + "; ".join(problems))
+    return config
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FacetlError(f"config file not found: {path}")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
+    except yaml.YAMLError as exc:
+        raise FacetlError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise FacetlError(f"config file {path} must be a mapping of key: value")
+    return values
+
+
+def dump_yaml(config: TrainConfig) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

@@ -1,0 +1,1 @@
+"""Data path: files -> (path, label) table -> decoded uint8 store -> split -> batches."""

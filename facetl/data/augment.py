@@ -1,0 +1,82 @@
+"""Training-time augmentation on whole batches of tensors, and turning stored uint8 into model input.
+
+Augmenting a batch at once (instead of one PIL image at a time) is what lets training read straight
+from the decoded store. Every random draw comes from the generator passed in, so a seeded epoch is
+the same with or without the feature cache.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+JITTER = 0.2  # brightness, contrast and saturation factors drawn from [1 - 0.2, 1 + 0.2]
+DEFAULT_ROTATION = 10.0
+
+
+def to_float(batch: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """(B, H, W, 3) uint8 -> (B, 3, H, W) float in [0, 1], channels_last in memory."""
+    x = torch.as_tensor(np.ascontiguousarray(batch)).to(device, non_blocking=True)
+    return x.permute(0, 3, 1, 2).float().div_(255.0).contiguous(memory_format=torch.channels_last)
+
+
+def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    return (x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+
+
+class BatchAugment:
+    """flip, jitter and rotate[:DEGREES] applied per sample to a float batch in [0, 1]."""
+
+    def __init__(self, names: list[str]):
+        self.flip = "flip" in names
+        self.jitter = "jitter" in names
+        self.rotation = 0.0
+        for name in names:
+            if name.startswith("rotate"):
+                _, _, degrees = name.partition(":")
+                self.rotation = float(degrees) if degrees else DEFAULT_ROTATION
+
+    @property
+    def active(self) -> bool:
+        return self.flip or self.jitter or self.rotation > 0
+
+    @property
+    def flip_only(self) -> bool:
+        return self.flip and not self.jitter and self.rotation == 0
+
+    @staticmethod
+    def draw_flips(n: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.rand(n, generator=generator) < 0.5
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator,
+                 flips: torch.Tensor | None = None) -> torch.Tensor:
+        n = x.shape[0]
+        if self.flip:
+            flips = self.draw_flips(n, generator) if flips is None else flips
+            x = torch.where(flips.to(x.device).view(n, 1, 1, 1), x.flip(3), x)
+        if self.jitter:
+            x = self._jitter(x, generator)
+        if self.rotation > 0:
+            x = self._rotate(x, generator)
+        return x
+
+    def _jitter(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        n = x.shape[0]
+        factors = (1 + (torch.rand(3, n, generator=generator) * 2 - 1) * JITTER).to(x.device).view(3, n, 1, 1, 1)
+        brightness, contrast, saturation = factors
+        x = (x * brightness).clamp(0, 1)
+        grey = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+        x = ((x - grey.mean(dim=(2, 3), keepdim=True)) * contrast + grey.mean(dim=(2, 3), keepdim=True)).clamp(0, 1)
+        grey = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+        return ((x - grey) * saturation + grey).clamp(0, 1)
+
+    def _rotate(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        n = x.shape[0]
+        angles = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(self.rotation)
+        cos, sin = torch.cos(angles), torch.sin(angles)
+        theta = torch.zeros(n, 2, 3)
+        theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = cos, -sin, sin, cos
+        grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

@@ -1,0 +1,62 @@
+"""Decoding one image file into a square uint8 RGB array, whatever the file throws at us."""
+from __future__ import annotations
+
+import hashlib
+import warnings
+from io import BytesIO
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+# Files above this many pixels are refused rather than decoded: a decompression bomb would take the
+# machine's memory. 8K x 8K is far beyond any face photo.
+MAX_PIXELS = 64_000_000
+
+
+class UnreadableImage(Exception):
+    """The file is not a decodable image; the message says why."""
+
+
+def decode_image(path: Path, size: int) -> tuple[np.ndarray, str]:
+    """Return the image resized to (size, size, 3) uint8 and the SHA-1 of the file's bytes."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise UnreadableImage(exc.strerror or str(exc)) from None
+    digest = hashlib.sha1(data).hexdigest()
+    if not data:
+        raise UnreadableImage("empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(BytesIO(data)) as image:
+                if image.width * image.height > MAX_PIXELS:
+                    raise UnreadableImage(f"too large ({image.width}x{image.height} pixels)")
+                image.draft("RGB", (size, size))  # JPEG: decode at a reduced scale when much larger
+                image = ImageOps.exif_transpose(image)
+                image = _to_rgb(image)
+                image = image.resize((size, size), Image.BILINEAR)
+                return np.asarray(image, dtype=np.uint8), digest
+    except UnreadableImage:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise UnreadableImage(f"too large ({exc})") from None
+    except Exception as exc:  # PIL raises many types for broken files
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UnreadableImage(f"cannot decode: {reason}") from None
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        # 16-bit and float greyscale: scale the real range to 8 bits instead of clipping to white
+        values = np.asarray(image, dtype=np.float64)
+        top = values.max() or 1.0
+        image = Image.fromarray(np.clip(values / top * 255.0, 0, 255).astype(np.uint8), "L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        # composite transparent pixels on white, as image viewers show them
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image.convert("RGBA"))
+    return image.convert("RGB")

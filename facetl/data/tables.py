@@ -1,0 +1,109 @@
+"""Attribute tables: a CelebA30k-style CSV or CelebA's own `list_attr_celeba.txt`.
+
+Both become Samples with two classes, `not_<target>` (value -1 or 0) and `<target>` (value 1).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from facetl.data.samples import Samples
+from facetl.errors import FacetlError
+
+FILENAME_COLUMNS = ("filename", "file", "image", "image_id", "path")
+
+
+def read_table(path: Path) -> tuple[list[str], list[str], list[list[str]]]:
+    """Return (attribute names, file names, value rows) from either table format."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise FacetlError(f"{path} is not a text table (not UTF-8)") from None
+    except OSError as exc:
+        raise FacetlError(f"cannot read table {path}: {exc.strerror}") from None
+    lines = text.splitlines()
+    first = next((line.strip() for line in lines if line.strip()), "")
+    if first.isdigit():
+        return _read_celeba_txt(path, lines)
+    return _read_csv(path, text)
+
+
+def _read_celeba_txt(path: Path, lines: list[str]) -> tuple[list[str], list[str], list[list[str]]]:
+    lines = [line for line in lines if line.strip()]
+    declared = int(lines[0])
+    if len(lines) < 2:
+        raise FacetlError(f"{path}: CelebA attribute file has no header line")
+    names = lines[1].split()
+    files, rows = [], []
+    for number, line in enumerate(lines[2:], start=3):
+        fields = line.split()
+        if len(fields) != len(names) + 1:
+            raise FacetlError(f"{path} line {number}: expected a file name and {len(names)} values, "
+                              f"found {len(fields)} fields")
+        files.append(fields[0])
+        rows.append(fields[1:])
+    if declared != len(rows):
+        warnings.warn(f"{path.name}: count line says {declared} images, the file has {len(rows)} rows; "
+                      "using the rows")
+    return names, files, rows
+
+
+def _read_csv(path: Path, text: str) -> tuple[list[str], list[str], list[list[str]]]:
+    reader = csv.reader(io.StringIO(text))
+    records = [row for row in reader if any(cell.strip() for cell in row)]
+    if not records:
+        raise FacetlError(f"{path} is empty")
+    header = [h.strip() for h in records[0]]
+    lowered = [h.lower() for h in header]
+    file_col = next((lowered.index(c) for c in FILENAME_COLUMNS if c in lowered), 0)
+    names = [h for i, h in enumerate(header) if i != file_col]
+    files, rows = [], []
+    for number, record in enumerate(records[1:], start=2):
+        record = record + [""] * (len(header) - len(record))
+        files.append(record[file_col].strip())
+        rows.append([v.strip() for i, v in enumerate(record[: len(header)]) if i != file_col])
+    return names, files, rows
+
+
+def read_attribute_table(path: Path, target: str, images: Path | None) -> Samples:
+    names, files, rows = read_table(path)
+    if target not in names:
+        close = [n for n in names if n.lower() == target.lower()]
+        hint = f" (did you mean {close[0]}?)" if close else f"; columns are: {', '.join(names[:45])}"
+        raise FacetlError(f"column {target!r} not found in {path}{hint}")
+    column = names.index(target)
+    images = images or path.parent
+    if not images.is_dir():
+        raise FacetlError(f"image folder not found: {images} (give it with --images DIR)")
+
+    paths, labels, missing_value, seen = [], [], 0, set()
+    for number, (name, row) in enumerate(zip(files, rows), start=1):
+        value = row[column]
+        if value == "" or not name:
+            missing_value += 1
+            continue
+        label = {"1": 1, "-1": 0, "0": 0, "1.0": 1, "-1.0": 0, "0.0": 0}.get(value)
+        if label is None:
+            raise FacetlError(f"{path}: row {number} ({name}) has {target}={value!r}; "
+                              "attribute values must be 1, 0 or -1")
+        if name in seen:
+            warnings.warn(f"{path.name}: {name} is listed more than once; using its first row")
+            continue
+        seen.add(name)
+        paths.append(name)
+        labels.append(label)
+    if missing_value:
+        warnings.warn(f"{path.name}: skipped {missing_value} row(s) with no file name or no {target} value")
+
+    absent = [p for p in paths if not (images / p).is_file()]
+    if absent:
+        more = f" and {len(absent) - 1} more" if len(absent) > 1 else ""
+        raise FacetlError(f"image named in {path.name} not found: {images / absent[0]}{more}")
+    labels = np.asarray(labels, dtype=np.int64)
+    if len(np.unique(labels)) < 2:
+        raise FacetlError(f"{target} has a single value in {path.name}; nothing to learn")
+    return Samples(images, paths, labels, [f"not_{target}", target])

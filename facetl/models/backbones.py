@@ -1,0 +1,115 @@
+"""Backbone adapters: one contract for every feature extractor facetl trains on.
+
+A backbone is an `nn.Module` whose `features` is an `nn.Sequential` of units run in order, so that the
+frozen-feature cache can store the output of any prefix `features[:k]`. It also says:
+  - `block_starts`: where each block starts in `features` (the last one is what `last-block` trains);
+  - `channels`: channels of the final feature map;
+  - `flat_pool`: the pooling the MLP heads flatten (VGG keeps its 7x7 grid: 25088 features);
+  - `mean`, `std`, `input_size`: the preprocessing its pretrained weights expect.
+Only this file reaches inside torchvision and timm models.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from facetl.models.registry import register_backbone
+from facetl.models.weights import load_imagenet_torchvision, load_imagenet_timm, load_state_file
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Backbone(nn.Module):
+    def __init__(self, name: str, features: nn.Sequential, block_starts: list[int], channels: int,
+                 flat_pool: nn.Module, mean=IMAGENET_MEAN, std=IMAGENET_STD, input_size: int = 224):
+        super().__init__()
+        self.name = name
+        self.features = features
+        self.block_starts = block_starts
+        self.channels = channels
+        self.flat_pool = flat_pool
+        self.mean, self.std, self.input_size = tuple(mean), tuple(std), input_size
+        self.pretrained = False  # set by weight loading; reports say 'no pretraining' when False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def flat_dim(self, img_size: int) -> int:
+        with torch.no_grad():
+            probe = self.features(torch.zeros(1, 3, img_size, img_size))
+            return self.flat_pool(probe).flatten(1).shape[1]
+
+
+def _torchvision(name: str, weights: str, build, weights_enum, block_starts, channels, flat_pool):
+    model = build(weights=None)
+    if weights == "imagenet":
+        model.load_state_dict(load_imagenet_torchvision(name, weights_enum))
+    backbone = Backbone(name, model.features, block_starts, channels, flat_pool)
+    if weights not in ("imagenet", "none"):
+        load_state_file(backbone, weights)
+    backbone.pretrained = weights != "none"
+    return backbone
+
+
+@register_backbone
+def vgg16(weights: str) -> Backbone:
+    from torchvision.models import VGG16_Weights, vgg16 as build
+
+    # blocks end at each max-pool: features[0:5], [5:10], [10:17], [17:24], [24:31] ('last block' = [24:])
+    return _torchvision("vgg16", weights, build, VGG16_Weights.IMAGENET1K_V1, [0, 5, 10, 17, 24], 512,
+                        nn.AdaptiveAvgPool2d((7, 7)))
+
+
+@register_backbone
+def vgg19(weights: str) -> Backbone:
+    from torchvision.models import VGG19_Weights, vgg19 as build
+
+    return _torchvision("vgg19", weights, build, VGG19_Weights.IMAGENET1K_V1, [0, 5, 10, 19, 28], 512,
+                        nn.AdaptiveAvgPool2d((7, 7)))
+
+
+@register_backbone
+def mobilenet_v2(weights: str) -> Backbone:
+    from torchvision.models import MobileNet_V2_Weights, mobilenet_v2 as build
+
+    # blocks are the resolution stages (each starts at a stride-2 unit), as VGG's blocks end at a pool;
+    # the last block, features[14:], holds the last three 160-channel units, the 320 unit and the 1x1 conv.
+    return _torchvision("mobilenet_v2", weights, build, MobileNet_V2_Weights.IMAGENET1K_V1,
+                        [0, 2, 4, 7, 14], 1280, nn.AdaptiveAvgPool2d(1))
+
+
+class _TimmTrunk(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_features(x)
+
+
+class TimmBackbone(Backbone):
+    """Any timm model, as one unit: its blocks come from timm's own coarse parameter grouping."""
+
+    def __init__(self, name: str, weights: str):
+        import timm
+
+        if weights == "imagenet":
+            model = load_imagenet_timm(name)
+        else:
+            model = timm.create_model(name, pretrained=False, num_classes=0)
+        cfg = model.pretrained_cfg
+        super().__init__(name, nn.Sequential(_TimmTrunk(model)), [0], model.num_features,
+                         nn.AdaptiveAvgPool2d(1), cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD),
+                         cfg.get("input_size", (3, 224, 224))[-1])
+        if weights not in ("imagenet", "none"):
+            load_state_file(self, weights)
+        self.pretrained = weights != "none"
+
+    def last_block_parameters(self) -> set[str]:
+        from timm.models import group_parameters
+
+        model = self.features[0].model
+        groups = group_parameters(model, model.group_matcher(coarse=True))
+        last = max(k for k in groups if k < 1e9)  # timm files head parameters under a huge group id
+        return {f"features.0.model.{n}" for n in groups[last]}

@@ -1,0 +1,86 @@
+"""Which backbone layers train: frozen, last-block, from:K, full.
+
+Layers are the backbone's leaf modules in forward order (conv, batch norm, activation, ...), numbered
+from 0; `facetl backbones NAME` prints them. `from:K` trains layer K onward; `from:NAME` trains from
+the module NAME (e.g. `features.14`) onward. Frozen batch-norm layers also keep their running
+statistics (they stay in eval mode), as timm's `freeze` does.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from facetl.errors import FacetlError
+
+
+@dataclass
+class Plan:
+    strategy: str
+    first_trainable: int | None   # index of the first trainable layer; None when the backbone is frozen
+    cut: int                      # features[:cut] is wholly frozen, so its output can be cached
+    trainable_params: int
+    total_params: int
+
+    def describe(self) -> str:
+        return (f"strategy {self.strategy}: {self.trainable_params:,} of {self.total_params:,} parameters "
+                f"trainable; frozen prefix features[:{self.cut}]")
+
+
+def backbone_layers(backbone: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(f"features.{name}", m) for name, m in backbone.features.named_modules()
+            if name and not list(m.children())]
+
+
+def first_trainable_layer(backbone: nn.Module, strategy: str) -> int | None:
+    layers = backbone_layers(backbone)
+    if strategy == "frozen":
+        return None
+    if strategy == "full":
+        return 0
+    if strategy == "last-block":
+        if hasattr(backbone, "last_block_parameters"):
+            wanted = backbone.last_block_parameters()
+            for i, (name, module) in enumerate(layers):
+                if any(f"{name}.{p}" in wanted for p, _ in module.named_parameters()):
+                    return i
+            raise FacetlError(f"cannot find the last block of {backbone.name}")
+        start = f"features.{backbone.block_starts[-1]}"
+        return next(i for i, (name, _) in enumerate(layers) if name == start or name.startswith(start + "."))
+    if strategy.startswith("from:"):
+        where = strategy[len("from:"):]
+        if where.lstrip("-").isdigit():
+            k = int(where)
+            if not 0 <= k < len(layers):
+                raise FacetlError(f"strategy {strategy}: {backbone.name} has layers 0 to {len(layers) - 1} "
+                                  f"(list them with: facetl backbones {backbone.name})")
+            return k
+        for i, (name, _) in enumerate(layers):
+            if name == where or name.startswith(where + "."):
+                return i
+        raise FacetlError(f"strategy {strategy}: {backbone.name} has no module {where!r} "
+                          f"(list them with: facetl backbones {backbone.name})")
+    raise FacetlError(f"unknown strategy {strategy!r}; choose frozen, last-block, from:K or full")
+
+
+def apply_strategy(model: nn.Module, strategy: str) -> Plan:
+    """Set requires_grad and the frozen batch-norm list on `model` (a FaceClassifier)."""
+    backbone = model.backbone
+    layers = backbone_layers(backbone)
+    first = first_trainable_layer(backbone, strategy)
+    frozen_bn = []
+    for i, (_, module) in enumerate(layers):
+        trainable = first is not None and i >= first
+        for p in module.parameters(recurse=False):
+            p.requires_grad_(trainable)
+        if not trainable and isinstance(module, nn.modules.batchnorm._BatchNorm):
+            frozen_bn.append(module)
+    model.frozen_batchnorm = frozen_bn
+    if first is None:
+        cut = len(backbone.features)
+    else:
+        cut = int(layers[first][0].split(".")[1])  # the top-level unit holding the first trainable layer
+    model.train(model.training)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return Plan(strategy, first, cut, trainable, total)

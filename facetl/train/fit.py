@@ -1,0 +1,207 @@
+"""A training run from a config to a finished run folder: `fit(config) -> RunResult`.
+
+Read top to bottom, one image's path is: file list -> decoded store -> split -> (frozen prefix, cached
+or not) -> trainable part -> history, checkpoints -> test metrics, plots, report.
+
+Every epoch is seeded by (seed, epoch), so a resumed run draws the same data order, augmentation
+and dropout as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from facetl.config import TrainConfig, dump_yaml
+from facetl.data.augment import BatchAugment
+from facetl.data.prepare import prepare_data, read_samples
+from facetl.errors import FacetlError
+from facetl.evaluate.report import write_evaluation
+from facetl.models import build_model
+from facetl.runfolder import (RunLock, atomic_torch_save, atomic_write_csv, atomic_write_json, atomic_write_text,
+                              prepare_run_folder)
+from facetl.train.loop import NonFiniteLoss, evaluate, train_one_epoch
+from facetl.train.sources import ImageSource, Precision, open_feature_source
+
+HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"]
+
+
+@dataclass
+class RunResult:
+    folder: Path
+    metrics: dict
+    history: list[dict]
+    run_info: dict
+
+
+class RunLog:
+    """Prints a line (above any progress bar) and appends it to the run's train.log."""
+
+    def __init__(self, path: Path | None, quiet: bool = False):
+        self.path, self.quiet = path, quiet
+
+    def __call__(self, message: str) -> None:
+        from tqdm import tqdm
+
+        if not self.quiet:
+            tqdm.write(message, file=sys.stdout)
+        if self.path is not None:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(f"{datetime.now():%Y-%m-%d %H:%M:%S} {message}\n")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise FacetlError("--device cuda: no CUDA GPU is available (use --device cpu or auto)")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise FacetlError("--device mps: Apple's MPS is not available (use --device cpu or auto)")
+    return torch.device(name)
+
+
+def default_out(config: TrainConfig) -> str:
+    return f"runs/{config.backbone}-{config.strategy.replace(':', '')}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def fit(config: TrainConfig, resume: bool = False, progress: bool = True, quiet: bool = False) -> RunResult:
+    config.check()
+    folder = prepare_run_folder(config.out or default_out(config))
+    config.out = str(folder)
+    with RunLock(folder):
+        return _fit_locked(config, folder, resume, progress, RunLog(folder / "train.log", quiet))
+
+
+def _fit_locked(config: TrainConfig, folder: Path, resume: bool, progress: bool, log: RunLog) -> RunResult:
+    checkpoint = _load_resume_point(folder) if resume else None
+    if not resume and (folder / "last.pt").exists():
+        raise FacetlError(f"{folder} already holds a run; continue it with --resume {folder} or choose a new --out")
+    atomic_write_text(folder / "config.yaml", dump_yaml(config))
+
+    # 1. the model before the data: its pretrained configuration decides image size and normalisation
+    samples = read_samples(config)
+    torch.manual_seed(config.seed)
+    model, plan, img_size = build_model(config, len(samples.class_names), log)
+    data = prepare_data(config, samples, img_size, folder, log, progress)
+    device = resolve_device(config.device)
+    precision = Precision(config.precision, device)
+    model.to(device, memory_format=torch.channels_last)
+    mean, std = data.normalization(model.backbone)
+    log(f"model: {config.backbone} + {config.head} head, {model.weights_note}; {plan.describe()}")
+    log(f"device {device}, precision {precision.name}, image size {img_size}, normalisation mean {mean} std {std}")
+
+    # 2. inputs of the trainable part: stored prefix outputs when the prefix is frozen, else computed now
+    augment = BatchAugment(config.augmentations)
+    train_index, val_index, test_index = data.index("train"), data.index("val"), data.index("test")
+    use_cache = config.cache and plan.cut > 0 and (not augment.active or augment.flip_only or config.cache_views > 0)
+    on_the_fly = ImageSource(data.store.images, model, plan.cut, mean, std, augment, device, precision)
+    if use_cache:
+        cached = open_feature_source(model, plan.cut, data.store.images, data.store.key,
+                                     np.concatenate([train_index, val_index, test_index]), train_index, mean, std,
+                                     augment, config.cache_views, config.seed, device, precision,
+                                     data.cache_dir, max(config.batch_size, 64), progress)
+        train_source = eval_source = cached
+    else:
+        train_source = eval_source = on_the_fly
+    data_note = train_source.description
+    if not use_cache and plan.cut > 0:
+        data_note += (" (--no-cache)" if not config.cache else
+                      " (jitter/rotate change every epoch; --cache-views K stores K views instead)")
+    log(f"data path: {data_note}")
+
+    # 3. optimiser over what trains; scheduler per epoch
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=config.lr)
+    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+                 if config.scheduler == "cosine" else None)
+    scaler = precision.scaler()
+    history: list[dict] = []
+    best = {"epoch": None, "score": None}
+    start_epoch, train_seconds = 1, 0.0
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        if scheduler is not None and checkpoint.get("scheduler"):
+            scheduler.load_state_dict(checkpoint["scheduler"])
+        history, best = checkpoint["history"], checkpoint["best"]
+        start_epoch, train_seconds = checkpoint["epoch"] + 1, checkpoint["train_seconds"]
+        log(f"resuming after epoch {checkpoint['epoch']}")
+
+    run_info = {
+        "title": f"{config.backbone} {config.strategy} on {Path(config.data).name}"
+                 + (f" ({config.target})" if config.target else ""),
+        "weights_note": model.weights_note, "trainable_params": plan.trainable_params,
+        "total_params": plan.total_params, "data_path_note": data_note, "img_size": img_size,
+        "mean": list(mean), "std": list(std), "class_names": data.class_names, "cut": plan.cut,
+        "precision": precision.name, "device": str(device),
+    }
+
+    # 4. epochs
+    for epoch in range(start_epoch, config.epochs + 1):
+        began = time.perf_counter()
+        generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+        torch.manual_seed(config.seed * 100_003 + epoch)  # dropout
+        try:
+            train = train_one_epoch(model, train_source, data.labels, train_index, optimizer, scaler, precision,
+                                    plan.cut, config.batch_size, generator, f"epoch {epoch}/{config.epochs}",
+                                    progress)
+        except NonFiniteLoss as exc:
+            kept = "best.pt and last.pt keep the last good epoch" if history else "no epoch finished"
+            raise FacetlError(f"stopped at epoch {epoch}: {exc}; {kept}. Try a lower --lr") from None
+        val = evaluate(model, eval_source, data.labels, val_index, precision, plan.cut, config.batch_size * 2,
+                       "validate", progress)
+        if scheduler is not None:
+            scheduler.step()
+        seconds = time.perf_counter() - began
+        train_seconds += seconds
+        row = {"epoch": epoch, "train_loss": train["loss"], "train_acc": train["acc"], "val_loss": val["loss"],
+               "val_acc": val["acc"], "seconds": seconds}
+        history.append(row)
+        score = -val["loss"] if config.select == "val_loss" else val["acc"]
+        improved = best["score"] is None or score > best["score"]
+        if improved:
+            best = {"epoch": epoch, "score": score}
+        log(f"epoch {epoch:>3}/{config.epochs}  train loss {train['loss']:.4f} acc {train['acc']:.4f}  "
+            f"val loss {val['loss']:.4f} acc {val['acc']:.4f}  {seconds:.1f}s" + ("  *best" if improved else ""))
+        meta = {"config": config.to_dict(), "run_info": run_info, "epoch": epoch, "history": history, "best": best,
+                "train_seconds": train_seconds}
+        if improved:
+            atomic_torch_save(folder / "best.pt", {"model": model.state_dict(), **meta})
+        atomic_torch_save(folder / "last.pt", {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                               "scheduler": scheduler.state_dict() if scheduler else None, **meta})
+        atomic_write_csv(folder / "history.csv", HISTORY_COLUMNS,
+                         [[h[c] if c == "epoch" else f"{h[c]:.6f}" for c in HISTORY_COLUMNS] for h in history])
+
+    # 5. the test split, once, with the best epoch's weights
+    model.load_state_dict(torch.load(folder / "best.pt", map_location=device, weights_only=False)["model"])
+    run_info.update({"best_epoch": best["epoch"], "train_seconds": round(train_seconds, 2)})
+    atomic_write_json(folder / "run.json", run_info)
+    final_split, final_index = ("test", test_index) if len(test_index) else ("val", val_index)
+    result = evaluate(model, eval_source, data.labels, final_index, precision, plan.cut, config.batch_size * 2,
+                      final_split, progress)
+    metrics = write_evaluation(folder, final_split, data.labels[final_index], result["probs"],
+                               data.store.images[np.sort(final_index)][np.argsort(np.argsort(final_index))],
+                               data.class_names, history, run_info, config.to_dict())
+    log(f"{final_split}: accuracy {metrics['accuracy']:.4f}  F1 {metrics['f1']:.4f}  ROC-AUC "
+        f"{metrics['roc_auc'] if metrics['roc_auc'] is None else round(metrics['roc_auc'], 4)}  "
+        f"train {train_seconds:.1f}s  report {folder / 'report.md'}")
+    return RunResult(folder, metrics, history, run_info)
+
+
+def _load_resume_point(folder: Path) -> dict:
+    path = folder / "last.pt"
+    if not path.is_file():
+        raise FacetlError(f"nothing to resume in {folder}: no last.pt (did the run finish its first epoch?)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise FacetlError(f"cannot read {path}: {str(exc).splitlines()[0][:160]}") from None

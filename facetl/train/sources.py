@@ -1,0 +1,189 @@
+"""Where the trainable part of the model gets its inputs: computed now, or read from the feature cache.
+
+The model is split at `plan.cut`: `features[:cut]` is frozen, the rest trains. Both sources hand the
+trainable part the output of the frozen prefix, drawing the same random numbers in the same order, so
+a seeded run gives the same numbers with or without the cache:
+  - `ImageSource` decodes nothing (the image store did that), augments the batch and runs the prefix;
+  - `FeatureSource` reads prefix outputs computed once and stored memory-mapped, one slot per view
+    (plain; plain + flipped for `flip`; K augmented views for `--cache-views K`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from facetl.data.augment import BatchAugment, normalize, to_float
+from facetl.errors import FacetlError
+
+
+class Precision:
+    """Autocast settings for a device: fp32, bf16 or fp16 (fp16 trains with a gradient scaler)."""
+
+    def __init__(self, name: str, device: torch.device):
+        if name == "auto":
+            name = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else (
+                "fp16" if device.type == "cuda" else "fp32")
+        if name == "fp16" and device.type == "cpu":
+            raise FacetlError("--precision fp16 needs a GPU; use bf16 or fp32 on the CPU")
+        self.name = name
+        self.device = device
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(name)
+
+    def autocast(self):
+        if self.dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def scaler(self):
+        return torch.amp.GradScaler(self.device.type, enabled=self.name == "fp16")
+
+
+class ImageSource:
+    def __init__(self, images: np.ndarray, model, cut: int, mean, std, augment: BatchAugment,
+                 device: torch.device, precision: Precision):
+        self.images, self.model, self.cut = images, model, cut
+        self.mean = torch.tensor(mean, device=device)
+        self.std = torch.tensor(std, device=device)
+        self.augment, self.device, self.precision = augment, device, precision
+        self.description = ("frozen part computed every batch" if cut > 0 else "whole backbone trains")
+
+    def batch(self, index: np.ndarray, generator: torch.Generator | None) -> torch.Tensor:
+        x = to_float(self.images[np.sort(index)][np.argsort(np.argsort(index))], self.device)
+        if generator is not None and self.augment.active:
+            x = self.augment(x, generator)
+        x = normalize(x, self.mean, self.std)
+        if self.cut == 0:
+            return x
+        with torch.inference_mode(), self.precision.autocast():
+            return self.model.forward_prefix(x, self.cut).float().clone()
+
+
+class FeatureSource:
+    """Stored prefix outputs: a plain row for every image, extra rows (views) for training images."""
+
+    def __init__(self, features: np.ndarray, plain_row: np.ndarray, extra_rows: np.ndarray, views: str,
+                 device: torch.device, description: str):
+        self.features = features      # (rows, C, H, W)
+        self.plain_row = plain_row    # store index -> row of its plain view
+        self.extra_rows = extra_rows  # (extra views, store index) -> row
+        self.views = views            # 'plain' | 'flip' | 'random'
+        self.device = device
+        self.description = description
+
+    def batch(self, index: np.ndarray, generator: torch.Generator | None) -> torch.Tensor:
+        if generator is None or self.views == "plain":
+            rows = self.plain_row[index]
+        elif self.views == "flip":
+            flips = BatchAugment.draw_flips(len(index), generator).numpy()
+            rows = np.where(flips, self.extra_rows[0, index], self.plain_row[index])
+        else:
+            view = torch.randint(self.extra_rows.shape[0], (len(index),), generator=generator).numpy()
+            rows = self.extra_rows[view, index]
+        order = np.argsort(rows)  # read the memory map in file order, then put rows back in batch order
+        z = np.empty((len(rows),) + self.features.shape[1:], dtype=self.features.dtype)
+        z[order] = self.features[rows[order]]
+        return torch.from_numpy(z).to(self.device).float().contiguous(memory_format=torch.channels_last)
+
+
+def prefix_fingerprint(model, cut: int) -> str:
+    """Hash of the frozen prefix's weights: any weight source (ImageNet, seed, file) gets its own cache."""
+    digest = hashlib.sha256()
+    for name, tensor in model.backbone.features[:cut].state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def open_feature_source(model, cut: int, images: np.ndarray, store_key: str, index: np.ndarray,
+                        train_index: np.ndarray, mean, std, augment: BatchAugment, cache_views: int, seed: int,
+                        device: torch.device, precision: Precision, cache_dir: Path, batch_size: int,
+                        progress: bool = True) -> FeatureSource:
+    """Compute (or reopen) the frozen prefix's output: plain for `index`, extra views for `train_index`."""
+    if not augment.active:
+        views, extra, description = "plain", 0, "features cached (no augmentation)"
+    elif augment.flip_only:
+        views, extra, description = "flip", 1, "features cached as plain and flipped views (exact for flip)"
+    else:
+        views, extra = "random", cache_views
+        description = (f"features cached as {cache_views} augmented views per training image, one drawn per "
+                       f"image and epoch (--cache-views {cache_views}): augmentation is not fresh each epoch")
+    store_dtype = np.float32 if precision.dtype is None else np.float16
+    key_text = json.dumps([store_key, prefix_fingerprint(model, cut), cut, list(mean), list(std), views, extra,
+                           str(augment.__dict__), seed if views == "random" else 0, precision.name,
+                           hashlib.sha256(index.tobytes() + b"|" + train_index.tobytes()).hexdigest()])
+    key = hashlib.sha256(key_text.encode()).hexdigest()[:24]
+
+    plain_row = np.full(len(images), -1, dtype=np.int64)
+    plain_row[index] = np.arange(len(index))
+    extra_rows = np.full((extra, len(images)), -1, dtype=np.int64)
+    jobs = [(0, index)]  # (view, store indices), rows assigned in job order
+    for v in range(extra):
+        extra_rows[v, train_index] = len(index) + v * len(train_index) + np.arange(len(train_index))
+        jobs.append((v + 1, train_index))
+    shape = (len(index) + extra * len(train_index),) + _prefix_shape(model, cut, images.shape[1], device)
+
+    final = Path(cache_dir) / "features" / key
+    if not (final / "meta.json").is_file():
+        _build_features(final, key_text, shape, store_dtype, jobs, images, model, cut, mean, std, augment, views,
+                        seed, device, precision, batch_size, progress)
+    else:
+        description += ", reused from cache"
+    feats = np.memmap(final / "features.bin", dtype=store_dtype, mode="r", shape=shape)
+    return FeatureSource(feats, plain_row, extra_rows, views, device, description)
+
+
+def _build_features(final: Path, key_text: str, shape, store_dtype, jobs, images, model, cut, mean, std,
+                    augment, views, seed, device, precision, batch_size, progress) -> None:
+    final.parent.mkdir(parents=True, exist_ok=True)
+    building = Path(tempfile.mkdtemp(prefix=f"{final.name}.building-", dir=final.parent))
+    try:
+        feats = np.memmap(building / "features.bin", dtype=store_dtype, mode="w+", shape=shape)
+        mean_t, std_t = torch.tensor(mean, device=device), torch.tensor(std, device=device)
+        generator = torch.Generator().manual_seed(seed + 7919)
+        was_training = model.training
+        model.eval()
+        bar = tqdm(total=shape[0], desc="caching frozen features", unit="img", disable=not progress, leave=False)
+        row = 0
+        for view, index in jobs:
+            for start in range(0, len(index), batch_size):
+                batch = index[start:start + batch_size]
+                x = to_float(images[batch], device)
+                if view > 0 and views == "flip":
+                    x = x.flip(3)
+                elif view > 0:
+                    x = augment(x, generator)
+                x = normalize(x, mean_t, std_t)
+                with torch.inference_mode(), precision.autocast():
+                    feats[row:row + len(batch)] = model.forward_prefix(x, cut).float().cpu().numpy()
+                row += len(batch)
+                bar.update(len(batch))
+        bar.close()
+        model.train(was_training)
+        feats.flush()
+        del feats
+        (building / "meta.json").write_text(json.dumps({"key": key_text, "shape": list(shape)}))
+        try:
+            os.rename(building, final)
+        except OSError:  # built meanwhile by another process: use theirs
+            shutil.rmtree(building, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+
+
+def _prefix_shape(model, cut: int, size: int, device: torch.device) -> tuple[int, ...]:
+    with torch.inference_mode():
+        was = model.training
+        model.eval()
+        shape = tuple(model.forward_prefix(torch.zeros(1, 3, size, size, device=device), cut).shape[1:])
+        model.train(was)
+    return shape
