@@ -73,3 +73,11 @@ def stratified_limit(samples: Samples, limit: int | None, seed: int) -> Samples:
     keep, _ = train_test_split(np.arange(len(samples)), train_size=limit, random_state=seed,
                                stratify=samples.labels if min(samples.counts().values()) >= 2 else None)
     return samples.take(np.sort(keep))
+
+
+def data_root(config) -> Path:
+    """The folder split.csv paths are relative to: the class-folder root, or a table's image folder."""
+    path = Path(config.data).expanduser()
+    if path.is_dir():
+        return path
+    return Path(config.images).expanduser() if config.images else path.parent

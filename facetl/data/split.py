@@ -73,7 +73,12 @@ def make_split(samples: Samples, hashes: list[str], fractions: list[float], seed
         try:
             return train_test_split(ids, train_size=fraction_kept, random_state=seed, stratify=stratify)
         except ValueError:
+            pass
+        try:
             return train_test_split(ids, train_size=fraction_kept, random_state=seed)
+        except ValueError:  # too few groups for every split to get one
+            raise FacetlError(f"too few images to split: {len(samples)} image(s) in {len(groups)} group(s) of "
+                              f"distinct files cannot fill train, validation and test ({fractions})") from None
 
     if test_f > 0:
         rest, test = cut(index, train_f + val_f)

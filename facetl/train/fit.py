@@ -97,6 +97,9 @@ def _fit_locked(config: TrainConfig, folder: Path, resume: bool, progress: bool,
     model.to(device, memory_format=torch.channels_last)
     mean, std = data.normalization(model.backbone)
     log(f"model: {config.backbone} + {config.head} head, {model.weights_note}; {plan.describe()}")
+    if model.weights_note == "no pretraining" and plan.first_trainable is None:
+        log("warning: a frozen backbone with no pretraining is a fixed random function; expect accuracy near "
+            "the majority class (use ImageNet weights, or --strategy full)")
     log(f"device {device}, precision {precision.name}, image size {img_size}, normalisation mean {mean} std {std}")
 
     # 2. inputs of the trainable part: stored prefix outputs when the prefix is frozen, else computed now

@@ -63,8 +63,9 @@ class ImageSource:
         x = normalize(x, self.mean, self.std)
         if self.cut == 0:
             return x
-        with torch.inference_mode(), self.precision.autocast():
-            return self.model.forward_prefix(x, self.cut).float().clone()
+        # no_grad, not inference_mode: the output feeds the trainable part, which autograd tracks
+        with torch.no_grad(), self.precision.autocast():
+            return self.model.forward_prefix(x, self.cut).float()
 
 
 class FeatureSource:

@@ -1,0 +1,114 @@
+"""A grid of runs on one split: `facetl sweep --config BASE.yaml --grid lr=1e-3,1e-4 --grid strategy=...`.
+
+The first run makes the split; every other run reuses its split.csv, so the rows of results.md differ
+only by what the grid changes. Finished runs (with metrics.json) are skipped when the sweep is rerun.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+from pathlib import Path
+
+from facetl.config import FIELDS, TrainConfig, build_config
+from facetl.errors import FacetlError
+from facetl.runfolder import atomic_write_csv, atomic_write_text, prepare_run_folder
+from facetl.train.fit import fit
+
+COLUMNS = ["run", "accuracy", "precision", "recall", "f1", "roc_auc", "val_acc", "train_seconds",
+           "trainable_params", "pretraining", "report"]
+
+
+def parse_grid(items: list[str]) -> dict[str, list[str]]:
+    grid = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not values.strip():
+            raise FacetlError(f"--grid {item!r}: write KEY=VALUE1,VALUE2")
+        if key not in FIELDS or key in ("out", "data"):
+            raise FacetlError(f"--grid {item!r}: {key!r} is not a configuration key that a grid can vary")
+        # a list-valued key takes ';' between grid values (augment=flip;flip,jitter), scalars take ','
+        separator = ";" if "list" in str(FIELDS[key].type) else ","
+        grid[key] = [v.strip() for v in values.split(separator) if v.strip()]
+    return grid
+
+
+def run_name(combo: dict[str, str]) -> str:
+    return "_".join(f"{k}-{v}".replace(":", "").replace("/", "-").replace(",", "+") for k, v in combo.items()) or "base"
+
+
+def sweep(base: TrainConfig, grid: dict[str, list[str]], out: str | Path, progress: bool = True,
+          log=print) -> list[dict]:
+    out = prepare_run_folder(out)
+    keys = list(grid)
+    combos = [dict(zip(keys, values)) for values in itertools.product(*grid.values())] or [{}]
+    configs = [(run_name(c), build_config(c, base)) for c in combos]
+    for _, config in configs:
+        config.check()  # every combination is valid before the first one starts
+    rows, split_file = [], None
+    for number, (name, config) in enumerate(configs, start=1):
+        folder = out / name
+        config = dataclasses.replace(config, out=str(folder))
+        if split_file is not None:
+            config.split_file = str(split_file)
+        log(f"[{number}/{len(configs)}] {name}")
+        if (folder / "metrics.json").is_file():
+            log(f"  finished earlier: {folder / 'metrics.json'}")
+        else:
+            fit(config, resume=(folder / "last.pt").is_file(), progress=progress)
+        split_file = split_file or folder / "split.csv"
+        rows.append(_row(name, folder))
+        write_results(out, rows)
+    return rows
+
+
+def _row(name: str, folder: Path) -> dict:
+    metrics = json.loads((folder / "metrics.json").read_text())
+    run_info = json.loads((folder / "run.json").read_text())
+    history = _history(folder)
+    best = next((h for h in history if h["epoch"] == run_info.get("best_epoch")), {})
+    return {"run": name, **{k: metrics.get(k) for k in ("accuracy", "precision", "recall", "f1", "roc_auc")},
+            "val_acc": best.get("val_acc"), "train_seconds": run_info.get("train_seconds"),
+            "trainable_params": run_info.get("trainable_params"), "pretraining": run_info.get("weights_note"),
+            "report": str(folder / "report.md")}
+
+
+def _history(folder: Path) -> list[dict]:
+    import csv
+
+    with open(folder / "history.csv", newline="") as f:
+        return [{"epoch": int(r["epoch"]), "val_acc": float(r["val_acc"])} for r in csv.DictReader(f)]
+
+
+def write_results(out: Path, rows: list[dict]) -> None:
+    best = max(range(len(rows)), key=lambda i: rows[i]["val_acc"] or 0)
+    atomic_write_csv(out / "results.csv", COLUMNS + ["best"],
+                     [[r[c] for c in COLUMNS] + [i == best] for i, r in enumerate(rows)])
+    atomic_write_text(out / "results.md", results_table(rows, best))
+
+
+def _cell(value, column: str = "") -> str:
+    if value is None:
+        return "n/a"
+    if column == "train_seconds":
+        return f"{value:.1f}"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def results_table(rows: list[dict], best: int) -> str:
+    header = ["run", "accuracy", "precision", "recall", "F1", "ROC-AUC", "val acc", "train s", "trainable params",
+              "pretraining"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for i, r in enumerate(rows):
+        name = f"**{r['run']}** (best)" if i == best else r["run"]
+        cells = [name] + [_cell(r[c], c) for c in COLUMNS[1:-1]]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Metrics on each run's test split; 'best' is the highest validation accuracy at the selected "
+              "epoch (the test split does not choose).", ""]
+    lines += [f"- {r['run']}: {r['report']}" for r in rows]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,331 @@
+"""Backbones x strategies: shapes, what trains, frozen batch norm, the prefix/suffix cut, weight loading."""
+from __future__ import annotations
+
+import copy
+import urllib.error
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import facetl.models.classifier as classifier
+from facetl.config import TrainConfig
+from facetl.errors import FacetlError
+from facetl.models import build_model
+from facetl.models.registry import create_backbone, list_backbones
+from facetl.models.strategies import apply_strategy, backbone_layers
+from facetl.models.weights import WeightsUnavailable
+
+BACKBONES = ["vgg16", "vgg19", "mobilenet_v2", "resnet18"]  # resnet18: a timm model
+STRATEGIES = ["frozen", "last-block", "from:K", "full"]
+LAST_BLOCK = {  # parameter-name prefixes that last-block trains, besides the head
+    "vgg16": [f"backbone.features.{i}." for i in range(24, 31)],
+    "vgg19": [f"backbone.features.{i}." for i in range(28, 37)],
+    "mobilenet_v2": [f"backbone.features.{i}." for i in range(14, 19)],
+    "resnet18": ["backbone.features.0.model.layer4."],
+}
+MOBILENET_FILE = "mobilenet_v2-b0353104.pth"
+
+_built: dict[str, nn.Module] = {}
+
+
+@pytest.fixture
+def fast_backbones(monkeypatch):
+    """Randomly initialised backbones built once and deep-copied: building VGG is slow on a CPU."""
+    real = classifier.create_backbone
+
+    def cached(name, weights):
+        if weights != "none":
+            return real(name, weights)
+        if name not in _built:
+            _built[name] = real(name, "none")
+        return copy.deepcopy(_built[name])
+
+    monkeypatch.setattr(classifier, "create_backbone", cached)
+
+
+def make(backbone="mobilenet_v2", strategy="frozen", classes=2, **changes):
+    if strategy == "from:K":
+        layers = backbone_layers(classifier.create_backbone(backbone, "none"))
+        strategy = f"from:{len(layers) // 2}"
+    config = TrainConfig(data="x", backbone=backbone, weights="none", strategy=strategy, img_size=32, **changes)
+    model, plan, size = build_model(config, classes, log=lambda message: None)
+    assert size == 32
+    return model, plan
+
+
+def trainable_names(model) -> set[str]:
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+def expected_trainable(model, backbone, strategy, plan) -> set[str]:
+    names = {n for n, _ in model.named_parameters()}
+    head = {n for n in names if n.startswith("head.")}
+    if strategy == "frozen":
+        return head
+    if strategy == "full":
+        return names
+    if strategy == "last-block":
+        return head | {n for n in names if n.startswith(tuple(LAST_BLOCK[backbone]))}
+    later = backbone_layers(model.backbone)[plan.first_trainable:]
+    return head | {f"backbone.{layer}.{p}" for layer, module in later for p, _ in module.named_parameters()}
+
+
+def tiny_batch(n=2):
+    return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+# ---------------------------------------------------------------- every backbone x strategy
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_forward_backward_and_what_trains(fast_backbones, backbone, strategy):
+    model, plan = make(backbone, strategy)
+    trainable = trainable_names(model)
+    assert trainable == expected_trainable(model, backbone, strategy, plan)
+    assert plan.trainable_params == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert plan.total_params == sum(p.numel() for p in model.parameters())
+    if strategy == "frozen":
+        assert plan.trainable_params == sum(p.numel() for p in model.head.parameters())
+        assert plan.cut == len(model.backbone.features)
+    if strategy == "full":
+        assert plan.trainable_params == plan.total_params and plan.cut == 0
+    if strategy in ("last-block", "from:K"):
+        assert 0 < plan.trainable_params < plan.total_params
+
+    model.train()
+    logits = model(tiny_batch())
+    assert logits.shape == (2, 1)
+    nn.functional.binary_cross_entropy_with_logits(logits[:, 0], torch.tensor([0.0, 1.0])).backward()
+    for name, p in model.named_parameters():
+        if name in trainable:
+            assert p.grad is not None, f"{name} trains but got no gradient"
+        else:
+            assert p.grad is None, f"{name} is frozen but got a gradient"
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_prefix_then_suffix_equals_forward(fast_backbones, backbone, strategy):
+    model, plan = make(backbone, strategy)
+    model.eval()
+    x = tiny_batch()
+    with torch.no_grad():
+        whole = model(x)
+        for cut in {plan.cut, 0, len(model.backbone.features)}:
+            torch.testing.assert_close(model.forward_suffix(model.forward_prefix(x, cut), cut), whole)
+
+
+def test_vgg16_last_block_is_features_24_on(fast_backbones):
+    model, plan = make("vgg16", "last-block")
+    assert plan.cut == 24
+    trained = {int(n.split(".")[2]) for n in trainable_names(model) if n.startswith("backbone.")}
+    assert trained == {24, 26, 28}  # the three convolutions of the last block
+    expected = sum(p.numel() for p in model.backbone.features[24:].parameters())
+    assert plan.trainable_params == expected + sum(p.numel() for p in model.head.parameters())
+    assert plan.trainable_params == 3 * (512 * 512 * 9 + 512) + 513
+
+
+def test_from_index_and_from_name(fast_backbones):
+    vgg, plan = make("vgg16", "from:10")
+    assert plan.cut == 10
+    assert {int(n.split(".")[2]) for n in trainable_names(vgg) if n.startswith("backbone.")} == \
+        {10, 12, 14, 17, 19, 21, 24, 26, 28}
+    by_name, named_plan = make("mobilenet_v2", "from:features.14")
+    last_block, block_plan = make("mobilenet_v2", "last-block")
+    assert trainable_names(by_name) == trainable_names(last_block)
+    assert named_plan.cut == block_plan.cut == 14
+
+
+@pytest.mark.parametrize("classes, head", [(2, "linear"), (5, "linear"), (24, "linear"), (2, "mlp"), (3, "mlp")])
+def test_one_logit_for_two_classes_n_for_n(fast_backbones, classes, head):
+    model, _ = make("mobilenet_v2", "frozen", classes, head=head)
+    model.eval()
+    with torch.no_grad():
+        assert model(tiny_batch()).shape == (2, 1 if classes == 2 else classes)
+    assert model.outputs == (1 if classes == 2 else classes)
+
+
+# ---------------------------------------------------------------- frozen batch norm
+
+
+def batch_norms(model):
+    return [(n, m) for n, m in model.backbone.named_modules() if isinstance(m, nn.BatchNorm2d)]
+
+
+@pytest.mark.parametrize("backbone, strategy", [
+    ("mobilenet_v2", "frozen"), ("mobilenet_v2", "last-block"), ("mobilenet_v2", "full"),
+    ("resnet18", "frozen"), ("resnet18", "last-block"),
+])
+def test_frozen_batch_norm_keeps_running_stats(fast_backbones, backbone, strategy):
+    model, _ = make(backbone, strategy)
+    before = {n: (m.running_mean.clone(), m.running_var.clone()) for n, m in batch_norms(model)}
+    model.eval()
+    model.train()  # train() after eval() must keep the frozen ones in eval mode
+    with torch.no_grad():
+        model(tiny_batch(4) * 3 + 1)
+    for name, module in batch_norms(model):
+        frozen = not module.weight.requires_grad
+        unchanged = torch.equal(module.running_mean, before[name][0]) and \
+            torch.equal(module.running_var, before[name][1])
+        assert unchanged == frozen, f"{name}: frozen={frozen} but running stats unchanged={unchanged}"
+        assert module.training != frozen
+    assert any(not m.weight.requires_grad for _, m in batch_norms(model)) == (strategy != "full")
+
+
+# ---------------------------------------------------------------- bad names
+
+
+def test_unknown_backbone_lists_the_valid_names():
+    with pytest.raises(FacetlError) as info:
+        create_backbone("resnet9000", "none")
+    for name in ("vgg16", "vgg19", "mobilenet_v2"):
+        assert name in str(info.value)
+    assert set(BACKBONES[:3]) <= set(list_backbones())
+
+
+@pytest.mark.parametrize("strategy, reason", [
+    ("from:9999", "layers 0 to"), ("from:-1", "layers 0 to"), ("from:features.99", "no module"),
+    ("from:classifier", "no module"), ("from:", "no module"), ("half", "unknown strategy"),
+])
+def test_bad_strategy_is_refused(fast_backbones, strategy, reason):
+    with pytest.raises(FacetlError, match=reason):
+        make("mobilenet_v2", strategy)
+
+
+def test_unknown_head_is_refused(fast_backbones):
+    with pytest.raises(FacetlError, match="unknown head"):
+        make("mobilenet_v2", head="huge")
+
+
+# ---------------------------------------------------------------- weights from a file
+
+
+def assert_same_backbone(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), key
+
+
+def differs(a, b) -> bool:
+    return any(not torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values())
+               if x.is_floating_point())
+
+
+@pytest.mark.parametrize("backbone", ["mobilenet_v2", "resnet18"])
+def test_state_dict_file_loads(tmp_path, backbone):
+    source = create_backbone(backbone, "none")
+    if backbone == "resnet18":  # a timm file uses the model's bare names
+        state = source.features[0].model.state_dict()
+        assert "conv1.weight" in state
+    else:  # a torchvision file: features.* (its classifier.* is ignored)
+        state = {**source.state_dict(), "classifier.1.weight": torch.zeros(1000, 1280)}
+    torch.save(state, tmp_path / "w.pth")
+    loaded = create_backbone(backbone, str(tmp_path / "w.pth"))
+    assert differs(loaded, create_backbone(backbone, "none"))  # the test would notice a random init
+    assert_same_backbone(loaded, source)
+    assert loaded.pretrained
+
+
+def test_facetl_checkpoint_and_run_folder_load_backbone_and_head(tmp_path, fast_backbones):
+    trained, _ = make("mobilenet_v2", "last-block")
+    with torch.no_grad():
+        trained.head[-1].weight.normal_()
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save({"model": trained.state_dict(), "epoch": 3}, run / "best.pt")
+    assert next(iter(trained.state_dict())).startswith("backbone.features.")
+    for weights in (str(run / "best.pt"), str(run)):
+        config = TrainConfig(data="x", backbone="mobilenet_v2", weights=weights, img_size=32)
+        model, _, _ = build_model(config, 2, log=lambda m: None)
+        assert_same_backbone(model.backbone, trained.backbone)
+        assert torch.equal(model.head[-1].weight, trained.head[-1].weight)
+        assert model.weights_note == f"weights from {weights}"
+
+
+def test_wrong_shape_file_is_refused(tmp_path):
+    state = create_backbone("mobilenet_v2", "none").state_dict()
+    state["features.0.0.weight"] = torch.zeros(8, 3, 3, 3)
+    torch.save(state, tmp_path / "w.pth")
+    with pytest.raises(FacetlError, match=r"features\.0\.0\.weight has shape \(8, 3, 3, 3\)"):
+        create_backbone("mobilenet_v2", str(tmp_path / "w.pth"))
+
+
+def test_file_of_another_backbone_is_refused(tmp_path):
+    torch.save(create_backbone("resnet18", "none").features[0].model.state_dict(), tmp_path / "r.pth")
+    with pytest.raises(FacetlError, match="no parameter names match"):
+        create_backbone("mobilenet_v2", str(tmp_path / "r.pth"))
+
+
+def test_file_missing_tensors_is_refused(tmp_path):
+    state = create_backbone("mobilenet_v2", "none").state_dict()
+    del state["features.18.1.weight"]
+    torch.save(state, tmp_path / "w.pth")
+    with pytest.raises(FacetlError, match="lacks 1 of"):
+        create_backbone("mobilenet_v2", str(tmp_path / "w.pth"))
+
+
+@pytest.mark.parametrize("content", [b"not a checkpoint", None])
+def test_unreadable_or_missing_weights_file(tmp_path, content):
+    path = tmp_path / "w.pth"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(FacetlError, match="w.pth"):
+        create_backbone("mobilenet_v2", str(path))
+
+
+# ---------------------------------------------------------------- ImageNet weights
+
+
+@pytest.fixture
+def torch_home(tmp_path, monkeypatch):
+    """An empty TORCH_HOME, and no downloads: the network is (made) unavailable."""
+    home = tmp_path / "torch-home"
+    home.mkdir()
+    monkeypatch.setenv("TORCH_HOME", str(home))
+
+    def offline(url, *args, **kwargs):
+        raise urllib.error.URLError("network is unreachable")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    return home
+
+
+def test_imagenet_weights_come_from_the_torch_hub_cache(torch_home):
+    reference = torchvision.models.mobilenet_v2(weights=None)
+    folder = torch_home / "hub" / "checkpoints"
+    folder.mkdir(parents=True)
+    torch.save(reference.state_dict(), folder / MOBILENET_FILE)
+    backbone = create_backbone("mobilenet_v2", "imagenet")
+    assert backbone.pretrained
+    assert_same_backbone(backbone.features, reference.features)
+
+
+def test_missing_imagenet_weights_name_the_file_and_folder(torch_home):
+    with pytest.raises(WeightsUnavailable) as info:
+        create_backbone("mobilenet_v2", "imagenet")
+    message = str(info.value)
+    assert MOBILENET_FILE in message
+    assert str(torch_home / "hub" / "checkpoints") in message
+    assert "--weights none" in message
+
+
+def test_auto_weights_fall_back_to_random_init(torch_home):
+    logged = []
+    config = TrainConfig(data="x", backbone="mobilenet_v2", weights="auto", img_size=32)
+    model, _, _ = build_model(config, 2, log=logged.append)
+    assert model.weights_note == "no pretraining" and not model.backbone.pretrained
+    assert any("no ImageNet weights" in line for line in logged)
+
+
+def test_auto_weights_use_the_cache_when_there(torch_home):
+    reference = torchvision.models.mobilenet_v2(weights=None)
+    (torch_home / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(reference.state_dict(), torch_home / "hub" / "checkpoints" / MOBILENET_FILE)
+    config = TrainConfig(data="x", backbone="mobilenet_v2", weights="auto", img_size=32)
+    model, _, _ = build_model(config, 2, log=lambda m: None)
+    assert model.weights_note == "ImageNet pretrained" and model.backbone.pretrained
+    assert_same_backbone(model.backbone.features, reference.features)
