@@ -79,8 +79,8 @@ CASES = {c.name: c for c in [
 GROUPS = {"1": ["mnv2-frozen"], "2": ["mnv2-last-block"], "3": [n for n in CASES if n.startswith("vgg16")],
           "all": list(CASES)}
 # --quick: enough images that every split is non-empty, few enough to finish in about a minute
-QUICK = {"mnv2-frozen": (300, 2), "mnv2-last-block": (300, 2), "vgg16-frozen-64": (100, 2),
-         "vgg16-last-block-64": (100, 2), "vgg16-frozen-224": (30, 1), "vgg16-last-block-224": (30, 1)}
+QUICK = {"mnv2-frozen": (100, 2), "mnv2-last-block": (100, 2), "vgg16-frozen-64": (40, 2),
+         "vgg16-last-block-64": (40, 2), "vgg16-frozen-224": (20, 1), "vgg16-last-block-224": (20, 1)}
 
 
 def select_cases(args) -> list[Case]:
@@ -120,11 +120,21 @@ def case_config(case: Case, args, out: Path) -> dict:
 # --------------------------------------------------------------------------------------------------
 # the two pipelines; each runs inside its own subprocess (see run_in_subprocess)
 
-def peak_rss_mib() -> tuple[float, float]:
-    """(this process, largest finished child) resident-set high-water marks; Linux reports KiB."""
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return own / 1024, child / 1024
+def peak_rss_mib() -> dict:
+    """Resident-set high-water marks (Linux reports KiB): this process and its largest finished child."""
+    return {"rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "child_rss": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+
+
+def environment() -> dict:
+    """Import everything both pipelines use before their clocks start; return the memory that takes."""
+    import torch
+    import torchvision.models  # noqa: F401  (facetl imports it lazily, on its first build_model)
+
+    import facetl.models.backbones  # noqa: F401
+    import facetl.train.fit  # noqa: F401
+
+    return {"import_rss": peak_rss_mib()["rss"], "torch": torch.__version__, "threads": torch.get_num_threads()}
 
 
 def run_facetl(spec: dict) -> dict:
@@ -132,7 +142,7 @@ def run_facetl(spec: dict) -> dict:
     from facetl.config import build_config
 
     # Time facetl's phases by wrapping the names fit.py calls (only inside this benchmark process).
-    phases = {"decode": 0.0, "cache": 0.0, "report": 0.0}
+    phases = {"setup": 0.0, "decode": 0.0, "cache": 0.0, "checkpoints": 0.0, "report": 0.0}
 
     def timed(phase, fn):
         def wrapper(*a, **k):
@@ -143,17 +153,20 @@ def run_facetl(spec: dict) -> dict:
                 phases[phase] += time.perf_counter() - began
         return wrapper
 
+    fit_module.read_samples = timed("setup", fit_module.read_samples)
+    fit_module.build_model = timed("setup", fit_module.build_model)
     fit_module.prepare_data = timed("decode", fit_module.prepare_data)
     fit_module.open_feature_source = timed("cache", fit_module.open_feature_source)
+    fit_module.atomic_torch_save = timed("checkpoints", fit_module.atomic_torch_save)
     fit_module.write_evaluation = timed("report", fit_module.write_evaluation)
 
+    env = environment()
     config = build_config(spec["config"])
     began = time.perf_counter()
     result = fit_module.fit(config, progress=False, quiet=True)
     total = time.perf_counter() - began
-    own, child = peak_rss_mib()
     return {"epoch_seconds": [h["seconds"] for h in result.history], "total": total,
-            "val_acc": result.history[-1]["val_acc"], "rss": own, "child_rss": child, **phases,
+            "val_acc": result.history[-1]["val_acc"], **peak_rss_mib(), **env, **phases,
             "folder": str(result.folder), "class_names": result.run_info["class_names"],
             "device": result.run_info["device"], "precision": result.run_info["precision"],
             "note": result.run_info["data_path_note"]}
@@ -169,6 +182,7 @@ def run_reference(spec: dict) -> dict:
     from facetl.config import build_config
     from facetl.models import build_model
 
+    env = environment()
     began = time.perf_counter()
     config = build_config(spec["config"])
     root, class_names = Path(config.data), spec["class_names"]
@@ -251,9 +265,8 @@ def run_reference(spec: dict) -> dict:
     test_acc = evaluate(test_loader if len(items["test"]) else val_loader)
     test = time.perf_counter() - began_test
     total = time.perf_counter() - began
-    own, child = peak_rss_mib()
     return {"epoch_seconds": epoch_seconds, "total": total, "val_acc": val_acc, "test_acc": test_acc,
-            "rss": own, "child_rss": child, "setup": setup, "test": test,
+            **peak_rss_mib(), **env, "setup": setup, "test": test,
             "note": f"PIL per sample, DataLoader num_workers={workers}, full forward every batch"}
 
 
@@ -287,7 +300,7 @@ def epoch_times(seconds: list[float]) -> tuple[float, float]:
 
 def render_table(rows: list[dict], header: list[str]) -> str:
     cols = ["case", "pipeline", "epoch 1 s", "epochs 2..N s/epoch", "total s", "where the time went",
-            "peak RSS MiB", "largest child MiB", "final val acc", "ref/facetl total", "ref/facetl per epoch"]
+            "peak RSS MiB", "over imports MiB", "largest child MiB", "final val acc", "ref/facetl total", "ref/facetl per epoch"]
     lines = header + ["", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for row in rows:
         lines.append("| " + " | ".join(str(row.get(c, "")) for c in cols) + " |")
@@ -303,19 +316,23 @@ def table_rows(case: Case, ref: dict | None, fac: dict | None, error: str | None
     for pipeline, r in (("reference", ref), ("facetl", fac)):
         first, rest = epoch_times(r["epoch_seconds"])
         if pipeline == "facetl":
-            other = r["total"] - r["decode"] - r["cache"] - r["report"] - sum(r["epoch_seconds"])
-            where = (f"decode+split {r['decode']:.1f}, feature cache {r['cache']:.1f}, epochs "
-                     f"{sum(r['epoch_seconds']):.1f}, test+report {r['report']:.1f}, other {other:.1f}")
+            phases = ("setup", "decode", "cache", "checkpoints", "report")
+            other = r["total"] - sum(r[p] for p in phases) - sum(r["epoch_seconds"])
+            where = (f"files+model {r['setup']:.1f}, decode+split {r['decode']:.1f}, feature cache "
+                     f"{r['cache']:.1f}, epochs {sum(r['epoch_seconds']):.1f}, checkpoints "
+                     f"{r['checkpoints']:.1f}, plots+report {r['report']:.1f}, test pass+rest {other:.1f}")
         else:
-            where = f"setup {r['setup']:.1f}, epochs {sum(r['epoch_seconds']):.1f}, test {r['test']:.1f}"
+            where = (f"model+loaders {r['setup']:.1f}, epochs {sum(r['epoch_seconds']):.1f}, "
+                     f"test pass {r['test']:.1f}")
         rows.append({"case": label, "pipeline": pipeline, "epoch 1 s": f"{first:.2f}",
                      "epochs 2..N s/epoch": f"{rest:.2f}" if len(r["epoch_seconds"]) > 1 else "-",
                      "total s": f"{r['total']:.1f}", "where the time went": where,
-                     "peak RSS MiB": f"{r['rss']:.0f}", "largest child MiB": f"{r['child_rss']:.0f}",
+                     "peak RSS MiB": f"{r['rss']:.0f}", "over imports MiB": f"{r['rss'] - r['import_rss']:.0f}",
+                     "largest child MiB": f"{r['child_rss']:.0f}",
                      "final val acc": f"{r['val_acc']:.3f}"})
-    ref_epoch, fac_epoch = epoch_times(ref["epoch_seconds"])[1], epoch_times(fac["epoch_seconds"])[1]
+    per_epoch = epoch_times(ref["epoch_seconds"])[1] / epoch_times(fac["epoch_seconds"])[1]
     rows[1]["ref/facetl total"] = f"{ref['total'] / fac['total']:.2f}x"
-    rows[1]["ref/facetl per epoch"] = f"{ref_epoch / fac_epoch:.1f}x"
+    rows[1]["ref/facetl per epoch"] = f"{per_epoch:.0f}x" if per_epoch >= 100 else f"{per_epoch:.1f}x"
     return rows
 
 
@@ -370,9 +387,8 @@ def main(argv=None) -> None:
     cache_root = Path(tempfile.mkdtemp(prefix="facetl-bench-cache-"))
     print(f"warming the OS page cache: {warm_page_cache(args.data)} files under {args.data}", flush=True)
 
-    import torch  # only for the header: the pipelines import it in their own processes
-
-    rows, devices = [], set()
+    # No torch in this process: a child started by vfork+exec inherits the parent's ru_maxrss.
+    rows, devices, imports = [], set(), []
     try:
         for case in cases:
             folder = out / case.name
@@ -391,6 +407,7 @@ def main(argv=None) -> None:
                     "precision": fac["precision"]}, env, folder / "reference.log")
                 print(f"[{case.name}] reference {ref['total']:.1f}s", flush=True)
                 devices.add(f"{fac['device']} {fac['precision']}")
+                imports.append(fac)
                 rows += table_rows(case, ref, fac, None)
             except RuntimeError as exc:
                 print(exc, file=sys.stderr, flush=True)
@@ -413,10 +430,16 @@ def main(argv=None) -> None:
         f"BCE-with-logits, validation each epoch, one test pass.",
         f"- same data ({args.data.name}), split (facetl's split.csv), model (facetl's build_model), "
         f"head {args.head}, seed {args.seed}, augment {','.join(args.augment) or 'none'}.",
-        f"- machine: {os.cpu_count()} CPU cores, torch {torch.__version__} with {torch.get_num_threads()} "
-        f"threads; device/precision: {'; '.join(sorted(devices)) or 'n/a'}.",
-        "- times in seconds; peak RSS = getrusage ru_maxrss of the case's own process (largest child "
-        "process - DataLoader or decode worker - separately); ratio = reference / facetl.",
+        f"- machine: {os.cpu_count()} CPU cores"
+        + (f", torch {imports[0]['torch']} with {imports[0]['threads']} threads" if imports else "")
+        + f"; device/precision: {'; '.join(sorted(devices)) or 'n/a'}.",
+        "- times in seconds, excluding interpreter start and imports (both processes import torch, torchvision "
+        "and facetl before their clocks start); ratio = reference / facetl.",
+        "- peak RSS = getrusage ru_maxrss of the case's own fresh process"
+        + (f" (importing torch, torchvision and facetl alone takes ~{min(r['import_rss'] for r in imports):.0f}"
+           f" MiB; 'over imports' is the peak minus that process's own figure after its imports)"
+           if imports else "")
+        + "; largest child = biggest DataLoader or decode worker, forked, so it counts pages shared with the parent.",
     ]
     table = render_table(rows, header)
     print()

@@ -1,6 +1,7 @@
 """Shared fixtures: the real datasets (or a skip), a tiny generated folder dataset, an isolated cache."""
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,15 @@ from PIL import Image
 
 # ../shared/datasets relative to the repository root (see /work/shared/datasets/README.md)
 SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+
+
+def pytest_configure(config):
+    """Hypothesis keeps a '.hypothesis' folder in the working directory: keep it out of the repository."""
+    try:
+        from hypothesis import configuration
+    except ImportError:
+        return
+    configuration.set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "facetl-tests-hypothesis")
 
 
 @pytest.fixture(autouse=True)

@@ -209,7 +209,7 @@ def labelled_files(draw, duplicates: bool):
     return labels, hashes, fractions, draw(st.integers(0, 2**31 - 1))
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=30, deadline=None, database=None)
 @given(labelled_files(duplicates=False))
 def test_property_split_is_stratified_and_deterministic(case):
     labels, hashes, fractions, seed = case
@@ -223,7 +223,7 @@ def test_property_split_is_stratified_and_deterministic(case):
             assert abs(((a == split) & (labels == c)).sum() - n_c * fraction) <= 3
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=30, deadline=None, database=None)
 @given(labelled_files(duplicates=True))
 def test_property_identical_files_never_cross_splits(case):
     labels, hashes, fractions, seed = case

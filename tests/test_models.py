@@ -45,13 +45,14 @@ def fast_backbones(monkeypatch):
     monkeypatch.setattr(classifier, "create_backbone", cached)
 
 
-def make(backbone="mobilenet_v2", strategy="frozen", classes=2, **changes):
+def make(backbone="mobilenet_v2", strategy="frozen", classes=2, img_size=32, **changes):
     if strategy == "from:K":
         layers = backbone_layers(classifier.create_backbone(backbone, "none"))
         strategy = f"from:{len(layers) // 2}"
-    config = TrainConfig(data="x", backbone=backbone, weights="none", strategy=strategy, img_size=32, **changes)
+    config = TrainConfig(data="x", backbone=backbone, weights="none", strategy=strategy, img_size=img_size,
+                         **changes)
     model, plan, size = build_model(config, classes, log=lambda message: None)
-    assert size == 32
+    assert size == img_size
     return model, plan
 
 
@@ -81,7 +82,7 @@ def tiny_batch(n=2):
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize("backbone", BACKBONES)
-def test_forward_backward_and_what_trains(fast_backbones, backbone, strategy):
+def test_backbone_strategy_trains_the_right_part(fast_backbones, backbone, strategy):
     model, plan = make(backbone, strategy)
     trainable = trainable_names(model)
     assert trainable == expected_trainable(model, backbone, strategy, plan)
@@ -94,9 +95,18 @@ def test_forward_backward_and_what_trains(fast_backbones, backbone, strategy):
         assert plan.trainable_params == plan.total_params and plan.cut == 0
     if strategy in ("last-block", "from:K"):
         assert 0 < plan.trainable_params < plan.total_params
+    x = tiny_batch()
 
+    # eval mode: the frozen prefix then the trainable suffix is the whole forward, at any cut
+    model.eval()
+    with torch.no_grad():
+        whole = model(x)
+        for cut in {plan.cut, 0, len(model.backbone.features)}:
+            torch.testing.assert_close(model.forward_suffix(model.forward_prefix(x, cut), cut), whole)
+
+    # train mode: one logit for two classes, and gradients reach exactly the trainable parameters
     model.train()
-    logits = model(tiny_batch())
+    logits = model(x)
     assert logits.shape == (2, 1)
     nn.functional.binary_cross_entropy_with_logits(logits[:, 0], torch.tensor([0.0, 1.0])).backward()
     for name, p in model.named_parameters():
@@ -104,18 +114,6 @@ def test_forward_backward_and_what_trains(fast_backbones, backbone, strategy):
             assert p.grad is not None, f"{name} trains but got no gradient"
         else:
             assert p.grad is None, f"{name} is frozen but got a gradient"
-
-
-@pytest.mark.parametrize("strategy", STRATEGIES)
-@pytest.mark.parametrize("backbone", BACKBONES)
-def test_prefix_then_suffix_equals_forward(fast_backbones, backbone, strategy):
-    model, plan = make(backbone, strategy)
-    model.eval()
-    x = tiny_batch()
-    with torch.no_grad():
-        whole = model(x)
-        for cut in {plan.cut, 0, len(model.backbone.features)}:
-            torch.testing.assert_close(model.forward_suffix(model.forward_prefix(x, cut), cut), whole)
 
 
 def test_vgg16_last_block_is_features_24_on(fast_backbones):
@@ -151,8 +149,12 @@ def test_one_logit_for_two_classes_n_for_n(fast_backbones, classes, head):
 # ---------------------------------------------------------------- frozen batch norm
 
 
+def batch_norms_of(module):
+    return [(n, m) for n, m in module.named_modules() if isinstance(m, nn.BatchNorm2d)]
+
+
 def batch_norms(model):
-    return [(n, m) for n, m in model.backbone.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    return batch_norms_of(model.backbone)
 
 
 @pytest.mark.parametrize("backbone, strategy", [
@@ -173,6 +175,16 @@ def test_frozen_batch_norm_keeps_running_stats(fast_backbones, backbone, strateg
         assert unchanged == frozen, f"{name}: frozen={frozen} but running stats unchanged={unchanged}"
         assert module.training != frozen
     assert any(not m.weight.requires_grad for _, m in batch_norms(model)) == (strategy != "full")
+
+
+@pytest.mark.parametrize("head, img_size", [("mlp", 64), ("vgg", 32)])
+def test_building_a_flattening_head_leaves_batch_norm_alone(fast_backbones, head, img_size):
+    # the head measures the flattened feature size with a probe image; that must not touch BN statistics
+    backbone = classifier.create_backbone("mobilenet_v2", "none")
+    before = [(m.running_mean.clone(), m.running_var.clone()) for _, m in batch_norms_of(backbone)]
+    model, _ = make("mobilenet_v2", "frozen", 3, img_size=img_size, head=head)
+    for (name, m), (mean, var) in zip(batch_norms(model), before):
+        assert torch.equal(m.running_mean, mean) and torch.equal(m.running_var, var), name
 
 
 # ---------------------------------------------------------------- bad names
@@ -232,8 +244,11 @@ def test_state_dict_file_loads(tmp_path, backbone):
 
 def test_facetl_checkpoint_and_run_folder_load_backbone_and_head(tmp_path, fast_backbones):
     trained, _ = make("mobilenet_v2", "last-block")
-    with torch.no_grad():
-        trained.head[-1].weight.normal_()
+    with torch.no_grad():  # as if trained: weights and batch-norm statistics unlike any fresh model's
+        for p in trained.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+        for _, bn in batch_norms(trained):
+            bn.running_mean.normal_()
     run = tmp_path / "run"
     run.mkdir()
     torch.save({"model": trained.state_dict(), "epoch": 3}, run / "best.pt")
@@ -244,6 +259,11 @@ def test_facetl_checkpoint_and_run_folder_load_backbone_and_head(tmp_path, fast_
         assert_same_backbone(model.backbone, trained.backbone)
         assert torch.equal(model.head[-1].weight, trained.head[-1].weight)
         assert model.weights_note == f"weights from {weights}"
+    # another task (five classes): the backbone still loads, the head starts afresh
+    config = TrainConfig(data="x", backbone="mobilenet_v2", weights=str(run), img_size=32)
+    model, _, _ = build_model(config, 5, log=lambda m: None)
+    assert_same_backbone(model.backbone, trained.backbone)
+    assert model.head[-1].weight.shape == (5, 1280)
 
 
 def test_wrong_shape_file_is_refused(tmp_path):

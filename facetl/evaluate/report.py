@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from facetl.evaluate.metrics import classification_metrics
 from facetl.evaluate.plots import plot_confusion, plot_curves, plot_errors, plot_roc
@@ -47,7 +48,7 @@ def render_report(metrics: dict, run_info: dict, config: dict, history: list[dic
               f"**Strategy:** {config.get('strategy')} — {run_info.get('trainable_params', 0):,} trainable of "
               f"{run_info.get('total_params', 0):,} parameters  ",
               f"**Best epoch:** {run_info.get('best_epoch')} (selected by {config.get('select')})  ",
-              f"**Training time:** {_fmt(run_info.get('train_seconds'))} s  ",
+              f"**Training time:** {run_info.get('train_seconds', 0):.1f} s  ",
               f"**Data path:** {run_info.get('data_path_note', '')}", ""]
     lines += [f"## Metrics on the {metrics['split']} split ({metrics['n_images']} images)", "",
               "| accuracy | precision | recall | F1 | ROC-AUC |", "|---|---|---|---|---|",
@@ -63,6 +64,5 @@ def render_report(metrics: dict, run_info: dict, config: dict, history: list[dic
               "## ROC", "", "![roc](roc.png)", "",
               "## Most confident mistakes", "", "![errors](errors.png)", "",
               "## Configuration", "", "```yaml"]
-    lines += [f"{k}: {v}" for k, v in config.items()]
-    lines += ["```", ""]
+    lines += [yaml.safe_dump(config, sort_keys=False).rstrip(), "```", ""]
     return "\n".join(lines)

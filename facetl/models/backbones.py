@@ -36,9 +36,16 @@ class Backbone(nn.Module):
         return self.features(x)
 
     def flat_dim(self, img_size: int) -> int:
-        with torch.no_grad():
-            probe = self.features(torch.zeros(1, 3, img_size, img_size))
-            return self.flat_pool(probe).flatten(1).shape[1]
+        # eval mode: a train-mode probe would move batch-norm running statistics (pretrained ones too)
+        # towards those of a blank image, and fails outright on a 1x1 feature map
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                probe = self.features(torch.zeros(1, 3, img_size, img_size))
+                return self.flat_pool(probe).flatten(1).shape[1]
+        finally:
+            self.train(was_training)
 
 
 def _torchvision(name: str, weights: str, build, weights_enum, block_starts, channels, flat_pool):

@@ -1,0 +1,206 @@
+"""The command line as a user meets it: one clear line and a non-zero exit for bad input, and the
+commands around a finished run (evaluate, predict, inspect, demo)."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from facetl.cli import main
+
+DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+SMILES = DATASETS / "SMILEsmileD" / "SMILEs"
+needs_smiles = pytest.mark.skipif(not SMILES.is_dir(), reason=f"SMILEsmileD not found at {SMILES}")
+
+
+def facetl(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    return subprocess.run([sys.executable, "-m", "facetl", *args], capture_output=True, text=True, cwd=cwd,
+                          env=env, timeout=600)
+
+
+def folder_dataset(root: Path, classes=("a", "b"), per_class: int = 12) -> Path:
+    rng = np.random.default_rng(0)
+    for c in classes:
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(root / c / f"{i}.jpg")
+    return root
+
+
+def in_process(capsys, *args: str) -> subprocess.CompletedProcess:
+    """main() in this process (no interpreter start-up), seen as a finished process would be."""
+    try:
+        code = main(list(args))
+    except SystemExit as exc:  # argparse errors exit
+        code = exc.code
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, captured.out, captured.err)
+
+
+def one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.strip().splitlines() if not line.startswith("warning:")]
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_bad_input_gives_one_line_naming_the_problem(tmp_path, capsys):
+    data = folder_dataset(tmp_path / "faces")
+    table = tmp_path / "attrs.csv"
+    table.write_text("filename,Smiling,Male\n0.jpg,1,-1\n1.jpg,2,1\n")
+    (tmp_path / "empty" / "a").mkdir(parents=True)
+    (tmp_path / "empty" / "b").mkdir()
+    folder_dataset(tmp_path / "empty", classes=("a",))
+    folder_dataset(tmp_path / "single", classes=("only",))
+    cases = [
+        (["train", "--data", str(tmp_path / "nope")], ["data not found"]),
+        (["train", "--data", str(data), "--backbone", "resnet9000", "--weights", "none"], ["unknown backbone", "vgg16"]),
+        (["train", "--data", str(data), "--strategy", "half"], ["strategy"]),
+        (["train", "--data", str(data), "--epochs", "zero"], ["epochs", "integer"]),
+        (["train", "--data", str(data), "--frobnicate"], ["unrecognized arguments: --frobnicate"]),
+        (["train", "--data", str(table), "--target", "Smiling", "--images", str(data / "a")], ["Smiling=", "'2'"]),
+        (["train", "--data", str(table), "--target", "Young", "--images", str(data / "a")], ["'Young' not found"]),
+        (["train", "--data", str(tmp_path / "empty"), "--weights", "none"], ["contains no images", "b"]),
+        (["train", "--data", str(tmp_path / "single"), "--weights", "none"], ["at least two"]),
+        (["train", "--data", str(data), "--weights", str(tmp_path / "missing.pt")], ["weights file not found"]),
+        (["predict", str(tmp_path / "norun"), str(data)], ["not a finished facetl run"]),
+    ]
+    for args, needles in cases:
+        one_line_error(in_process(capsys, *args), *needles)
+    # and as a real process: exit code 2, no traceback
+    one_line_error(facetl(*cases[1][0]), "unknown backbone")
+
+
+def test_table_image_that_is_absent_is_named(tmp_path, capsys):
+    data = folder_dataset(tmp_path / "faces")
+    table = tmp_path / "attrs.csv"
+    table.write_text("filename,Smiling\n0.jpg,1\n1.jpg,-1\nghost.jpg,1\n")
+    one_line_error(in_process(capsys, "train", "--data", str(table), "--target", "Smiling", "--images",
+                              str(data / "a"), "--weights", "none"), "ghost.jpg")
+
+
+def test_unwritable_output_folder_is_refused(tmp_path, capsys):
+    data = folder_dataset(tmp_path / "faces")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    one_line_error(in_process(capsys, "train", "--data", str(data), "--weights", "none", "--out", str(blocker / "run")),
+                   "cannot write to output folder")
+
+
+def test_yaml_config_problems_are_reported_together(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("data: x\nlearning_rate: 0.1\nepochs: ten\nbatch_size: -3\n")
+    result = in_process(capsys, "train", "--config", str(config))
+    one_line_error(result, "learning_rate: unknown key", "epochs: expected an integer")
+
+
+def test_imagenet_weights_missing_offline_name_the_file(tmp_path):
+    data = folder_dataset(tmp_path / "faces")
+    env_home = tmp_path / "torchhome"
+    result = subprocess.run([sys.executable, "-m", "facetl", "train", "--data", str(data), "--weights", "imagenet",
+                             "--out", str(tmp_path / "run")], capture_output=True, text=True,
+                            env=dict(os.environ, TORCH_HOME=str(env_home)), timeout=300)
+    if result.returncode == 0:
+        pytest.skip("ImageNet weights could be downloaded here")
+    one_line_error(result, "mobilenet_v2-b0353104.pth", str(env_home / "hub" / "checkpoints"))
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    if not SMILES.is_dir():
+        pytest.skip(f"SMILEsmileD not found at {SMILES}")
+    out = tmp_path_factory.mktemp("run") / "smile"
+    code = main(["train", "--data", str(SMILES), "--weights", "none", "--img-size", "32", "--epochs", "1",
+                 "--limit", "200", "--strategy", "full", "--out", str(out)])
+    assert code == 0
+    return out
+
+
+def test_train_with_config_reproduces_a_run(trained_run, tmp_path):
+    rerun = tmp_path / "rerun"
+    assert main(["train", "--config", str(trained_run / "config.yaml"), "--out", str(rerun)]) == 0
+    assert (rerun / "split.csv").read_bytes() == (trained_run / "split.csv").read_bytes()
+    first = json.loads((trained_run / "metrics.json").read_text())
+    second = json.loads((rerun / "metrics.json").read_text())
+    assert first["accuracy"] == second["accuracy"] and first["f1"] == second["f1"]
+
+
+def test_evaluate_val_split_writes_its_own_folder(trained_run, capsys):
+    assert main(["evaluate", str(trained_run), "--split", "val"]) == 0
+    metrics = json.loads((trained_run / "eval-val" / "metrics.json").read_text())
+    assert metrics["split"] == "val" and metrics["n_images"] == 20
+    assert (trained_run / "eval-val" / "roc.png").is_file()
+    assert "accuracy" in capsys.readouterr().out
+
+
+def test_predict_writes_csv_and_agrees_with_evaluation(trained_run, tmp_path, capsys):
+    with open(trained_run / "split.csv", newline="") as f:
+        test_rows = [r for r in csv.DictReader(f) if r["split"] == "test"]
+    images = [str(SMILES / r["path"]) for r in test_rows]
+    out = tmp_path / "preds.csv"
+    assert main(["predict", str(trained_run), *images, "--out", str(out)]) == 0
+    with open(out, newline="") as f:
+        preds = list(csv.DictReader(f))
+    assert list(preds[0]) == ["path", "label", "probability"]
+    assert len(preds) == len(test_rows)
+    accuracy = np.mean([p["label"] == r["label"] for p, r in zip(preds, test_rows)])
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert accuracy == pytest.approx(metrics["accuracy"])
+    assert all(0.5 <= float(p["probability"]) <= 1 for p in preds)
+    assert main(["predict", str(trained_run), images[0]]) == 0
+    assert "probability" in capsys.readouterr().out
+
+
+def test_predict_skips_an_unreadable_image_with_a_warning(trained_run, tmp_path, capsys):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"nope")
+    good = next((SMILES / "positives" / "positives7").glob("*.jpg"))
+    assert main(["predict", str(trained_run), str(good), str(bad)]) == 1
+    captured = capsys.readouterr()
+    assert "skipped" in captured.err and "bad.jpg" in captured.err
+    assert good.name in captured.out
+
+
+def test_a_second_train_into_a_finished_run_folder_is_refused(trained_run, capsys):
+    result = in_process(capsys, "train", "--data", str(SMILES), "--weights", "none", "--out", str(trained_run))
+    one_line_error(result, "already holds a run", "--resume")
+
+
+@needs_smiles
+def test_inspect_finds_smiles_duplicates_filed_under_both_labels(tmp_path, capsys):
+    assert main(["inspect", "--data", str(SMILES), "--out", str(tmp_path / "inspect")]) == 0
+    out = capsys.readouterr().out
+    summary = json.loads((tmp_path / "inspect" / "inspect.json").read_text())
+    assert summary["classes"] == {"negatives": 9475, "positives": 3690}
+    assert summary["conflicting_duplicate_groups"] >= 1
+    example = summary["conflicting_examples"][0]
+    assert {Path(p).parts[0] for p in example} == {"negatives", "positives"}
+    assert (SMILES / example[0]).read_bytes() == (SMILES / example[1]).read_bytes()
+    assert "filed under different labels" in out
+    for name in ("class_balance.png", "samples.png", "duplicates.csv", "unreadable.csv"):
+        assert (tmp_path / "inspect" / name).is_file()
+
+
+@needs_smiles
+def test_demo_runs_without_imagenet_weights_and_says_so(tmp_path):
+    shutil.copytree(Path(__file__).resolve().parents[1] / "configs", tmp_path / "configs")
+    result = subprocess.run([sys.executable, "-m", "facetl", "demo", "--out", str(tmp_path / "demo"), "--epochs", "1",
+                             "--limit", "200"], capture_output=True, text=True, timeout=600,
+                            cwd=Path(__file__).resolve().parents[1],
+                            env=dict(os.environ, TORCH_HOME=str(tmp_path / "torchhome")))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "no ImageNet weights" in result.stdout
+    assert "strategy-frozen" in result.stdout and "strategy-last-block" in result.stdout
+    assert "no pretraining" in result.stdout
+    assert (tmp_path / "demo" / "strategy-frozen" / "report.md").is_file()
