@@ -168,8 +168,7 @@ def run_facetl(spec: dict) -> dict:
     return {"epoch_seconds": [h["seconds"] for h in result.history], "total": total,
             "val_acc": result.history[-1]["val_acc"], **peak_rss_mib(), **env, **phases,
             "folder": str(result.folder), "class_names": result.run_info["class_names"],
-            "device": result.run_info["device"], "precision": result.run_info["precision"],
-            "note": result.run_info["data_path_note"]}
+            "device": result.run_info["device"], "precision": result.run_info["precision"]}
 
 
 def run_reference(spec: dict) -> dict:
@@ -186,6 +185,8 @@ def run_reference(spec: dict) -> dict:
     began = time.perf_counter()
     config = build_config(spec["config"])
     root, class_names = Path(config.data), spec["class_names"]
+    if len(class_names) != 2:
+        raise SystemExit(f"the reference pipeline is two-class (one logit, BCE-with-logits); got {class_names}")
     with open(spec["split_file"], newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     items = {s: [(r["path"], class_names.index(r["label"])) for r in rows if r["split"] == s]
@@ -266,8 +267,7 @@ def run_reference(spec: dict) -> dict:
     test = time.perf_counter() - began_test
     total = time.perf_counter() - began
     return {"epoch_seconds": epoch_seconds, "total": total, "val_acc": val_acc, "test_acc": test_acc,
-            **peak_rss_mib(), **env, "setup": setup, "test": test,
-            "note": f"PIL per sample, DataLoader num_workers={workers}, full forward every batch"}
+            **peak_rss_mib(), **env, "setup": setup, "test": test}
 
 
 def run_in_subprocess(pipeline: str, spec: dict, env: dict, log_path: Path) -> dict:
@@ -278,8 +278,9 @@ def run_in_subprocess(pipeline: str, spec: dict, env: dict, log_path: Path) -> d
         done = subprocess.run([sys.executable, __file__, "--run-one", json.dumps(spec)], env=env, cwd=REPO,
                               stdout=log, stderr=subprocess.STDOUT)
     if done.returncode != 0:
-        tail = log_path.read_text()[-3000:]
-        raise RuntimeError(f"{pipeline} failed (exit {done.returncode}); end of {log_path}:\n{tail}")
+        lines = log_path.read_text().strip().splitlines() or ["(no output)"]
+        print("\n".join(lines[-30:]), file=sys.stderr)
+        raise RuntimeError(f"{pipeline} failed (exit {done.returncode}, log {log_path}): {lines[-1][:200]}")
     return json.loads(result_path.read_text())
 
 
@@ -311,7 +312,7 @@ def table_rows(case: Case, ref: dict | None, fac: dict | None, error: str | None
     label = f"{case.name} ({case.img_size}px, {'all' if case.limit is None else case.limit} images, " \
             f"{case.epochs} ep)"
     if error:
-        return [{"case": label, "pipeline": "FAILED", "where the time went": error.splitlines()[0][:120]}]
+        return [{"case": label, "pipeline": "FAILED", "where the time went": error}]
     rows = []
     for pipeline, r in (("reference", ref), ("facetl", fac)):
         first, rest = epoch_times(r["epoch_seconds"])
@@ -382,13 +383,17 @@ def main(argv=None) -> None:
         child_main(args.run_one)
         return
     cases = select_cases(args)
+    if args.out is not None:
+        taken = [str(args.out / c.name) for c in cases if (args.out / c.name).exists()]
+        if taken:  # facetl refuses to overwrite a run folder; say so before spending any time
+            sys.exit(f"--out already holds {', '.join(taken)}; choose a new --out")
     out = args.out or Path(tempfile.mkdtemp(prefix="facetl-bench-"))
     out.mkdir(parents=True, exist_ok=True)
     cache_root = Path(tempfile.mkdtemp(prefix="facetl-bench-cache-"))
     print(f"warming the OS page cache: {warm_page_cache(args.data)} files under {args.data}", flush=True)
 
     # No torch in this process: a child started by vfork+exec inherits the parent's ru_maxrss.
-    rows, devices, imports = [], set(), []
+    rows, devices, imports, failed = [], set(), [], False
     try:
         for case in cases:
             folder = out / case.name
@@ -411,6 +416,7 @@ def main(argv=None) -> None:
                 rows += table_rows(case, ref, fac, None)
             except RuntimeError as exc:
                 print(exc, file=sys.stderr, flush=True)
+                failed = True
                 rows += table_rows(case, None, None, str(exc))
             finally:
                 shutil.rmtree(cache_root / case.name, ignore_errors=True)
@@ -434,7 +440,8 @@ def main(argv=None) -> None:
         + (f", torch {imports[0]['torch']} with {imports[0]['threads']} threads" if imports else "")
         + f"; device/precision: {'; '.join(sorted(devices)) or 'n/a'}.",
         "- times in seconds, excluding interpreter start and imports (both processes import torch, torchvision "
-        "and facetl before their clocks start); ratio = reference / facetl.",
+        "and facetl before their clocks start); an epoch is training + validation (facetl's history.csv "
+        "seconds; its checkpoint writes are listed apart, the reference writes none); ratio = reference / facetl.",
         "- peak RSS = getrusage ru_maxrss of the case's own fresh process"
         + (f" (importing torch, torchvision and facetl alone takes ~{min(r['import_rss'] for r in imports):.0f}"
            f" MiB; 'over imports' is the peak minus that process's own figure after its imports)"
@@ -448,9 +455,9 @@ def main(argv=None) -> None:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(table, encoding="utf-8")
         print(f"table written to {args.markdown}")
-    if args.out is None:
+    if args.out is None and not failed:
         shutil.rmtree(out, ignore_errors=True)
-    else:
+    else:  # kept: asked for, or holding the log of a failure
         print(f"run folders and logs in {out}")
 
 

@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="evaluate a run's best checkpoint on a split")
     evaluate.add_argument("run")
     evaluate.add_argument("--split", choices=["val", "test"], default="test")
+    evaluate.add_argument("--allow-changed-data", action="store_true",
+                          help="evaluate even if data files changed since the split was made")
 
     sweep = sub.add_parser("sweep", help="every combination of a grid, on one split, with a results table")
     add_config_flags(sweep)
@@ -167,7 +169,8 @@ def _oom_guard(run, batch_size: int):
 def cmd_evaluate(args) -> int:
     from facetl.evaluate.run import evaluate_run
 
-    metrics, out = evaluate_run(args.run, args.split, progress=sys.stderr.isatty())
+    metrics, out = evaluate_run(args.run, args.split, progress=sys.stderr.isatty(),
+                                allow_changed_data=args.allow_changed_data)
     print(f"{args.split}: accuracy {metrics['accuracy']:.4f}  precision {metrics['precision']:.4f}  recall "
           f"{metrics['recall']:.4f}  F1 {metrics['f1']:.4f}  ROC-AUC {_num(metrics['roc_auc'])}  "
           f"({metrics['n_images']} images)")

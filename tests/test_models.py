@@ -126,6 +126,25 @@ def test_vgg16_last_block_is_features_24_on(fast_backbones):
     assert plan.trainable_params == 3 * (512 * 512 * 9 + 512) + 513
 
 
+@pytest.mark.parametrize("backbone, last_stage, before", [
+    ("convnext_atto", "stages.3.", "stages.2."),      # timm files its head.norm in a group of its own
+    ("mobilenetv3_small_050", "blocks.5.", "blocks.4."),
+])
+def test_timm_last_block_and_frozen_with_non_leaf_parameters(fast_backbones, backbone, last_stage, before):
+    model, plan = make(backbone, "last-block")
+    prefix = "backbone.features.0.model."
+    names = {n for n, _ in model.backbone.named_parameters(prefix="backbone")}
+    trained = trainable_names(model) & names
+    stage = {n for n in names if n.startswith(prefix + last_stage)}
+    assert stage and stage <= trained
+    assert not any(n.startswith(prefix + before) for n in trained)
+    model.train()
+    model(tiny_batch()).sum().backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if n in stage)
+    frozen, plan = make(backbone, "frozen")  # layer scales and BatchNormAct2d are not leaf modules
+    assert trainable_names(frozen) == {n for n, _ in frozen.named_parameters() if n.startswith("head.")}
+
+
 def test_from_index_and_from_name(fast_backbones):
     vgg, plan = make("vgg16", "from:10")
     assert plan.cut == 10
@@ -157,24 +176,35 @@ def batch_norms(model):
     return batch_norms_of(model.backbone)
 
 
+TRAINED_BN = {  # batch-norm names (in the backbone) that last-block trains
+    "mobilenet_v2": ("features.14.", "features.15.", "features.16.", "features.17.", "features.18."),
+    "resnet18": ("features.0.model.layer4.",),
+    "mobilenetv3_small_050": ("features.0.model.blocks.5.",),  # timm's BatchNormAct2d: not a leaf module
+}
+
+
 @pytest.mark.parametrize("backbone, strategy", [
     ("mobilenet_v2", "frozen"), ("mobilenet_v2", "last-block"), ("mobilenet_v2", "full"),
     ("resnet18", "frozen"), ("resnet18", "last-block"),
+    ("mobilenetv3_small_050", "frozen"), ("mobilenetv3_small_050", "last-block"),
 ])
 def test_frozen_batch_norm_keeps_running_stats(fast_backbones, backbone, strategy):
     model, _ = make(backbone, strategy)
-    before = {n: (m.running_mean.clone(), m.running_var.clone()) for n, m in batch_norms(model)}
+    norms = batch_norms(model)
+    trained = {"frozen": (), "full": ("",), "last-block": TRAINED_BN[backbone]}[strategy]
+    frozen = {n for n, _ in norms if not n.startswith(trained)}
+    assert 0 < len(frozen) < len(norms) if strategy == "last-block" else True
+    before = {n: (m.running_mean.clone(), m.running_var.clone()) for n, m in norms}
     model.eval()
     model.train()  # train() after eval() must keep the frozen ones in eval mode
     with torch.no_grad():
         model(tiny_batch(4) * 3 + 1)
-    for name, module in batch_norms(model):
-        frozen = not module.weight.requires_grad
+    for name, module in norms:
         unchanged = torch.equal(module.running_mean, before[name][0]) and \
             torch.equal(module.running_var, before[name][1])
-        assert unchanged == frozen, f"{name}: frozen={frozen} but running stats unchanged={unchanged}"
-        assert module.training != frozen
-    assert any(not m.weight.requires_grad for _, m in batch_norms(model)) == (strategy != "full")
+        assert unchanged == (name in frozen), f"{name}: frozen={name in frozen}, running stats unchanged={unchanged}"
+        assert module.weight.requires_grad == (name not in frozen), name
+        assert module.training == (name not in frozen), name
 
 
 @pytest.mark.parametrize("head, img_size", [("mlp", 64), ("vgg", 32)])

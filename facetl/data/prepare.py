@@ -10,7 +10,7 @@ import numpy as np
 
 from facetl.data.samples import Samples, load_samples, stratified_limit
 from facetl.data.split import apply_duplicate_policy, load_split, make_split, save_split, split_hash
-from facetl.data.store import ImageStore, default_cache_dir, open_image_store
+from facetl.data.store import ImageStore, default_cache_dir, files_key, open_image_store
 from facetl.errors import FacetlError
 from facetl.runfolder import atomic_write_csv, atomic_write_json
 
@@ -62,10 +62,7 @@ def prepare_data(config, samples: Samples, img_size: int, folder: Path, log, pro
         Path(config.split_file) if getattr(config, "split_file", None) else None)
     if split_file is not None:
         split_samples, assignment = load_split(split_file, samples.root, samples.class_names)
-        missing = [p for p in split_samples.files() if not p.is_file()]
-        if missing:
-            raise FacetlError(f"the data changed since {split_file} was made: {missing[0]} is gone"
-                              + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        check_unchanged(split_samples, split_file)
         store = open_image_store(split_samples.files(), img_size, store_dir, config.workers, progress)
         if store.errors:
             first = next(iter(store.errors))
@@ -74,6 +71,8 @@ def prepare_data(config, samples: Samples, img_size: int, folder: Path, log, pro
         log(f"split: reused {split_file} ({_counts(assignment)})")
         if split_file != folder / "split.csv":
             save_split(folder / "split.csv", split_samples, assignment)
+            if split_file.with_suffix(".json").is_file():
+                (folder / "split.json").write_bytes(split_file.with_suffix(".json").read_bytes())
         return PreparedData(split_samples, store, assignment, cache_dir, config.normalize)
 
     samples = stratified_limit(samples, config.limit, config.seed)
@@ -96,10 +95,28 @@ def prepare_data(config, samples: Samples, img_size: int, folder: Path, log, pro
     assignment = np.full(len(samples), "", dtype=object)
     assignment[kept] = make_split(samples.take(kept), [store.hashes[i] for i in kept], config.split, config.seed)
     save_split(folder / "split.csv", samples.take(kept), assignment[kept])
-    atomic_write_json(folder / "split.json", {"files_hash": split_hash(samples.take(kept)), "seed": config.seed,
+    atomic_write_json(folder / "split.json", {"files_hash": split_hash(samples.take(kept)),
+                                              "files_key": files_key(samples.take(kept).files()), "seed": config.seed,
                                               "fractions": config.split, "counts": _counts(assignment)})
     log(f"split: {_counts(assignment)} (seed {config.seed}), saved to {folder / 'split.csv'}")
     return PreparedData(samples, store, assignment, cache_dir, config.normalize)
+
+
+def check_unchanged(samples: Samples, split_file: Path, allow_changed: bool = False) -> None:
+    """Refuse data whose files changed (gone, or different size or time) since the split was made."""
+    missing = [p for p in samples.files() if not p.is_file()]
+    if missing:
+        raise FacetlError(f"the data changed since {split_file} was made: {missing[0]} is gone"
+                          + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    meta = split_file.with_suffix(".json")
+    if allow_changed or not meta.is_file():
+        return
+    import json
+
+    recorded = json.loads(meta.read_text()).get("files_key")
+    if recorded and recorded != files_key(samples.files()):
+        raise FacetlError(f"the data changed since {split_file} was made (a file's size or modification time "
+                          "differs); pass --allow-changed-data to use it anyway")
 
 
 def _counts(assignment: np.ndarray) -> str:

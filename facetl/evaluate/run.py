@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from facetl.config import build_config
+from facetl.data.prepare import check_unchanged
 from facetl.data.samples import data_root
 from facetl.data.split import load_split
 from facetl.data.store import default_cache_dir, open_image_store
@@ -49,7 +50,8 @@ def load_run(folder: str | Path, device: torch.device | None = None) -> LoadedRu
     return LoadedRun(folder, config, model, run_info, checkpoint["history"])
 
 
-def evaluate_run(folder: str | Path, split: str = "test", progress: bool = True) -> tuple[dict, Path]:
+def evaluate_run(folder: str | Path, split: str = "test", progress: bool = True,
+                 allow_changed_data: bool = False) -> tuple[dict, Path]:
     """Evaluate the best checkpoint on `split`; test results go in the run folder, others in eval-SPLIT/."""
     from facetl.train.fit import resolve_device
     from facetl.train.loop import evaluate
@@ -61,13 +63,11 @@ def evaluate_run(folder: str | Path, split: str = "test", progress: bool = True)
     device = resolve_device(config.device)
     run.model.to(device)
     samples, assignment = load_split(run.folder / "split.csv", data_root(config), run.class_names)
+    check_unchanged(samples, run.folder / "split.csv", allow_changed_data)
     index = np.flatnonzero(assignment == split)
     if len(index) == 0:
         raise FacetlError(f"the {split} split of {run.folder} is empty")
     files = [samples.files()[i] for i in index]
-    missing = [f for f in files if not f.is_file()]
-    if missing:
-        raise FacetlError(f"the data changed since the run's split was made: {missing[0]} is gone")
     cache = Path(config.cache_dir).expanduser() if config.cache_dir else default_cache_dir()
     store = open_image_store(files, run.run_info["img_size"], cache if config.cache else None, config.workers,
                              progress)

@@ -10,6 +10,8 @@ Only this file reaches inside torchvision and timm models.
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
 from torch import nn
 
@@ -117,6 +119,14 @@ class TimmBackbone(Backbone):
         from timm.models import group_parameters
 
         model = self.features[0].model
-        groups = group_parameters(model, model.group_matcher(coarse=True))
-        last = max(k for k in groups if k < 1e9)  # timm files head parameters under a huge group id
+        matcher = model.group_matcher(coarse=True)
+        named = list(model.named_parameters())
+        # timm renumbers its groups 0..n and files every parameter no pattern matches (neck, head: e.g.
+        # convnext's head.norm, densenet's norm5) in the last one; a sentinel name marks that group so the
+        # last block is the last real stage, not the head's norm alone
+        unmatched = "\0unmatched"
+        if isinstance(matcher, dict):
+            named.append((unmatched, None))
+        groups = group_parameters(SimpleNamespace(named_parameters=lambda: iter(named)), matcher)
+        last = max(k for k, names in groups.items() if unmatched not in names)
         return {f"features.0.model.{n}" for n in groups[last]}

@@ -68,9 +68,16 @@ def apply_strategy(model: nn.Module, strategy: str) -> Plan:
     backbone = model.backbone
     layers = backbone_layers(backbone)
     first = first_trainable_layer(backbone, strategy)
+    position = {id(module): i for i, (_, module) in enumerate(layers)}
     frozen_bn = []
-    for i, (_, module) in enumerate(layers):
-        trainable = first is not None and i >= first
+    # a module's own parameters go with the first layer inside it: a layer is its own first layer; a container
+    # with parameters of its own (timm's BatchNormAct2d, ConvNeXt's layer scale, ViT's class token) is not a
+    # layer but must be frozen with the layers it holds
+    for name, module in backbone.features.named_modules():
+        if not name:
+            continue
+        start = min((position[id(m)] for m in module.modules() if id(m) in position), default=len(layers))
+        trainable = first is not None and start >= first
         for p in module.parameters(recurse=False):
             p.requires_grad_(trainable)
         if not trainable and isinstance(module, nn.modules.batchnorm._BatchNorm):
