@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -75,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train one model into a run folder")
     add_config_flags(train)
     train.add_argument("--resume", metavar="RUN", help="continue a killed run from its last finished epoch")
+    train.add_argument("--nproc", type=int, default=1, metavar="N",
+                       help="train with N processes on this machine (launches torchrun; one per GPU, or CPU gloo)")
 
     evaluate = sub.add_parser("evaluate", help="evaluate a run's best checkpoint on a split")
     evaluate.add_argument("run")
@@ -118,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if not args.command:
         parser.print_help()
         return 2
@@ -149,11 +154,47 @@ def cmd_train(args) -> int:
             raise FacetlError(f"nothing to resume: {run} has no config.yaml")
         config = build_config(load_yaml(run / "config.yaml"))
         config.out = str(run)
-        fit(config, resume=True, progress=sys.stderr.isatty())
-        return 0
-    config = config_from_args(args)
-    _oom_guard(lambda: fit(config, progress=sys.stderr.isatty()), config.batch_size)
+    else:
+        config = config_from_args(args)
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return launch_torchrun(args, config)
+    _oom_guard(lambda: fit(config, resume=bool(args.resume), progress=sys.stderr.isatty()), config.batch_size)
     return 0
+
+
+def launch_torchrun(args, config: TrainConfig) -> int:
+    """Check the input here (one clear line on bad input), then run this same command under torchrun."""
+    from facetl.data.prepare import read_samples
+    from facetl.models.registry import create_backbone
+
+    config.check()
+    read_samples(config)
+    create_backbone(config.backbone, "none")
+    if not config.out:
+        config.out = _default_out(config)
+    argv = _without_option(args.argv, "--nproc") + ([] if args.resume or "--out" in args.argv else
+                                                     ["--out", config.out])
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(args.nproc),
+               "-m", "facetl", *argv]
+    return subprocess.call(command)
+
+
+def _default_out(config: TrainConfig) -> str:
+    from facetl.train.fit import default_out
+
+    return default_out(config)
+
+
+def _without_option(argv: list[str], option: str) -> list[str]:
+    out, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == option:
+            skip = True
+        elif not item.startswith(option + "="):
+            out.append(item)
+    return out
 
 
 def _oom_guard(run, batch_size: int):

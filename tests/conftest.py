@@ -29,6 +29,18 @@ def isolated_cache(tmp_path_factory, monkeypatch) -> Path:
     return cache
 
 
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """One torch thread for a module of tiny-tensor tests: faster than two on a small CPU, and no
+    spin-waiting threads when the CPU is shared. Restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def shared_datasets() -> Path:
     """The real datasets folder; tests using it are skipped, with the reason, when it is absent."""
@@ -57,7 +69,7 @@ def write_image(path: Path, size: int | tuple[int, int] = 16, seed: int = 0, mod
     rng = np.random.default_rng(seed)
     shape = (height, width, 3) if mode == "RGB" else (height, width)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(path, fmt, **save_args)
+    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(path, fmt, **save_args)
     return path
 
 

@@ -11,6 +11,8 @@ from facetl.errors import FacetlError
 from facetl.models import build_model
 from facetl.train.sources import FeatureSource, ImageSource, Precision, open_feature_source
 
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
 CPU = torch.device("cpu")
 FP32 = Precision("fp32", CPU)
 

@@ -14,7 +14,7 @@ from facetl.config import TrainConfig
 from facetl.errors import FacetlError
 from facetl.models import build_model
 from facetl.models.registry import create_backbone, list_backbones
-from facetl.models.strategies import apply_strategy, backbone_layers
+from facetl.models.strategies import backbone_layers
 from facetl.models.weights import WeightsUnavailable
 
 BACKBONES = ["vgg16", "vgg19", "mobilenet_v2", "resnet18"]  # resnet18: a timm model
@@ -26,6 +26,8 @@ LAST_BLOCK = {  # parameter-name prefixes that last-block trains, besides the he
     "resnet18": ["backbone.features.0.model.layer4."],
 }
 MOBILENET_FILE = "mobilenet_v2-b0353104.pth"
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 _built: dict[str, nn.Module] = {}
 

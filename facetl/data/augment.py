@@ -18,7 +18,9 @@ DEFAULT_ROTATION = 10.0
 
 def to_float(batch: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
     """(B, H, W, 3) uint8 -> (B, 3, H, W) float in [0, 1], channels_last in memory."""
-    x = torch.as_tensor(np.ascontiguousarray(batch)).to(device, non_blocking=True)
+    if isinstance(batch, np.ndarray) and not (batch.flags.writeable and batch.flags.c_contiguous):
+        batch = np.array(batch)  # a slice of the read-only memory map: torch wants its own copy
+    x = torch.as_tensor(batch).to(device, non_blocking=True)
     return x.permute(0, 3, 1, 2).float().div_(255.0).contiguous(memory_format=torch.channels_last)
 
 

@@ -54,8 +54,23 @@ def cache_folder(config) -> Path:
     return Path(config.cache_dir).expanduser() if config.cache_dir else default_cache_dir()
 
 
-def prepare_data(config, samples: Samples, img_size: int, folder: Path, log, progress: bool = True) -> PreparedData:
-    """Decode, clean and split `samples`; write split.csv (and skipped_images.csv) into the run folder."""
+def open_store_together(files: list[Path], size: int, store_dir: Path | None, workers: int | None, progress: bool,
+                        group) -> ImageStore:
+    """With several processes, the first on each machine decodes; the others then open its store."""
+    if group is None or not group.active or store_dir is None:
+        return open_image_store(files, size, store_dir, workers, progress)
+    store = open_image_store(files, size, store_dir, workers, progress) if group.is_local_main else None
+    group.barrier()
+    return store or open_image_store(files, size, store_dir, workers, progress=False)
+
+
+def prepare_data(config, samples: Samples, img_size: int, folder: Path, log, progress: bool = True,
+                 group=None) -> PreparedData:
+    """Decode, clean and split `samples`; write split.csv (and skipped_images.csv) into the run folder.
+
+    Every process computes the same split; only the main one (`group.is_main`) writes files.
+    """
+    writes = group is None or group.is_main
     cache_dir = cache_folder(config)
     store_dir = cache_dir if config.cache else None
     split_file = folder / "split.csv" if (folder / "split.csv").is_file() else (
@@ -63,13 +78,13 @@ def prepare_data(config, samples: Samples, img_size: int, folder: Path, log, pro
     if split_file is not None:
         split_samples, assignment = load_split(split_file, samples.root, samples.class_names)
         check_unchanged(split_samples, split_file)
-        store = open_image_store(split_samples.files(), img_size, store_dir, config.workers, progress)
+        store = open_store_together(split_samples.files(), img_size, store_dir, config.workers, progress, group)
         if store.errors:
             first = next(iter(store.errors))
             raise FacetlError(f"{split_samples.files()[first]} has become unreadable since the split was made: "
                               f"{store.errors[first]}")
         log(f"split: reused {split_file} ({_counts(assignment)})")
-        if split_file != folder / "split.csv":
+        if split_file != folder / "split.csv" and writes:
             save_split(folder / "split.csv", split_samples, assignment)
             if split_file.with_suffix(".json").is_file():
                 (folder / "split.json").write_bytes(split_file.with_suffix(".json").read_bytes())
@@ -78,9 +93,9 @@ def prepare_data(config, samples: Samples, img_size: int, folder: Path, log, pro
     samples = stratified_limit(samples, config.limit, config.seed)
     log(f"data: {len(samples)} images in {len(samples.class_names)} classes "
         f"({', '.join(f'{k} {v}' for k, v in samples.counts().items())})"[:400])
-    store = open_image_store(samples.files(), img_size, store_dir, config.workers, progress)
+    store = open_store_together(samples.files(), img_size, store_dir, config.workers, progress, group)
     keep = store.readable()
-    if store.errors:
+    if store.errors and writes:
         rows = [(samples.paths[i], store.errors[i]) for i in sorted(store.errors)]
         atomic_write_csv(folder / "skipped_images.csv", ["path", "reason"], rows)
         log(f"warning: skipped {len(rows)} unreadable image(s), listed in {folder / 'skipped_images.csv'}; "
@@ -94,10 +109,12 @@ def prepare_data(config, samples: Samples, img_size: int, folder: Path, log, pro
         raise FacetlError("fewer than two classes have readable images; nothing to learn")
     assignment = np.full(len(samples), "", dtype=object)
     assignment[kept] = make_split(samples.take(kept), [store.hashes[i] for i in kept], config.split, config.seed)
-    save_split(folder / "split.csv", samples.take(kept), assignment[kept])
-    atomic_write_json(folder / "split.json", {"files_hash": split_hash(samples.take(kept)),
-                                              "files_key": files_key(samples.take(kept).files()), "seed": config.seed,
-                                              "fractions": config.split, "counts": _counts(assignment)})
+    if writes:
+        save_split(folder / "split.csv", samples.take(kept), assignment[kept])
+        atomic_write_json(folder / "split.json", {"files_hash": split_hash(samples.take(kept)),
+                                                  "files_key": files_key(samples.take(kept).files()),
+                                                  "seed": config.seed, "fractions": config.split,
+                                                  "counts": _counts(assignment)})
     log(f"split: {_counts(assignment)} (seed {config.seed}), saved to {folder / 'split.csv'}")
     return PreparedData(samples, store, assignment, cache_dir, config.normalize)
 

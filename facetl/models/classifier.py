@@ -39,6 +39,18 @@ class FaceClassifier(nn.Module):
         return self
 
 
+class TrainablePart(nn.Module):
+    """features[cut:] + head as one module: what the optimiser and DistributedDataParallel see."""
+
+    def __init__(self, model: FaceClassifier, cut: int):
+        super().__init__()
+        self.rest = model.backbone.features[cut:]
+        self.head = model.head
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.head(self.rest(z))
+
+
 def resolve_img_size(config, backbone_input_size: int) -> int:
     return config.img_size or backbone_input_size
 

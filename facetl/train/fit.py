@@ -23,9 +23,11 @@ from facetl.data.prepare import prepare_data, read_samples
 from facetl.errors import FacetlError
 from facetl.evaluate.report import write_evaluation
 from facetl.models import build_model
+from facetl.models.classifier import TrainablePart
 from facetl.runfolder import (RunLock, atomic_torch_save, atomic_write_csv, atomic_write_json, atomic_write_text,
                               prepare_run_folder)
 from facetl.train.loop import NonFiniteLoss, evaluate, train_one_epoch
+from facetl.train.distributed import Dist, init_distributed, shutdown_distributed
 from facetl.train.sources import ImageSource, Precision, open_feature_source
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"]
@@ -75,24 +77,40 @@ def default_out(config: TrainConfig) -> str:
 
 def fit(config: TrainConfig, resume: bool = False, progress: bool = True, quiet: bool = False) -> RunResult:
     config.check()
-    folder = prepare_run_folder(config.out or default_out(config))
-    config.out = str(folder)
-    with RunLock(folder):
-        return _fit_locked(config, folder, resume, progress, RunLog(folder / "train.log", quiet))
+    group, device_name = init_distributed(config.device)
+    try:
+        out = config.out or default_out(config)
+        if group.active:  # every rank must write to the folder rank 0 named
+            shared = [out]
+            torch.distributed.broadcast_object_list(shared, src=0)
+            out = shared[0]
+        folder = prepare_run_folder(out)
+        config.out = str(folder)
+        log = RunLog(folder / "train.log" if group.is_main else None, quiet or not group.is_main)
+        progress = progress and group.is_main
+        if not group.is_main:
+            return _fit(config, folder, resume, progress, log, group, device_name)
+        with RunLock(folder):
+            return _fit(config, folder, resume, progress, log, group, device_name)
+    finally:
+        shutdown_distributed(group)
 
 
-def _fit_locked(config: TrainConfig, folder: Path, resume: bool, progress: bool, log: RunLog) -> RunResult:
+def _fit(config: TrainConfig, folder: Path, resume: bool, progress: bool, log: RunLog, group: Dist,
+         device_name: str) -> RunResult:
     checkpoint = _load_resume_point(folder) if resume else None
     if not resume and (folder / "last.pt").exists():
         raise FacetlError(f"{folder} already holds a run; continue it with --resume {folder} or choose a new --out")
-    atomic_write_text(folder / "config.yaml", dump_yaml(config))
+    main = group.is_main
+    if main:
+        atomic_write_text(folder / "config.yaml", dump_yaml(config))
 
     # 1. the model before the data: its pretrained configuration decides image size and normalisation
     samples = read_samples(config)
     torch.manual_seed(config.seed)
     model, plan, img_size = build_model(config, len(samples.class_names), log)
-    data = prepare_data(config, samples, img_size, folder, log, progress)
-    device = resolve_device(config.device)
+    data = prepare_data(config, samples, img_size, folder, log, progress, group)
+    device = resolve_device(device_name)
     precision = Precision(config.precision, device)
     model.to(device, memory_format=torch.channels_last)
     mean, std = data.normalization(model.backbone)
@@ -100,30 +118,32 @@ def _fit_locked(config: TrainConfig, folder: Path, resume: bool, progress: bool,
     if model.weights_note == "no pretraining" and plan.first_trainable is None:
         log("warning: a frozen backbone with no pretraining is a fixed random function; expect accuracy near "
             "the majority class (use ImageNet weights, or --strategy full)")
-    log(f"device {device}, precision {precision.name}, image size {img_size}, normalisation mean {mean} std {std}")
+    log(f"device {device}, precision {precision.name}, image size {img_size}, normalisation mean {mean} std {std}"
+        + (f"; {group.world} processes, batch {config.batch_size} per process" if group.active else ""))
 
     # 2. inputs of the trainable part: stored prefix outputs when the prefix is frozen, else computed now
     augment = BatchAugment(config.augmentations)
     train_index, val_index, test_index = data.index("train"), data.index("val"), data.index("test")
     use_cache = config.cache and plan.cut > 0 and (not augment.active or augment.flip_only or config.cache_views > 0)
-    on_the_fly = ImageSource(data.store.images, model, plan.cut, mean, std, augment, device, precision)
     if use_cache:
-        cached = open_feature_source(model, plan.cut, data.store.images, data.store.key,
+        source = open_feature_source(model, plan.cut, data.store.images, data.store.key,
                                      np.concatenate([train_index, val_index, test_index]), train_index, mean, std,
                                      augment, config.cache_views, config.seed, device, precision,
-                                     data.cache_dir, max(config.batch_size, 64), progress)
-        train_source = eval_source = cached
+                                     data.cache_dir, max(config.batch_size, 64), progress, group)
     else:
-        train_source = eval_source = on_the_fly
-    data_note = train_source.description
+        source = ImageSource(data.store.images, model, plan.cut, mean, std, augment, device, precision)
+    data_note = source.description
     if not use_cache and plan.cut > 0:
         data_note += (" (--no-cache)" if not config.cache else
                       " (jitter/rotate change every epoch; --cache-views K stores K views instead)")
     log(f"data path: {data_note}")
 
-    # 3. optimiser over what trains; scheduler per epoch
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(trainable, lr=config.lr)
+    # 3. optimiser over what trains; DistributedDataParallel keeps the ranks' gradients in step
+    part = TrainablePart(model, plan.cut)
+    if group.active:
+        part = torch.nn.parallel.DistributedDataParallel(
+            part, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr)
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
                  if config.scheduler == "cosine" else None)
     scaler = precision.scaler()
@@ -139,58 +159,71 @@ def _fit_locked(config: TrainConfig, folder: Path, resume: bool, progress: bool,
         start_epoch, train_seconds = checkpoint["epoch"] + 1, checkpoint["train_seconds"]
         log(f"resuming after epoch {checkpoint['epoch']}")
 
+    def evaluate_split(index: np.ndarray, desc: str) -> dict:
+        """Each rank evaluates its share; the gathered result equals one process evaluating all of it."""
+        mine = group.shard(index)
+        result = evaluate(model, source, data.labels, mine, precision, plan.cut, config.batch_size * 2, desc,
+                          progress)
+        probs, loss_sum = group.gather_in_order(len(index), result["probs"], result["loss"] * len(mine))
+        accuracy = float((probs.argmax(1) == data.labels[index]).mean()) if len(index) else float("nan")
+        return {"loss": loss_sum / max(len(index), 1), "acc": accuracy, "probs": probs}
+
     run_info = {
         "title": f"{config.backbone} {config.strategy} on {Path(config.data).name}"
                  + (f" ({config.target})" if config.target else ""),
         "weights_note": model.weights_note, "trainable_params": plan.trainable_params,
         "total_params": plan.total_params, "data_path_note": data_note, "img_size": img_size,
         "mean": list(mean), "std": list(std), "class_names": data.class_names, "cut": plan.cut,
-        "precision": precision.name, "device": str(device),
+        "precision": precision.name, "device": str(device), "processes": group.world,
     }
 
-    # 4. epochs
+    # 4. epochs, each seeded by (seed, epoch) so a resumed run draws what an uninterrupted one would
     for epoch in range(start_epoch, config.epochs + 1):
         began = time.perf_counter()
-        generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-        torch.manual_seed(config.seed * 100_003 + epoch)  # dropout
+        order = group.epoch_order(train_index, config.seed, epoch)
+        generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch * 101 + group.rank)
+        torch.manual_seed(config.seed * 100_003 + epoch * 101 + group.rank)  # dropout
         try:
-            train = train_one_epoch(model, train_source, data.labels, train_index, optimizer, scaler, precision,
-                                    plan.cut, config.batch_size, generator, f"epoch {epoch}/{config.epochs}",
-                                    progress)
+            sums = train_one_epoch(model, part, source, data.labels, order, optimizer, scaler, precision,
+                                   config.batch_size, generator, f"epoch {epoch}/{config.epochs}", progress)
         except NonFiniteLoss as exc:
             kept = "best.pt and last.pt keep the last good epoch" if history else "no epoch finished"
             raise FacetlError(f"stopped at epoch {epoch}: {exc}; {kept}. Try a lower --lr") from None
-        val = evaluate(model, eval_source, data.labels, val_index, precision, plan.cut, config.batch_size * 2,
-                       "validate", progress)
+        loss_sum, correct, seen = group.sum(sums["loss_sum"], sums["correct"], sums["seen"])
+        val = evaluate_split(val_index, "validate")
         if scheduler is not None:
             scheduler.step()
         seconds = time.perf_counter() - began
         train_seconds += seconds
-        row = {"epoch": epoch, "train_loss": train["loss"], "train_acc": train["acc"], "val_loss": val["loss"],
+        row = {"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / seen, "val_loss": val["loss"],
                "val_acc": val["acc"], "seconds": seconds}
         history.append(row)
         score = -val["loss"] if config.select == "val_loss" else val["acc"]
         improved = best["score"] is None or score > best["score"]
         if improved:
             best = {"epoch": epoch, "score": score}
-        log(f"epoch {epoch:>3}/{config.epochs}  train loss {train['loss']:.4f} acc {train['acc']:.4f}  "
+        log(f"epoch {epoch:>3}/{config.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
             f"val loss {val['loss']:.4f} acc {val['acc']:.4f}  {seconds:.1f}s" + ("  *best" if improved else ""))
-        meta = {"config": config.to_dict(), "run_info": run_info, "epoch": epoch, "history": history, "best": best,
-                "train_seconds": train_seconds}
-        if improved:
-            atomic_torch_save(folder / "best.pt", {"model": model.state_dict(), **meta})
-        atomic_torch_save(folder / "last.pt", {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                               "scheduler": scheduler.state_dict() if scheduler else None, **meta})
-        atomic_write_csv(folder / "history.csv", HISTORY_COLUMNS,
-                         [[h[c] if c == "epoch" else f"{h[c]:.6f}" for c in HISTORY_COLUMNS] for h in history])
+        if main:
+            meta = {"config": config.to_dict(), "run_info": run_info, "epoch": epoch, "history": history,
+                    "best": best, "train_seconds": train_seconds}
+            if improved:
+                atomic_torch_save(folder / "best.pt", {"model": model.state_dict(), **meta})
+            atomic_torch_save(folder / "last.pt", {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler else None, **meta})
+            atomic_write_csv(folder / "history.csv", HISTORY_COLUMNS,
+                             [[h[c] if c == "epoch" else f"{h[c]:.6f}" for c in HISTORY_COLUMNS] for h in history])
+        group.barrier()  # checkpoints are complete before any rank goes on
 
     # 5. the test split, once, with the best epoch's weights
     model.load_state_dict(torch.load(folder / "best.pt", map_location=device, weights_only=False)["model"])
     run_info.update({"best_epoch": best["epoch"], "train_seconds": round(train_seconds, 2)})
-    atomic_write_json(folder / "run.json", run_info)
     final_split, final_index = ("test", test_index) if len(test_index) else ("val", val_index)
-    result = evaluate(model, eval_source, data.labels, final_index, precision, plan.cut, config.batch_size * 2,
-                      final_split, progress)
+    result = evaluate_split(final_index, final_split)
+    if not main:
+        return RunResult(folder, {}, history, run_info)
+    atomic_write_json(folder / "run.json", run_info)
     metrics = write_evaluation(folder, final_split, data.labels[final_index], result["probs"],
                                data.store.images[np.sort(final_index)][np.argsort(np.argsort(final_index))],
                                data.class_names, history, run_info, config.to_dict())

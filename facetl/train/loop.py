@@ -24,11 +24,13 @@ def probabilities(logits: torch.Tensor) -> torch.Tensor:
     return torch.softmax(logits, dim=1)
 
 
-def train_one_epoch(model, source, labels: np.ndarray, index: np.ndarray, optimizer, scaler, precision,
-                    cut: int, batch_size: int, generator: torch.Generator, desc: str = "train",
-                    progress: bool = True) -> dict:
-    model.train()
-    order = index[torch.randperm(len(index), generator=generator).numpy()]
+def train_one_epoch(model, part, source, labels: np.ndarray, order: np.ndarray, optimizer, scaler, precision,
+                    batch_size: int, generator: torch.Generator, desc: str = "train", progress: bool = True) -> dict:
+    """Train `part` (the trainable suffix, DDP-wrapped when distributed) over `order` in batches.
+
+    Returns sums (loss, correct, seen) so that ranks can add theirs up.
+    """
+    model.train()  # through the whole model, so frozen batch-norm layers stay in eval mode
     total_loss, correct, seen = 0.0, 0, 0
     batches = range(0, len(order), batch_size)
     for start in tqdm(batches, desc=desc, unit="batch", leave=False, disable=not progress):
@@ -36,7 +38,7 @@ def train_one_epoch(model, source, labels: np.ndarray, index: np.ndarray, optimi
         z = source.batch(batch, generator)
         y = torch.as_tensor(labels[batch], device=z.device)
         with precision.autocast():
-            logits = model.forward_suffix(z, cut).float()
+            logits = part(z).float()
         loss = loss_fn(logits, y)
         if not torch.isfinite(loss):
             raise NonFiniteLoss(f"the training loss became {loss.item()} at batch {start // batch_size + 1}")
@@ -47,7 +49,7 @@ def train_one_epoch(model, source, labels: np.ndarray, index: np.ndarray, optimi
         total_loss += loss.item() * len(batch)
         correct += int((probabilities(logits.detach()).argmax(1) == y).sum())
         seen += len(batch)
-    return {"loss": total_loss / seen, "acc": correct / seen}
+    return {"loss_sum": total_loss, "correct": correct, "seen": seen}
 
 
 @torch.inference_mode()

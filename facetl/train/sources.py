@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 from contextlib import nullcontext
 from pathlib import Path
@@ -23,6 +24,7 @@ from tqdm import tqdm
 
 from facetl.data.augment import BatchAugment, normalize, to_float
 from facetl.errors import FacetlError
+from facetl.train.distributed import Dist
 
 
 class Precision:
@@ -107,7 +109,7 @@ def prefix_fingerprint(model, cut: int) -> str:
 def open_feature_source(model, cut: int, images: np.ndarray, store_key: str, index: np.ndarray,
                         train_index: np.ndarray, mean, std, augment: BatchAugment, cache_views: int, seed: int,
                         device: torch.device, precision: Precision, cache_dir: Path, batch_size: int,
-                        progress: bool = True) -> FeatureSource:
+                        progress: bool = True, group: Dist | None = None) -> FeatureSource:
     """Compute (or reopen) the frozen prefix's output: plain for `index`, extra views for `train_index`."""
     if not augment.active:
         views, extra, description = "plain", 0, "features cached (no augmentation)"
@@ -133,27 +135,40 @@ def open_feature_source(model, cut: int, images: np.ndarray, store_key: str, ind
     shape = (len(index) + extra * len(train_index),) + _prefix_shape(model, cut, images.shape[1], device)
 
     final = Path(cache_dir) / "features" / key
+    group = group or Dist()
     if not (final / "meta.json").is_file():
         _build_features(final, key_text, shape, store_dtype, jobs, images, model, cut, mean, std, augment, views,
-                        seed, device, precision, batch_size, progress)
+                        seed, device, precision, batch_size, progress, group)
     else:
         description += ", reused from cache"
+    group.barrier()  # nobody trains on a cache that is still being written
     feats = np.memmap(final / "features.bin", dtype=store_dtype, mode="r", shape=shape)
     return FeatureSource(feats, plain_row, extra_rows, views, device, description)
 
 
 def _build_features(final: Path, key_text: str, shape, store_dtype, jobs, images, model, cut, mean, std,
-                    augment, views, seed, device, precision, batch_size, progress) -> None:
+                    augment, views, seed, device, precision, batch_size, progress, group: Dist) -> None:
+    """Fill the feature file batch by batch; with several processes on a machine, each takes every
+    local_world-th batch of one shared file, and local rank 0 publishes it when all are done."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(prefix=f"{final.name}.building-", dir=final.parent))
+    if group.active:
+        building = final.parent / f"{final.name}.building-{socket.gethostname()}"
+        if group.is_local_main:
+            shutil.rmtree(building, ignore_errors=True)
+            building.mkdir()
+            np.memmap(building / "features.bin", dtype=store_dtype, mode="w+", shape=shape).flush()
+        group.barrier()
+    else:
+        building = Path(tempfile.mkdtemp(prefix=f"{final.name}.building-", dir=final.parent))
     try:
-        feats = np.memmap(building / "features.bin", dtype=store_dtype, mode="w+", shape=shape)
+        mode = "r+" if group.active else "w+"
+        feats = np.memmap(building / "features.bin", dtype=store_dtype, mode=mode, shape=shape)
         mean_t, std_t = torch.tensor(mean, device=device), torch.tensor(std, device=device)
         generator = torch.Generator().manual_seed(seed + 7919)
         was_training = model.training
         model.eval()
         bar = tqdm(total=shape[0], desc="caching frozen features", unit="img", disable=not progress, leave=False)
-        row = 0
+        row, number = 0, 0
         for view, index in jobs:
             for start in range(0, len(index), batch_size):
                 batch = index[start:start + batch_size]
@@ -161,23 +176,28 @@ def _build_features(final: Path, key_text: str, shape, store_dtype, jobs, images
                 if view > 0 and views == "flip":
                     x = x.flip(3)
                 elif view > 0:
-                    x = augment(x, generator)
-                x = normalize(x, mean_t, std_t)
-                with torch.inference_mode(), precision.autocast():
-                    feats[row:row + len(batch)] = model.forward_prefix(x, cut).float().cpu().numpy()
+                    x = augment(x, generator)  # drawn on every rank, so each view is the same whoever computes it
+                if number % group.local_world == group.local_rank:
+                    x = normalize(x, mean_t, std_t)
+                    with torch.inference_mode(), precision.autocast():
+                        feats[row:row + len(batch)] = model.forward_prefix(x, cut).float().cpu().numpy()
                 row += len(batch)
+                number += 1
                 bar.update(len(batch))
         bar.close()
         model.train(was_training)
         feats.flush()
         del feats
-        (building / "meta.json").write_text(json.dumps({"key": key_text, "shape": list(shape)}))
-        try:
-            os.rename(building, final)
-        except OSError:  # built meanwhile by another process: use theirs
-            shutil.rmtree(building, ignore_errors=True)
+        group.barrier()
+        if group.is_local_main:
+            (building / "meta.json").write_text(json.dumps({"key": key_text, "shape": list(shape)}))
+            try:
+                os.rename(building, final)
+            except OSError:  # built meanwhile by another process: use theirs
+                shutil.rmtree(building, ignore_errors=True)
     except BaseException:
-        shutil.rmtree(building, ignore_errors=True)
+        if not group.active:
+            shutil.rmtree(building, ignore_errors=True)
         raise
 
 
