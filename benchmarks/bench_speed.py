@@ -38,6 +38,7 @@ machine; the table's header records the load average before and after.
 from __future__ import annotations
 
 import argparse
+import threading
 import csv
 import dataclasses
 import json
@@ -286,9 +287,34 @@ def run_in_subprocess(pipeline: str, spec: dict, env: dict, log_path: Path) -> d
     return json.loads(result_path.read_text())
 
 
+class AnonymousPeak:
+    """Highest RssAnon seen, sampled every 20 ms. Unlike ru_maxrss it leaves out pages of memory-mapped
+    files (facetl's image and feature caches), which the kernel can drop at any time."""
+
+    def __init__(self):
+        self.peak_kib, self._stop = 0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self):
+        while not self._stop.is_set():
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith("RssAnon:"):
+                        self.peak_kib = max(self.peak_kib, int(line.split()[1]))
+            self._stop.wait(0.02)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.peak_kib / 1024
+
+
 def child_main(spec_json: str) -> None:
     spec = json.loads(spec_json)
+    sampler = AnonymousPeak() if Path("/proc/self/status").is_file() else None
     result = (run_facetl if spec["pipeline"] == "facetl" else run_reference)(spec)
+    result["anon_peak"] = sampler.stop() if sampler else float("nan")
     Path(spec["result"]).write_text(json.dumps(result))
 
 
@@ -333,7 +359,7 @@ def table_header(args, results: list[dict], load_before: float, load_after: floa
 
 def render_table(rows: list[dict], header: list[str]) -> str:
     cols = ["case", "pipeline", "epoch 1 s", "epochs 2..N s/epoch", "total s", "where the time went",
-            "peak RSS MiB", "over imports MiB", "largest child MiB", "final val acc", "ref/facetl total",
+            "peak RSS MiB", "peak anon MiB", "over imports MiB", "largest child MiB", "final val acc", "ref/facetl total",
             "ref/facetl per epoch"]
     lines = header + ["", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for row in rows:
@@ -361,7 +387,8 @@ def table_rows(case: Case, ref: dict | None, fac: dict | None, error: str | None
         rows.append({"case": label, "pipeline": pipeline, "epoch 1 s": f"{first:.2f}",
                      "epochs 2..N s/epoch": f"{rest:.2f}" if len(r["epoch_seconds"]) > 1 else "-",
                      "total s": f"{r['total']:.1f}", "where the time went": where,
-                     "peak RSS MiB": f"{r['rss']:.0f}", "over imports MiB": f"{r['rss'] - r['import_rss']:.0f}",
+                     "peak RSS MiB": f"{r['rss']:.0f}", "peak anon MiB": f"{r['anon_peak']:.0f}",
+                     "over imports MiB": f"{r['rss'] - r['import_rss']:.0f}",
                      "largest child MiB": f"{r['child_rss']:.0f}",
                      "final val acc": f"{r['val_acc']:.3f}"})
     per_epoch = epoch_times(ref["epoch_seconds"])[1] / epoch_times(fac["epoch_seconds"])[1]

@@ -50,31 +50,44 @@ class Backbone(nn.Module):
             self.train(was_training)
 
 
-def _torchvision(name: str, weights: str, build, weights_enum, block_starts, channels, flat_pool):
-    model = build(weights=None)
+def _torchvision(name: str, weights: str, features: nn.Sequential, weights_enum, block_starts, channels, flat_pool):
     if weights == "imagenet":
-        model.load_state_dict(load_imagenet_torchvision(name, weights_enum))
-    backbone = Backbone(name, model.features, block_starts, channels, flat_pool)
+        state = load_imagenet_torchvision(name, weights_enum)
+        features.load_state_dict({k[len("features."):]: v for k, v in state.items() if k.startswith("features.")})
+    backbone = Backbone(name, features, block_starts, channels, flat_pool)
     if weights not in ("imagenet", "none"):
         load_state_file(backbone, weights)
     backbone.pretrained = weights != "none"
     return backbone
 
 
+def _vgg_features(config: str) -> nn.Sequential:
+    """VGG's convolutional part alone: building the whole model would allocate (then drop) a 124M-parameter
+    classifier. Initialised as torchvision's VGG initialises its convolutions."""
+    from torchvision.models.vgg import cfgs, make_layers
+
+    features = make_layers(cfgs[config], batch_norm=False)
+    for module in features.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.constant_(module.bias, 0)
+    return features
+
+
 @register_backbone
 def vgg16(weights: str) -> Backbone:
-    from torchvision.models import VGG16_Weights, vgg16 as build
+    from torchvision.models import VGG16_Weights
 
     # blocks end at each max-pool: features[0:5], [5:10], [10:17], [17:24], [24:31] ('last block' = [24:])
-    return _torchvision("vgg16", weights, build, VGG16_Weights.IMAGENET1K_V1, [0, 5, 10, 17, 24], 512,
+    return _torchvision("vgg16", weights, _vgg_features("D"), VGG16_Weights.IMAGENET1K_V1, [0, 5, 10, 17, 24], 512,
                         nn.AdaptiveAvgPool2d((7, 7)))
 
 
 @register_backbone
 def vgg19(weights: str) -> Backbone:
-    from torchvision.models import VGG19_Weights, vgg19 as build
+    from torchvision.models import VGG19_Weights
 
-    return _torchvision("vgg19", weights, build, VGG19_Weights.IMAGENET1K_V1, [0, 5, 10, 19, 28], 512,
+    return _torchvision("vgg19", weights, _vgg_features("E"), VGG19_Weights.IMAGENET1K_V1, [0, 5, 10, 19, 28], 512,
                         nn.AdaptiveAvgPool2d((7, 7)))
 
 
@@ -84,7 +97,7 @@ def mobilenet_v2(weights: str) -> Backbone:
 
     # blocks are the resolution stages (each starts at a stride-2 unit), as VGG's blocks end at a pool;
     # the last block, features[14:], holds the last three 160-channel units, the 320 unit and the 1x1 conv.
-    return _torchvision("mobilenet_v2", weights, build, MobileNet_V2_Weights.IMAGENET1K_V1,
+    return _torchvision("mobilenet_v2", weights, build(weights=None).features, MobileNet_V2_Weights.IMAGENET1K_V1,
                         [0, 2, 4, 7, 14], 1280, nn.AdaptiveAvgPool2d(1))
 
 
