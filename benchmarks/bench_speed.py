@@ -346,7 +346,8 @@ def table_header(args, results: list[dict], load_before: float, load_after: floa
         f"BCE-with-logits, validation each epoch, one test pass.",
         f"- same data ({args.data.name}), split (facetl's split.csv), model (facetl's build_model), "
         f"head {args.head}, seed {args.seed}, augment {','.join(args.augment) or 'none'}.",
-        f"- machine: {os.cpu_count()} CPU cores{torch_note}; device/precision: {'; '.join(devices)}; "
+        f"- machine: {os.cpu_count()} CPU cores{torch_note}; facetl device/precision: {'; '.join(devices)}; "
+        f"reference precision: {args.reference_precision}; "
         f"1-minute load average {load_before:.1f} before, {load_after:.1f} after (above 0.5 or so, other "
         f"work shares the cores and the times are noisy).",
         "- times in seconds, excluding interpreter start and imports (both processes import torch, torchvision "
@@ -419,7 +420,10 @@ def parse_args(argv=None):
     p.add_argument("--limit", type=int, help="override every case's image count (0: all images)")
     p.add_argument("--img-size", type=int, help="override every case's image size")
     p.add_argument("--quick", action="store_true", help="tiny everything (about a minute): checks the script")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="facetl's --precision (auto: bf16 frozen part on CPUs with native bf16, fp32 training)")
+    p.add_argument("--reference-precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="the reference's autocast (default fp32, as the studies ran)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--head", default="linear", choices=["linear", "mlp", "vgg"])
     p.add_argument("--augment", default="", help="e.g. flip (reference: RandomHorizontalFlip)")
@@ -470,7 +474,7 @@ def main(argv=None) -> None:
                 ref = run_in_subprocess("reference", {
                     "config": ref_config, "split_file": str(Path(fac["folder"]) / "split.csv"),
                     "class_names": fac["class_names"], "workers": args.workers, "device": fac["device"],
-                    "precision": fac["precision"]}, env, folder / "reference.log")
+                    "precision": args.reference_precision}, env, folder / "reference.log")
                 print(f"[{case.name}] reference {ref['total']:.1f}s", flush=True)
                 results.append(fac)
                 rows += table_rows(case, ref, fac, None)

@@ -7,12 +7,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from facetl.data.augment import normalize, to_float
+from facetl.data.augment import BatchAugment
 from facetl.data.folders import find_images
 from facetl.data.images import UnreadableImage, decode_image
 from facetl.errors import FacetlError
 from facetl.evaluate.run import load_run
 from facetl.train.loop import probabilities
+from facetl.train.sources import ImageSource, Precision
 
 
 def collect_images(inputs: list[str]) -> list[Path]:
@@ -35,8 +36,9 @@ def predict(run_folder: str, inputs: list[str], batch_size: int = 64) -> tuple[l
     """Return ([(path, label, probability of that label)], [(path, why unreadable)])."""
     run = load_run(run_folder)
     size = run.run_info["img_size"]
-    mean = torch.tensor(run.run_info["mean"])
-    std = torch.tensor(run.run_info["std"])
+    device = torch.device("cpu")
+    source = ImageSource(None, run.model, run.run_info["cut"], run.run_info["mean"], run.run_info["std"],
+                         BatchAugment([]), device, Precision(run.config.precision, device))
     rows, skipped = [], []
     files = collect_images(inputs)
     for start in range(0, len(files), batch_size):
@@ -49,9 +51,10 @@ def predict(run_folder: str, inputs: list[str], batch_size: int = 64) -> tuple[l
                 skipped.append((str(f), str(exc)))
         if not arrays:
             continue
-        x = normalize(to_float(np.stack(arrays), torch.device("cpu")), mean, std)
-        with torch.inference_mode():
-            probs = probabilities(run.model(x).float()).numpy()
+        source.images = np.stack(arrays)
+        z = source.batch(np.arange(len(arrays)), None)  # the frozen part, as during training
+        with torch.inference_mode(), source.precision.autocast():
+            probs = probabilities(run.model.forward_suffix(z, source.cut).float()).numpy()
         for f, p in zip(batch_files, probs):
             k = int(p.argmax())
             rows.append((str(f), run.class_names[k], float(p[k])))

@@ -121,8 +121,9 @@ def trained_run(tmp_path_factory):
     if not SMILES.is_dir():
         pytest.skip(f"SMILEsmileD not found at {SMILES}")
     out = tmp_path_factory.mktemp("run") / "smile"
+    cache = tmp_path_factory.mktemp("cache")  # module scope: the per-test FACETL_CACHE is not set yet
     code = main(["train", "--data", str(SMILES), "--weights", "none", "--img-size", "32", "--epochs", "1",
-                 "--limit", "200", "--strategy", "full", "--out", str(out)])
+                 "--limit", "200", "--strategy", "full", "--out", str(out), "--cache-dir", str(cache)])
     assert code == 0
     return out
 
@@ -204,3 +205,29 @@ def test_demo_runs_without_imagenet_weights_and_says_so(tmp_path):
     assert "strategy-frozen" in result.stdout and "strategy-last-block" in result.stdout
     assert "no pretraining" in result.stdout
     assert (tmp_path / "demo" / "strategy-frozen" / "report.md").is_file()
+
+
+def test_gpu_out_of_memory_names_the_batch_size_and_suggests_a_smaller_one(tmp_path, capsys, monkeypatch):
+    import torch
+    import facetl.train.fit
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(facetl.train.fit, "fit", out_of_memory)
+    data = folder_dataset(tmp_path / "faces")
+    result = in_process(capsys, "train", "--data", str(data), "--batch-size", "64", "--out", str(tmp_path / "run"))
+    one_line_error(result, "--batch-size 64", "--batch-size 32")
+
+
+def test_cache_ls_shows_entries_and_clear_frees_them(tmp_path, capsys):
+    cache = str(tmp_path / "cache")
+    data = folder_dataset(tmp_path / "faces")
+    assert main(["inspect", "--data", str(data), "--out", str(tmp_path / "look"), "--cache-dir", cache]) == 0
+    capsys.readouterr()
+    assert main(["cache", "ls", "--cache-dir", cache]) == 0
+    listing = capsys.readouterr().out
+    assert "images" in listing and "MiB" in listing
+    assert main(["cache", "clear", "--cache-dir", cache]) == 0
+    assert "cleared" in capsys.readouterr().out
+    assert not list(Path(cache).glob("images/*"))

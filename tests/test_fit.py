@@ -107,6 +107,13 @@ def test_sweep_runs_every_combination_on_one_split_and_marks_the_best(tmp_path):
     assert {r["trainable_params"] for r in table} == {"1281", "1682625"}
     assert "(best)" in (tmp_path / "grid" / "results.md").read_text()
 
+    # a rerun skips the finished runs instead of training them again
+    messages = []
+    again = sweep(base, {"lr": ["1e-3", "1e-4"], "strategy": ["frozen", "last-block"]}, tmp_path / "grid",
+                  progress=False, log=messages.append)
+    assert sum("finished earlier" in m for m in messages) == 4
+    assert [r["accuracy"] for r in again] == [r["accuracy"] for r in rows]
+
 
 @needs_celebs
 def test_identity_folder_with_24_classes_uses_cross_entropy_and_macro_metrics(tmp_path):

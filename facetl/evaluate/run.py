@@ -74,12 +74,14 @@ def evaluate_run(folder: str | Path, split: str = "test", progress: bool = True,
     if store.errors:
         first = next(iter(store.errors))
         raise FacetlError(f"{files[first]} is unreadable: {store.errors[first]}")
-    precision = Precision(run.run_info.get("precision", "fp32"), device)
-    source = ImageSource(store.images, run.model, 0, run.run_info["mean"], run.run_info["std"], BatchAugment([]),
+    # the same split of the model, and the same precision on each side of it, as during training
+    precision = Precision(config.precision, device)
+    cut = run.run_info["cut"]
+    source = ImageSource(store.images, run.model, cut, run.run_info["mean"], run.run_info["std"], BatchAugment([]),
                          device, precision)
     labels = samples.labels[index]
     positions = np.arange(len(index))
-    result = evaluate(run.model, source, labels, positions, precision, 0, config.batch_size * 2, split, progress)
+    result = evaluate(run.model, source, labels, positions, precision, cut, config.batch_size * 2, split, progress)
     out = run.folder if split == "test" else run.folder / f"eval-{split}"
     metrics = write_evaluation(out, split, labels, result["probs"], store.images, run.class_names, run.history,
                                run.run_info, config.to_dict())

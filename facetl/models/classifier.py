@@ -61,6 +61,7 @@ def build_model(config, num_classes: int, log=print) -> tuple[FaceClassifier, Pl
     if weights == "auto":
         try:
             backbone = create_backbone(config.backbone, "imagenet")
+            weights = "imagenet"
         except WeightsUnavailable as exc:
             log(f"no ImageNet weights: {exc}; training from random initialisation (no pretraining)")
             backbone = create_backbone(config.backbone, "none")
@@ -68,13 +69,11 @@ def build_model(config, num_classes: int, log=print) -> tuple[FaceClassifier, Pl
     else:
         backbone = create_backbone(config.backbone, weights)
     note = {"imagenet": "ImageNet pretrained", "none": "no pretraining"}.get(weights, f"weights from {weights}")
-    if weights == "auto":
-        note = "ImageNet pretrained"
     img_size = resolve_img_size(config, backbone.input_size)
     outputs = 1 if num_classes == 2 else num_classes
     head = build_head(config.head, backbone, img_size, outputs, config.dropout)
     model = FaceClassifier(backbone, head, outputs, note)
-    if weights not in ("imagenet", "none", "auto"):
+    if weights not in ("imagenet", "none"):
         _carry_head(model, weights)
     plan = apply_strategy(model, config.strategy)
     return model, plan, img_size
