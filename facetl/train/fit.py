@@ -118,7 +118,8 @@ def _fit(config: TrainConfig, folder: Path, resume: bool, progress: bool, log: R
     if model.weights_note == "no pretraining" and plan.first_trainable is None:
         log("warning: a frozen backbone with no pretraining is a fixed random function; expect accuracy near "
             "the majority class (use ImageNet weights, or --strategy full)")
-    log(f"device {device}, precision {precision.describe()}, image size {img_size}, normalisation mean {mean} std {std}"
+    precision_note = precision.describe() if plan.cut > 0 else precision.name  # no frozen part: one precision
+    log(f"device {device}, precision {precision_note}, image size {img_size}, normalisation mean {mean} std {std}"
         + (f"; {group.world} processes, batch {config.batch_size} per process" if group.active else ""))
 
     # 2. inputs of the trainable part: stored prefix outputs when the prefix is frozen, else computed now
@@ -174,7 +175,7 @@ def _fit(config: TrainConfig, folder: Path, resume: bool, progress: bool, log: R
         "weights_note": model.weights_note, "trainable_params": plan.trainable_params,
         "total_params": plan.total_params, "data_path_note": data_note, "img_size": img_size,
         "mean": list(mean), "std": list(std), "class_names": data.class_names, "cut": plan.cut,
-        "precision": precision.describe(), "device": str(device), "processes": group.world,
+        "precision": precision_note, "device": str(device), "processes": group.world,
     }
 
     # 4. epochs, each seeded by (seed, epoch) so a resumed run draws what an uninterrupted one would
