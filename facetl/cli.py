@@ -333,8 +333,8 @@ def cmd_demo(args) -> int:
     print()
     print((Path(args.out) / "results.md").read_text())
     if any(r["pretraining"] == "no pretraining" for r in rows):
-        print("note: these runs had no pretraining (ImageNet weights were not available); "
-              "accuracy is far below what pretrained weights give.")
+        print("note: these runs had no pretraining (ImageNet weights were not available here); a frozen "
+              "random backbone can only predict the majority class, so compare strategies with ImageNet weights.")
     return 0
 
 
