@@ -78,8 +78,10 @@ def test_bad_input_gives_one_line_naming_the_problem(tmp_path, capsys):
     ]
     for args, needles in cases:
         one_line_error(in_process(capsys, *args), *needles)
-    # and as a real process: exit code 2, no traceback
-    one_line_error(facetl(*cases[1][0]), "unknown backbone")
+    # and as a real process: exit code 2, no traceback, and no half-made run folder left behind
+    out = tmp_path / "never"
+    one_line_error(facetl(*cases[1][0], "--out", str(out)), "unknown backbone")
+    assert not out.exists()
 
 
 def test_table_image_that_is_absent_is_named(tmp_path, capsys):

@@ -8,6 +8,7 @@ and dropout as an uninterrupted one.
 """
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -39,6 +40,14 @@ class RunResult:
     metrics: dict
     history: list[dict]
     run_info: dict
+
+
+class SetupError(Exception):
+    """Bad input found before training started; carries the user-facing FacetlError."""
+
+    def __init__(self, cause: FacetlError):
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 class RunLog:
@@ -84,6 +93,7 @@ def fit(config: TrainConfig, resume: bool = False, progress: bool = True, quiet:
             shared = [out]
             torch.distributed.broadcast_object_list(shared, src=0)
             out = shared[0]
+        created = not Path(out).exists()
         folder = prepare_run_folder(out)
         config.out = str(folder)
         log = RunLog(folder / "train.log" if group.is_main else None, quiet or not group.is_main)
@@ -91,7 +101,12 @@ def fit(config: TrainConfig, resume: bool = False, progress: bool = True, quiet:
         if not group.is_main:
             return _fit(config, folder, resume, progress, log, group, device_name)
         with RunLock(folder):
-            return _fit(config, folder, resume, progress, log, group, device_name)
+            try:
+                return _fit(config, folder, resume, progress, log, group, device_name)
+            except SetupError as exc:
+                if created:  # bad input stopped it before any training: leave no half-made run folder
+                    shutil.rmtree(folder, ignore_errors=True)
+                raise exc.cause from None
     finally:
         shutdown_distributed(group)
 
@@ -102,15 +117,18 @@ def _fit(config: TrainConfig, folder: Path, resume: bool, progress: bool, log: R
     if not resume and (folder / "last.pt").exists():
         raise FacetlError(f"{folder} already holds a run; continue it with --resume {folder} or choose a new --out")
     main = group.is_main
-    if main:
-        atomic_write_text(folder / "config.yaml", dump_yaml(config))
 
     # 1. the model before the data: its pretrained configuration decides image size and normalisation
-    samples = read_samples(config)
-    torch.manual_seed(config.seed)
-    model, plan, img_size = build_model(config, len(samples.class_names), log)
-    data = prepare_data(config, samples, img_size, folder, log, progress, group)
-    device = resolve_device(device_name)
+    try:
+        samples = read_samples(config)
+        torch.manual_seed(config.seed)
+        model, plan, img_size = build_model(config, len(samples.class_names), log)
+        data = prepare_data(config, samples, img_size, folder, log, progress, group)
+        device = resolve_device(device_name)
+    except FacetlError as exc:
+        raise SetupError(exc) from None
+    if main:
+        atomic_write_text(folder / "config.yaml", dump_yaml(config))
     precision = Precision(config.precision, device)
     model.to(device, memory_format=torch.channels_last)
     mean, std = data.normalization(model.backbone)
