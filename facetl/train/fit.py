@@ -42,6 +42,20 @@ class RunResult:
     run_info: dict
 
 
+class StoreRows:
+    """Rows `index` of the image store, read only when asked for: the error gallery shows a couple of
+    dozen images, so the whole test split is never loaded at once."""
+
+    def __init__(self, images: np.ndarray, index: np.ndarray):
+        self.images, self.index = images, index
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.images[self.index[i]]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+
 class SetupError(Exception):
     """Bad input found before training started; carries the user-facing FacetlError."""
 
@@ -244,8 +258,8 @@ def _fit(config: TrainConfig, folder: Path, resume: bool, progress: bool, log: R
         return RunResult(folder, {}, history, run_info)
     atomic_write_json(folder / "run.json", run_info)
     metrics = write_evaluation(folder, final_split, data.labels[final_index], result["probs"],
-                               data.store.images[np.sort(final_index)][np.argsort(np.argsort(final_index))],
-                               data.class_names, history, run_info, config.to_dict())
+                               StoreRows(data.store.images, final_index), data.class_names, history, run_info,
+                               config.to_dict())
     log(f"{final_split}: accuracy {metrics['accuracy']:.4f}  F1 {metrics['f1']:.4f}  ROC-AUC "
         f"{metrics['roc_auc'] if metrics['roc_auc'] is None else round(metrics['roc_auc'], 4)}  "
         f"train {train_seconds:.1f}s  report {folder / 'report.md'}")
