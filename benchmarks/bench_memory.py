@@ -15,7 +15,6 @@ import os
 import resource
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -23,6 +22,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_speed import AnonymousPeak  # noqa: E402  (same folder: the script's own)
 
 
 def make_images(root: Path, count: int, size: int) -> None:
@@ -40,26 +41,6 @@ def make_images(root: Path, count: int, size: int) -> None:
         x = int(rng.integers(size // 4, 3 * size // 4))
         draw.ellipse([x - 30, y - 20, x + 30, y + 20], fill=(230, 220, 200))
         image.save(root / label / f"{i}.jpg", quality=85)
-
-
-class AnonymousPeak:
-    def __init__(self):
-        self.peak_kib, self._stop = 0, threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-
-    def _sample(self):
-        while not self._stop.is_set():
-            with open("/proc/self/status") as f:
-                for line in f:
-                    if line.startswith("RssAnon:"):
-                        self.peak_kib = max(self.peak_kib, int(line.split()[1]))
-            self._stop.wait(0.02)
-
-    def stop(self) -> float:
-        self._stop.set()
-        self._thread.join()
-        return self.peak_kib / 1024
 
 
 def folder_mib(path: Path) -> float:

@@ -53,6 +53,14 @@ def atomic_torch_save(path: str | Path, obj) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def read_torch_file(path: str | Path, what: str = "", weights_only: bool = False):
+    """torch.load on the CPU; a broken or foreign file becomes one clear FacetlError."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except Exception as exc:
+        raise FacetlError(f"cannot read {what}{path}: {str(exc).splitlines()[0][:160]}") from None
+
+
 def prepare_run_folder(path: str | Path) -> Path:
     """Create the run folder (and parents), failing with one line when that is not possible."""
     path = Path(path)

@@ -15,6 +15,7 @@ from facetl.data.store import default_cache_dir, open_image_store
 from facetl.errors import FacetlError
 from facetl.evaluate.report import write_evaluation
 from facetl.models import build_model
+from facetl.runfolder import read_torch_file
 
 
 @dataclasses.dataclass
@@ -36,10 +37,7 @@ def load_run(folder: str | Path, device: torch.device | None = None) -> LoadedRu
     path = folder / "best.pt"
     if not path.is_file():
         raise FacetlError(f"{folder} is not a finished facetl run (no best.pt)")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise FacetlError(f"cannot read {path}: {str(exc).splitlines()[0][:160]}") from None
+    checkpoint = read_torch_file(path)
     config = build_config(checkpoint["config"])
     run_info = checkpoint["run_info"]
     structure = dataclasses.replace(config, weights="none", img_size=run_info["img_size"])

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from facetl.errors import FacetlError
+from facetl.runfolder import read_torch_file
 
 
 class WeightsUnavailable(FacetlError):
@@ -59,10 +60,7 @@ def read_state_dict(path: str | Path) -> dict:
             raise FacetlError(f"{candidates[0].parent} is not a facetl run folder (no best.pt or last.pt)")
     if not path.is_file():
         raise FacetlError(f"weights file not found: {path} (--weights takes imagenet, none or a PATH)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise FacetlError(f"cannot read weights file {path}: {str(exc).splitlines()[0][:160]}") from None
+    state = read_torch_file(path, "weights file ", weights_only=True)
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]  # facetl checkpoint
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):

@@ -26,7 +26,7 @@ from facetl.evaluate.report import write_evaluation
 from facetl.models import build_model
 from facetl.models.classifier import TrainablePart
 from facetl.runfolder import (RunLock, atomic_torch_save, atomic_write_csv, atomic_write_json, atomic_write_text,
-                              prepare_run_folder)
+                              prepare_run_folder, read_torch_file)
 from facetl.train.loop import NonFiniteLoss, evaluate, train_one_epoch
 from facetl.train.distributed import Dist, init_distributed, shutdown_distributed
 from facetl.train.sources import ImageSource, Precision, open_feature_source
@@ -270,7 +270,4 @@ def _load_resume_point(folder: Path) -> dict:
     path = folder / "last.pt"
     if not path.is_file():
         raise FacetlError(f"nothing to resume in {folder}: no last.pt (did the run finish its first epoch?)")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise FacetlError(f"cannot read {path}: {str(exc).splitlines()[0][:160]}") from None
+    return read_torch_file(path)
