@@ -7,7 +7,7 @@ from io import BytesIO
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Files above this many pixels are refused rather than decoded: a decompression bomb would take the
 # machine's memory. 8K x 8K is far beyond any face photo.
@@ -40,6 +40,8 @@ def decode_image(path: Path, size: int) -> tuple[np.ndarray, str]:
                 return np.asarray(image, dtype=np.uint8), digest
     except UnreadableImage:
         raise
+    except UnidentifiedImageError:
+        raise UnreadableImage("cannot decode: not an image file (or a format Pillow cannot read)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise UnreadableImage(f"too large ({exc})") from None
     except Exception as exc:  # PIL raises many types for broken files
