@@ -66,7 +66,7 @@ def prepare_run_folder(path: str | Path) -> Path:
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
+        probe = path / f".write-test-{os.getpid()}"  # per process: torchrun ranks probe at once
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
