@@ -170,8 +170,8 @@ def run_facetl(spec: dict) -> dict:
     total = time.perf_counter() - began
     return {"epoch_seconds": [h["seconds"] for h in result.history], "total": total,
             "val_acc": result.history[-1]["val_acc"], **peak_rss_mib(), **env, **phases,
-            "folder": str(result.folder), "class_names": result.run_info["class_names"],
-            "device": result.run_info["device"], "precision": result.run_info["precision"]}
+            "folder": str(result.folder), "class_names": result.record.class_names,
+            "device": result.record.trained_with.device, "precision": result.record.trained_with.describe()}
 
 
 def run_reference(spec: dict) -> dict:
@@ -225,7 +225,7 @@ def run_reference(spec: dict) -> dict:
 
     # Same seed right before build_model as facetl's fit: identical initial weights.
     torch.manual_seed(config.seed)
-    model, _, _ = build_model(config, len(class_names), log=lambda message: None)
+    model = build_model(config, len(class_names), log=lambda message: None).model
     device = torch.device(spec["device"])
     model.to(device)
     trainable = [p for p in model.parameters() if p.requires_grad]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from facetl.config import FIELDS, STRATEGY_HELP, TrainConfig, build_config, load_yaml
 from facetl.errors import FacetlError
+from facetl.runfolder import atomic_write_csv
 
 FLAG_HELP = {
     "data": "class-folder root, CSV attribute table or list_attr_celeba.txt",
@@ -30,6 +31,9 @@ FLAG_HELP = {
     "strategy": STRATEGY_HELP,
     "select": "best epoch by val_loss or val_acc",
     "precision": "auto | fp32 | bf16 | fp16",
+    "colour": "rgb | grey: grey makes every image grey in three channels (default rgb, or the --weights run's)",
+    "precise_bn": "recompute batch-norm statistics over training images before each validation: auto (only "
+                  "without pretraining) | on | off",
     "cache": "use the decoded-image and frozen-feature caches",
     "cache_views": "augmented views stored per training image when augmenting with jitter/rotate",
     "cache_dir": "cache folder (default $FACETL_CACHE or ~/.cache/facetl)",
@@ -70,6 +74,14 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return build_config(values)
 
 
+def add_runtime_flags(parser: argparse.ArgumentParser) -> None:
+    """Device and precision are this machine's choice, whatever the run was trained on."""
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+                        help="where to run (default auto: a GPU if there is one)")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                        help="autocast on this machine (default auto: what is fast here)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="facetl", description="Transfer learning of face classifiers.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
@@ -83,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="evaluate a run's best checkpoint on a split")
     evaluate.add_argument("run")
     evaluate.add_argument("--split", choices=["val", "test"], default="test")
+    evaluate.add_argument("--data", help="the data, when it is no longer where the run recorded it")
+    evaluate.add_argument("--images", help="the image folder of a table, when it moved")
+    add_runtime_flags(evaluate)
     evaluate.add_argument("--allow-changed-data", action="store_true",
                           help="evaluate even if data files changed since the split was made")
 
@@ -94,7 +109,28 @@ def build_parser() -> argparse.ArgumentParser:
     predict = sub.add_parser("predict", help="label new images with a run")
     predict.add_argument("run")
     predict.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
-    predict.add_argument("--out", help="write path,label,probability CSV here instead of a table")
+    predict.add_argument("--out", help="write a CSV here (path, [face, box, score,] label, probability, one column "
+                                       "per class) instead of printing a table")
+    predict.add_argument("--faces", choices=["auto", "detect", "none"], default="auto",
+                         help="auto (default): find faces when the run was trained with --faces detect; detect: find "
+                              "and align every face in each photo; none: label each image as a whole")
+    predict.add_argument("--min-face", type=int, metavar="PIXELS",
+                         help="smallest face side that counts, in photo pixels (default: the run's, or 20)")
+    predict.add_argument("--annotate", metavar="DIR", help="also write each photo with its faces boxed and labelled")
+    predict.add_argument("--overwrite", action="store_true", help="replace existing --out or --annotate files")
+    add_runtime_flags(predict)
+
+    faces = sub.add_parser("faces", help="cut whole photos into a dataset of aligned face crops, with faces.csv "
+                                         "and a contact sheet")
+    faces.add_argument("data", help="a folder of class folders of photos, or an attribute table (with --images)")
+    faces.add_argument("--images", help="image folder for a table")
+    faces.add_argument("--target", help="attribute column of a table (its rows are copied for the crops)")
+    faces.add_argument("--out", required=True, help="a new or empty folder for the crops")
+    faces.add_argument("--size", type=int, default=112, help="crop side in pixels (default 112)")
+    faces.add_argument("--min-face", type=int, default=20, metavar="PIXELS",
+                       help="smallest face side that counts (default 20)")
+    faces.add_argument("--multi-face", choices=["largest", "skip", "error"], default="largest",
+                       help="a photo with several faces: keep the largest (default), skip the photo, or stop")
 
     inspect = sub.add_parser("inspect", help="class balance, sample grid, unreadable and duplicate files")
     inspect.add_argument("--data", required=True)
@@ -110,6 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
     backbones = sub.add_parser("backbones", help="list backbones, or one backbone's layers and blocks")
     backbones.add_argument("name", nargs="?")
     backbones.add_argument("--timm", metavar="PATTERN", help="list timm model names matching PATTERN (e.g. '*mobilenet*')")
+
+    export = sub.add_parser("export", help="a run's whole classifier as one file for other runtimes (ONNX)")
+    export.add_argument("run")
+    export.add_argument("--format", default="onnx", metavar="FORMAT", help="onnx (default)")
+    export.add_argument("--out", metavar="FILE", help="where to write it (default RUN/model.onnx)")
+    export.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
 
     demo = sub.add_parser("demo", help="study 4: MobileNetV2 smile detector on SMILEsmileD, frozen vs last-block")
     demo.add_argument("--out", default="runs/demo")
@@ -152,8 +194,17 @@ def cmd_train(args) -> int:
         run = Path(args.resume)
         if not (run / "config.yaml").is_file():
             raise FacetlError(f"nothing to resume: {run} has no config.yaml")
-        config = build_config(load_yaml(run / "config.yaml"))
+        from facetl.run import locate_data
+
+        config = locate_data(build_config(load_yaml(run / "config.yaml")), run)
         config.out = str(run)
+        if hasattr(args, "epochs"):  # --resume RUN --epochs N extends a finished or running run
+            config = build_config({"epochs": args.epochs}, config)
+        done = _finished_epochs(run)
+        if (run / "metrics.json").is_file() and done >= config.epochs:
+            print(f"{run} is finished ({done} of {config.epochs} epochs); nothing to resume. To train it further, "
+                  f"pass --epochs N with N > {done}")
+            return 0
     else:
         config = config_from_args(args)
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
@@ -162,10 +213,17 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _finished_epochs(run: Path) -> int:
+    history = run / "history.csv"
+    if not history.is_file():
+        return 0
+    return max(0, len([line for line in history.read_text().splitlines() if line.strip()]) - 1)
+
+
 def launch_torchrun(args, config: TrainConfig) -> int:
     """Check the input here (one clear line on bad input), then run this same command under torchrun."""
     from facetl.data.prepare import read_samples
-    from facetl.models.registry import create_backbone
+    from facetl.models.factory import create_backbone
 
     config.check()
     read_samples(config)
@@ -208,10 +266,11 @@ def _oom_guard(run, batch_size: int):
 
 
 def cmd_evaluate(args) -> int:
-    from facetl.evaluate.run import evaluate_run
+    from facetl.evaluation import evaluate_run
+    from facetl.runtime import Runtime
 
-    metrics, out = evaluate_run(args.run, args.split, progress=sys.stderr.isatty(),
-                                allow_changed_data=args.allow_changed_data)
+    metrics, out = evaluate_run(args.run, args.split, Runtime.for_inference(args.device, args.precision),
+                                sys.stderr.isatty(), args.allow_changed_data, args.data, args.images)
     print(f"{args.split}: accuracy {metrics['accuracy']:.4f}  precision {metrics['precision']:.4f}  recall "
           f"{metrics['recall']:.4f}  F1 {metrics['f1']:.4f}  ROC-AUC {_num(metrics['roc_auc'])}  "
           f"({metrics['n_images']} images)")
@@ -224,7 +283,7 @@ def _num(value) -> str:
 
 
 def cmd_sweep(args) -> int:
-    from facetl.train.sweep import parse_grid, sweep
+    from facetl.sweep import parse_grid, sweep
 
     config = config_from_args(args)
     if not config.out:
@@ -236,31 +295,67 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from facetl.predict import predict
-    from facetl.runfolder import atomic_write_csv
+    from facetl.predict import annotate, predict, prediction_table
+    from facetl.runtime import Runtime
 
-    rows, skipped = predict(args.run, args.images)
-    if not rows:
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        _check_writable_output(out, Path(args.run), args.overwrite)
+    result = predict(args.run, args.images, Runtime.for_inference(args.device, args.precision), args.faces,
+                     args.min_face)
+    if not result.rows:
         raise FacetlError("none of the images could be read")
-    if args.out:
-        atomic_write_csv(args.out, ["path", "label", "probability"], [(p, l, f"{q:.6f}") for p, l, q in rows])
-        print(f"wrote {len(rows)} predictions to {args.out}")
+    if out is not None:
+        atomic_write_csv(out, *prediction_table(result))
+        print(f"wrote {len(result.rows)} predictions to {out}")
     else:
-        width = min(max(len(r[0]) for r in rows), 80)
-        print(f"{'path':<{width}}  {'label':<20}  probability")
-        for path, label, prob in rows:
-            print(f"{path:<{width}}  {label:<20}  {prob:.4f}")
-    return 1 if skipped else 0
+        _print_predictions(result)
+    if args.annotate:
+        written = annotate(result.rows, Path(args.annotate), args.overwrite)
+        print(f"annotated {len(written)} photo(s) in {args.annotate}")
+    return 1 if result.skipped else 0
+
+
+def _check_writable_output(out: Path, run: Path, overwrite: bool) -> None:
+    """Refuse before any work: a run folder's own files are never written, others only when asked."""
+    if out.resolve().parent == run.resolve():
+        raise FacetlError(f"--out {out} is inside the run folder {run}; write predictions elsewhere")
+    if out.exists() and not overwrite:
+        raise FacetlError(f"--out {out} exists; pass --overwrite to replace it")
+
+
+def _print_predictions(result) -> None:
+    width = min(max(len(r.path) for r in result.rows), 80)
+    names = result.class_names if len(result.class_names) <= 4 else []  # every class's probability, when few
+    print(f"{'path':<{width}}  " + ("face  " if result.faces else "") + f"{'label':<20}  probability"
+          + "".join(f"  {name[:12]:>12}" for name in names))
+    for r in result.rows:
+        face = (f"{'-' if r.face is None else r.face:<4}  " if result.faces else "")
+        probability = "" if r.probability is None else f"{r.probability:.4f}"
+        probs = "".join(f"  {q:>12.4f}" for q in r.probs) if names and r.probs else ""
+        print(f"{r.path:<{width}}  {face}{(r.label or r.note):<20}  {probability:<11}{probs}")
+
+
+def cmd_faces(args) -> int:
+    from facetl.extract import extract_faces
+    from facetl.preprocessing import FaceAlignment
+
+    alignment = FaceAlignment(min_face=args.min_face, multi_face=args.multi_face)
+    summary = extract_faces(args.data, args.out, args.images, args.target, alignment, args.size,
+                            progress=sys.stderr.isatty())
+    print(f"{summary['crops']} face crops from {summary['photos']} photos in {summary['out']}")
+    print(f"every face found, used or why not: {Path(summary['out']) / 'faces.csv'}; "
+          f"look first: {Path(summary['out']) / 'faces.png'}")
+    return 0
 
 
 def cmd_inspect(args) -> int:
-    from facetl.data.inspection import inspect_dataset
-    from facetl.data.samples import load_samples
-    from facetl.data.store import default_cache_dir
+    from facetl.data.load import load_samples
+    from facetl.data.store import cache_root
+    from facetl.inspection import inspect_dataset
 
     samples = load_samples(args.data, args.images, args.target)
-    cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
-    summary = inspect_dataset(samples, args.out, cache, progress=sys.stderr.isatty())
+    summary = inspect_dataset(samples, args.out, cache_root(args.cache_dir), progress=sys.stderr.isatty())
     print(f"{summary['images']} images in {len(summary['classes'])} classes:")
     for name, count in summary["classes"].items():
         print(f"  {name:<30} {count:>7}")
@@ -274,10 +369,14 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_cache(args) -> int:
-    from facetl.data.store import default_cache_dir
+    from facetl.data.integrity import remove_stale_builds
+    from facetl.data.store import cache_root
 
-    root = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
-    entries = [p for kind in ("images", "features") for p in sorted((root / kind).glob("*")) if p.is_dir()]
+    root = cache_root(args.cache_dir)
+    for kind in ("images", "features"):
+        remove_stale_builds(root / kind)  # left by killed runs
+    entries = [p for kind in ("images", "features") for p in sorted((root / kind).glob("*"))
+               if p.is_dir() and ".building-" not in p.name and (p / "meta.json").is_file()]
     if args.action == "clear":
         for kind in ("images", "features"):
             shutil.rmtree(root / kind, ignore_errors=True)
@@ -293,7 +392,7 @@ def cmd_cache(args) -> int:
 
 
 def cmd_backbones(args) -> int:
-    from facetl.models.registry import list_backbones
+    from facetl.models.factory import create_backbone, list_backbones
 
     if args.timm:
         import timm
@@ -303,7 +402,6 @@ def cmd_backbones(args) -> int:
     if not args.name:
         print("facetl backbones: " + ", ".join(list_backbones()) + "; and any timm model name (--timm PATTERN)")
         return 0
-    from facetl.models.registry import create_backbone
     from facetl.models.strategies import backbone_layers
 
     backbone = create_backbone(args.name, "none")
@@ -317,14 +415,23 @@ def cmd_backbones(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from facetl.export import export_run
+
+    out = export_run(args.run, args.format, args.out, args.overwrite)
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB): input uint8 (batch, H, W, 3) RGB, "
+          f"output class probabilities; preprocessing and class names in its metadata")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from facetl.data.download import smiles_dataset
-    from facetl.data.store import default_cache_dir
-    from facetl.train.sweep import sweep
+    from facetl.data.store import cache_root
+    from facetl.sweep import sweep
 
     config_path = Path(__file__).resolve().parent.parent / "configs" / "study4_smile_mobilenetv2.yaml"
     values = load_yaml(config_path) if config_path.is_file() else {}
-    values.update({"data": str(smiles_dataset(default_cache_dir())), "weights": "auto", "epochs": args.epochs,
+    values.update({"data": str(smiles_dataset(cache_root())), "weights": "auto", "epochs": args.epochs,
                    "out": args.out})
     if args.limit:
         values["limit"] = args.limit
@@ -332,14 +439,15 @@ def cmd_demo(args) -> int:
     rows = sweep(config, {"strategy": ["frozen", "last-block"]}, args.out, progress=sys.stderr.isatty())
     print()
     print((Path(args.out) / "results.md").read_text())
-    if any(r["pretraining"] == "no pretraining" for r in rows):
+    if not all(r["pretrained"] for r in rows):
         print("note: these runs had no pretraining (ImageNet weights were not available here); a frozen "
               "random backbone can only predict the majority class, so compare strategies with ImageNet weights.")
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "sweep": cmd_sweep, "predict": cmd_predict,
-            "inspect": cmd_inspect, "cache": cmd_cache, "backbones": cmd_backbones, "demo": cmd_demo}
+COMMANDS = {"faces": cmd_faces, "train": cmd_train, "evaluate": cmd_evaluate, "sweep": cmd_sweep, "predict": cmd_predict,
+            "inspect": cmd_inspect, "cache": cmd_cache, "backbones": cmd_backbones, "demo": cmd_demo,
+            "export": cmd_export}
 
 if __name__ == "__main__":
     sys.exit(main())

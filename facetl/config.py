@@ -7,6 +7,7 @@ Validation reports every bad key at once, before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,8 +15,14 @@ from pathlib import Path
 import yaml
 
 from facetl.errors import FacetlError
+from facetl.preprocessing import COLOURS, FaceAlignment
 
 AUGMENTATIONS = ("flip", "jitter", "rotate", "none")
+# (key, lowest, highest): beyond these a run would exhaust memory or disk before it could say why
+# (an img_size of 100000 is a 30 GB batch of one; 100000 cache views a 98 GB file)
+BOUNDS = (("epochs", 1, 100_000), ("batch_size", 1, 65_536), ("lr", 0, 10.0), ("cache_views", 0, 64),
+          ("img_size", 8, 2048), ("limit", 10, 100_000_000), ("min_face", 1, 10_000), ("workers", 1, 256),
+          ("seed", 0, 2**32 - 1))
 STRATEGY_HELP = "frozen | last-block | from:K (layer index or module name) | full"
 
 
@@ -32,7 +39,11 @@ class TrainConfig:
     duplicates: str = "drop"             # exact duplicate files with conflicting labels: keep|drop|error
     img_size: int | None = None          # None: the backbone's pretrained input size
     normalize: list[float] | None = None  # [mean, std] or [m1,m2,m3,s1,s2,s3]; None: backbone's
+    colour: str | None = None            # rgb | grey; None: rgb, or what a facetl run given as --weights used
     augment: list[str] = field(default_factory=list)
+    faces: str = "none"                  # none (images are face crops) | detect (find and align faces in photos)
+    multi_face: str = "largest"          # a training photo with several faces: largest | skip | error
+    min_face: int = 20                   # smallest face side, in pixels, that counts as a face
     # model
     backbone: str = "mobilenet_v2"
     weights: str = "imagenet"            # imagenet | none | auto | PATH (state dict or run folder)
@@ -48,6 +59,7 @@ class TrainConfig:
     precision: str = "auto"              # auto | fp32 | bf16 | fp16
     select: str = "val_loss"             # val_loss | val_acc
     scheduler: str = "none"              # none | cosine
+    precise_bn: str = "auto"             # recompute batch-norm statistics before each validation: auto | on | off
     # speed
     cache: bool = True                   # decoded-image and frozen-feature caches
     cache_dir: str | None = None         # default: ~/.cache/facetl or $FACETL_CACHE
@@ -71,7 +83,12 @@ class TrainConfig:
             "precision": ("auto", "fp32", "bf16", "fp16"),
             "select": ("val_loss", "val_acc"),
             "scheduler": ("none", "cosine"),
+            "precise_bn": ("auto", "on", "off"),
+            "faces": ("none", "detect"),
+            "multi_face": ("largest", "skip", "error"),
         }
+        if self.colour is not None and self.colour not in COLOURS:
+            problems.append(f"colour: {self.colour!r} is not one of {', '.join(COLOURS)}")
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 problems.append(f"{key}: {getattr(self, key)!r} is not one of {', '.join(allowed)}")
@@ -83,18 +100,25 @@ class TrainConfig:
             problems.append(f"strategy: {self.strategy!r} is not one of {STRATEGY_HELP}")
         if self.normalize is not None and len(self.normalize) not in (2, 6):
             problems.append("normalize: give MEAN,STD or three means and three stds")
-        for key, low in (("epochs", 1), ("batch_size", 1), ("lr", 0), ("cache_views", 0)):
+        for key, low, high in BOUNDS:
             value = getattr(self, key)
-            if value < low or (key == "lr" and value == 0):
-                problems.append(f"{key}: {value} is out of range (must be {'>' if key == 'lr' else '>='} {low})")
-        if self.img_size is not None and self.img_size < 8:
-            problems.append(f"img_size: {self.img_size} is too small (at least 8)")
-        if self.limit is not None and self.limit < 10:
-            problems.append(f"limit: {self.limit} is too small (at least 10)")
+            if value is None:
+                continue
+            if not math.isfinite(value) or not low <= value <= high or (key == "lr" and value == 0):
+                problems.append(f"{key}: {value} is out of range ({'above 0' if key == 'lr' else f'from {low}'} "
+                                f"to {high})")
+        if not all(math.isfinite(v) for v in self.split + (self.normalize or [])):
+            problems.append("split and normalize values must be finite numbers")
         if not 0 <= self.dropout < 1:
             problems.append(f"dropout: {self.dropout} must be in [0, 1)")
         if problems:
             raise FacetlError("invalid configuration: " + "; ".join(problems))
+
+    def face_alignment(self) -> FaceAlignment | None:
+        """What --faces detect means for this run: the record that store, checkpoint and predict share."""
+        if self.faces != "detect":
+            return None
+        return FaceAlignment(min_face=self.min_face, multi_face=self.multi_face)
 
     @property
     def augmentations(self) -> list[str]:

@@ -1,19 +1,41 @@
-"""Label new photos with a trained run: `facetl predict RUN IMAGE_OR_FOLDER...`."""
+"""Label new photos with a trained run: `facetl predict RUN IMAGE_OR_FOLDER...`.
+
+A run trained on face crops labels each image as a whole, prepared exactly as its training images were.
+A run trained with `--faces detect` (or any run, with `--faces detect`) finds every face in each photo,
+aligns it as training did (the record's FaceAlignment), and answers once per face; a photo without a
+face is a row that says so.
+"""
 from __future__ import annotations
 
+import dataclasses
+import io
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
+from PIL import Image, ImageDraw, ImageFont
 
-from facetl.data.augment import BatchAugment
+from facetl.data.faces import faces_in_photos
 from facetl.data.folders import find_images
-from facetl.data.images import UnreadableImage, decode_image
+from facetl.data.images import UnreadableImage, decode_image, read_photo
 from facetl.errors import FacetlError
-from facetl.evaluate.run import load_run
-from facetl.train.loop import probabilities
-from facetl.train.sources import ImageSource, Precision
+from facetl.preprocessing import FaceAlignment
+from facetl.run import LoadedRun, load_run
+from facetl.runfolder import atomic_write_bytes
+from facetl.runtime import Runtime
+
+
+@dataclass
+class Prediction:
+    path: str
+    label: str                                   # "" when the photo has no face
+    probability: float | None                    # of `label`
+    probs: list[float] | None = None             # every class's, in the run's class order
+    face: int | None = None                      # face number in the photo (face runs only)
+    box: tuple[float, float, float, float] | None = None
+    score: float | None = None                   # the detector's confidence
+    note: str = ""
 
 
 def collect_images(inputs: list[str]) -> list[Path]:
@@ -32,32 +54,135 @@ def collect_images(inputs: list[str]) -> list[Path]:
     return files
 
 
-def predict(run_folder: str, inputs: list[str], batch_size: int = 64) -> tuple[list[tuple[str, str, float]], list]:
-    """Return ([(path, label, probability of that label)], [(path, why unreadable)])."""
+def face_alignment_for(run: LoadedRun, faces: str, min_face: int | None) -> FaceAlignment | None:
+    """auto: what the run was trained with; detect: find faces even in a run trained on crops; none: never."""
+    trained = run.record.preprocessing.faces
+    if faces == "none" or (faces == "auto" and trained is None):
+        return None
+    alignment = trained or FaceAlignment()
+    return dataclasses.replace(alignment, min_face=min_face or alignment.min_face)
+
+
+@dataclass
+class Predictions:
+    rows: list[Prediction]                       # one per image, or one per face found
+    skipped: list[tuple[str, str]]               # (path, why it could not be read)
+    class_names: list[str]
+    faces: bool                                  # whether faces were looked for
+
+
+def predict(run_folder: str, inputs: list[str], runtime: Runtime, faces: str = "auto", min_face: int | None = None,
+            batch_size: int = 64) -> Predictions:
     run = load_run(run_folder)
-    size = run.run_info["img_size"]
-    device = torch.device("cpu")
-    source = ImageSource(None, run.model, run.run_info["cut"], run.run_info["mean"], run.run_info["std"],
-                         BatchAugment([]), device, Precision(run.config.precision, device))
-    rows, skipped = [], []
     files = collect_images(inputs)
+    alignment = face_alignment_for(run, faces, min_face)
+    if alignment is None:
+        predictions, skipped = _predict_crops(run, files, runtime, batch_size)
+    else:
+        predictions, skipped = _predict_faces(run, files, alignment, runtime)
+    for path, why in skipped:
+        print(f"warning: skipped {path}: {why}", file=sys.stderr)
+    no_face = [p.path for p in predictions if p.note]
+    if no_face:
+        print(f"warning: no face found in {len(no_face)} photo(s) (first: {no_face[0]})", file=sys.stderr)
+    return Predictions(predictions, skipped, run.class_names, alignment is not None)
+
+
+def _labelled(run: LoadedRun, path: str, probs: np.ndarray, **face) -> Prediction:
+    k = int(probs.argmax())
+    return Prediction(path, run.class_names[k], float(probs[k]), [float(p) for p in probs], **face)
+
+
+def _predict_crops(run: LoadedRun, files: list[Path], runtime: Runtime, batch_size: int):
+    prep = run.record.preprocessing
+    predictions, skipped = [], []
     for start in range(0, len(files), batch_size):
         batch_files, arrays = [], []
         for f in files[start:start + batch_size]:
             try:
-                arrays.append(decode_image(f, size)[0])
+                arrays.append(decode_image(f, prep.size, prep.colour)[0])
                 batch_files.append(f)
             except UnreadableImage as exc:
                 skipped.append((str(f), str(exc)))
-        if not arrays:
+        if arrays:
+            probs = run.classify(np.stack(arrays), runtime)
+            predictions += [_labelled(run, str(f), p) for f, p in zip(batch_files, probs)]
+    return predictions, skipped
+
+
+def _predict_faces(run: LoadedRun, files: list[Path], alignment: FaceAlignment, runtime: Runtime):
+    prep = run.record.preprocessing
+    predictions, skipped = [], []
+    for result in faces_in_photos(files, alignment, prep.size, multi_face="all"):
+        if result.error:
+            skipped.append((result.source, result.error))
             continue
-        source.images = np.stack(arrays)
-        z = source.batch(np.arange(len(arrays)), None)  # the frozen part, as during training
-        with torch.inference_mode(), source.precision.autocast():
-            probs = probabilities(run.model.forward_suffix(z, source.cut).float()).numpy()
-        for f, p in zip(batch_files, probs):
-            k = int(p.argmax())
-            rows.append((str(f), run.class_names[k], float(p[k])))
-    for path, why in skipped:
-        print(f"warning: skipped {path}: {why}", file=sys.stderr)
-    return rows, skipped
+        used = result.used
+        if not used:
+            predictions.append(Prediction(result.source, "", None, note=result.note))
+            continue
+        crops = np.stack([_colour(f.crop, prep.colour) for f in used])
+        for face, probs in zip(used, run.classify(crops, runtime)):
+            predictions.append(_labelled(run, result.source, probs, face=face.index, box=face.face.box,
+                                         score=face.face.score))
+    return predictions, skipped
+
+
+def _colour(crop: np.ndarray, colour: str) -> np.ndarray:
+    if colour == "grey":  # as the store made the training crops
+        return np.asarray(Image.fromarray(crop).convert("L").convert("RGB"))
+    return crop
+
+
+def prediction_table(result: Predictions) -> tuple[list[str], list[list]]:
+    """CSV header and rows: the face columns only when faces were looked for, and every class's probability."""
+    classes = len(result.class_names)
+    header = ["path"] + (["face", "x", "y", "w", "h", "detection_score"] if result.faces else []) + [
+        "label", "probability"] + [f"p_{name}" for name in result.class_names]
+    rows = []
+    for p in result.rows:
+        face = []
+        if result.faces:
+            box = [f"{v:.1f}" for v in p.box] if p.box else ["", "", "", ""]
+            face = ["" if p.face is None else p.face, *box, "" if p.score is None else f"{p.score:.4f}"]
+        probability = "" if p.probability is None else f"{p.probability:.6f}"
+        probs = [f"{q:.6f}" for q in p.probs] if p.probs else [""] * classes
+        rows.append([p.path, *face, p.label or p.note, probability, *probs])
+    return header, rows
+
+
+def annotate(predictions: list[Prediction], folder: Path, overwrite: bool = False) -> list[Path]:
+    """Each photo with its faces boxed and labelled, as FOLDER/<name>.annotated.png."""
+    folder.mkdir(parents=True, exist_ok=True)
+    by_photo: dict[str, list[Prediction]] = {}
+    for p in predictions:
+        by_photo.setdefault(p.path, []).append(p)
+    written = []
+    for source, rows in by_photo.items():
+        target = folder / f"{Path(source).stem}.annotated.png"
+        if target.exists() and not overwrite:
+            raise FacetlError(f"{target} exists; pass --overwrite to replace it or choose another --annotate folder")
+        atomic_write_bytes(target, _annotated_png(Path(source), rows))
+        written.append(target)
+    return written
+
+
+def _annotated_png(source: Path, rows: list[Prediction]) -> bytes:
+    image = Image.fromarray(read_photo(source))
+    draw = ImageDraw.Draw(image)
+    width = max(2, round(max(image.size) / 300))
+    font = ImageFont.load_default(size=max(12, round(max(image.size) / 45)))
+    for p in rows:
+        if p.box is None:
+            draw.text((6, 6), p.note or f"{p.label} {p.probability:.2f}", fill=(255, 60, 60), font=font)
+            continue
+        x, y, w, h = p.box
+        draw.rectangle((x, y, x + w, y + h), outline=(40, 220, 60), width=width)
+        text = f"{p.label} {p.probability:.2f}"
+        box = draw.textbbox((x, y), text, font=font)
+        top = max(0, y - (box[3] - box[1]) - 4)
+        draw.rectangle((x, top, x + box[2] - box[0] + 6, top + box[3] - box[1] + 4), fill=(40, 220, 60))
+        draw.text((x + 3, top + 1 - box[1] + y), text, fill=(0, 0, 0), font=font)
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()

@@ -25,10 +25,17 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600: others on a shared filesystem could not read
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -53,12 +60,19 @@ def atomic_torch_save(path: str | Path, obj) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def read_torch_file(path: str | Path, what: str = "", weights_only: bool = False):
-    """torch.load on the CPU; a broken or foreign file becomes one clear FacetlError."""
+def read_torch_file(path: str | Path, what: str = ""):
+    """The one way facetl reads a .pt file: on the CPU, tensors and plain types only.
+
+    `weights_only=True` refuses anything a pickle could run, so a tampered checkpoint or weights file
+    is data or nothing; a broken or foreign file becomes one clear FacetlError naming it.
+    """
     try:
-        return torch.load(path, map_location="cpu", weights_only=weights_only)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise FacetlError(f"cannot read {what}{path}: {str(exc).splitlines()[0][:160]}") from None
+        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        if "Weights only load failed" in str(exc) or "Unsupported global" in str(exc):
+            reason = "it holds Python objects, not only tensors and plain values (refused: loading it could run code)"
+        raise FacetlError(f"cannot read {what}{path}: {reason}") from None
 
 
 def prepare_run_folder(path: str | Path) -> Path:

@@ -9,12 +9,16 @@ from facetl.config import TrainConfig
 from facetl.data.augment import BatchAugment, normalize, to_float
 from facetl.errors import FacetlError
 from facetl.models import build_model
-from facetl.train.sources import FeatureSource, ImageSource, Precision, open_feature_source
+from facetl.data.features import FeatureRequest, FeatureSource, FrozenPart, ImageSource, open_feature_source
+from facetl.data.store import ImageStore
+from facetl.preprocessing import Preprocessing
+from facetl.runtime import Precision, Runtime
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 CPU = torch.device("cpu")
 FP32 = Precision("fp32", CPU)
+RUNTIME = Runtime(CPU, FP32)
 
 
 def gen(seed: int) -> torch.Generator:
@@ -89,7 +93,8 @@ def test_fp16_on_cpu_is_refused():
 def small_model():
     torch.manual_seed(0)
     config = TrainConfig(data="x", backbone="mobilenet_v2", weights="none", strategy="last-block", img_size=32)
-    model, plan, _ = build_model(config, 2, log=lambda m: None)
+    built = build_model(config, 2, log=lambda m: None)
+    model, plan = built.model, built.plan
     assert 0 < plan.cut < len(model.backbone.features)
     return model, plan.cut
 
@@ -100,13 +105,16 @@ def images() -> np.ndarray:
 
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+PREP = Preprocessing(32, MEAN, STD)
 
 
 def sources(model, cut, images, augment_names, cache_dir):
     augment = BatchAugment(augment_names)
-    live = ImageSource(images, model, cut, MEAN, STD, augment, CPU, FP32)
-    cached = open_feature_source(model, cut, images, "store-key", np.arange(10), np.arange(7), MEAN, STD, augment,
-                                 0, 0, CPU, FP32, cache_dir, 4, progress=False)
+    frozen = FrozenPart(model, cut)
+    live = ImageSource(images, frozen, PREP, augment, RUNTIME)
+    request = FeatureRequest(ImageStore(images, [""] * len(images), {}, "store-key"), np.arange(10), np.arange(7),
+                             augment)
+    cached = open_feature_source(frozen, request, PREP, RUNTIME, cache_dir, 4, progress=False)
     return live, cached
 
 

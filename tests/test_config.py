@@ -79,11 +79,11 @@ def test_wrong_types_are_refused(key, value):
 
 def test_unknown_keys_and_wrong_types_are_reported_together():
     with pytest.raises(FacetlError) as info:
-        build_config({"epoch": 3, "lr": "fast", "batch_size": 2.5, "colour": "red", "cache": "perhaps",
+        build_config({"epoch": 3, "lr": "fast", "batch_size": 2.5, "color": "red", "cache": "perhaps",
                       "epochs": 4})
     message = str(info.value)
-    assert problem_keys(message) == {"epoch", "lr", "batch_size", "colour", "cache"}
-    assert "epoch: unknown key" in message and "colour: unknown key" in message
+    assert problem_keys(message) == {"epoch", "lr", "batch_size", "color", "cache"}
+    assert "epoch: unknown key" in message and "color: unknown key" in message
     assert "'fast'" in message and "2.5" in message
 
 

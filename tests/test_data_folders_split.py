@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from facetl.data.samples import Samples, load_samples, stratified_limit
+from facetl.data.load import load_samples
+from facetl.data.samples import Samples, stratified_limit
 from facetl.data.split import apply_duplicate_policy, conflicting_groups, load_split, make_split, save_split
 from facetl.data.store import open_image_store
 from facetl.errors import FacetlError

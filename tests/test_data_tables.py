@@ -7,7 +7,7 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 
-from facetl.data.samples import load_samples
+from facetl.data.load import load_samples
 from facetl.data.tables import read_attribute_table, read_table
 from facetl.errors import FacetlError
 

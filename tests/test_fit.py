@@ -12,7 +12,7 @@ from PIL import Image
 
 from facetl.config import TrainConfig
 from facetl.train.fit import fit
-from facetl.train.sweep import sweep
+from facetl.sweep import sweep
 
 DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 SMILES = DATASETS / "SMILEsmileD" / "SMILEs"
@@ -65,8 +65,8 @@ def test_feature_cache_gives_the_same_validation_accuracy_as_computing_every_epo
                   augment=augment, lr=1e-3)
     cached = fit(small(tmp_path, "cached", **common), progress=False, quiet=True)
     fresh = fit(small(tmp_path, "fresh", cache=False, **common), progress=False, quiet=True)
-    assert "features cached" in cached.run_info["data_path_note"]
-    assert "computed every batch" in fresh.run_info["data_path_note"]
+    assert "features cached" in cached.record.data_path_note
+    assert "computed every batch" in fresh.record.data_path_note
     assert [h["val_acc"] for h in cached.history] == [h["val_acc"] for h in fresh.history]
     np.testing.assert_allclose([h["val_loss"] for h in cached.history], [h["val_loss"] for h in fresh.history],
                                rtol=1e-4)
@@ -120,7 +120,7 @@ def test_identity_folder_with_24_classes_uses_cross_entropy_and_macro_metrics(tm
     config = TrainConfig(data=str(CELEBS), weights="none", img_size=32, epochs=1, limit=480, batch_size=32,
                          backbone="mobilenet_v2", strategy="full", out=str(tmp_path / "ids"))
     result = fit(config, progress=False, quiet=True)
-    assert len(result.run_info["class_names"]) == 24
+    assert len(result.record.class_names) == 24
     assert np.asarray(result.metrics["confusion_matrix"]).shape == (24, 24)
     assert result.metrics["roc_auc"] is not None and 0 <= result.metrics["roc_auc"] <= 1
 
@@ -151,7 +151,7 @@ def test_celeba_attribute_file_trains_on_its_target_column(tmp_path):
                          epochs=1, batch_size=16, backbone="mobilenet_v2", strategy="full", out=str(tmp_path / "run"))
     with pytest.warns(UserWarning, match="count line"):
         result = fit(config, progress=False, quiet=True)
-    assert result.run_info["class_names"] == ["not_Smiling", "Smiling"]
+    assert result.record.class_names == ["not_Smiling", "Smiling"]
     with open(result.folder / "split.csv", newline="") as f:
         assert {r["label"] for r in csv.DictReader(f)} == {"not_Smiling", "Smiling"}
 
@@ -160,7 +160,7 @@ def test_celeba_attribute_file_trains_on_its_target_column(tmp_path):
 def test_a_run_folder_can_start_another_run(tmp_path):
     first = fit(small(tmp_path, "first", epochs=1), progress=False, quiet=True)
     second = fit(small(tmp_path, "second", epochs=1, weights=str(first.folder)), progress=False, quiet=True)
-    assert second.run_info["weights_note"] == f"weights from {first.folder}"
+    assert second.record.weights.describe() == f"weights from facetl run {first.folder}"
 
 
 @needs_smiles
@@ -176,3 +176,46 @@ def test_unreadable_image_is_skipped_with_a_warning_and_listed(tmp_path):
         skipped = list(csv.DictReader(f))
     assert [r["path"] for r in skipped] == ["positives/broken.jpg"]
     assert "skipped 1 unreadable image" in (result.folder / "train.log").read_text()
+
+
+@pytest.mark.parametrize("precise_bn", ["auto", "off"])
+def test_a_short_run_from_scratch_does_not_collapse_in_eval_mode(shared_path, tmp_path, precise_bn):
+    """MobileNetV2 from scratch, a few hundred images, a couple of epochs: its batch-norm running statistics
+    are still near their initial values, so in eval mode every image got the same probability. With the
+    statistics recomputed before validation (auto: no pretraining), eval mode answers image by image and
+    reproduces what training fitted; 'off' is the old behaviour, kept as the control."""
+    from sklearn.metrics import roc_auc_score
+
+    from facetl.data.images import decode_image
+    from facetl.run import load_run
+    from facetl.runtime import Runtime
+
+    smiles = shared_path("SMILEsmileD/SMILEs")
+    config = TrainConfig(data=str(smiles), backbone="mobilenet_v2", weights="none", strategy="full", img_size=64,
+                         epochs=2, limit=500, precise_bn=precise_bn, out=str(tmp_path / "run"))
+    result = fit(config, progress=False, quiet=True)
+    run = load_run(result.folder)
+    with open(result.folder / "split.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["split"] == "train"]
+    rows = [rows[i] for i in np.random.default_rng(0).permutation(len(rows))[:200]]
+    images = np.stack([decode_image(smiles / r["path"], 64)[0] for r in rows])
+    probs = run.classify(images, Runtime.for_inference("cpu", "fp32"))[:, 1]
+    auc = roc_auc_score([r["label"] == "positives" for r in rows], probs)
+    if precise_bn == "auto":
+        assert "statistics recomputed" in (result.folder / "train.log").read_text()
+        assert probs.std() > 1e-3 and auc > 0.65  # answers differ, and follow what training fitted (0.74 seen)
+    else:
+        assert probs.std() < 1e-3  # the collapse this guards against: one answer for every image
+
+
+def test_a_sweep_decodes_its_data_once_even_when_duplicates_were_dropped(tiny_folder_dataset, tmp_path,
+                                                                         isolated_cache):
+    # the same bytes filed under both labels: dropped from the split, so the split's file list is shorter
+    shutil.copy(tiny_folder_dataset / "smile" / "03.jpg", tiny_folder_dataset / "no_smile" / "copy.jpg")
+    base = TrainConfig(data=str(tiny_folder_dataset), weights="none", img_size=32, epochs=1, strategy="full",
+                       backbone="mobilenet_v2")
+    sweep(base, {"lr": ["1e-3", "1e-4"]}, tmp_path / "grid", progress=False, log=lambda _: None)
+    stores = [p for p in (isolated_cache / "images").iterdir() if ".building-" not in p.name]
+    assert len(stores) == 1
+    paths = [line.split(",")[0] for line in (tmp_path / "grid" / "lr-1e-4" / "split.csv").read_text().splitlines()]
+    assert "no_smile/copy.jpg" not in paths and "smile/03.jpg" not in paths and len(paths) == 1 + 19

@@ -12,10 +12,12 @@ from torch import nn
 import facetl.models.classifier as classifier
 from facetl.config import TrainConfig
 from facetl.errors import FacetlError
-from facetl.models import build_model
-from facetl.models.registry import create_backbone, list_backbones
+from facetl.models import TrainablePart, build_model
+from facetl.models.factory import create_backbone, list_backbones
 from facetl.models.strategies import backbone_layers
 from facetl.models.weights import WeightsUnavailable
+from facetl.preprocessing import Preprocessing
+from facetl.record import RunRecord, RuntimeUsed, StartingWeights
 
 BACKBONES = ["vgg16", "vgg19", "mobilenet_v2", "resnet18"]  # resnet18: a timm model
 STRATEGIES = ["frozen", "last-block", "from:K", "full"]
@@ -53,9 +55,9 @@ def make(backbone="mobilenet_v2", strategy="frozen", classes=2, img_size=32, **c
         strategy = f"from:{len(layers) // 2}"
     config = TrainConfig(data="x", backbone=backbone, weights="none", strategy=strategy, img_size=img_size,
                          **changes)
-    model, plan, size = build_model(config, classes, log=lambda message: None)
-    assert size == img_size
-    return model, plan
+    built = build_model(config, classes, log=lambda message: None)
+    assert built.preprocessing.size == img_size
+    return built.model, built.plan
 
 
 def trainable_names(model) -> set[str]:
@@ -89,7 +91,9 @@ def test_backbone_strategy_trains_the_right_part(fast_backbones, backbone, strat
     trainable = trainable_names(model)
     assert trainable == expected_trainable(model, backbone, strategy, plan)
     assert plan.trainable_params == sum(p.numel() for p in model.parameters() if p.requires_grad)
-    assert plan.total_params == sum(p.numel() for p in model.parameters())
+    # the total counts every weight, also the frozen batch-norm ones that became buffers
+    assert plan.total_params == sum(p.numel() for p in model.parameters()) + sum(
+        m.weight.numel() + m.bias.numel() for m in model.modules() if "Frozen" in type(m).__name__)
     if strategy == "frozen":
         assert plan.trainable_params == sum(p.numel() for p in model.head.parameters())
         assert plan.cut == len(model.backbone.features)
@@ -171,7 +175,8 @@ def test_one_logit_for_two_classes_n_for_n(fast_backbones, classes, head):
 
 
 def batch_norms_of(module):
-    return [(n, m) for n, m in module.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    """Every batch-norm layer, trainable or frozen (frozen ones are replaced by buffer-only equivalents)."""
+    return [(n, m) for n, m in module.named_modules() if hasattr(m, "running_mean") and hasattr(m, "running_var")]
 
 
 def batch_norms(model):
@@ -190,23 +195,49 @@ TRAINED_BN = {  # batch-norm names (in the backbone) that last-block trains
     ("resnet18", "frozen"), ("resnet18", "last-block"),
     ("mobilenetv3_small_050", "frozen"), ("mobilenetv3_small_050", "last-block"),
 ])
-def test_frozen_batch_norm_keeps_running_stats(fast_backbones, backbone, strategy):
-    model, _ = make(backbone, strategy)
+def test_frozen_batch_norm_cannot_be_unfrozen_by_train(fast_backbones, backbone, strategy):
+    model, plan = make(backbone, strategy)
     norms = batch_norms(model)
     trained = {"frozen": (), "full": ("",), "last-block": TRAINED_BN[backbone]}[strategy]
     frozen = {n for n, _ in norms if not n.startswith(trained)}
     assert 0 < len(frozen) < len(norms) if strategy == "last-block" else True
+    assert plan.trainable_batchnorm == (len(frozen) < len(norms))
     before = {n: (m.running_mean.clone(), m.running_var.clone()) for n, m in norms}
-    model.eval()
-    model.train()  # train() after eval() must keep the frozen ones in eval mode
+    # .train() on every module there is, the trainable part (what the optimiser and DDP see) included
+    model.train()
+    TrainablePart(model, plan.cut).train()
+    for module in model.modules():
+        module.train()
     with torch.no_grad():
         model(tiny_batch(4) * 3 + 1)
     for name, module in norms:
         unchanged = torch.equal(module.running_mean, before[name][0]) and \
             torch.equal(module.running_var, before[name][1])
         assert unchanged == (name in frozen), f"{name}: frozen={name in frozen}, running stats unchanged={unchanged}"
-        assert module.weight.requires_grad == (name not in frozen), name
-        assert module.training == (name not in frozen), name
+        assert isinstance(module.weight, nn.Parameter) == (name not in frozen), name
+        assert (name in frozen) == ("Frozen" in type(module).__name__), name
+
+
+def test_a_frozen_epoch_leaves_every_frozen_tensor_bit_identical(fast_backbones):
+    # one optimiser epoch in train mode on last-block: everything in features[:cut] is exactly as before
+    model, plan = make("mobilenet_v2", "last-block")
+    frozen_before = {k: v.clone() for k, v in model.backbone.features[:plan.cut].state_dict().items()}
+    frozen_bn_in_block = {k: v.clone() for k, v in model.backbone.features[plan.cut:].state_dict().items()
+                          if "running" in k}
+    part = TrainablePart(model, plan.cut)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    part.train()
+    for step in range(3):
+        z = model.forward_prefix(tiny_batch(4) * (step + 1), plan.cut)
+        loss = nn.functional.binary_cross_entropy_with_logits(part(z)[:, 0], torch.tensor([0.0, 1.0, 0.0, 1.0]))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    for key, value in model.backbone.features[:plan.cut].state_dict().items():
+        assert torch.equal(value, frozen_before[key]), key
+    # the trainable block's own statistics did move: the test would notice a no-op
+    after = model.backbone.features[plan.cut:].state_dict()
+    assert any(not torch.equal(after[k], v) for k, v in frozen_bn_in_block.items())
 
 
 @pytest.mark.parametrize("head, img_size", [("mlp", 64), ("vgg", 32)])
@@ -248,7 +279,8 @@ def test_unknown_head_is_refused(fast_backbones):
 
 
 def assert_same_backbone(a, b):
-    sa, sb = a.state_dict(), b.state_dict()
+    # a frozen batch-norm layer keeps no num_batches_tracked: a counter, not a weight
+    sa, sb = ({k: v for k, v in m.state_dict().items() if not k.endswith("num_batches_tracked")} for m in (a, b))
     assert sa.keys() == sb.keys()
     for key in sa:
         assert torch.equal(sa[key], sb[key]), key
@@ -271,7 +303,6 @@ def test_state_dict_file_loads(tmp_path, backbone):
     loaded = create_backbone(backbone, str(tmp_path / "w.pth"))
     assert differs(loaded, create_backbone(backbone, "none"))  # the test would notice a random init
     assert_same_backbone(loaded, source)
-    assert loaded.pretrained
 
 
 def test_facetl_checkpoint_and_run_folder_load_backbone_and_head(tmp_path, fast_backbones):
@@ -283,19 +314,48 @@ def test_facetl_checkpoint_and_run_folder_load_backbone_and_head(tmp_path, fast_
             bn.running_mean.normal_()
     run = tmp_path / "run"
     run.mkdir()
-    torch.save({"model": trained.state_dict(), "epoch": 3}, run / "best.pt")
+    torch.save({"model": trained.state_dict(), "epoch": 3, "record": fake_record(32).to_dict()}, run / "best.pt")
     assert next(iter(trained.state_dict())).startswith("backbone.features.")
     for weights in (str(run / "best.pt"), str(run)):
         config = TrainConfig(data="x", backbone="mobilenet_v2", weights=weights, img_size=32)
-        model, _, _ = build_model(config, 2, log=lambda m: None)
+        built = build_model(config, 2, log=lambda m: None)
+        model = built.model
         assert_same_backbone(model.backbone, trained.backbone)
         assert torch.equal(model.head[-1].weight, trained.head[-1].weight)
-        assert model.weights_note == f"weights from {weights}"
+        assert built.weights.describe() == f"weights from facetl run {weights}" and built.weights.pretrained
     # another task (five classes): the backbone still loads, the head starts afresh
     config = TrainConfig(data="x", backbone="mobilenet_v2", weights=str(run), img_size=32)
-    model, _, _ = build_model(config, 5, log=lambda m: None)
+    model = build_model(config, 5, log=lambda m: None).model
     assert_same_backbone(model.backbone, trained.backbone)
     assert model.head[-1].weight.shape == (5, 1280)
+
+
+def fake_record(size: int, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), colour="rgb") -> RunRecord:
+    return RunRecord("t", StartingWeights("none"), Preprocessing(size, mean, std, colour), ["a", "b"], 0, 1, 1, "",
+                     RuntimeUsed("cpu", "fp32", "fp32"), "2026-01-01T00:00:00")
+
+
+def test_weights_from_a_run_bring_its_preprocessing(tmp_path, fast_backbones):
+    # a 64 px grey run given as --weights: the new run is 64 px grey with its normalisation, not 224 px ImageNet
+    trained, _ = make("mobilenet_v2", "full", img_size=64)
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save({"model": trained.state_dict(), "record": fake_record(64, colour="grey").to_dict()}, run / "best.pt")
+    logged = []
+    config = TrainConfig(data="x", backbone="mobilenet_v2", weights=str(run), strategy="frozen")
+    built = build_model(config, 2, log=logged.append)
+    assert built.preprocessing == Preprocessing(64, (0.5,) * 3, (0.25,) * 3, "grey")
+    assert not any("warning" in line for line in logged)
+    # flags still override, with a warning naming what they change
+    config = TrainConfig(data="x", backbone="mobilenet_v2", weights=str(run), img_size=96, normalize=[0.4, 0.2])
+    built = build_model(config, 2, log=logged.append)
+    assert (built.preprocessing.size, built.preprocessing.mean, built.preprocessing.colour) == (96, (0.4,) * 3, "grey")
+    assert any("warning" in line and "mean, size, std" in line for line in logged)
+    # a plain state-dict file has no preprocessing of its own: the backbone's ImageNet defaults
+    torch.save(trained.backbone.state_dict(), tmp_path / "plain.pth")
+    built = build_model(TrainConfig(data="x", backbone="mobilenet_v2", weights=str(tmp_path / "plain.pth")), 2,
+                        log=logged.append)
+    assert built.preprocessing.size == 224 and built.weights.kind == "file"
 
 
 def test_wrong_shape_file_is_refused(tmp_path):
@@ -352,7 +412,6 @@ def test_imagenet_weights_come_from_the_torch_hub_cache(torch_home):
     folder.mkdir(parents=True)
     torch.save(reference.state_dict(), folder / MOBILENET_FILE)
     backbone = create_backbone("mobilenet_v2", "imagenet")
-    assert backbone.pretrained
     assert_same_backbone(backbone.features, reference.features)
 
 
@@ -368,8 +427,8 @@ def test_missing_imagenet_weights_name_the_file_and_folder(torch_home):
 def test_auto_weights_fall_back_to_random_init(torch_home):
     logged = []
     config = TrainConfig(data="x", backbone="mobilenet_v2", weights="auto", img_size=32)
-    model, _, _ = build_model(config, 2, log=logged.append)
-    assert model.weights_note == "no pretraining" and not model.backbone.pretrained
+    built = build_model(config, 2, log=logged.append)
+    assert built.weights.describe() == "no pretraining" and not built.weights.pretrained
     assert any("no ImageNet weights" in line for line in logged)
 
 
@@ -378,6 +437,6 @@ def test_auto_weights_use_the_cache_when_there(torch_home):
     (torch_home / "hub" / "checkpoints").mkdir(parents=True)
     torch.save(reference.state_dict(), torch_home / "hub" / "checkpoints" / MOBILENET_FILE)
     config = TrainConfig(data="x", backbone="mobilenet_v2", weights="auto", img_size=32)
-    model, _, _ = build_model(config, 2, log=lambda m: None)
-    assert model.weights_note == "ImageNet pretrained" and model.backbone.pretrained
-    assert_same_backbone(model.backbone.features, reference.features)
+    built = build_model(config, 2, log=lambda m: None)
+    assert built.weights.describe() == "ImageNet pretrained" and built.weights.pretrained
+    assert_same_backbone(built.model.backbone.features, reference.features)

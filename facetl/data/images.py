@@ -18,8 +18,10 @@ class UnreadableImage(Exception):
     """The file is not a decodable image; the message says why."""
 
 
-def decode_image(path: Path, size: int) -> tuple[np.ndarray, str]:
-    """Return the image resized to (size, size, 3) uint8 and the SHA-1 of the file's bytes."""
+def decode_image(path: Path, size: int, colour: str = "rgb") -> tuple[np.ndarray, str]:
+    """Return the image resized to (size, size, 3) uint8 and the SHA-1 of the file's bytes.
+
+    `colour="grey"` makes it grey in all three channels, as for a model trained on grey photos."""
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
@@ -36,6 +38,8 @@ def decode_image(path: Path, size: int) -> tuple[np.ndarray, str]:
                 image.draft("RGB", (size, size))  # JPEG: decode at a reduced scale when much larger
                 image = ImageOps.exif_transpose(image)
                 image = _to_rgb(image)
+                if colour == "grey":
+                    image = image.convert("L").convert("RGB")
                 image = image.resize((size, size), Image.BILINEAR)
                 return np.asarray(image, dtype=np.uint8), digest
     except UnreadableImage:
@@ -62,3 +66,35 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, image.convert("RGBA"))
     return image.convert("RGB")
+
+
+def read_photo(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Return a whole photo as (height, width, 3) uint8 RGB at its own size, upright.
+
+    The same safety as `decode_image`: the pixel count is checked from the header before any pixel is
+    decoded, EXIF orientation is applied, alpha is composited on white, 16-bit and grey become 8-bit
+    RGB; anything else becomes UnreadableImage with the reason."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise UnreadableImage(exc.strerror or str(exc)) from None
+    if not data:
+        raise UnreadableImage("empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(BytesIO(data)) as image:
+                if image.width * image.height > max_pixels:
+                    raise UnreadableImage(f"too large ({image.width}x{image.height} pixels, "
+                                          f"more than {max_pixels:,})")
+                image = _to_rgb(ImageOps.exif_transpose(image))
+                return np.asarray(image, dtype=np.uint8)
+    except UnreadableImage:
+        raise
+    except UnidentifiedImageError:
+        raise UnreadableImage("cannot decode: not an image file (or a format Pillow cannot read)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise UnreadableImage(f"too large ({exc})") from None
+    except Exception as exc:  # PIL raises many types for broken files
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UnreadableImage(f"cannot decode: {reason}") from None

@@ -8,10 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
-from facetl.data.samples import Samples, load_samples, stratified_limit
+from facetl.data.faces import FACES_CSV_HEADER
+from facetl.data.load import load_samples
+from facetl.data.samples import Samples, stratified_limit
 from facetl.data.split import apply_duplicate_policy, load_split, make_split, save_split, split_hash
-from facetl.data.store import ImageStore, default_cache_dir, files_key, open_image_store
+from facetl.data.store import ImageStore, cache_root, files_key, open_image_store
 from facetl.errors import FacetlError
+from facetl.preprocessing import Preprocessing
 from facetl.runfolder import atomic_write_csv, atomic_write_json
 
 
@@ -21,7 +24,6 @@ class PreparedData:
     store: ImageStore
     assignment: np.ndarray        # per store index: 'train', 'val', 'test', or '' (left out)
     cache_dir: Path
-    normalize: list[float] | None
 
     @property
     def labels(self) -> np.ndarray:
@@ -34,37 +36,34 @@ class PreparedData:
     def index(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.assignment == split)
 
-    def normalization(self, backbone) -> tuple[tuple, tuple]:
-        if self.normalize is None:
-            return backbone.mean, backbone.std
-        if len(self.normalize) == 2:
-            return (self.normalize[0],) * 3, (self.normalize[1],) * 3
-        return tuple(self.normalize[:3]), tuple(self.normalize[3:])
-
 
 def read_samples(config) -> Samples:
-    """The labelled file list named by the config (a split file, when given, decides the files)."""
-    samples = load_samples(config.data, config.images, config.target, config.positive)
-    return samples
+    """The labelled file list named by the config."""
+    return load_samples(config.data, config.images, config.target, config.positive)
 
 
 def cache_folder(config) -> Path:
+    """The run's cache folder; with --no-cache a private temporary one."""
     if not config.cache:
         return Path(tempfile.mkdtemp(prefix="facetl-nocache-"))
-    return Path(config.cache_dir).expanduser() if config.cache_dir else default_cache_dir()
+    return cache_root(config.cache_dir)
 
 
-def open_store_together(files: list[Path], size: int, store_dir: Path | None, workers: int | None, progress: bool,
-                        group) -> ImageStore:
+def open_store_together(files: list[Path], preprocessing: Preprocessing, store_dir: Path | None,
+                        workers: int | None, progress: bool, group) -> ImageStore:
     """With several processes, the first on each machine decodes; the others then open its store."""
+    def open_store(show: bool) -> ImageStore:
+        return open_image_store(files, preprocessing.size, store_dir, workers, show, preprocessing.colour,
+                                preprocessing.faces)
+
     if group is None or not group.active or store_dir is None:
-        return open_image_store(files, size, store_dir, workers, progress)
-    store = open_image_store(files, size, store_dir, workers, progress) if group.is_local_main else None
+        return open_store(progress)
+    store = open_store(progress) if group.is_local_main else None
     group.barrier()
-    return store or open_image_store(files, size, store_dir, workers, progress=False)
+    return store or open_store(False)
 
 
-def prepare_data(config, samples: Samples, img_size: int, folder: Path, log, progress: bool = True,
+def prepare_data(config, samples: Samples, preprocessing: Preprocessing, folder: Path, log, progress: bool = True,
                  group=None) -> PreparedData:
     """Decode, clean and split `samples`; write split.csv (and skipped_images.csv) into the run folder.
 
@@ -76,29 +75,36 @@ def prepare_data(config, samples: Samples, img_size: int, folder: Path, log, pro
     split_file = folder / "split.csv" if (folder / "split.csv").is_file() else (
         Path(config.split_file) if getattr(config, "split_file", None) else None)
     if split_file is not None:
-        split_samples, assignment = load_split(split_file, samples.root, samples.class_names)
+        split_samples, split_assignment = load_split(split_file, samples.root, samples.class_names)
         check_unchanged(split_samples, split_file)
-        store = open_store_together(split_samples.files(), img_size, store_dir, config.workers, progress, group)
-        if store.errors:
-            first = next(iter(store.errors))
-            raise FacetlError(f"{split_samples.files()[first]} has become unreadable since the split was made: "
-                              f"{store.errors[first]}")
+        base, assignment = split_over_store_files(config, samples, split_samples, split_assignment)
+        store = open_store_together(base.files(), preprocessing, store_dir, config.workers, progress, group)
+        broken = [i for i in np.flatnonzero(assignment != "") if i in store.errors]
+        if broken:
+            raise FacetlError(f"{base.files()[broken[0]]} has become unreadable since the split was made: "
+                              f"{store.errors[broken[0]]}")
         log(f"split: reused {split_file} ({_counts(assignment)})")
         if split_file != folder / "split.csv" and writes:
-            save_split(folder / "split.csv", split_samples, assignment)
+            save_split(folder / "split.csv", split_samples, split_assignment)
             if split_file.with_suffix(".json").is_file():
                 (folder / "split.json").write_bytes(split_file.with_suffix(".json").read_bytes())
-        return PreparedData(split_samples, store, assignment, cache_dir, config.normalize)
+        return PreparedData(base, store, assignment, cache_dir)
 
     samples = stratified_limit(samples, config.limit, config.seed)
     log(f"data: {len(samples)} images in {len(samples.class_names)} classes "
         f"({', '.join(f'{k} {v}' for k, v in samples.counts().items())})"[:400])
-    store = open_store_together(samples.files(), img_size, store_dir, config.workers, progress, group)
+    store = open_store_together(samples.files(), preprocessing, store_dir, config.workers, progress, group)
     keep = store.readable()
+    if store.faces is not None and writes:
+        atomic_write_csv(folder / "faces.csv", FACES_CSV_HEADER, store.faces)
+        log(f"faces: {int(keep.sum())} of {len(samples)} photos have a face used; every face found is listed in "
+            f"{folder / 'faces.csv'}")
     if store.errors and writes:
         rows = [(samples.paths[i], store.errors[i]) for i in sorted(store.errors)]
         atomic_write_csv(folder / "skipped_images.csv", ["path", "reason"], rows)
-        log(f"warning: skipped {len(rows)} unreadable image(s), listed in {folder / 'skipped_images.csv'}; "
+        what = "image(s) that were unreadable or had no usable face" if store.faces is not None else \
+            "unreadable image(s)"
+        log(f"warning: skipped {len(rows)} {what}, listed in {folder / 'skipped_images.csv'}; "
             f"first: {rows[0][0]} ({rows[0][1]})")
     duplicate_keep, note = apply_duplicate_policy(samples, store.hashes, config.duplicates)
     if note:
@@ -112,11 +118,26 @@ def prepare_data(config, samples: Samples, img_size: int, folder: Path, log, pro
     if writes:
         save_split(folder / "split.csv", samples.take(kept), assignment[kept])
         atomic_write_json(folder / "split.json", {"files_hash": split_hash(samples.take(kept)),
-                                                  "files_key": files_key(samples.take(kept).files()),
+                                                  "files_key": files_key(samples.take(kept).files(), root=samples.root),
                                                   "seed": config.seed, "fractions": config.split,
                                                   "counts": _counts(assignment)})
     log(f"split: {_counts(assignment)} (seed {config.seed}), saved to {folder / 'split.csv'}")
-    return PreparedData(samples, store, assignment, cache_dir, config.normalize)
+    check_classes_per_split(samples, assignment, log)
+    return PreparedData(samples, store, assignment, cache_dir)
+
+
+def split_over_store_files(config, samples: Samples, split: Samples, split_assignment: np.ndarray
+                           ) -> tuple[Samples, np.ndarray]:
+    """The file list the split was made from, with the split's assignment on it: its decoded store is the
+    one the first run of a sweep made, so a sweep decodes the data once. Another list: the split's own."""
+    base = stratified_limit(samples, config.limit, config.seed)
+    index_of = {path: i for i, path in enumerate(base.paths)}
+    rows = [index_of.get(path) for path in split.paths]
+    if None in rows or not np.array_equal(base.labels[rows], split.labels):
+        base, rows = split, list(range(len(split)))
+    assignment = np.full(len(base), "", dtype=object)
+    assignment[rows] = split_assignment
+    return base, assignment
 
 
 def check_unchanged(samples: Samples, split_file: Path, allow_changed: bool = False) -> None:
@@ -131,9 +152,25 @@ def check_unchanged(samples: Samples, split_file: Path, allow_changed: bool = Fa
     import json
 
     recorded = json.loads(meta.read_text()).get("files_key")
-    if recorded and recorded != files_key(samples.files()):
+    if recorded and recorded != files_key(samples.files(), root=samples.root):
         raise FacetlError(f"the data changed since {split_file} was made (a file's size or modification time "
                           "differs); pass --allow-changed-data to use it anyway")
+
+
+def check_classes_per_split(samples: Samples, assignment: np.ndarray, log) -> None:
+    """Images per class in each split, in the log. A class with no training image cannot be learnt: an
+    error. One missing from validation or test leaves its metrics undefined: a warning."""
+    for split in ("train", "val", "test"):
+        counts = np.bincount(samples.labels[assignment == split], minlength=len(samples.class_names))
+        if split == "train" or len(samples.class_names) <= 6:
+            log(f"  {split}: " + ", ".join(f"{n} {c}" for n, c in zip(samples.class_names, counts))[:400])
+        missing = [n for n, c in zip(samples.class_names, counts) if c == 0]
+        if missing and split == "train":
+            raise FacetlError(f"class(es) {', '.join(missing)} have no training image after the split; add images "
+                              "or change --split")
+        if missing and (assignment == split).any():
+            log(f"warning: class(es) {', '.join(missing[:5])} have no {split} image; their {split} metrics are "
+                "undefined")
 
 
 def _counts(assignment: np.ndarray) -> str:

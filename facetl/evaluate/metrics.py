@@ -49,3 +49,45 @@ def roc_curves(labels: np.ndarray, probs: np.ndarray) -> dict[int, tuple[np.ndar
             fpr, tpr, _ = roc_curve(labels == c, probs[:, c])
             curves[c] = (fpr, tpr)
     return curves
+
+
+def per_class_auc(labels: np.ndarray, probs: np.ndarray) -> dict[int, float]:
+    """One-vs-rest ROC-AUC of every class that has both positives and negatives in `labels`."""
+    if probs.shape[1] == 2:
+        auc = roc_auc(labels, probs)
+        return {} if auc is None else {1: auc}
+    return {c: float(roc_auc_score(labels == c, probs[:, c])) for c in roc_curves(labels, probs)}
+
+
+def average_roc_curves(labels: np.ndarray, probs: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
+    """Micro- and macro-averaged one-vs-rest ROC curves with their AUCs (empty below two classes present).
+
+    Micro pools every (image, class) decision; macro averages the per-class curves on a common grid, and its
+    AUC is the mean per-class AUC, the number metrics.json reports as roc_auc.
+    """
+    curves = roc_curves(labels, probs)
+    if not curves:
+        return {}
+    onehot = labels[:, None] == np.arange(probs.shape[1])[None, :]
+    micro_fpr, micro_tpr, _ = roc_curve(onehot.ravel(), probs.ravel())
+    grid = np.linspace(0, 1, 201)
+    # interpolate each class's step curve; curves start at (0, 0), so the grid's first point stays 0
+    macro_tpr = np.mean([np.interp(grid, fpr, tpr) for fpr, tpr in curves.values()], axis=0)
+    return {"micro-average": (micro_fpr, micro_tpr, float(roc_auc_score(onehot.ravel(), probs.ravel()))),
+            "macro-average": (grid, macro_tpr, float(np.mean(list(per_class_auc(labels, probs).values()))))}
+
+
+def val_loss_jumps(history: list[dict], factor: float) -> list[dict]:
+    """Epochs whose validation loss is above `factor` times the lowest one before them (or is not finite).
+
+    Each is {'epoch', 'val_loss', 'best_epoch', 'best_loss'}, where best_* is that lowest earlier epoch.
+    """
+    jumps, best = [], None
+    for row in history:
+        loss = float(row["val_loss"])
+        if best is not None and (not np.isfinite(loss) or loss > factor * best["val_loss"]):
+            jumps.append({"epoch": row["epoch"], "val_loss": loss, "best_epoch": best["epoch"],
+                          "best_loss": float(best["val_loss"])})
+        if np.isfinite(loss) and (best is None or loss < best["val_loss"]):
+            best = row
+    return jumps

@@ -1,7 +1,12 @@
-"""The pictures a person looks at instead of reading numbers: curves, confusion matrix, ROC, galleries."""
+"""The pictures a person looks at instead of reading numbers: curves, confusion matrix, ROC, galleries.
+
+Each plot_* function writes its PNG and returns the (closed) figure, so a caller or a test can read what
+it shows: legend entries, captions, bars.
+"""
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -9,71 +14,148 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from facetl.evaluate.metrics import roc_curves  # noqa: E402
+from facetl.evaluate.metrics import average_roc_curves, per_class_auc, roc_curves  # noqa: E402
 from facetl.runfolder import atomic_write_bytes  # noqa: E402
 
+MANY_CLASSES = 10  # above this, one ROC line per class is an unreadable tangle: per-class AUC bars instead
+CAPTION_WIDTH = 24  # characters that fit under a gallery image at font size 7
 
-def _save(fig, path: Path) -> None:
+
+def _save(fig: Figure, path: Path) -> Figure:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     atomic_write_bytes(path, buffer.getvalue())
+    return fig
 
 
-def plot_curves(history: list[dict], path: Path, title: str = "") -> None:
+def clip(text: str, width: int = CAPTION_WIDTH) -> str:
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def short_name(path: str, width: int = CAPTION_WIDTH) -> str:
+    """The file's folder and name (`positives7/123.jpg`), cut from the left when longer than `width`."""
+    name = "/".join(str(path).replace("\\", "/").split("/")[-2:])
+    return name if len(name) <= width else "…" + name[-(width - 1):]
+
+
+def plot_curves(history: list[dict], path: Path, title: str = "", best_epoch: int | None = None,
+                select: str | None = None) -> Figure:
+    """Loss and accuracy per epoch, with the epoch whose weights were kept marked on both panels."""
     epochs = [h["epoch"] for h in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
-    ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
-    ax_loss.plot(epochs, [h["val_loss"] for h in history], "o-", label="validation")
-    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
-    ax_acc.plot(epochs, [h["train_acc"] for h in history], "o-", label="train")
-    ax_acc.plot(epochs, [h["val_acc"] for h in history], "o-", label="validation")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
-    for ax in (ax_loss, ax_acc):
+    best = next((h for h in history if h["epoch"] == best_epoch), None)
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8), gridspec_kw={"wspace": 0.28})
+    for ax, key, name in ((ax_loss, "loss", "loss"), (ax_acc, "acc", "accuracy")):
+        ax.plot(epochs, [h[f"train_{key}"] for h in history], "o-", label="train")
+        ax.plot(epochs, [h[f"val_{key}"] for h in history], "o-", label="validation")
+        if best is not None:
+            label = f"selected epoch {best_epoch}" + (f" (by {select})" if select else "")
+            ax.axvline(best_epoch, color="tab:green", ls="--", lw=1.2, label=label)
+            ax.plot([best_epoch], [best[f"val_{key}"]], "*", ms=13, color="tab:green")
+        ax.set(xlabel="epoch", ylabel=name, title=name)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.25
+        ax.margins(x=0.08)  # keeps a selected last epoch's line off the frame
         ax.grid(alpha=0.3)
-        ax.legend()
+    # one legend under both panels: inside either, it would cover a spike or the last epochs
+    fig.legend(*ax_loss.get_legend_handles_labels(), loc="upper center", ncol=3, fontsize=9, frameon=False,
+               bbox_to_anchor=(0.5, 0.0))
     if title:
         fig.suptitle(title)
-    _save(fig, path)
+    return _save(fig, path)
 
 
-def plot_confusion(matrix: list[list[int]], class_names: list[str], path: Path) -> None:
+def plot_confusion(matrix: list[list[int]], class_names: list[str], path: Path) -> Figure:
+    """Counts in the cells; colour is the share of the true class (row), so small classes' errors show too."""
     matrix = np.asarray(matrix)
     n = len(class_names)
+    totals = matrix.sum(1)
+    share = matrix / np.maximum(totals, 1)[:, None]
     size = max(4.5, 0.38 * n + 2)
-    fig, ax = plt.subplots(figsize=(size, size))
-    ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(n), class_names, rotation=60 if n > 4 else 0, ha="right" if n > 4 else "center",
-                  fontsize=8 if n > 10 else 10)
-    ax.set_yticks(range(n), class_names, fontsize=8 if n > 10 else 10)
-    ax.set(xlabel="predicted", ylabel="true", title="confusion matrix")
-    top = matrix.max() if matrix.size else 0
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02, label="share of the true class")
+    small = n > MANY_CLASSES
+    ax.set_xticks(range(n), [clip(c) for c in class_names], rotation=60 if n > 4 else 0,
+                  ha="right" if n > 4 else "center", rotation_mode="anchor", fontsize=8 if small else 10)
+    ax.set_yticks(range(n), [f"{clip(c)} ({t})" for c, t in zip(class_names, totals)], fontsize=8 if small else 10)
+    ax.set(xlabel="predicted", ylabel="true (images)", title="confusion matrix: counts, coloured by row share")
     for i in range(n):
         for j in range(n):
             if matrix[i, j]:
-                ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=7 if n > 10 else 10,
-                        color="white" if matrix[i, j] > top / 2 else "black")
-    _save(fig, path)
+                text = str(int(matrix[i, j])) if small else f"{int(matrix[i, j])}\n{share[i, j]:.0%}"
+                ax.text(j, i, text, ha="center", va="center", fontsize=7 if small else 10,
+                        color="white" if share[i, j] > 0.5 else "black")
+    return _save(fig, path)
 
 
-def plot_roc(labels: np.ndarray, probs: np.ndarray, class_names: list[str], path: Path) -> None:
+def plot_roc(labels: np.ndarray, probs: np.ndarray, class_names: list[str], path: Path) -> Figure:
+    """One curve per class with its AUC; beyond MANY_CLASSES, sorted per-class AUC bars + averaged curves."""
+    if probs.shape[1] > MANY_CLASSES:
+        return _save(_roc_many(labels, probs, class_names), path)
     fig, ax = plt.subplots(figsize=(5.5, 5))
-    curves = roc_curves(labels, probs)
+    aucs, curves = per_class_auc(labels, probs), roc_curves(labels, probs)
     for c, (fpr, tpr) in curves.items():
-        ax.plot(fpr, tpr, lw=1.2 if len(curves) > 2 else 2, label=class_names[c])
-    ax.plot([0, 1], [0, 1], "k--", lw=0.8)
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC")
-    if len(curves) <= 12:
-        ax.legend(fontsize=8)
-    _save(fig, path)
+        ax.plot(fpr, tpr, lw=2 if len(curves) == 1 else 1.2, label=f"{clip(class_names[c])} (AUC {aucs[c]:.3f})")
+    if len(curves) > 1:
+        fpr, tpr, auc = average_roc_curves(labels, probs)["macro-average"]
+        ax.plot(fpr, tpr, "k-", lw=2.2, alpha=0.7, label=f"macro-average (AUC {auc:.3f})")
+    title = (f"ROC: {clip(class_names[1])} against {clip(class_names[0])}" if probs.shape[1] == 2
+             else "ROC, each class against the rest")
+    _roc_frame(ax, title, bool(curves))
+    return _save(fig, path)
 
 
-def image_grid(images: list[np.ndarray], captions: list[str], path: Path, title: str = "",
-               columns: int = 8, colors: list[str] | None = None) -> None:
-    """A labelled grid of uint8 HxWx3 images."""
+def _roc_frame(ax, title: str, any_curve: bool) -> None:
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="chance (AUC 0.5)")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title, xlim=(-0.02, 1.02),
+           ylim=(-0.02, 1.02))
+    ax.set_aspect("equal")
+    if not any_curve:
+        ax.text(0.5, 0.6, "undefined: one class only in these labels", ha="center", fontsize=9)
+    ax.legend(fontsize=8, loc="lower right")
+
+
+def _roc_many(labels: np.ndarray, probs: np.ndarray, class_names: list[str]) -> Figure:
+    aucs = per_class_auc(labels, probs)
+    order = sorted(aucs, key=aucs.get)  # weakest first, drawn at the top where the eye starts
+    fig, (ax_bar, ax_roc) = plt.subplots(1, 2, figsize=(12, max(5.0, 0.24 * len(order) + 1.5)),
+                                         gridspec_kw={"width_ratios": [1.1, 1]})
+    _auc_bars(ax_bar, [class_names[c] for c in order], [aucs[c] for c in order], len(class_names))
+    for fpr, tpr in roc_curves(labels, probs).values():
+        ax_roc.plot(fpr, tpr, color="0.6", lw=0.6, alpha=0.5)
+    if order:
+        ax_roc.plot([], [], color="0.6", lw=0.6, label=f"each class against the rest ({len(order)})")
+    for name, (fpr, tpr, auc) in average_roc_curves(labels, probs).items():
+        ax_roc.plot(fpr, tpr, lw=2, label=f"{name} (AUC {auc:.3f})")
+    _roc_frame(ax_roc, "ROC, averaged over classes", bool(order))
+    return fig
+
+
+def _auc_bars(ax, names: list[str], aucs: list[float], classes: int) -> None:
+    ax.barh(range(len(names)), aucs, color="tab:blue", height=0.7)
+    ax.set_yticks(range(len(names)), [clip(n, 28) for n in names], fontsize=8)
+    ax.invert_yaxis()
+    for y, auc in enumerate(aucs):
+        # a white box keeps the number readable where the chance or mean line crosses it
+        ax.text(auc + 0.01, y, f"{auc:.3f}", va="center", fontsize=7,
+                bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5})
+    ax.axvline(0.5, color="k", ls="--", lw=0.8)
+    if aucs:
+        ax.axvline(np.mean(aucs), color="tab:orange", lw=1.2, label=f"mean {np.mean(aucs):.3f} (macro)")
+        ax.legend(fontsize=8, loc="lower left")
+    absent = classes - len(names)
+    ax.set(xlim=(0, 1.1), xlabel="one-vs-rest ROC-AUC",
+           title="per-class ROC-AUC, weakest first" + (f" ({absent} {'class' if absent == 1 else 'classes'} not in this split)" if absent else ""))
+
+
+def image_grid(images: Sequence, captions: list[str], path: Path, title: str = "", columns: int = 8,
+               colors: list[str] | None = None, cell: tuple[float, float] = (1.6, 1.85)) -> Figure:
+    """A labelled grid of uint8 HxWx3 images; `cell` is each image's (width, height) in inches."""
     rows = max(1, -(-len(images) // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.6, rows * 1.85), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * cell[0], rows * cell[1]), squeeze=False)
     for k, ax in enumerate(axes.flat):
         ax.axis("off")
         if k < len(images):
@@ -81,26 +163,30 @@ def image_grid(images: list[np.ndarray], captions: list[str], path: Path, title:
             ax.set_title(captions[k], fontsize=7, color=(colors[k] if colors else "black"))
     if title:
         fig.suptitle(title)
-    _save(fig, path)
+    return _save(fig, path)
 
 
-def plot_errors(images: np.ndarray, labels: np.ndarray, probs: np.ndarray, class_names: list[str],
-                path: Path, count: int = 24) -> int:
-    """The most confident mistakes, with true label, prediction and probability. Returns how many."""
+def plot_errors(images: Sequence, labels: np.ndarray, probs: np.ndarray, class_names: list[str], path: Path,
+                names: Sequence[str] | None = None, count: int = 24) -> Figure:
+    """The most confident mistakes, each captioned with its file, true label, prediction and probability.
+
+    Only the images shown are read from `images` (it may be a lazy view of a large store).
+    """
     predicted = probs.argmax(1)
     wrong = np.flatnonzero(predicted != labels)
-    wrong = wrong[np.argsort(-probs[wrong, predicted[wrong]])][:count]
-    captions = [f"true {class_names[labels[i]]}\npred {class_names[predicted[i]]} {probs[i, predicted[i]]:.2f}"
-                for i in wrong]
-    if len(wrong) == 0:
-        captions, shown = ["no mistakes"], [np.full((8, 8, 3), 255, np.uint8)]
-    else:
-        shown = [images[i] for i in wrong]
-    image_grid(shown, captions, path, title="most confident mistakes", columns=6, colors=None)
-    return len(wrong)
+    shown = wrong[np.argsort(-probs[wrong, predicted[wrong]], kind="stable")][:count]
+    captions = [(f"{short_name(names[i])}\n" if names is not None else "")
+                + f"true {clip(class_names[labels[i]], 19)}\n"
+                f"pred {clip(class_names[predicted[i]], 14)} {probs[i, predicted[i]]:.2f}" for i in shown]
+    if len(shown) == 0:
+        return image_grid([np.full((8, 8, 3), 255, np.uint8)], ["no mistakes"], path, title="no mistakes",
+                          columns=6)
+    which = f"all {len(wrong)}" if len(shown) == len(wrong) else f"{len(shown)} of {len(wrong)}"
+    title = f"{which} mistakes ({len(labels)} images), most confident first"
+    return image_grid([images[i] for i in shown], captions, path, title=title, columns=6, cell=(1.9, 2.3))
 
 
-def plot_class_balance(counts: dict[str, int], path: Path) -> None:
+def plot_class_balance(counts: dict[str, int], path: Path) -> Figure:
     names, values = list(counts), list(counts.values())
     fig, ax = plt.subplots(figsize=(max(5, 0.35 * len(names) + 2), 3.8))
     ax.bar(range(len(names)), values, color="tab:blue")
@@ -109,4 +195,4 @@ def plot_class_balance(counts: dict[str, int], path: Path) -> None:
     for i, v in enumerate(values):
         ax.text(i, v, str(v), ha="center", va="bottom", fontsize=7)
     ax.set(ylabel="images", title="images per class")
-    _save(fig, path)
+    return _save(fig, path)

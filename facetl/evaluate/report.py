@@ -1,36 +1,58 @@
 """Write a split's evaluation into a run folder: metrics.json, the plots, and report.md tying them together."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-from facetl.evaluate.metrics import classification_metrics
+from facetl.evaluate.metrics import classification_metrics, per_class_auc, val_loss_jumps
 from facetl.evaluate.plots import plot_confusion, plot_curves, plot_errors, plot_roc
+from facetl.record import RunRecord
 from facetl.runfolder import atomic_write_json, atomic_write_text
 
 
-def write_evaluation(folder: Path, split: str, labels: np.ndarray, probs: np.ndarray, images: np.ndarray,
-                     class_names: list[str], history: list[dict], run_info: dict, config: dict) -> dict:
-    """Compute metrics on `split` and write metrics.json, plots and report.md into `folder`."""
+@dataclass
+class SplitResult:
+    """A model's predictions on one split: what every metric, plot and gallery is made from."""
+
+    split: str                    # 'test', 'val', ...
+    labels: np.ndarray
+    probs: np.ndarray             # (images, classes)
+    images: Sequence              # uint8 HxWx3 per image, read only for the galleries
+    names: Sequence[str] | None = None   # each image's file, relative to the data folder, for the captions
+
+
+JUMP_FACTOR = 1.5  # a validation loss above 1.5x the best before it is a jump worth a sentence
+WEAKEST_SHOWN = 3  # classes named under a many-class ROC
+
+
+def write_evaluation(folder: Path, result: SplitResult, record: RunRecord, history: list[dict],
+                     config: dict) -> dict:
+    """Compute metrics on a split and write metrics.json, plots and report.md into `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
-    metrics = classification_metrics(labels, probs)
+    class_names = record.class_names
+    metrics = classification_metrics(result.labels, result.probs)
     metrics.update({
-        "split": split,
+        "split": result.split,
         "class_names": class_names,
-        "train_seconds": run_info.get("train_seconds"),
-        "trainable_params": run_info.get("trainable_params"),
-        "best_epoch": run_info.get("best_epoch"),
-        "pretraining": run_info.get("weights_note"),
+        "train_seconds": record.train_seconds,
+        "trainable_params": record.trainable_params,
+        "best_epoch": record.best_epoch,
+        "pretraining": record.weights.describe(),
+        "pretrained": record.weights.pretrained,
+        "roc_auc_per_class": {class_names[c]: auc for c, auc in per_class_auc(result.labels, result.probs).items()},
     })
     if history:
-        plot_curves(history, folder / "curves.png", title=run_info.get("title", ""))
+        plot_curves(history, folder / "curves.png", title=record.title, best_epoch=record.best_epoch,
+                    select=config.get("select"))
     plot_confusion(metrics["confusion_matrix"], class_names, folder / "confusion_matrix.png")
-    plot_roc(labels, probs, class_names, folder / "roc.png")
-    plot_errors(images, labels, probs, class_names, folder / "errors.png")
+    plot_roc(result.labels, result.probs, class_names, folder / "roc.png")
+    plot_errors(result.images, result.labels, result.probs, class_names, folder / "errors.png", result.names)
     atomic_write_json(folder / "metrics.json", metrics)
-    atomic_write_text(folder / "report.md", render_report(metrics, run_info, config, history))
+    atomic_write_text(folder / "report.md", render_report(metrics, record, config, history))
     return metrics
 
 
@@ -42,14 +64,15 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def render_report(metrics: dict, run_info: dict, config: dict, history: list[dict]) -> str:
-    lines = [f"# {run_info.get('title', 'facetl run')}", ""]
-    lines += [f"**Backbone weights:** {run_info.get('weights_note')}  ",
-              f"**Strategy:** {config.get('strategy')} — {run_info.get('trainable_params', 0):,} trainable of "
-              f"{run_info.get('total_params', 0):,} parameters  ",
-              f"**Best epoch:** {run_info.get('best_epoch')} (selected by {config.get('select')})  ",
-              f"**Training time:** {run_info.get('train_seconds', 0):.1f} s  ",
-              f"**Data path:** {run_info.get('data_path_note', '')}", ""]
+def render_report(metrics: dict, record: RunRecord, config: dict, history: list[dict]) -> str:
+    lines = [f"# {record.title}", ""]
+    lines += [f"**Backbone weights:** {record.weights.describe()}  ",
+              f"**Strategy:** {config.get('strategy')} — {record.trainable_params:,} trainable of "
+              f"{record.total_params:,} parameters  ",
+              f"**Preprocessing:** {record.preprocessing.describe()}  ",
+              f"**Best epoch:** {record.best_epoch} (selected by {config.get('select')})  ",
+              f"**Training time:** {record.train_seconds or 0:.1f} s ({record.trained_with.describe()})  ",
+              f"**Data path:** {record.data_path_note}", ""]
     lines += [f"## Metrics on the {metrics['split']} split ({metrics['n_images']} images)", "",
               "| accuracy | precision | recall | F1 | ROC-AUC |", "|---|---|---|---|---|",
               "| " + " | ".join(_fmt(metrics[k]) for k in ("accuracy", "precision", "recall", "f1", "roc_auc"))
@@ -60,9 +83,38 @@ def render_report(metrics: dict, run_info: dict, config: dict, history: list[dic
         lines += [f"| {h['epoch']} | {h['train_loss']:.4f} | {h['train_acc']:.4f} | {h['val_loss']:.4f} | "
                   f"{h['val_acc']:.4f} | {h['seconds']:.1f} |" for h in history]
         lines.append("")
+        jumps = val_loss_jumps(history, JUMP_FACTOR)
+        if jumps:
+            lines += [jump_sentence(jumps), ""]
     lines += ["## Confusion matrix", "", "![confusion matrix](confusion_matrix.png)", "",
-              "## ROC", "", "![roc](roc.png)", "",
-              "## Most confident mistakes", "", "![errors](errors.png)", "",
+              "## ROC", "", "![roc](roc.png)", ""]
+    if len(metrics["class_names"]) > 2 and metrics.get("roc_auc_per_class"):
+        lines += [weakest_sentence(metrics["roc_auc_per_class"]), ""]
+    lines += ["## Most confident mistakes", "", "![errors](errors.png)", "", mistakes_sentence(metrics), "",
               "## Configuration", "", "```yaml"]
     lines += [yaml.safe_dump(config, sort_keys=False).rstrip(), "```", ""]
     return "\n".join(lines)
+
+
+def jump_sentence(jumps: list[dict]) -> str:
+    """One sentence on the validation-loss jumps, describing the largest."""
+    worst = max(jumps, key=lambda j: j["val_loss"] / j["best_loss"] if np.isfinite(j["val_loss"]) else np.inf)
+    where = (f"epoch {worst['epoch']}" if len(jumps) == 1
+             else "epochs " + ", ".join(str(j["epoch"]) for j in jumps) + f" (most at epoch {worst['epoch']})")
+    size = (f"to {worst['val_loss']:.4f}, {worst['val_loss'] / worst['best_loss']:.1f}x"
+            if np.isfinite(worst["val_loss"]) else f"to {worst['val_loss']}, against")
+    return (f"**Validation loss jumped** at {where} {size} the lowest before it ({worst['best_loss']:.4f} at "
+            f"epoch {worst['best_epoch']}; any epoch above {JUMP_FACTOR}x the best earlier one is flagged).")
+
+
+def weakest_sentence(aucs: dict[str, float]) -> str:
+    weakest = sorted(aucs, key=aucs.get)[:WEAKEST_SHOWN]
+    return "Lowest one-vs-rest ROC-AUC: " + ", ".join(f"{name} ({aucs[name]:.3f})" for name in weakest) + "."
+
+
+def mistakes_sentence(metrics: dict) -> str:
+    wrong = int(metrics["n_images"] - np.trace(np.asarray(metrics["confusion_matrix"])))
+    if wrong == 0:
+        return f"None of the {metrics['n_images']} images was misclassified."
+    return (f"{wrong} of {metrics['n_images']} images were misclassified; the gallery shows the most confident "
+            "of them, each with its file, true label, and the predicted label with its probability.")

@@ -1,4 +1,4 @@
 """Backbones, heads and freezing strategies, assembled by `build_model`."""
-from facetl.models.classifier import FaceClassifier, build_model
+from facetl.models.classifier import BuiltModel, FaceClassifier, TrainablePart, build_model, rebuild_model
 
-__all__ = ["FaceClassifier", "build_model"]
+__all__ = ["BuiltModel", "FaceClassifier", "TrainablePart", "build_model", "rebuild_model"]

@@ -32,7 +32,6 @@ class Backbone(nn.Module):
         self.channels = channels
         self.flat_pool = flat_pool
         self.mean, self.std, self.input_size = tuple(mean), tuple(std), input_size
-        self.pretrained = False  # set by weight loading; reports say 'no pretraining' when False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
@@ -57,7 +56,6 @@ def _torchvision(name: str, weights: str, features: nn.Sequential, weights_enum,
     backbone = Backbone(name, features, block_starts, channels, flat_pool)
     if weights not in ("imagenet", "none"):
         load_state_file(backbone, weights)
-    backbone.pretrained = weights != "none"
     return backbone
 
 
@@ -126,7 +124,6 @@ class TimmBackbone(Backbone):
                          cfg.get("input_size", (3, 224, 224))[-1])
         if weights not in ("imagenet", "none"):
             load_state_file(self, weights)
-        self.pretrained = weights != "none"
 
     def last_block_parameters(self) -> set[str]:
         from timm.models import group_parameters

@@ -1,26 +1,33 @@
-"""FaceClassifier = backbone + head, built from a config; split at a cut point for the feature cache."""
+"""FaceClassifier = backbone + head, built from a config; split at a cut point for the feature cache.
+
+`build_model` decides, in this order: where the weights come from, the preprocessing those weights
+expect (a facetl run passes on its own, flags override with a warning), the head, and what trains.
+`rebuild_model` makes the same structure again from a run's record, for loading its checkpoint.
+"""
 from __future__ import annotations
 
-import sys
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from facetl.errors import FacetlError
+from facetl.models.factory import create_backbone
 from facetl.models.heads import build_head
-from facetl.models.registry import create_backbone
 from facetl.models.strategies import Plan, apply_strategy
-from facetl.models.weights import WeightsUnavailable, read_state_dict
+from facetl.models.weights import WeightsUnavailable, load_backbone_state, read_weights
+from facetl.preprocessing import Preprocessing
+from facetl.record import RunRecord, StartingWeights
 
 
 class FaceClassifier(nn.Module):
-    def __init__(self, backbone: nn.Module, head: nn.Module, outputs: int, weights_note: str):
+    def __init__(self, backbone: nn.Module, head: nn.Module, outputs: int):
         super().__init__()
         self.backbone = backbone
         self.head = head
         self.outputs = outputs
-        self.weights_note = weights_note       # what the backbone started from, for logs and reports
-        self.frozen_batchnorm: list[nn.Module] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
@@ -31,12 +38,6 @@ class FaceClassifier(nn.Module):
 
     def forward_suffix(self, z: torch.Tensor, cut: int) -> torch.Tensor:
         return self.head(self.backbone.features[cut:](z))
-
-    def train(self, mode: bool = True) -> "FaceClassifier":
-        super().train(mode)
-        for module in self.frozen_batchnorm:
-            module.eval()  # frozen layers keep their running statistics
-        return self
 
 
 class TrainablePart(nn.Module):
@@ -51,41 +52,95 @@ class TrainablePart(nn.Module):
         return self.head(self.rest(z))
 
 
-def resolve_img_size(config, backbone_input_size: int) -> int:
-    return config.img_size or backbone_input_size
+@dataclass
+class BuiltModel:
+    model: FaceClassifier
+    plan: Plan
+    preprocessing: Preprocessing
+    weights: StartingWeights
 
 
-def build_model(config, num_classes: int, log=print) -> tuple[FaceClassifier, Plan, int]:
-    """Build backbone (with weights), head and strategy; return the model, its plan and image size."""
+def build_model(config, num_classes: int, log=print) -> BuiltModel:
+    """Backbone with its weights, the preprocessing they expect, head and strategy, from a TrainConfig."""
+    start = _starting_point(config, log)
+    preprocessing = resolve_preprocessing(config, start.backbone, start.record, log)
+    check_input_size(start.backbone, preprocessing.size)
+    model = _assemble(config, start.backbone, preprocessing.size, num_classes)
+    if start.record is not None:
+        _carry_head(model, start.state, config.weights, log)
+    plan = apply_strategy(model, config.strategy)
+    return BuiltModel(model, plan, preprocessing, start.weights)
+
+
+def rebuild_model(config, record: RunRecord) -> tuple[FaceClassifier, Plan]:
+    """The structure a run trained (no weights loaded): for reading its checkpoint."""
+    backbone = create_backbone(config.backbone, "none")
+    model = _assemble(config, backbone, record.preprocessing.size, len(record.class_names))
+    return model, apply_strategy(model, config.strategy)
+
+
+def resolve_preprocessing(config, backbone, source_run: RunRecord | None, log=print) -> Preprocessing:
+    """The backbone's pretrained preprocessing, or a facetl run's own when starting from one; flags on top."""
+    default = (source_run.preprocessing if source_run else
+               Preprocessing(backbone.input_size, tuple(backbone.mean), tuple(backbone.std)))
+    preprocessing, changed = default.with_overrides(config.img_size, config.normalize, config.colour)
+    # faces are a property of the new run's data (photos or crops), not of the weights: never inherited
+    preprocessing = dataclasses.replace(preprocessing, faces=config.face_alignment())
+    if source_run and changed:
+        log(f"warning: --weights {config.weights} was trained with {default.describe()}; the flags change its "
+            f"{', '.join(changed)} to {preprocessing.describe()}")
+    return preprocessing
+
+
+@dataclass
+class _Start:
+    backbone: nn.Module
+    weights: StartingWeights
+    record: RunRecord | None = None   # when the weights are a facetl run
+    state: dict | None = None         # the file's state dict, when the weights are a file
+
+
+def _starting_point(config, log) -> _Start:
     weights = config.weights
     if weights == "auto":
         try:
-            backbone = create_backbone(config.backbone, "imagenet")
-            weights = "imagenet"
+            return _Start(create_backbone(config.backbone, "imagenet"), StartingWeights("imagenet"))
         except WeightsUnavailable as exc:
             log(f"no ImageNet weights: {exc}; training from random initialisation (no pretraining)")
-            backbone = create_backbone(config.backbone, "none")
-            weights = "none"
-    else:
-        backbone = create_backbone(config.backbone, weights)
-    note = {"imagenet": "ImageNet pretrained", "none": "no pretraining"}.get(weights, f"weights from {weights}")
-    img_size = resolve_img_size(config, backbone.input_size)
+            return _Start(create_backbone(config.backbone, "none"), StartingWeights("none"))
+    if weights in ("imagenet", "none"):
+        return _Start(create_backbone(config.backbone, weights), StartingWeights(weights))
+    state, record = read_weights(weights)  # read once: a VGG checkpoint is half a gigabyte
+    backbone = create_backbone(config.backbone, "none")
+    load_backbone_state(backbone, state, weights)
+    return _Start(backbone, StartingWeights.from_flag(weights, is_run=record is not None), record, state)
+
+
+def check_input_size(backbone: nn.Module, size: int) -> None:
+    """Refuse, with the smallest size that works, an image size the backbone's feature map cannot take."""
+    def works(side: int) -> bool:
+        try:
+            return backbone.flat_dim(side) > 0
+        except RuntimeError:
+            return False
+
+    if works(size):
+        return
+    smallest = next((side for side in range(size + 1, 257) if works(side)), None)
+    need = f"at least {smallest}" if smallest else "a larger size"
+    raise FacetlError(f"--img-size {size} is too small for backbone {backbone.name}: it needs {need} pixels")
+
+
+def _assemble(config, backbone, img_size: int, num_classes: int) -> FaceClassifier:
     outputs = 1 if num_classes == 2 else num_classes
     head = build_head(config.head, backbone, img_size, outputs, config.dropout)
-    model = FaceClassifier(backbone, head, outputs, note)
-    if weights not in ("imagenet", "none"):
-        _carry_head(model, weights)
-    plan = apply_strategy(model, config.strategy)
-    return model, plan, img_size
+    return FaceClassifier(backbone, head, outputs)
 
 
-def _carry_head(model: FaceClassifier, path: str) -> None:
+def _carry_head(model: FaceClassifier, state: dict, path: str, log) -> None:
     """A facetl run as --weights also passes on its head when the shapes fit (same task, same head)."""
-    if not Path(path).is_dir() and not str(path).endswith(".pt"):
-        return
-    state = read_state_dict(path)
     own = model.head.state_dict()
     head = {k[len("head."):]: v for k, v in state.items() if k.startswith("head.")}
     if head and all(k in own and own[k].shape == v.shape for k, v in head.items()) and len(head) == len(own):
         model.head.load_state_dict(head)
-        print(f"head: carried over from {path}", file=sys.stderr)
+        log(f"head: carried over from {Path(path)}")

@@ -2,13 +2,18 @@
 
 Layers are the backbone's leaf modules in forward order (conv, batch norm, activation, ...), numbered
 from 0; `facetl backbones NAME` prints them. `from:K` trains layer K onward; `from:NAME` trains from
-the module NAME (e.g. `features.14`) onward. Frozen batch-norm layers also keep their running
-statistics (they stay in eval mode), as timm's `freeze` does.
+the module NAME (e.g. `features.14`) onward.
+
+Frozen batch-norm layers are replaced by frozen equivalents whose statistics and affine parameters are
+buffers (timm's `freeze_batch_norm_2d`, as timm's `freeze` does). Overriding `train()` on one module is
+not enough: a `.train()` call on any sub-module, such as the part the optimiser and DDP see, would
+switch them back to updating their statistics. A frozen layer that is replaced cannot.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from timm.layers import freeze_batch_norm_2d
 from torch import nn
 
 from facetl.errors import FacetlError
@@ -21,6 +26,7 @@ class Plan:
     cut: int                      # features[:cut] is wholly frozen, so its output can be cached
     trainable_params: int
     total_params: int
+    trainable_batchnorm: bool = False  # batch-norm layers whose statistics training updates
 
     def describe(self) -> str:
         return (f"strategy {self.strategy}: {self.trainable_params:,} of {self.total_params:,} parameters "
@@ -64,7 +70,7 @@ def first_trainable_layer(backbone: nn.Module, strategy: str) -> int | None:
 
 
 def apply_strategy(model: nn.Module, strategy: str) -> Plan:
-    """Set requires_grad and the frozen batch-norm list on `model` (a FaceClassifier)."""
+    """Set requires_grad on `model` (a FaceClassifier) and replace its frozen batch-norm layers."""
     backbone = model.backbone
     layers = backbone_layers(backbone)
     first = first_trainable_layer(backbone, strategy)
@@ -81,13 +87,29 @@ def apply_strategy(model: nn.Module, strategy: str) -> Plan:
         for p in module.parameters(recurse=False):
             p.requires_grad_(trainable)
         if not trainable and isinstance(module, nn.modules.batchnorm._BatchNorm):
-            frozen_bn.append(module)
-    model.frozen_batchnorm = frozen_bn
-    if first is None:
-        cut = len(backbone.features)
-    else:
-        cut = int(layers[first][0].split(".")[1])  # the top-level unit holding the first trainable layer
-    model.train(model.training)
+            frozen_bn.append(name)
+    for name in frozen_bn:
+        freeze_batchnorm(backbone.features, name)
+    cut = len(backbone.features) if first is None else int(layers[first][0].split(".")[1])
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    return Plan(strategy, first, cut, trainable, total)
+    total = sum(p.numel() for p in model.parameters()) + sum(
+        b.numel() for m in model.modules() if is_frozen_batchnorm(m) for b in (m.weight, m.bias))
+    trainable_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    return Plan(strategy, first, cut, trainable, total, trainable_bn)
+
+
+def freeze_batchnorm(root: nn.Module, name: str) -> None:
+    """Replace batch-norm layer `name` under `root` by its frozen equivalent (same values, now buffers)."""
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    layer = getattr(parent, child)
+    frozen = freeze_batch_norm_2d(layer)
+    if frozen is layer:  # timm freezes 2-D batch norm (plain, sync and with activation) only
+        raise FacetlError(f"cannot freeze {type(layer).__name__} layer features.{name}: only 2-D batch norm "
+                          "can be frozen; choose a strategy that trains it (e.g. --strategy full)")
+    frozen.train(layer.training)
+    setattr(parent, child, frozen)
+
+
+def is_frozen_batchnorm(module: nn.Module) -> bool:
+    return type(module).__name__ in ("FrozenBatchNorm2d", "FrozenBatchNormAct2d")

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from facetl.errors import FacetlError
+from facetl.record import RunRecord
 from facetl.runfolder import read_torch_file
 
 
@@ -50,29 +51,47 @@ def load_imagenet_timm(name: str) -> nn.Module:
         ) from None
 
 
-def read_state_dict(path: str | Path) -> dict:
-    """A state dict from a file, a facetl checkpoint, or a facetl run folder (its best checkpoint)."""
+def checkpoint_path(path: str | Path) -> Path:
+    """A weights file as given, or a facetl run folder's best checkpoint."""
     path = Path(path).expanduser()
     if path.is_dir():
         candidates = [path / "best.pt", path / "last.pt"]
-        path = next((c for c in candidates if c.is_file()), None)
-        if path is None:
-            raise FacetlError(f"{candidates[0].parent} is not a facetl run folder (no best.pt or last.pt)")
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            raise FacetlError(f"{path} is not a facetl run folder (no best.pt or last.pt)")
+        return found
     if not path.is_file():
         raise FacetlError(f"weights file not found: {path} (--weights takes imagenet, none or a PATH)")
-    state = read_torch_file(path, "weights file ", weights_only=True)
+    return path
+
+
+def read_weights(path: str | Path) -> tuple[dict, RunRecord | None]:
+    """A state dict from a file, a facetl checkpoint or a facetl run folder; with the run's record when
+    it is a facetl run (its preprocessing becomes the new run's default)."""
+    path = checkpoint_path(path)
+    state = read_torch_file(path, "weights file ")
+    record = None
+    if isinstance(state, dict) and isinstance(state.get("record"), dict):
+        record = RunRecord.from_dict(state["record"])
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]  # facetl checkpoint
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise FacetlError(f"{path} does not hold a state dict of tensors")
-    return state
+    return state, record
+
+
+def read_state_dict(path: str | Path) -> dict:
+    return read_weights(path)[0]
 
 
 def load_state_file(backbone: nn.Module, path: str | Path) -> None:
-    """Load backbone weights from a file, matching torchvision, timm and facetl key layouts."""
-    state = read_state_dict(path)
+    load_backbone_state(backbone, read_state_dict(path), path)
+
+
+def load_backbone_state(backbone: nn.Module, state: dict, path: str | Path) -> None:
+    """Load backbone weights from a state dict, matching torchvision, timm and facetl key layouts."""
     own = backbone.state_dict()
     matched = {}
     for key, value in state.items():

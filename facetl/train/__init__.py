@@ -1,1 +1,1 @@
-"""Training: batch sources (cached or not), the epoch loop, `fit`, and grids of runs."""
+"""Training: the epoch loop, precise batch-norm statistics, and `fit`."""

@@ -1,17 +1,21 @@
 """A training run from a config to a finished run folder: `fit(config) -> RunResult`.
 
-Read top to bottom, one image's path is: file list -> decoded store -> split -> (frozen prefix, cached
-or not) -> trainable part -> history, checkpoints -> test metrics, plots, report.
+Read top to bottom, a run is four stages, each a function below:
+  1. `set_up`: file list -> model and the preprocessing its weights expect -> decoded store -> split;
+  2. `choose_source`: where the trainable part's inputs come from (the feature cache, or images);
+  3. `run_epochs`: train, validate, checkpoint, once per epoch;
+  4. `final_evaluation`: the test split, once, with the best epoch's weights -> metrics, plots, report.
 
 Every epoch is seeded by (seed, epoch), so a resumed run draws the same data order, augmentation
 and dropout as an uninterrupted one.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -20,16 +24,17 @@ import torch
 
 from facetl.config import TrainConfig, dump_yaml
 from facetl.data.augment import BatchAugment
-from facetl.data.prepare import prepare_data, read_samples
+from facetl.data.features import FeatureRequest, FrozenPart, ImageSource, open_feature_source
+from facetl.data.prepare import PreparedData, prepare_data, read_samples
 from facetl.errors import FacetlError
-from facetl.evaluate.report import write_evaluation
-from facetl.models import build_model
-from facetl.models.classifier import TrainablePart
+from facetl.evaluate.report import SplitResult, write_evaluation
+from facetl.models import BuiltModel, TrainablePart, build_model
+from facetl.record import RunRecord
 from facetl.runfolder import (RunLock, atomic_torch_save, atomic_write_csv, atomic_write_json, atomic_write_text,
                               prepare_run_folder, read_torch_file)
-from facetl.train.loop import NonFiniteLoss, evaluate, train_one_epoch
-from facetl.train.distributed import Dist, init_distributed, shutdown_distributed
-from facetl.train.sources import ImageSource, Precision, open_feature_source
+from facetl.runtime import Runtime
+from facetl.train.batchnorm import precise_bn_wanted, recompute_batchnorm
+from facetl.train.loop import Evaluator, NonFiniteLoss, Optimisation, train_one_epoch
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"]
 
@@ -39,21 +44,7 @@ class RunResult:
     folder: Path
     metrics: dict
     history: list[dict]
-    run_info: dict
-
-
-class StoreRows:
-    """Rows `index` of the image store, read only when asked for: the error gallery shows a couple of
-    dozen images, so the whole test split is never loaded at once."""
-
-    def __init__(self, images: np.ndarray, index: np.ndarray):
-        self.images, self.index = images, index
-
-    def __getitem__(self, i: int) -> np.ndarray:
-        return self.images[self.index[i]]
-
-    def __len__(self) -> int:
-        return len(self.index)
+    record: RunRecord
 
 
 class SetupError(Exception):
@@ -74,24 +65,56 @@ class RunLog:
         from tqdm import tqdm
 
         if not self.quiet:
-            tqdm.write(message, file=sys.stdout)
+            try:
+                tqdm.write(message, file=sys.stdout)
+            except OSError:  # stdout closed (`| head`, a closed terminal): train.log keeps everything
+                self.quiet = True
+                silence_stdout()
         if self.path is not None:
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(f"{datetime.now():%Y-%m-%d %H:%M:%S} {message}\n")
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise FacetlError("--device cuda: no CUDA GPU is available (use --device cpu or auto)")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise FacetlError("--device mps: Apple's MPS is not available (use --device cpu or auto)")
-    return torch.device(name)
+def silence_stdout() -> None:
+    """Point stdout at /dev/null, so neither later prints nor the exit-time flush fail on a closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
+@dataclass
+class RunContext:
+    """Where a run writes (its folder and log), whether it shows progress bars, and where it runs."""
+
+    folder: Path
+    log: RunLog
+    progress: bool
+    runtime: Runtime
+
+    @property
+    def main(self) -> bool:
+        return self.runtime.group.is_main
+
+
+@dataclass
+class Setup:
+    built: BuiltModel
+    data: PreparedData
+    checkpoint: dict | None       # the resume point, when resuming
+
+
+@dataclass
+class TrainingState:
+    opt: Optimisation
+    scheduler: object | None
+    record: RunRecord
+    history: list[dict] = field(default_factory=list)
+    best: dict = field(default_factory=lambda: {"epoch": None, "score": None})
+    start_epoch: int = 1
+    train_seconds: float = 0.0
 
 
 def default_out(config: TrainConfig) -> str:
@@ -100,174 +123,248 @@ def default_out(config: TrainConfig) -> str:
 
 def fit(config: TrainConfig, resume: bool = False, progress: bool = True, quiet: bool = False) -> RunResult:
     config.check()
-    group, device_name = init_distributed(config.device)
+    runtime = Runtime.for_training(config.device, config.precision)
     try:
         out = config.out or default_out(config)
-        if group.active:  # every rank must write to the folder rank 0 named
+        if runtime.group.active:  # every rank must write to the folder rank 0 named
             shared = [out]
             torch.distributed.broadcast_object_list(shared, src=0)
             out = shared[0]
         created = not Path(out).exists()
         folder = prepare_run_folder(out)
         config.out = str(folder)
-        log = RunLog(folder / "train.log" if group.is_main else None, quiet or not group.is_main)
-        progress = progress and group.is_main
-        if not group.is_main:
-            return _fit(config, folder, resume, progress, log, group, device_name)
+        main = runtime.group.is_main
+        ctx = RunContext(folder, RunLog(folder / "train.log" if main else None, quiet or not main),
+                         progress and main, runtime)
+        if not main:
+            return _fit(config, ctx, resume)
         with RunLock(folder):
             try:
-                return _fit(config, folder, resume, progress, log, group, device_name)
+                return _fit(config, ctx, resume)
             except SetupError as exc:
                 if created:  # bad input stopped it before any training: leave no half-made run folder
                     shutil.rmtree(folder, ignore_errors=True)
                 raise exc.cause from None
     finally:
-        shutdown_distributed(group)
+        runtime.close()
 
 
-def _fit(config: TrainConfig, folder: Path, resume: bool, progress: bool, log: RunLog, group: Dist,
-         device_name: str) -> RunResult:
-    checkpoint = _load_resume_point(folder) if resume else None
-    if not resume and (folder / "last.pt").exists():
-        raise FacetlError(f"{folder} already holds a run; continue it with --resume {folder} or choose a new --out")
-    main = group.is_main
+def _fit(config: TrainConfig, ctx: RunContext, resume: bool) -> RunResult:
+    setup = set_up(config, ctx, resume)
+    source = choose_source(config, setup, ctx)
+    state = start_training(config, setup, source.description, ctx)
+    run_epochs(config, setup, source, state, ctx)
+    return final_evaluation(config, setup, source, state, ctx)
 
-    # 1. the model before the data: its pretrained configuration decides image size and normalisation
+
+# 1. the model before the data: its weights decide image size and normalisation
+def set_up(config: TrainConfig, ctx: RunContext, resume: bool) -> Setup:
+    checkpoint = _load_resume_point(ctx.folder) if resume else None
+    if not resume and (ctx.folder / "last.pt").exists():
+        raise FacetlError(f"{ctx.folder} already holds a run; continue it with --resume {ctx.folder} or choose a "
+                          "new --out")
     try:
         samples = read_samples(config)
         torch.manual_seed(config.seed)
-        model, plan, img_size = build_model(config, len(samples.class_names), log)
-        data = prepare_data(config, samples, img_size, folder, log, progress, group)
-        device = resolve_device(device_name)
+        built = build_model(config, len(samples.class_names), ctx.log)
+        data = prepare_data(config, samples, built.preprocessing, ctx.folder, ctx.log, ctx.progress,
+                            ctx.runtime.group)
     except FacetlError as exc:
         raise SetupError(exc) from None
-    if main:
-        atomic_write_text(folder / "config.yaml", dump_yaml(config))
-    precision = Precision(config.precision, device)
-    model.to(device, memory_format=torch.channels_last)
-    mean, std = data.normalization(model.backbone)
-    log(f"model: {config.backbone} + {config.head} head, {model.weights_note}; {plan.describe()}")
-    if model.weights_note == "no pretraining" and plan.first_trainable is None:
-        log("warning: a frozen backbone with no pretraining is a fixed random function; expect accuracy near "
-            "the majority class (use ImageNet weights, or --strategy full)")
-    precision_note = precision.describe() if plan.cut > 0 else precision.name  # no frozen part: one precision
-    log(f"device {device}, precision {precision_note}, image size {img_size}, normalisation mean {mean} std {std}"
-        + (f"; {group.world} processes, batch {config.batch_size} per process" if group.active else ""))
+    if ctx.main:
+        record_data_paths(config, ctx.folder)
+        atomic_write_text(ctx.folder / "config.yaml", dump_yaml(config))
+    built.model.to(ctx.runtime.device, memory_format=torch.channels_last)
+    ctx.log(f"model: {config.backbone} + {config.head} head, {built.weights.describe()}; {built.plan.describe()}")
+    if not built.weights.pretrained and built.plan.first_trainable is None:
+        ctx.log("warning: a frozen backbone with no pretraining is a fixed random function; expect accuracy near "
+                "the majority class (use ImageNet weights or a facetl run as --weights, or --strategy full)")
+    group = ctx.runtime.group
+    ctx.log(f"device {ctx.runtime.used(built.plan.cut > 0).describe()}; preprocessing "
+            f"{built.preprocessing.describe()}"
+            + (f"; {group.world} processes, batch {config.batch_size} per process" if group.active else ""))
+    return Setup(built, data, checkpoint)
 
-    # 2. inputs of the trainable part: stored prefix outputs when the prefix is frozen, else computed now
+
+def record_data_paths(config: TrainConfig, folder: Path) -> None:
+    """Data paths absolute in config.yaml, and relative to the run folder in data_paths.json: a run reopened
+    from another directory, or moved together with its data, still finds it (see run.locate_data)."""
+    paths = {}
+    for key in ("data", "images", "split_file"):
+        value = getattr(config, key)
+        if value:
+            absolute = Path(value).expanduser().resolve()
+            setattr(config, key, str(absolute))
+            paths[key] = os.path.relpath(absolute, folder.resolve())
+    atomic_write_json(folder / "data_paths.json", paths)
+
+
+# 2. inputs of the trainable part: stored prefix outputs when the prefix is frozen, else computed now
+def choose_source(config: TrainConfig, setup: Setup, ctx: RunContext):
+    built, data = setup.built, setup.data
     augment = BatchAugment(config.augmentations)
-    train_index, val_index, test_index = data.index("train"), data.index("val"), data.index("test")
-    use_cache = config.cache and plan.cut > 0 and (not augment.active or augment.flip_only or config.cache_views > 0)
-    if use_cache:
-        source = open_feature_source(model, plan.cut, data.store.images, data.store.key,
-                                     np.concatenate([train_index, val_index, test_index]), train_index, mean, std,
-                                     augment, config.cache_views, config.seed, device, precision,
-                                     data.cache_dir, max(config.batch_size, 64), progress, group)
+    frozen = FrozenPart(built.model, built.plan.cut)
+    cacheable = not augment.active or augment.flip_only or config.cache_views > 0
+    if config.cache and frozen.cut > 0 and cacheable:
+        index = np.concatenate([data.index("train"), data.index("val"), data.index("test")])
+        request = FeatureRequest(data.store, index, data.index("train"), augment, config.cache_views, config.seed)
+        source = open_feature_source(frozen, request, built.preprocessing, ctx.runtime, data.cache_dir,
+                                     max(config.batch_size, 64), ctx.progress)
     else:
-        source = ImageSource(data.store.images, model, plan.cut, mean, std, augment, device, precision)
-    data_note = source.description
-    if not use_cache and plan.cut > 0:
-        data_note += (" (--no-cache)" if not config.cache else
-                      " (jitter/rotate change every epoch; --cache-views K stores K views instead)")
-    log(f"data path: {data_note}")
+        source = ImageSource(data.store.images, frozen, built.preprocessing, augment, ctx.runtime)
+        if frozen.cut > 0:
+            source.description += (" (--no-cache)" if not config.cache else
+                                   " (jitter/rotate change every epoch; --cache-views K stores K views instead)")
+    ctx.log(f"data path: {source.description}")
+    return source
 
-    # 3. optimiser over what trains; DistributedDataParallel keeps the ranks' gradients in step
-    part = TrainablePart(model, plan.cut)
-    if group.active:
+
+def start_training(config: TrainConfig, setup: Setup, data_note: str, ctx: RunContext) -> TrainingState:
+    """The optimiser over what trains, and the run's record; or both as the resume point left them."""
+    built, runtime = setup.built, ctx.runtime
+    part = TrainablePart(built.model, built.plan.cut)
+    if runtime.group.active:  # DistributedDataParallel keeps the ranks' gradients in step
+        device = runtime.device
         part = torch.nn.parallel.DistributedDataParallel(
             part, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr)
+    optimizer = torch.optim.Adam([p for p in built.model.parameters() if p.requires_grad], lr=config.lr)
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
                  if config.scheduler == "cosine" else None)
-    scaler = precision.scaler()
-    history: list[dict] = []
-    best = {"epoch": None, "score": None}
-    start_epoch, train_seconds = 1, 0.0
+    opt = Optimisation(built.model, part, optimizer, runtime.precision.scaler(), runtime.precision,
+                       config.batch_size)
+    state = TrainingState(opt, scheduler, _new_record(config, setup, data_note, runtime))
+    checkpoint = setup.checkpoint
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
+        built.model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         if scheduler is not None and checkpoint.get("scheduler"):
             scheduler.load_state_dict(checkpoint["scheduler"])
-        history, best = checkpoint["history"], checkpoint["best"]
-        start_epoch, train_seconds = checkpoint["epoch"] + 1, checkpoint["train_seconds"]
-        log(f"resuming after epoch {checkpoint['epoch']}")
+            scheduler.T_max = config.epochs  # --epochs N on resume: the cosine goes on over the new total
+        state.history, state.best = checkpoint["history"], checkpoint["best"]
+        state.start_epoch, state.train_seconds = checkpoint["epoch"] + 1, checkpoint["train_seconds"]
+        ctx.log(f"resuming after epoch {checkpoint['epoch']}")
+    return state
 
-    def evaluate_split(index: np.ndarray, desc: str) -> dict:
-        """Each rank evaluates its share; the gathered result equals one process evaluating all of it."""
-        mine = group.shard(index)
-        result = evaluate(model, source, data.labels, mine, precision, plan.cut, config.batch_size * 2, desc,
-                          progress)
-        probs, loss_sum = group.gather_in_order(len(index), result["probs"], result["loss"] * len(mine))
-        accuracy = float((probs.argmax(1) == data.labels[index]).mean()) if len(index) else float("nan")
-        return {"loss": loss_sum / max(len(index), 1), "acc": accuracy, "probs": probs}
 
-    run_info = {
-        "title": f"{config.backbone} {config.strategy} on {Path(config.data).name}"
-                 + (f" ({config.target})" if config.target else ""),
-        "weights_note": model.weights_note, "trainable_params": plan.trainable_params,
-        "total_params": plan.total_params, "data_path_note": data_note, "img_size": img_size,
-        "mean": list(mean), "std": list(std), "class_names": data.class_names, "cut": plan.cut,
-        "precision": precision_note, "device": str(device), "processes": group.world,
-    }
+def _new_record(config: TrainConfig, setup: Setup, data_note: str, runtime: Runtime) -> RunRecord:
+    built = setup.built
+    title = f"{config.backbone} {config.strategy} on {Path(config.data).name}" + (
+        f" ({config.target})" if config.target else "")
+    return RunRecord(title, built.weights, built.preprocessing, setup.data.class_names, built.plan.cut,
+                     built.plan.trainable_params, built.plan.total_params, data_note,
+                     runtime.used(built.plan.cut > 0), datetime.now().isoformat(timespec="seconds"))
 
-    # 4. epochs, each seeded by (seed, epoch) so a resumed run draws what an uninterrupted one would
-    for epoch in range(start_epoch, config.epochs + 1):
+
+def _evaluator(config: TrainConfig, setup: Setup, source, runtime: Runtime) -> Evaluator:
+    return Evaluator(setup.built.model, setup.built.plan.cut, source, setup.data.labels, runtime.precision,
+                     config.batch_size * 2)
+
+
+def evaluate_split(evaluator: Evaluator, index: np.ndarray, desc: str, ctx: RunContext) -> dict:
+    """Each rank evaluates its share; the gathered result equals one process evaluating all of it."""
+    group = ctx.runtime.group
+    mine = group.shard(index)
+    result = evaluator(mine, desc, ctx.progress)
+    probs, loss_sum = group.gather_in_order(len(index), result["probs"], result["loss"] * len(mine))
+    accuracy = float((probs.argmax(1) == evaluator.labels[index]).mean()) if len(index) else float("nan")
+    return {"loss": loss_sum / max(len(index), 1), "acc": accuracy, "probs": probs}
+
+
+# 3. epochs, each seeded by (seed, epoch) so a resumed run draws what an uninterrupted one would
+def run_epochs(config: TrainConfig, setup: Setup, source, state: TrainingState, ctx: RunContext) -> None:
+    built, data, group = setup.built, setup.data, ctx.runtime.group
+    evaluator = _evaluator(config, setup, source, ctx.runtime)
+    precise_bn = precise_bn_wanted(config.precise_bn, built.weights.pretrained, built.plan.trainable_batchnorm)
+    if precise_bn and state.start_epoch == 1:
+        ctx.log("batch norm: statistics recomputed over training images before each validation (no pretraining; "
+                "--precise-bn off to skip)")
+    for epoch in range(state.start_epoch, config.epochs + 1):
         began = time.perf_counter()
-        order = group.epoch_order(train_index, config.seed, epoch)
+        order = group.epoch_order(data.index("train"), config.seed, epoch)
         generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch * 101 + group.rank)
         torch.manual_seed(config.seed * 100_003 + epoch * 101 + group.rank)  # dropout
         try:
-            sums = train_one_epoch(model, part, source, data.labels, order, optimizer, scaler, precision,
-                                   config.batch_size, generator, f"epoch {epoch}/{config.epochs}", progress)
+            sums = train_one_epoch(state.opt, source, data.labels, order, generator, f"epoch {epoch}/{config.epochs}",
+                                   ctx.progress)
         except NonFiniteLoss as exc:
-            kept = "best.pt and last.pt keep the last good epoch" if history else "no epoch finished"
+            kept = "best.pt and last.pt keep the last good epoch" if state.history else "no epoch finished"
             raise FacetlError(f"stopped at epoch {epoch}: {exc}; {kept}. Try a lower --lr") from None
         loss_sum, correct, seen = group.sum(sums["loss_sum"], sums["correct"], sums["seen"])
-        val = evaluate_split(val_index, "validate")
-        if scheduler is not None:
-            scheduler.step()
+        if precise_bn:
+            recompute_batchnorm(TrainablePart(built.model, built.plan.cut), source, data.index("train"),
+                                config.batch_size, ctx.runtime.precision, config.seed)
+        val = evaluate_split(evaluator, data.index("val"), "validate", ctx)
+        if state.scheduler is not None:
+            state.scheduler.step()
         seconds = time.perf_counter() - began
-        train_seconds += seconds
         row = {"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / seen, "val_loss": val["loss"],
                "val_acc": val["acc"], "seconds": seconds}
-        history.append(row)
-        score = -val["loss"] if config.select == "val_loss" else val["acc"]
-        improved = best["score"] is None or score > best["score"]
-        if improved:
-            best = {"epoch": epoch, "score": score}
-        log(f"epoch {epoch:>3}/{config.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
-            f"val loss {val['loss']:.4f} acc {val['acc']:.4f}  {seconds:.1f}s" + ("  *best" if improved else ""))
-        if main:
-            meta = {"config": config.to_dict(), "run_info": run_info, "epoch": epoch, "history": history,
-                    "best": best, "train_seconds": train_seconds}
-            if improved:
-                atomic_torch_save(folder / "best.pt", {"model": model.state_dict(), **meta})
-            atomic_torch_save(folder / "last.pt", {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler else None, **meta})
-            atomic_write_csv(folder / "history.csv", HISTORY_COLUMNS,
-                             [[h[c] if c == "epoch" else f"{h[c]:.6f}" for c in HISTORY_COLUMNS] for h in history])
-        group.barrier()  # checkpoints are complete before any rank goes on
+        _end_epoch(config, state, row, ctx)
 
-    # 5. the test split, once, with the best epoch's weights
-    model.load_state_dict(torch.load(folder / "best.pt", map_location=device, weights_only=False)["model"])
-    run_info.update({"best_epoch": best["epoch"], "train_seconds": round(train_seconds, 2)})
-    final_split, final_index = ("test", test_index) if len(test_index) else ("val", val_index)
-    result = evaluate_split(final_index, final_split)
-    if not main:
-        return RunResult(folder, {}, history, run_info)
-    atomic_write_json(folder / "run.json", run_info)
-    metrics = write_evaluation(folder, final_split, data.labels[final_index], result["probs"],
-                               StoreRows(data.store.images, final_index), data.class_names, history, run_info,
-                               config.to_dict())
-    log(f"{final_split}: accuracy {metrics['accuracy']:.4f}  F1 {metrics['f1']:.4f}  ROC-AUC "
-        f"{metrics['roc_auc'] if metrics['roc_auc'] is None else round(metrics['roc_auc'], 4)}  "
-        f"train {train_seconds:.1f}s  report {folder / 'report.md'}")
-    return RunResult(folder, metrics, history, run_info)
+
+def _end_epoch(config: TrainConfig, state: TrainingState, row: dict, ctx: RunContext) -> None:
+    """Record the epoch, choose the best, write checkpoints and history (rank 0), and wait for them."""
+    state.history.append(row)
+    state.train_seconds += row["seconds"]
+    score = -row["val_loss"] if config.select == "val_loss" else row["val_acc"]
+    improved = state.best["score"] is None or score > state.best["score"]
+    if improved:
+        state.best = {"epoch": row["epoch"], "score": float(score)}
+    state.record.best_epoch, state.record.train_seconds = state.best["epoch"], round(state.train_seconds, 2)
+    ctx.log(f"epoch {row['epoch']:>3}/{config.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
+            f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}  {row['seconds']:.1f}s"
+            + ("  *best" if improved else ""))
+    if ctx.main:
+        meta = {"config": config.to_dict(), "record": state.record.to_dict(), "epoch": row["epoch"],
+                "history": state.history, "best": state.best, "train_seconds": state.train_seconds}
+        model_state = state.opt.model.state_dict()
+        if improved:
+            atomic_torch_save(ctx.folder / "best.pt", {"model": model_state, **meta})
+        atomic_torch_save(ctx.folder / "last.pt", {
+            "model": model_state, "optimizer": state.opt.optimizer.state_dict(),
+            "scheduler": state.scheduler.state_dict() if state.scheduler else None, **meta})
+        atomic_write_csv(ctx.folder / "history.csv", HISTORY_COLUMNS,
+                         [[h[c] if c == "epoch" else f"{h[c]:.6f}" for c in HISTORY_COLUMNS] for h in state.history])
+    ctx.runtime.group.barrier()  # checkpoints are complete before any rank goes on
+
+
+# 4. the test split, once, with the best epoch's weights
+def final_evaluation(config: TrainConfig, setup: Setup, source, state: TrainingState, ctx: RunContext) -> RunResult:
+    model, data = setup.built.model, setup.data
+    model.load_state_dict(read_torch_file(ctx.folder / "best.pt", "checkpoint ")["model"])
+    final_split, final_index = ("test", data.index("test")) if len(data.index("test")) else ("val", data.index("val"))
+    result = evaluate_split(_evaluator(config, setup, source, ctx.runtime), final_index, final_split, ctx)
+    if not ctx.main:
+        return RunResult(ctx.folder, {}, state.history, state.record)
+    atomic_write_json(ctx.folder / "run.json", state.record.to_dict())
+    split = SplitResult(final_split, data.labels[final_index], result["probs"],
+                        StoreRows(data.store.images, final_index), [data.samples.paths[i] for i in final_index])
+    metrics = write_evaluation(ctx.folder, split, state.record, state.history, config.to_dict())
+    ctx.log(f"{final_split}: accuracy {metrics['accuracy']:.4f}  F1 {metrics['f1']:.4f}  ROC-AUC "
+            f"{metrics['roc_auc'] if metrics['roc_auc'] is None else round(metrics['roc_auc'], 4)}  "
+            f"train {state.train_seconds:.1f}s  report {ctx.folder / 'report.md'}")
+    return RunResult(ctx.folder, metrics, state.history, state.record)
+
+
+class StoreRows:
+    """Rows `index` of the image store, read only when asked for: the error gallery shows a couple of
+    dozen images, so the whole test split is never loaded at once."""
+
+    def __init__(self, images: np.ndarray, index: np.ndarray):
+        self.images, self.index = images, index
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.images[self.index[i]]
+
+    def __len__(self) -> int:
+        return len(self.index)
 
 
 def _load_resume_point(folder: Path) -> dict:
     path = folder / "last.pt"
     if not path.is_file():
         raise FacetlError(f"nothing to resume in {folder}: no last.pt (did the run finish its first epoch?)")
-    return read_torch_file(path)
+    checkpoint = read_torch_file(path, "resume point ")
+    if not isinstance(checkpoint, dict) or not {"model", "optimizer", "epoch", "history", "best"} <= set(checkpoint):
+        raise FacetlError(f"cannot resume from {path}: it is not a facetl checkpoint")
+    return checkpoint

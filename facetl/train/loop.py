@@ -1,12 +1,16 @@
 """One epoch of training and one pass of evaluation; both return plain metric dicts."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
 from facetl.errors import FacetlError
+from facetl.runtime import Precision
 
 
 def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -24,52 +28,72 @@ def probabilities(logits: torch.Tensor) -> torch.Tensor:
     return torch.softmax(logits, dim=1)
 
 
-def train_one_epoch(model, part, source, labels: np.ndarray, order: np.ndarray, optimizer, scaler, precision,
-                    batch_size: int, generator: torch.Generator, desc: str = "train", progress: bool = True) -> dict:
-    """Train `part` (the trainable suffix, DDP-wrapped when distributed) over `order` in batches.
+@dataclass
+class Optimisation:
+    """What one training step needs: the model, the part that trains (DDP-wrapped when distributed),
+    the optimiser and its gradient scaler, the autocast settings and the batch size."""
 
-    Returns sums (loss, correct, seen) so that ranks can add theirs up.
-    """
-    model.train()  # through the whole model, so frozen batch-norm layers stay in eval mode
+    model: nn.Module
+    part: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    precision: Precision
+    batch_size: int
+
+
+def train_one_epoch(opt: Optimisation, source, labels: np.ndarray, order: np.ndarray, generator: torch.Generator,
+                    desc: str = "train", progress: bool = True) -> dict:
+    """Train over `order` in batches. Returns sums (loss, correct, seen) so that ranks can add theirs up."""
+    opt.model.eval()  # the frozen prefix computes as it did for the feature cache (no dropout, no drop-path)
+    opt.part.train()  # safe: frozen batch-norm layers were replaced by ones that a .train() call cannot unfreeze
     total_loss, correct, seen = 0.0, 0, 0
-    batches = range(0, len(order), batch_size)
+    batches = range(0, len(order), opt.batch_size)
     for start in tqdm(batches, desc=desc, unit="batch", leave=False, disable=not progress):
-        batch = order[start:start + batch_size]
+        batch = order[start:start + opt.batch_size]
         z = source.batch(batch, generator)
         y = torch.as_tensor(labels[batch], device=z.device)
-        with precision.autocast():
-            logits = part(z).float()
+        with opt.precision.autocast():
+            logits = opt.part(z).float()
         loss = loss_fn(logits, y)
         if not torch.isfinite(loss):
-            raise NonFiniteLoss(f"the training loss became {loss.item()} at batch {start // batch_size + 1}")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+            raise NonFiniteLoss(f"the training loss became {loss.item()} at batch {start // opt.batch_size + 1}")
+        opt.optimizer.zero_grad(set_to_none=True)
+        opt.scaler.scale(loss).backward()
+        opt.scaler.step(opt.optimizer)
+        opt.scaler.update()
         total_loss += loss.item() * len(batch)
         correct += int((probabilities(logits.detach()).argmax(1) == y).sum())
         seen += len(batch)
     return {"loss_sum": total_loss, "correct": correct, "seen": seen}
 
 
-@torch.inference_mode()
-def evaluate(model, source, labels: np.ndarray, index: np.ndarray, precision, cut: int, batch_size: int,
-             desc: str = "eval", progress: bool = True) -> dict:
-    """Loss, accuracy and per-image class probabilities over `index`, in that order."""
-    model.eval()
-    probs, total_loss = [], 0.0
-    for start in tqdm(range(0, len(index), batch_size), desc=desc, unit="batch", leave=False,
-                      disable=not progress):
-        batch = index[start:start + batch_size]
-        z = source.batch(batch, None)
-        y = torch.as_tensor(labels[batch], device=z.device)
-        with precision.autocast():
-            logits = model.forward_suffix(z, cut).float()
-        total_loss += loss_fn(logits, y).item() * len(batch)
-        probs.append(probabilities(logits).cpu().numpy())
-    probs = np.concatenate(probs) if probs else np.zeros((0, 2))
-    accuracy = float((probs.argmax(1) == labels[index]).mean()) if len(index) else float("nan")
-    return {"loss": total_loss / max(len(index), 1), "acc": accuracy, "probs": probs}
+@dataclass
+class Evaluator:
+    """Loss, accuracy and per-image class probabilities of the model over rows of a source."""
+
+    model: nn.Module
+    cut: int                      # the source hands over features[:cut]'s output (0: the normalised image)
+    source: object                # ImageSource or FeatureSource
+    labels: np.ndarray
+    precision: Precision
+    batch_size: int
+
+    @torch.inference_mode()
+    def __call__(self, index: np.ndarray, desc: str = "eval", progress: bool = True) -> dict:
+        self.model.eval()
+        probs, total_loss = [], 0.0
+        for start in tqdm(range(0, len(index), self.batch_size), desc=desc, unit="batch", leave=False,
+                          disable=not progress):
+            batch = index[start:start + self.batch_size]
+            z = self.source.batch(batch, None)
+            y = torch.as_tensor(self.labels[batch], device=z.device)
+            with self.precision.autocast():
+                logits = self.model.forward_suffix(z, self.cut).float()
+            total_loss += loss_fn(logits, y).item() * len(batch)
+            probs.append(probabilities(logits).cpu().numpy())
+        probs = np.concatenate(probs) if probs else np.zeros((0, 2))
+        accuracy = float((probs.argmax(1) == self.labels[index]).mean()) if len(index) else float("nan")
+        return {"loss": total_loss / max(len(index), 1), "acc": accuracy, "probs": probs}
 
 
 class NonFiniteLoss(FacetlError):

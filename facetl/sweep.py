@@ -12,6 +12,7 @@ from pathlib import Path
 
 from facetl.config import FIELDS, TrainConfig, build_config
 from facetl.errors import FacetlError
+from facetl.record import RunRecord
 from facetl.runfolder import atomic_write_csv, atomic_write_text, prepare_run_folder
 from facetl.train.fit import fit
 
@@ -65,13 +66,13 @@ def sweep(base: TrainConfig, grid: dict[str, list[str]], out: str | Path, progre
 
 def _row(name: str, folder: Path) -> dict:
     metrics = json.loads((folder / "metrics.json").read_text())
-    run_info = json.loads((folder / "run.json").read_text())
+    record = RunRecord.from_dict(json.loads((folder / "run.json").read_text()))
     history = _history(folder)
-    best = next((h for h in history if h["epoch"] == run_info.get("best_epoch")), {})
+    best = next((h for h in history if h["epoch"] == record.best_epoch), {})
     return {"run": name, **{k: metrics.get(k) for k in ("accuracy", "precision", "recall", "f1", "roc_auc")},
-            "val_acc": best.get("val_acc"), "train_seconds": run_info.get("train_seconds"),
-            "trainable_params": run_info.get("trainable_params"), "pretraining": run_info.get("weights_note"),
-            "report": str(folder / "report.md")}
+            "val_acc": best.get("val_acc"), "train_seconds": record.train_seconds,
+            "trainable_params": record.trainable_params, "pretraining": record.weights.describe(),
+            "pretrained": record.weights.pretrained, "report": str(folder / "report.md")}
 
 
 def _history(folder: Path) -> list[dict]:

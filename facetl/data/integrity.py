@@ -1,0 +1,64 @@
+"""Cache entries that prove their contents: size and a CRC-32 recorded when written, checked when opened.
+
+A decoded store or feature file overwritten, truncated or half-copied is found when it is opened, not
+after an epoch on blank images: the caller discards it and rebuilds it, with a warning. CRC-32 (zlib)
+reads 2 GiB/s here (measured on a warm 1 GiB file), so checking a 4.3 GB store costs about 2 s against
+minutes of decoding it.
+A folder still being built carries its builder's pid, so one left by a killed process is removed.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import zlib
+from pathlib import Path
+
+CHUNK = 1 << 24
+
+
+def file_digest(path: Path) -> dict:
+    """{'bytes': size, 'crc32': hex} of a file, read in chunks (it may be larger than memory)."""
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            crc = zlib.crc32(chunk, crc)
+    return {"bytes": path.stat().st_size, "crc32": f"{crc:08x}"}
+
+
+def problem_with(path: Path, recorded: dict | None) -> str | None:
+    """Why `path` is not what its meta.json recorded, or None when it is (size first: that costs nothing)."""
+    if not recorded:
+        return "it records no size or checksum (made by an older facetl)"
+    if not path.is_file():
+        return f"{path.name} is missing"
+    size = path.stat().st_size
+    if size != recorded["bytes"]:
+        return f"{path.name} has {size} bytes, {recorded['bytes']} were written"
+    if file_digest(path)["crc32"] != recorded["crc32"]:
+        return f"{path.name} does not match the checksum written with it (changed or corrupted since)"
+    return None
+
+
+def building_prefix(key: str) -> str:
+    """Name prefix of a folder being built by this process: `<key>.building-<pid>-`."""
+    return f"{key}.building-{os.getpid()}-"
+
+
+def remove_stale_builds(parent: Path) -> None:
+    """Remove `*.building-<pid>-*` folders whose process is gone (killed while decoding or caching)."""
+    if not parent.is_dir():
+        return
+    for folder in parent.glob("*.building-*"):
+        pid = folder.name.split(".building-", 1)[1].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,46 @@
+"""`facetl evaluate RUN`: the best checkpoint of a run on one of its splits, on this machine."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from facetl.data.load import data_root
+from facetl.data.prepare import check_unchanged
+from facetl.data.split import load_split
+from facetl.data.store import cache_root, open_image_store
+from facetl.errors import FacetlError
+from facetl.evaluate.report import SplitResult, write_evaluation
+from facetl.run import load_run, locate_data
+from facetl.runtime import Runtime
+from facetl.train.loop import Evaluator
+
+
+def evaluate_run(folder: str | Path, split: str = "test", runtime: Runtime | None = None, progress: bool = True,
+                 allow_changed_data: bool = False, data: str | None = None,
+                 images: str | None = None) -> tuple[dict, Path]:
+    """Evaluate the best checkpoint on `split`; results go in RUN/eval-SPLIT/, beside the training-time ones."""
+    run = load_run(folder)
+    config, record = locate_data(run.config, run.folder, data, images), run.record
+    runtime = runtime or Runtime.for_inference()
+    samples, assignment = load_split(run.folder / "split.csv", data_root(config), run.class_names)
+    check_unchanged(samples, run.folder / "split.csv", allow_changed_data)
+    index = np.flatnonzero(assignment == split)
+    if len(index) == 0:
+        raise FacetlError(f"the {split} split of {run.folder} is empty")
+    files = [samples.files()[i] for i in index]
+    prep = record.preprocessing
+    store = open_image_store(files, prep.size, cache_root(config.cache_dir) if config.cache else None,
+                             config.workers, progress, prep.colour, prep.faces)
+    if store.errors:
+        first = next(iter(store.errors))
+        raise FacetlError(f"{files[first]} is unreadable: {store.errors[first]}")
+    labels = samples.labels[index]
+    evaluator = Evaluator(run.model, record.cut, run.image_source(store.images, runtime), labels, runtime.precision,
+                          config.batch_size * 2)
+    result = evaluator(np.arange(len(index)), split, progress)
+    out = run.folder / f"eval-{split}"
+    names = [samples.paths[i] for i in index]
+    metrics = write_evaluation(out, SplitResult(split, labels, result["probs"], store.images, names), record,
+                               run.history, config.to_dict())
+    return metrics, out

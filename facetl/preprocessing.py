@@ -1,0 +1,78 @@
+"""What every image goes through before the model sees it, as one typed record.
+
+A run resolves its `Preprocessing` once, from its weights (a facetl run passes on its own, ImageNet
+weights their backbone's), then the flags on top. Every checkpoint stores it, and training, evaluation,
+prediction and anything later read it from there and nowhere else, so a photo is prepared at
+prediction exactly as the training images were.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+COLOURS = ("rgb", "grey")
+
+
+@dataclass(frozen=True)
+class FaceAlignment:
+    """How faces are found in whole photos and cut out (`--faces detect`); None for a run on face crops."""
+
+    detector: str = "mtcnn"
+    template: str = "arcface"     # the five-landmark template a crop is aligned to
+    scale: float = 1.0            # face size relative to the template; below 1 keeps more of the head
+    min_face: int = 20            # smallest face side, in pixels of the photo, that counts as a face
+    multi_face: str = "largest"   # a training photo with several faces: largest | skip | error
+    min_score: float = 0.9        # detector confidence below this is reported as "low score", not used
+    detect_side: int = 1024       # photos are searched for faces on a copy at most this long (crops: original)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    size: int                                 # square input side, pixels
+    mean: tuple[float, float, float]          # per channel, on [0, 1] values
+    std: tuple[float, float, float]
+    colour: str = "rgb"                       # rgb | grey (made three-channel: a model trained on grey photos)
+    faces: FaceAlignment | None = None        # None: images are face crops already
+
+    def to_dict(self) -> dict:
+        return {"size": self.size, "mean": list(self.mean), "std": list(self.std), "colour": self.colour,
+                "faces": self.faces.to_dict() if self.faces else None}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Preprocessing":
+        faces = values.get("faces")
+        return cls(int(values["size"]), tuple(float(v) for v in values["mean"]),
+                   tuple(float(v) for v in values["std"]), values.get("colour", "rgb"),
+                   FaceAlignment(**faces) if faces else None)
+
+    def describe(self) -> str:
+        mean = ", ".join(f"{v:.3f}" for v in self.mean)
+        std = ", ".join(f"{v:.3f}" for v in self.std)
+        faces = f", faces aligned by {self.faces.detector} to {self.faces.template}" if self.faces else ""
+        return f"{self.size}x{self.size} {self.colour}, mean ({mean}) std ({std}){faces}"
+
+    def with_overrides(self, size: int | None = None, normalize: list[float] | None = None,
+                       colour: str | None = None) -> tuple["Preprocessing", list[str]]:
+        """This record with the flags that were given applied; also the names of the values they changed."""
+        changed = {}
+        if size is not None and size != self.size:
+            changed["size"] = size
+        if normalize is not None:
+            mean, std = split_normalize(normalize)
+            if mean != self.mean:
+                changed["mean"] = mean
+            if std != self.std:
+                changed["std"] = std
+        if colour is not None and colour != self.colour:
+            changed["colour"] = colour
+        return dataclasses.replace(self, **changed), sorted(changed)
+
+
+def split_normalize(values: list[float]) -> tuple[tuple, tuple]:
+    """`--normalize MEAN,STD` (one for every channel) or three means and three stds."""
+    if len(values) == 2:
+        return (float(values[0]),) * 3, (float(values[1]),) * 3
+    return tuple(float(v) for v in values[:3]), tuple(float(v) for v in values[3:])

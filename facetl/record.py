@@ -1,0 +1,82 @@
+"""What a run was, as typed records saved in every checkpoint and in run.json.
+
+`RunRecord` is the contract between training (which writes it) and everything that reopens a run
+(evaluate, predict, reports, sweeps, and later serving and export). Display strings are derived from
+these fields; no decision is ever taken by comparing display strings.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from facetl.preprocessing import Preprocessing
+
+WEIGHT_KINDS = ("imagenet", "none", "file", "run")
+
+
+@dataclass(frozen=True)
+class StartingWeights:
+    """Where the backbone's weights came from before training."""
+
+    kind: str                     # imagenet | none | file (a state dict) | run (a facetl run folder)
+    path: str | None = None       # the file or run folder, for kind file and run
+
+    @classmethod
+    def from_flag(cls, weights: str, is_run: bool = False) -> "StartingWeights":
+        if weights in ("imagenet", "none"):
+            return cls(weights)
+        return cls("run" if is_run else "file", weights)
+
+    @property
+    def pretrained(self) -> bool:
+        return self.kind != "none"
+
+    def describe(self) -> str:
+        return {"imagenet": "ImageNet pretrained", "none": "no pretraining",
+                "file": f"weights from {self.path}", "run": f"weights from facetl run {self.path}"}[self.kind]
+
+
+@dataclass(frozen=True)
+class RuntimeUsed:
+    """The machine side of a training run: recorded, never imposed on whoever reopens the run."""
+
+    device: str
+    precision: str                # the trainable part's autocast: fp32 | bf16 | fp16
+    frozen_precision: str         # the frozen part's (what cached features were computed in)
+    processes: int = 1
+
+    def describe(self) -> str:
+        same = self.precision == self.frozen_precision
+        precision = self.precision if same else f"{self.frozen_precision} frozen part, {self.precision} training"
+        return f"{self.device}, {precision}" + (f", {self.processes} processes" if self.processes > 1 else "")
+
+
+@dataclass
+class RunRecord:
+    title: str
+    weights: StartingWeights
+    preprocessing: Preprocessing
+    class_names: list[str]
+    cut: int                      # backbone.features[:cut] is frozen (its output may be cached)
+    trainable_params: int
+    total_params: int
+    data_path_note: str
+    trained_with: RuntimeUsed
+    created: str                  # ISO time the run started
+    best_epoch: int | None = None
+    train_seconds: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        values = dataclasses.asdict(self)
+        values["preprocessing"] = self.preprocessing.to_dict()
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "RunRecord":
+        values = dict(values)
+        values["weights"] = StartingWeights(**values["weights"])
+        values["preprocessing"] = Preprocessing.from_dict(values["preprocessing"])
+        values["trained_with"] = RuntimeUsed(**values["trained_with"])
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
