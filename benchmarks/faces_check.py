@@ -85,14 +85,14 @@ def label_agreement(run_folder: Path, composites: list[Composite]) -> dict:
     """The share of pasted faces whose label predicted from the photo (detected, aligned as `facetl predict`
     aligns) equals the label predicted from the crop itself (prepared as training prepared it)."""
     from facetl.data.images import decode_image
-    from facetl.predict import face_alignment_for
+    from facetl.predict import TorchClassifier, face_alignment_for
     from facetl.run import load_run
     from facetl.runtime import Runtime
 
     run = load_run(run_folder)
     runtime = Runtime.for_inference("cpu")
     prep = run.record.preprocessing
-    alignment = face_alignment_for(run, "detect", None)
+    alignment = face_alignment_for(TorchClassifier(run, runtime), "detect", None)
     detector = create_detector(alignment.detector, alignment.detect_side)
     same = missed = 0
     for item in composites:

@@ -85,13 +85,27 @@ def add_runtime_flags(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="facetl", description="Transfer learning of face classifiers.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    for add in (_add_training, _add_run_users, _add_data_tools, _add_tools):
+        add(sub)
+    return parser
 
+
+def _add_training(sub) -> None:
+    """train and sweep: the commands that make runs."""
     train = sub.add_parser("train", help="train one model into a run folder")
     add_config_flags(train)
     train.add_argument("--resume", metavar="RUN", help="continue a killed run from its last finished epoch")
     train.add_argument("--nproc", type=int, default=1, metavar="N",
                        help="train with N processes on this machine (launches torchrun; one per GPU, or CPU gloo)")
 
+    sweep = sub.add_parser("sweep", help="every combination of a grid, on one split, with a results table")
+    add_config_flags(sweep)
+    sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                       help="a configuration key and its values; repeat for more keys")
+
+
+def _add_run_users(sub) -> None:
+    """evaluate and predict: the commands that use a finished run."""
     evaluate = sub.add_parser("evaluate", help="evaluate a run's best checkpoint on a split")
     evaluate.add_argument("run")
     evaluate.add_argument("--split", choices=["val", "test"], default="test")
@@ -100,11 +114,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_runtime_flags(evaluate)
     evaluate.add_argument("--allow-changed-data", action="store_true",
                           help="evaluate even if data files changed since the split was made")
-
-    sweep = sub.add_parser("sweep", help="every combination of a grid, on one split, with a results table")
-    add_config_flags(sweep)
-    sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
-                       help="a configuration key and its values; repeat for more keys")
 
     predict = sub.add_parser("predict", help="label new images with a run")
     predict.add_argument("run")
@@ -118,8 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
                          help="smallest face side that counts, in photo pixels (default: the run's, or 20)")
     predict.add_argument("--annotate", metavar="DIR", help="also write each photo with its faces boxed and labelled")
     predict.add_argument("--overwrite", action="store_true", help="replace existing --out or --annotate files")
+    predict.add_argument("--engine", choices=["torch", "onnx"], default="torch",
+                         help="torch (default): the run's best.pt; onnx: RUN/model.onnx from facetl export, on "
+                              "ONNX Runtime (RUN may also be the .onnx file)")
     add_runtime_flags(predict)
 
+
+def _add_data_tools(sub) -> None:
+    """faces and inspect: the commands that look at data before training."""
     faces = sub.add_parser("faces", help="cut whole photos into a dataset of aligned face crops, with faces.csv "
                                          "and a contact sheet")
     faces.add_argument("data", help="a folder of class folders of photos, or an attribute table (with --images)")
@@ -139,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--out", required=True)
     inspect.add_argument("--cache-dir")
 
+
+def _add_tools(sub) -> None:
+    """cache, backbones, export and demo."""
     cache = sub.add_parser("cache", help="list or clear facetl's caches")
     cache.add_argument("action", choices=["ls", "clear"])
     cache.add_argument("--cache-dir")
@@ -157,7 +175,6 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--epochs", type=int, default=10)
     demo.add_argument("--limit", type=int, help="use a subset of this many images")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -295,14 +312,14 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from facetl.predict import annotate, predict, prediction_table
+    from facetl.predict import annotate, open_classifier, predict, prediction_table
     from facetl.runtime import Runtime
 
     out = Path(args.out) if args.out else None
     if out is not None:
         _check_writable_output(out, Path(args.run), args.overwrite)
-    result = predict(args.run, args.images, Runtime.for_inference(args.device, args.precision), args.faces,
-                     args.min_face)
+    classifier = open_classifier(args.run, args.engine, Runtime.for_inference(args.device, args.precision))
+    result = predict(classifier, args.images, args.faces, args.min_face)
     if not result.rows:
         raise FacetlError("none of the images could be read")
     if out is not None:

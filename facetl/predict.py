@@ -20,7 +20,8 @@ from facetl.data.faces import faces_in_photos
 from facetl.data.folders import find_images
 from facetl.data.images import UnreadableImage, decode_image, read_photo
 from facetl.errors import FacetlError
-from facetl.preprocessing import FaceAlignment
+from facetl.export import OnnxClassifier
+from facetl.preprocessing import FaceAlignment, Preprocessing
 from facetl.run import LoadedRun, load_run
 from facetl.runfolder import atomic_write_bytes
 from facetl.runtime import Runtime
@@ -54,9 +55,38 @@ def collect_images(inputs: list[str]) -> list[Path]:
     return files
 
 
-def face_alignment_for(run: LoadedRun, faces: str, min_face: int | None) -> FaceAlignment | None:
+@dataclass
+class TorchClassifier:
+    """A reopened run on this machine's device and precision, with the contract OnnxClassifier offers."""
+
+    run: LoadedRun
+    runtime: Runtime
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.run.class_names
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self.run.record.preprocessing
+
+    def classify(self, images: np.ndarray) -> np.ndarray:
+        return self.run.classify(images, self.runtime)
+
+
+def open_classifier(run: str | Path, engine: str, runtime: Runtime) -> TorchClassifier | OnnxClassifier:
+    """engine torch: the run's best.pt; engine onnx: RUN/model.onnx (made by facetl export) or a .onnx file."""
+    if engine == "torch":
+        return TorchClassifier(load_run(run), runtime)
+    path = Path(run) if str(run).endswith(".onnx") else Path(run) / "model.onnx"
+    if not path.is_file():
+        raise FacetlError(f"{path} not found: make it with `facetl export {run}` (or give the .onnx file)")
+    return OnnxClassifier(path)
+
+
+def face_alignment_for(classifier, faces: str, min_face: int | None) -> FaceAlignment | None:
     """auto: what the run was trained with; detect: find faces even in a run trained on crops; none: never."""
-    trained = run.record.preprocessing.faces
+    trained = classifier.preprocessing.faces
     if faces == "none" or (faces == "auto" and trained is None):
         return None
     alignment = trained or FaceAlignment()
@@ -71,30 +101,29 @@ class Predictions:
     faces: bool                                  # whether faces were looked for
 
 
-def predict(run_folder: str, inputs: list[str], runtime: Runtime, faces: str = "auto", min_face: int | None = None,
-            batch_size: int = 64) -> Predictions:
-    run = load_run(run_folder)
+def predict(classifier: TorchClassifier | OnnxClassifier, inputs: list[str], faces: str = "auto",
+            min_face: int | None = None, batch_size: int = 64) -> Predictions:
     files = collect_images(inputs)
-    alignment = face_alignment_for(run, faces, min_face)
+    alignment = face_alignment_for(classifier, faces, min_face)
     if alignment is None:
-        predictions, skipped = _predict_crops(run, files, runtime, batch_size)
+        predictions, skipped = _predict_crops(classifier, files, batch_size)
     else:
-        predictions, skipped = _predict_faces(run, files, alignment, runtime)
+        predictions, skipped = _predict_faces(classifier, files, alignment)
     for path, why in skipped:
         print(f"warning: skipped {path}: {why}", file=sys.stderr)
     no_face = [p.path for p in predictions if p.note]
     if no_face:
         print(f"warning: no face found in {len(no_face)} photo(s) (first: {no_face[0]})", file=sys.stderr)
-    return Predictions(predictions, skipped, run.class_names, alignment is not None)
+    return Predictions(predictions, skipped, classifier.class_names, alignment is not None)
 
 
-def _labelled(run: LoadedRun, path: str, probs: np.ndarray, **face) -> Prediction:
+def _labelled(class_names: list[str], path: str, probs: np.ndarray, **face) -> Prediction:
     k = int(probs.argmax())
-    return Prediction(path, run.class_names[k], float(probs[k]), [float(p) for p in probs], **face)
+    return Prediction(path, class_names[k], float(probs[k]), [float(p) for p in probs], **face)
 
 
-def _predict_crops(run: LoadedRun, files: list[Path], runtime: Runtime, batch_size: int):
-    prep = run.record.preprocessing
+def _predict_crops(classifier, files: list[Path], batch_size: int):
+    prep = classifier.preprocessing
     predictions, skipped = [], []
     for start in range(0, len(files), batch_size):
         batch_files, arrays = [], []
@@ -105,13 +134,13 @@ def _predict_crops(run: LoadedRun, files: list[Path], runtime: Runtime, batch_si
             except UnreadableImage as exc:
                 skipped.append((str(f), str(exc)))
         if arrays:
-            probs = run.classify(np.stack(arrays), runtime)
-            predictions += [_labelled(run, str(f), p) for f, p in zip(batch_files, probs)]
+            probs = classifier.classify(np.stack(arrays))
+            predictions += [_labelled(classifier.class_names, str(f), p) for f, p in zip(batch_files, probs)]
     return predictions, skipped
 
 
-def _predict_faces(run: LoadedRun, files: list[Path], alignment: FaceAlignment, runtime: Runtime):
-    prep = run.record.preprocessing
+def _predict_faces(classifier, files: list[Path], alignment: FaceAlignment):
+    prep = classifier.preprocessing
     predictions, skipped = [], []
     for result in faces_in_photos(files, alignment, prep.size, multi_face="all"):
         if result.error:
@@ -122,9 +151,9 @@ def _predict_faces(run: LoadedRun, files: list[Path], alignment: FaceAlignment, 
             predictions.append(Prediction(result.source, "", None, note=result.note))
             continue
         crops = np.stack([_colour(f.crop, prep.colour) for f in used])
-        for face, probs in zip(used, run.classify(crops, runtime)):
-            predictions.append(_labelled(run, result.source, probs, face=face.index, box=face.face.box,
-                                         score=face.face.score))
+        for face, probs in zip(used, classifier.classify(crops)):
+            predictions.append(_labelled(classifier.class_names, result.source, probs, face=face.index,
+                                         box=face.face.box, score=face.face.score))
     return predictions, skipped
 
 

@@ -155,7 +155,8 @@ def test_predict_writes_csv_and_agrees_with_evaluation(trained_run, tmp_path, ca
     assert main(["predict", str(trained_run), *images, "--out", str(out)]) == 0
     with open(out, newline="") as f:
         preds = list(csv.DictReader(f))
-    assert list(preds[0]) == ["path", "label", "probability"]
+    assert list(preds[0]) == ["path", "label", "probability", "p_negatives", "p_positives"]
+    assert all(abs(float(p["p_negatives"]) + float(p["p_positives"]) - 1) < 1e-5 for p in preds)
     assert len(preds) == len(test_rows)
     accuracy = np.mean([p["label"] == r["label"] for p, r in zip(preds, test_rows)])
     metrics = json.loads((trained_run / "metrics.json").read_text())

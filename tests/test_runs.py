@@ -111,7 +111,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_everywhere(run, tmp_path):
     image = next((SMILES / "negatives").rglob("*.jpg"))
     one_line_error(facetl("evaluate", str(shared)), "best.pt", "refused")
     one_line_error(facetl("predict", str(shared), str(image)), "best.pt", "refused")
-    one_line_error(facetl("train", "--resume", str(shared)), "last.pt", "refused")
+    one_line_error(facetl("train", "--resume", str(shared), "--epochs", "2"), "last.pt", "refused")
     weights = booby_trapped(tmp_path / "weights.pth", marker)
     one_line_error(facetl("train", "--data", str(SMILES), "--weights", str(weights), "--limit", "40",
                           "--out", str(tmp_path / "new")), "weights.pth", "refused")

@@ -219,7 +219,8 @@ def _build_features(job: _FeatureJob, frozen: FrozenPart, request: FeatureReques
     group, device, final = runtime.group, runtime.device, job.final
     final.parent.mkdir(parents=True, exist_ok=True)
     if group.active:
-        building = final.parent / f"{building_prefix(final.name)}{socket.gethostname()}"
+        # one name for all ranks of this machine: their launcher's pid (alive while they run) and the host
+        building = final.parent / f"{final.name}.building-{os.getppid()}-{socket.gethostname()}"
         if group.is_local_main:
             shutil.rmtree(building, ignore_errors=True)
             building.mkdir()

@@ -1,0 +1,229 @@
+"""A run's whole classifier as one ONNX file, and `OnnxClassifier`, which runs such a file on ONNX Runtime.
+
+The graph's input is what a user has after decoding: `images`, a uint8 (batch, size, size, 3) RGB batch,
+0-255, resized (and, for a grey run, made grey) exactly as `facetl.data.images.decode_image` does; the
+batch axis is dynamic. uint8 NHWC rather than float NCHW because it is what every decoder hands out, it
+is a quarter of the bytes to pass in, and the scaling to [0, 1], the run's mean/std and the final
+sigmoid or softmax then live inside the graph, where no caller can get them wrong. The output,
+`probabilities`, is float32 (batch, classes) in the order of the class names: the same numbers as
+`LoadedRun.classify`. Colour conversion stays outside the graph, as it does for `classify`, so both
+take the same pixels.
+
+Everything needed to prepare an image travels in the model's `metadata_props`, under `facetl.*` keys
+(values are plain strings, lists and records as JSON): size, mean, std, colour, faces, class names,
+input and output description, facetl version, the run's title and backbone. Readers ignore keys they do
+not know, so later fields (a decision threshold, say) can be added without breaking older readers.
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+import facetl
+from facetl.data.augment import normalize
+from facetl.errors import FacetlError
+from facetl.preprocessing import Preprocessing
+from facetl.run import load_run
+from facetl.runfolder import atomic_write_bytes
+from facetl.train.loop import probabilities
+
+FORMATS = ("onnx",)
+FORMAT_VERSION = "1"           # facetl.format: bumped only when an old reader would misread a new file
+INPUT_NAME, OUTPUT_NAME = "images", "probabilities"
+PROTOBUF_LIMIT = 2 * 1024**3   # one .onnx file is one protobuf message, which cannot exceed 2 GiB
+INPUT_DESCRIPTION = ("images: uint8 (batch, size, size, 3), RGB 0-255, NHWC; resized to size x size and, "
+                     "for colour=grey, made grey in all three channels before it enters the graph")
+OUTPUT_DESCRIPTION = "probabilities: float32 (batch, classes) in class_names order; sigmoid/softmax applied"
+
+
+class ExportedClassifier(nn.Module):
+    """uint8 NHWC images -> probabilities: the model with the preprocessing that a run's record fixes."""
+
+    def __init__(self, model: nn.Module, preprocessing: Preprocessing):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(preprocessing.mean, dtype=torch.float32))
+        self.register_buffer("std", torch.tensor(preprocessing.std, dtype=torch.float32))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        # the same operations, in the same order, as to_float + ImageSource.prepare + probabilities
+        x = images.permute(0, 3, 1, 2).float() / 255.0
+        return probabilities(self.model(normalize(x, self.mean, self.std)))
+
+
+def onnx_metadata(preprocessing: Preprocessing, class_names: list[str], title: str, backbone: str) -> dict[str, str]:
+    return {
+        "facetl.format": FORMAT_VERSION,
+        "facetl.version": facetl.__version__,
+        "facetl.title": title,
+        "facetl.backbone": backbone,
+        "facetl.size": str(preprocessing.size),
+        "facetl.mean": json.dumps(list(preprocessing.mean)),
+        "facetl.std": json.dumps(list(preprocessing.std)),
+        "facetl.colour": preprocessing.colour,
+        "facetl.faces": json.dumps(preprocessing.faces.to_dict() if preprocessing.faces else None),
+        "facetl.class_names": json.dumps(list(class_names)),
+        "facetl.input": INPUT_DESCRIPTION,
+        "facetl.input_layout": "NHWC",
+        "facetl.input_dtype": "uint8",
+        "facetl.output": OUTPUT_DESCRIPTION,
+    }
+
+
+def onnx_model(model: nn.Module, preprocessing: Preprocessing, metadata: dict[str, str]):
+    """An eval-mode classifier -> a checked onnx.ModelProto with a dynamic batch axis and the metadata."""
+    import onnx
+
+    size = _parameter_bytes(model)
+    if size > PROTOBUF_LIMIT * 0.95:
+        raise FacetlError(f"the model's weights take {size / 2**30:.1f} GiB: one .onnx file holds at most 2 GiB")
+    wrapped = ExportedClassifier(model, preprocessing).eval()
+    example = torch.zeros(2, preprocessing.size, preprocessing.size, 3, dtype=torch.uint8)
+    # batch 2, not 1, in the example: torch.export would otherwise specialise the batch axis to 1
+    batch = torch.export.Dim("batch", min=1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's internal deprecation notes mean nothing to a user
+            program = torch.onnx.export(wrapped, (example,), dynamo=True, input_names=[INPUT_NAME],
+                                        output_names=[OUTPUT_NAME], dynamic_shapes={"images": {0: batch}},
+                                        external_data=False, verbose=False)
+    except Exception as exc:  # torch.export and the translator raise many types; the user needs one line
+        raise FacetlError(f"the model could not be exported to ONNX ({_first_line(exc)})") from None
+    proto = program.model_proto
+    proto.doc_string = f"facetl classifier: {metadata.get('facetl.title', '')}. {INPUT_DESCRIPTION}. {OUTPUT_DESCRIPTION}."
+    onnx.helper.set_model_props(proto, metadata)
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def export_onnx(run_folder: str | Path, out: str | Path | None = None, overwrite: bool = False) -> Path:
+    """A finished run's best checkpoint -> a checked ONNX file (default RUN/model.onnx); returns its path."""
+    run_folder = Path(run_folder)
+    run = load_run(run_folder)  # first: "not a run" is the clearer message when RUN itself is wrong
+    out = _check_out(Path(out) if out else run_folder / "model.onnx", overwrite)
+    metadata = onnx_metadata(run.record.preprocessing, run.class_names, run.record.title, run.config.backbone)
+    proto = onnx_model(run.model.float().eval(), run.record.preprocessing, metadata)
+    try:
+        atomic_write_bytes(out, proto.SerializeToString())
+    except OSError as exc:
+        raise FacetlError(f"cannot write {out}: {exc.strerror or exc}") from None
+    return out
+
+
+def export_run(run_folder: str | Path, fmt: str = "onnx", out: str | Path | None = None,
+               overwrite: bool = False) -> Path:
+    """`facetl export`: one entry point whatever the format, so a later format is one more branch."""
+    if fmt not in FORMATS:
+        raise FacetlError(f"unknown export format {fmt!r}; known: {', '.join(FORMATS)}")
+    return export_onnx(run_folder, out, overwrite)
+
+
+def _check_out(out: Path, overwrite: bool) -> Path:
+    """Refuse before the export, which takes seconds to a minute, not after it."""
+    if out.is_dir():
+        raise FacetlError(f"{out} is a folder; give a file name such as {out / 'model.onnx'}")
+    if out.exists() and not overwrite:
+        raise FacetlError(f"{out} exists; pass --overwrite to replace it")
+    if not out.parent.is_dir():
+        raise FacetlError(f"cannot write {out}: folder {out.parent} does not exist")
+    if not os.access(out.parent, os.W_OK):
+        raise FacetlError(f"cannot write {out}: folder {out.parent} is not writable")
+    return out
+
+
+def _parameter_bytes(model: nn.Module) -> int:
+    return sum(t.numel() * 4 for t in list(model.parameters()) + list(model.buffers()))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
+
+
+class OnnxClassifier:
+    """A .onnx written by facetl, on ONNX Runtime on the CPU, with the contract of `LoadedRun`.
+
+    `.class_names`, `.preprocessing` (rebuilt from the metadata: decode photos with it),
+    `.classify(images)`: uint8 (batch, size, size, 3) -> float32 (batch, classes) probabilities.
+    `.metadata` holds every `facetl.*` key, for fields later versions add.
+    """
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FacetlError(f"ONNX model not found: {self.path}")
+        self.session = _open_session(self.path, threads)
+        self.metadata = _facetl_metadata(self.session, self.path)
+        self.class_names, self.preprocessing = _read_contract(self.metadata, self.path)
+
+    @property
+    def title(self) -> str:
+        return self.metadata.get("facetl.title", "")
+
+    def classify(self, images: np.ndarray) -> np.ndarray:
+        size = self.preprocessing.size
+        if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.shape[1:] != (size, size, 3):
+            shape = getattr(images, "shape", None)
+            raise FacetlError(f"{self.path.name} takes uint8 images of shape (batch, {size}, {size}, 3); "
+                              f"got {getattr(images, 'dtype', type(images).__name__)} {shape}")
+        if len(images) == 0:
+            return np.zeros((0, len(self.class_names)), dtype=np.float32)
+        return self.session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(images)})[0]
+
+
+def session_options(threads: int | None = None):
+    """Chosen for speed on a CPU: every graph optimisation (constant folding, conv+batch-norm+activation
+    fusion, NCHWc layouts); one thread per usable core inside each operator (`threads` overrides); and
+    operators run one after another, since a CNN is a chain and parallel operators only add overhead."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = threads or usable_cores()
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only: the optimiser's notes are not the user's business
+    return options
+
+
+def usable_cores() -> int:
+    # the cores this process may run on (a container's or taskset's share), not the machine's count
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _open_session(path: Path, threads: int | None):
+    import onnxruntime as ort
+
+    try:
+        return ort.InferenceSession(str(path), sess_options=session_options(threads),
+                                    providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ONNX Runtime's errors derive from Exception only, one class per status code
+        raise FacetlError(f"{path} is not an ONNX model ONNX Runtime can open ({_first_line(exc)})") from None
+
+
+def _facetl_metadata(session, path: Path) -> dict[str, str]:
+    metadata = session.get_modelmeta().custom_metadata_map
+    if "facetl.format" not in metadata:
+        raise FacetlError(f"{path} was not exported by facetl (no facetl metadata); export the run with facetl export")
+    if metadata["facetl.format"] != FORMAT_VERSION:
+        raise FacetlError(f"{path} uses facetl ONNX format {metadata['facetl.format']}; this facetl reads "
+                          f"format {FORMAT_VERSION}")
+    return {k: v for k, v in metadata.items() if k.startswith("facetl.")}
+
+
+def _read_contract(metadata: dict[str, str], path: Path) -> tuple[list[str], Preprocessing]:
+    try:
+        class_names = [str(c) for c in json.loads(metadata["facetl.class_names"])]
+        preprocessing = Preprocessing.from_dict({
+            "size": metadata["facetl.size"], "mean": json.loads(metadata["facetl.mean"]),
+            "std": json.loads(metadata["facetl.std"]), "colour": metadata.get("facetl.colour", "rgb"),
+            "faces": json.loads(metadata.get("facetl.faces", "null"))})
+    except (KeyError, TypeError, ValueError) as exc:
+        raise FacetlError(f"{path} has damaged facetl metadata ({_first_line(exc)})") from None
+    return class_names, preprocessing
