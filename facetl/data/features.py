@@ -216,7 +216,7 @@ def _build_features(job: _FeatureJob, frozen: FrozenPart, request: FeatureReques
                     runtime: Runtime, batch_size: int, progress: bool) -> None:
     """Fill the feature file batch by batch; with several processes on a machine, each takes every
     local_world-th batch of one shared file, and local rank 0 publishes it when all are done."""
-    group, device, final = runtime.group, runtime.device, job.final
+    group, final = runtime.group, job.final
     final.parent.mkdir(parents=True, exist_ok=True)
     if group.active:
         # one name for all ranks of this machine: their launcher's pid (alive while they run) and the host

@@ -5,6 +5,7 @@ import hashlib
 import warnings
 from io import BytesIO
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -22,26 +23,40 @@ def decode_image(path: Path, size: int, colour: str = "rgb") -> tuple[np.ndarray
     """Return the image resized to (size, size, 3) uint8 and the SHA-1 of the file's bytes.
 
     `colour="grey"` makes it grey in all three channels, as for a model trained on grey photos."""
+    data = _read_bytes(path)
+    digest = hashlib.sha1(data).hexdigest()
+
+    def square(image: Image.Image) -> np.ndarray:
+        image.draft("RGB", (size, size))  # JPEG: decode at a reduced scale when much larger
+        image = _to_rgb(ImageOps.exif_transpose(image))
+        if colour == "grey":
+            image = image.convert("L").convert("RGB")
+        return np.asarray(image.resize((size, size), Image.BILINEAR), dtype=np.uint8)
+
+    return _decode(data, MAX_PIXELS, square), digest
+
+
+def _read_bytes(path: Path) -> bytes:
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise UnreadableImage(exc.strerror or str(exc)) from None
-    digest = hashlib.sha1(data).hexdigest()
     if not data:
         raise UnreadableImage("empty file")
+    return data
+
+
+def _decode(data: bytes, max_pixels: int, prepare: Callable[[Image.Image], np.ndarray]) -> np.ndarray:
+    """Open `data` as an image, refuse it from its header when it has too many pixels, then `prepare` it;
+    whatever Pillow raises for a broken file becomes UnreadableImage with the reason."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(BytesIO(data)) as image:
-                if image.width * image.height > MAX_PIXELS:
-                    raise UnreadableImage(f"too large ({image.width}x{image.height} pixels)")
-                image.draft("RGB", (size, size))  # JPEG: decode at a reduced scale when much larger
-                image = ImageOps.exif_transpose(image)
-                image = _to_rgb(image)
-                if colour == "grey":
-                    image = image.convert("L").convert("RGB")
-                image = image.resize((size, size), Image.BILINEAR)
-                return np.asarray(image, dtype=np.uint8), digest
+                if image.width * image.height > max_pixels:
+                    raise UnreadableImage(f"too large ({image.width}x{image.height} pixels, "
+                                          f"more than {max_pixels:,})")
+                return prepare(image)
     except UnreadableImage:
         raise
     except UnidentifiedImageError:
@@ -74,27 +89,5 @@ def read_photo(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     The same safety as `decode_image`: the pixel count is checked from the header before any pixel is
     decoded, EXIF orientation is applied, alpha is composited on white, 16-bit and grey become 8-bit
     RGB; anything else becomes UnreadableImage with the reason."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise UnreadableImage(exc.strerror or str(exc)) from None
-    if not data:
-        raise UnreadableImage("empty file")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(BytesIO(data)) as image:
-                if image.width * image.height > max_pixels:
-                    raise UnreadableImage(f"too large ({image.width}x{image.height} pixels, "
-                                          f"more than {max_pixels:,})")
-                image = _to_rgb(ImageOps.exif_transpose(image))
-                return np.asarray(image, dtype=np.uint8)
-    except UnreadableImage:
-        raise
-    except UnidentifiedImageError:
-        raise UnreadableImage("cannot decode: not an image file (or a format Pillow cannot read)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise UnreadableImage(f"too large ({exc})") from None
-    except Exception as exc:  # PIL raises many types for broken files
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UnreadableImage(f"cannot decode: {reason}") from None
+    return _decode(_read_bytes(path), max_pixels,
+                   lambda image: np.asarray(_to_rgb(ImageOps.exif_transpose(image)), dtype=np.uint8))

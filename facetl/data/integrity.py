@@ -13,6 +13,8 @@ import shutil
 import zlib
 from pathlib import Path
 
+from facetl.runfolder import process_alive
+
 CHUNK = 1 << 24
 
 
@@ -50,15 +52,5 @@ def remove_stale_builds(parent: Path) -> None:
         return
     for folder in parent.glob("*.building-*"):
         pid = folder.name.split(".building-", 1)[1].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 
-from facetl.errors import FacetlError
 
 
 @dataclass
