@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from importlib.metadata import version
 import os
 import shutil
 import subprocess
@@ -13,32 +14,44 @@ from facetl.config import FIELDS, STRATEGY_HELP, TrainConfig, build_config, load
 from facetl.errors import FacetlError
 from facetl.runfolder import atomic_write_csv
 
+# One line of help per configuration key, with its unit or choices; the default is added from TrainConfig,
+# once (a test checks that every option of every command has help).
 FLAG_HELP = {
     "data": "class-folder root, CSV attribute table or list_attr_celeba.txt",
-    "images": "image folder for a table (default: the table's folder)",
+    "images": "image folder for a table (None: the table's folder)",
     "target": "attribute column to learn from a table (Smiling, Male, ...)",
-    "positive": "positive class of two (default: second in sorted order; for tables the value 1)",
-    "split": "train,val,test fractions (default 0.8,0.1,0.1)",
+    "positive": "positive class of two (None: second in sorted order; for tables the value 1)",
+    "split": "train,val,test fractions, summing to 1",
     "split_file": "reuse an existing split.csv",
     "limit": "use a stratified random subset of this many images",
-    "duplicates": "identical files filed under different labels: keep | drop | error (default drop)",
-    "img_size": "resize images to N x N (default: the backbone's pretrained size)",
-    "normalize": "MEAN,STD (or 3 means, 3 stds) instead of the backbone's",
+    "duplicates": "identical files filed under different labels: keep | drop | error",
+    "img_size": "resize images to N x N pixels (None: the weights' size)",
+    "normalize": "MEAN,STD (or 3 means, 3 stds) instead of the weights' (None)",
+    "colour": "rgb | grey: grey makes every image grey in three channels (None: rgb, or the --weights run's)",
     "augment": "training augmentation: flip, jitter, rotate[:DEGREES], none (comma separated)",
-    "backbone": "vgg16, vgg19, mobilenet_v2 or any timm model name",
+    "faces": "none: images are face crops | detect: find and align faces in whole photos (MTCNN)",
+    "multi_face": "a training photo with several faces: largest | skip | error",
+    "min_face": "smallest face side that counts, in photo pixels",
+    "backbone": "vgg16, vgg19, mobilenet_v2 or any timm model name (facetl backbones)",
     "weights": "imagenet | none | auto (ImageNet if available, else none) | PATH (state dict or run folder)",
     "head": "linear | mlp (4096-1024) | vgg (4096-4096)",
     "strategy": STRATEGY_HELP,
-    "select": "best epoch by val_loss or val_acc",
+    "dropout": "dropout probability in the mlp and vgg heads, 0 to <1",
+    "lr": "Adam learning rate",
+    "epochs": "training epochs",
+    "batch_size": "images per step (per process with --nproc)",
+    "seed": "seed of the split, the initial weights and every epoch's draws",
+    "device": "auto | cpu | cuda | mps",
     "precision": "auto | fp32 | bf16 | fp16",
-    "colour": "rgb | grey: grey makes every image grey in three channels (default rgb, or the --weights run's)",
+    "select": "best epoch by val_loss or val_acc",
+    "scheduler": "learning-rate schedule over the epochs: none | cosine",
     "precise_bn": "recompute batch-norm statistics over training images before each validation: auto (only "
                   "without pretraining) | on | off",
     "cache": "use the decoded-image and frozen-feature caches",
     "cache_views": "augmented views stored per training image when augmenting with jitter/rotate",
-    "cache_dir": "cache folder (default $FACETL_CACHE or ~/.cache/facetl)",
-    "workers": "processes decoding images (default: one per core)",
-    "out": "run folder",
+    "cache_dir": "cache folder (None: $FACETL_CACHE or ~/.cache/facetl)",
+    "workers": "processes decoding images (None: one per core)",
+    "out": "run folder (None: runs/BACKBONE-STRATEGY-TIME)",
 }
 
 
@@ -84,6 +97,7 @@ def add_runtime_flags(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="facetl", description="Transfer learning of face classifiers.")
+    parser.add_argument("--version", action="version", version=f"facetl {version('facetl')}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for add in (_add_training, _add_run_users, _add_data_tools, _add_tools):
         add(sub)
@@ -107,8 +121,8 @@ def _add_training(sub) -> None:
 def _add_run_users(sub) -> None:
     """evaluate and predict: the commands that use a finished run."""
     evaluate = sub.add_parser("evaluate", help="evaluate a run's best checkpoint on a split")
-    evaluate.add_argument("run")
-    evaluate.add_argument("--split", choices=["val", "test"], default="test")
+    evaluate.add_argument("run", help="a run folder (with best.pt)")
+    evaluate.add_argument("--split", choices=["val", "test"], default="test", help="which split (default test)")
     evaluate.add_argument("--data", help="the data, when it is no longer where the run recorded it")
     evaluate.add_argument("--images", help="the image folder of a table, when it moved")
     add_runtime_flags(evaluate)
@@ -116,8 +130,8 @@ def _add_run_users(sub) -> None:
                           help="evaluate even if data files changed since the split was made")
 
     predict = sub.add_parser("predict", help="label new images with a run")
-    predict.add_argument("run")
-    predict.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
+    predict.add_argument("run", help="a run folder (or, with --engine onnx, a .onnx file)")
+    predict.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help="photos, or folders searched for them")
     predict.add_argument("--out", help="write a CSV here (path, [face, box, score,] label, probability, one column "
                                        "per class) instead of printing a table")
     predict.add_argument("--faces", choices=["auto", "detect", "none"], default="auto",
@@ -148,32 +162,32 @@ def _add_data_tools(sub) -> None:
                        help="a photo with several faces: keep the largest (default), skip the photo, or stop")
 
     inspect = sub.add_parser("inspect", help="class balance, sample grid, unreadable and duplicate files")
-    inspect.add_argument("--data", required=True)
-    inspect.add_argument("--images")
-    inspect.add_argument("--target")
-    inspect.add_argument("--out", required=True)
-    inspect.add_argument("--cache-dir")
+    inspect.add_argument("--data", required=True, help="class-folder root or attribute table")
+    inspect.add_argument("--images", help="image folder for a table (default: the table's folder)")
+    inspect.add_argument("--target", help="attribute column of a table")
+    inspect.add_argument("--out", required=True, help="folder for the charts and lists")
+    inspect.add_argument("--cache-dir", help="cache folder (default $FACETL_CACHE or ~/.cache/facetl)")
 
 
 def _add_tools(sub) -> None:
     """cache, backbones, export and demo."""
     cache = sub.add_parser("cache", help="list or clear facetl's caches")
-    cache.add_argument("action", choices=["ls", "clear"])
-    cache.add_argument("--cache-dir")
+    cache.add_argument("action", choices=["ls", "clear"], help="ls: list complete entries and sizes; clear: delete all")
+    cache.add_argument("--cache-dir", help="cache folder (default $FACETL_CACHE or ~/.cache/facetl)")
 
     backbones = sub.add_parser("backbones", help="list backbones, or one backbone's layers and blocks")
-    backbones.add_argument("name", nargs="?")
+    backbones.add_argument("name", nargs="?", help="a backbone: print its numbered layers (for from:K) and blocks")
     backbones.add_argument("--timm", metavar="PATTERN", help="list timm model names matching PATTERN (e.g. '*mobilenet*')")
 
     export = sub.add_parser("export", help="a run's whole classifier as one file for other runtimes (ONNX)")
-    export.add_argument("run")
+    export.add_argument("run", help="a run folder (with best.pt)")
     export.add_argument("--format", default="onnx", metavar="FORMAT", help="onnx (default)")
     export.add_argument("--out", metavar="FILE", help="where to write it (default RUN/model.onnx)")
     export.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
 
     demo = sub.add_parser("demo", help="study 4: MobileNetV2 smile detector on SMILEsmileD, frozen vs last-block")
-    demo.add_argument("--out", default="runs/demo")
-    demo.add_argument("--epochs", type=int, default=10)
+    demo.add_argument("--out", default="runs/demo", help="folder for the runs and the table (default runs/demo)")
+    demo.add_argument("--epochs", type=int, default=10, help="epochs per run (default 10)")
     demo.add_argument("--limit", type=int, help="use a subset of this many images")
 
 

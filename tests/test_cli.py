@@ -234,3 +234,29 @@ def test_cache_ls_shows_entries_and_clear_frees_them(tmp_path, capsys):
     assert main(["cache", "clear", "--cache-dir", cache]) == 0
     assert "cleared" in capsys.readouterr().out
     assert not list(Path(cache).glob("images/*"))
+
+
+def test_every_option_and_argument_of_every_command_has_help_and_one_default():
+    import argparse
+    import re
+
+    from facetl.cli import build_parser
+
+    parser = build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    missing = []
+    for name, sub in commands.choices.items():
+        for action in sub._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            text = action.help or ""
+            if not re.sub(r"\(default[^)]*\)", "", text).strip():  # a default alone teaches nothing
+                missing.append(f"{name} {'/'.join(action.option_strings) or action.dest}")
+            assert text.count("default") <= 1, f"{name} {action.dest}: default said twice: {text}"
+    assert not missing, f"options without help: {missing}"
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.startswith("facetl ")
