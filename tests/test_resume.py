@@ -43,8 +43,8 @@ def history_rows(folder: Path) -> int:
 
 def assert_readable(folder: Path) -> None:
     """Every file a user would open parses completely."""
-    torch.load(folder / "last.pt", weights_only=False)
-    torch.load(folder / "best.pt", weights_only=False)
+    for name in ("last.pt", "best.pt", "frozen.pt"):
+        torch.load(folder / name, weights_only=True)
     with open(folder / "history.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert rows and all(set(r) == {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"} for r in rows)
@@ -84,8 +84,8 @@ KILL_DURING_WRITE = textwrap.dedent("""
             os.kill(os.getpid(), signal.SIGKILL)
         return original(path, data)
     rf.atomic_write_bytes = dying_write
-    import facetl.train.fit
-    facetl.train.fit.atomic_torch_save.__globals__["atomic_write_bytes"] = dying_write
+    import facetl.train.checkpoints
+    facetl.train.checkpoints.atomic_torch_save.__globals__["atomic_write_bytes"] = dying_write
     from facetl.cli import main
     sys.exit(main(sys.argv[1:]))
 """)
@@ -134,7 +134,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_pa
     monkeypatch.setattr(facetl.train.loop, "loss_fn", loss_that_breaks)
     with pytest.raises(FacetlError, match="stopped at epoch 2: the training loss became nan"):
         fit(config(tmp_path / "run"), progress=False, quiet=True)
-    checkpoint = torch.load(tmp_path / "run" / "best.pt", weights_only=False)
+    checkpoint = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
     assert checkpoint["epoch"] == 1
     assert all(torch.isfinite(t).all() for t in checkpoint["model"].values() if t.is_floating_point())
 
@@ -158,3 +158,27 @@ def test_evaluate_refuses_data_that_changed_since_the_split(tmp_path, capsys):
     changed.unlink()
     assert main(["evaluate", str(run), "--allow-changed-data"]) == 2
     assert f"{test_file} is gone" in capsys.readouterr().err
+
+
+def test_checkpoints_hold_the_frozen_part_once_and_resume_puts_the_model_back_together(tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["train", *TRAIN_ARGS, "--strategy", "last-block", "--epochs", "2", "--out", str(run)]
+    assert main(args) == 0
+    frozen = torch.load(run / "frozen.pt", weights_only=True)
+    last = torch.load(run / "last.pt", weights_only=True)
+    best = torch.load(run / "best.pt", weights_only=True)
+    assert "backbone.features.0.0.weight" in frozen and "head.2.weight" in last["model"]
+    assert not set(frozen) & set(last["model"]), "a frozen tensor is written once, not in every epoch's last.pt"
+    assert set(frozen) | set(last["model"]) == set(best["model"]), "best.pt alone still holds the whole model"
+    trained_bytes = sum(t.numel() * t.element_size() for t in last["model"].values())
+    assert (run / "last.pt").stat().st_size < 3.1 * trained_bytes, "last.pt: what trains and its two Adam moments"
+
+    assert main(["train", "--resume", str(run), "--epochs", "3"]) == 0  # reassembled from last.pt + frozen.pt
+    resumed = torch.load(run / "best.pt", weights_only=True)["model"]
+    assert all(torch.equal(resumed[k], v) for k, v in frozen.items()), "the frozen part stayed frozen"
+
+    torch.save({k: torch.zeros_like(v) for k, v in frozen.items()}, run / "frozen.pt")  # replaced by other data
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--epochs", "4"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "frozen.pt" in error and "SHA-256" in error and len(error.splitlines()) == 1, error

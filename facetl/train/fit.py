@@ -30,10 +30,11 @@ from facetl.errors import FacetlError
 from facetl.evaluate.report import SplitResult, write_evaluation
 from facetl.models import BuiltModel, TrainablePart, build_model
 from facetl.record import RunRecord
-from facetl.runfolder import (RunLock, atomic_torch_save, atomic_write_csv, atomic_write_json, atomic_write_text,
+from facetl.runfolder import (RunLock, atomic_write_csv, atomic_write_json, atomic_write_text,
                               prepare_run_folder, read_torch_file)
 from facetl.runtime import Runtime
 from facetl.train.batchnorm import precise_bn_wanted, recompute_batchnorm
+from facetl.train.checkpoints import CheckpointWriter, read_resume_point
 from facetl.train.loop import Evaluator, NonFiniteLoss, Optimisation, train_one_epoch
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"]
@@ -111,6 +112,7 @@ class TrainingState:
     opt: Optimisation
     scheduler: object | None
     record: RunRecord
+    checkpoints: CheckpointWriter
     history: list[dict] = field(default_factory=list)
     best: dict = field(default_factory=lambda: {"epoch": None, "score": None})
     start_epoch: int = 1
@@ -159,7 +161,7 @@ def _fit(config: TrainConfig, ctx: RunContext, resume: bool) -> RunResult:
 
 # 1. the model before the data: its weights decide image size and normalisation
 def set_up(config: TrainConfig, ctx: RunContext, resume: bool) -> Setup:
-    checkpoint = _load_resume_point(ctx.folder) if resume else None
+    checkpoint = read_resume_point(ctx.folder) if resume else None
     if not resume and (ctx.folder / "last.pt").exists():
         raise FacetlError(f"{ctx.folder} already holds a run; continue it with --resume {ctx.folder} or choose a "
                           "new --out")
@@ -232,7 +234,8 @@ def start_training(config: TrainConfig, setup: Setup, data_note: str, ctx: RunCo
                  if config.scheduler == "cosine" else None)
     opt = Optimisation(built.model, part, optimizer, runtime.precision.scaler(), runtime.precision,
                        config.batch_size)
-    state = TrainingState(opt, scheduler, _new_record(config, setup, data_note, runtime))
+    state = TrainingState(opt, scheduler, _new_record(config, setup, data_note, runtime),
+                          CheckpointWriter(ctx.folder, built.model, setup.checkpoint))
     checkpoint = setup.checkpoint
     if checkpoint is not None:
         built.model.load_state_dict(checkpoint["model"])
@@ -317,12 +320,8 @@ def _end_epoch(config: TrainConfig, state: TrainingState, row: dict, ctx: RunCon
     if ctx.main:
         meta = {"config": config.to_dict(), "record": state.record.to_dict(), "epoch": row["epoch"],
                 "history": state.history, "best": state.best, "train_seconds": state.train_seconds}
-        model_state = state.opt.model.state_dict()
-        if improved:
-            atomic_torch_save(ctx.folder / "best.pt", {"model": model_state, **meta})
-        atomic_torch_save(ctx.folder / "last.pt", {
-            "model": model_state, "optimizer": state.opt.optimizer.state_dict(),
-            "scheduler": state.scheduler.state_dict() if state.scheduler else None, **meta})
+        state.checkpoints.save(improved, meta, state.opt.optimizer.state_dict(),
+                               state.scheduler.state_dict() if state.scheduler else None)
         atomic_write_csv(ctx.folder / "history.csv", HISTORY_COLUMNS,
                          [[h[c] if c == "epoch" else f"{h[c]:.6f}" for c in HISTORY_COLUMNS] for h in state.history])
     ctx.runtime.group.barrier()  # checkpoints are complete before any rank goes on
@@ -358,13 +357,3 @@ class StoreRows:
 
     def __len__(self) -> int:
         return len(self.index)
-
-
-def _load_resume_point(folder: Path) -> dict:
-    path = folder / "last.pt"
-    if not path.is_file():
-        raise FacetlError(f"nothing to resume in {folder}: no last.pt (did the run finish its first epoch?)")
-    checkpoint = read_torch_file(path, "resume point ")
-    if not isinstance(checkpoint, dict) or not {"model", "optimizer", "epoch", "history", "best"} <= set(checkpoint):
-        raise FacetlError(f"cannot resume from {path}: it is not a facetl checkpoint")
-    return checkpoint
