@@ -96,6 +96,8 @@ def locate_data(config: TrainConfig, folder: Path, data: str | None = None, imag
     for key, given in (("data", data), ("images", images)):
         recorded = getattr(config, key)
         if given:
+            if not Path(given).expanduser().exists():
+                raise FacetlError(f"--{key} {given}: not found")
             changes[key] = given
             continue
         if not recorded or Path(recorded).expanduser().exists():

@@ -41,12 +41,22 @@ def run_name(combo: dict[str, str]) -> str:
 
 def sweep(base: TrainConfig, grid: dict[str, list[str]], out: str | Path, progress: bool = True,
           log=print) -> list[dict]:
-    out = prepare_run_folder(out)
     keys = list(grid)
     combos = [dict(zip(keys, values)) for values in itertools.product(*grid.values())] or [{}]
     configs = [(run_name(c), build_config(c, base)) for c in combos]
     for _, config in configs:
-        config.check()  # every combination is valid before the first one starts
+        config.check()  # every combination is valid before the first one starts, or a folder is made
+    created = not Path(out).exists()
+    out = prepare_run_folder(out)
+    try:
+        return _sweep(configs, out, progress, log)
+    except FacetlError:
+        if created and not any(out.iterdir()):  # refused before any run began: leave nothing behind
+            out.rmdir()
+        raise
+
+
+def _sweep(configs: list[tuple[str, TrainConfig]], out: Path, progress: bool, log) -> list[dict]:
     rows, split_file = [], None
     for number, (name, config) in enumerate(configs, start=1):
         folder = out / name

@@ -14,17 +14,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from commandline import facetl, in_process, one_line_error
 from facetl.cli import main
 
 DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 SMILES = DATASETS / "SMILEsmileD" / "SMILEs"
 needs_smiles = pytest.mark.skipif(not SMILES.is_dir(), reason=f"SMILEsmileD not found at {SMILES}")
-
-
-def facetl(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    return subprocess.run([sys.executable, "-m", "facetl", *args], capture_output=True, text=True, cwd=cwd,
-                          env=env, timeout=600)
 
 
 def folder_dataset(root: Path, classes=("a", "b"), per_class: int = 12) -> Path:
@@ -34,25 +29,6 @@ def folder_dataset(root: Path, classes=("a", "b"), per_class: int = 12) -> Path:
         for i in range(per_class):
             Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(root / c / f"{i}.jpg")
     return root
-
-
-def in_process(capsys, *args: str) -> subprocess.CompletedProcess:
-    """main() in this process (no interpreter start-up), seen as a finished process would be."""
-    try:
-        code = main(list(args))
-    except SystemExit as exc:  # argparse errors exit
-        code = exc.code
-    captured = capsys.readouterr()
-    return subprocess.CompletedProcess(args, code, captured.out, captured.err)
-
-
-def one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
-    assert result.returncode != 0
-    lines = [line for line in result.stderr.strip().splitlines() if not line.startswith("warning:")]
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 def test_bad_input_gives_one_line_naming_the_problem(tmp_path, capsys):

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import tracemalloc
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -142,6 +145,24 @@ def test_huge_image_is_refused_before_decoding(tmp_path, make_image, monkeypatch
     monkeypatch.setattr(facetl.data.images, "MAX_PIXELS", 1000)
     with pytest.raises(UnreadableImage, match=r"too large \(40x30"):
         decode_image(path, 8)
+
+
+def test_a_huge_file_is_judged_by_its_header_before_it_is_read(tmp_path):
+    """A 300 MiB file (sparse on disk) that starts like a 40000x40000 PNG is refused after a few kilobytes."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
+    header = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", (40000).to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0]))
+              + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+    path = tmp_path / "bomb.png"
+    with open(path, "wb") as f:
+        f.write(header)
+        f.truncate(300 * 2**20)
+    tracemalloc.start()
+    with pytest.raises(UnreadableImage, match="too large"):
+        decode_image(path, 8)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 16 * 2**20, f"{peak / 2**20:.0f} MiB read for a file refused by its header"
 
 
 # ---------------------------------------------------------------- image store

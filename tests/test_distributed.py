@@ -97,7 +97,7 @@ def test_a_killed_two_process_run_resumes(tmp_path):
     resumed = facetl("train", "--resume", str(run), "--nproc", "2")
     output, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, output[-3000:]
-    assert f"resuming after epoch" in output
+    assert "resuming after epoch" in output
     with open(run / "history.csv", newline="") as f:
         assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2, 3, 4]
     assert (run / "metrics.json").is_file()

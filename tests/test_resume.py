@@ -132,7 +132,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_pa
         return loss * float("nan") if calls["n"] > 12 else loss  # 12 batches = the first epoch
 
     monkeypatch.setattr(facetl.train.loop, "loss_fn", loss_that_breaks)
-    with pytest.raises(FacetlError, match="stopped at epoch 2: the training loss became nan"):
+    with pytest.raises(FacetlError, match="stopped at epoch 2: the training loss became nan .*try a lower --lr"):
         fit(config(tmp_path / "run"), progress=False, quiet=True)
     checkpoint = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
     assert checkpoint["epoch"] == 1

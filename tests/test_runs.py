@@ -3,16 +3,14 @@ the run, and checkpoints that hold data, never code."""
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from commandline import facetl, one_line_error
 from facetl.cli import main
 from facetl.record import RunRecord
 from facetl.run import load_run
@@ -30,18 +28,6 @@ def run(tmp_path_factory) -> Path:
     assert main(["train", "--data", str(SMILES), "--weights", "none", "--img-size", "32", "--epochs", "1",
                  "--limit", "120", "--strategy", "last-block", "--out", str(out), "--cache-dir", str(cache)]) == 0
     return out
-
-
-def facetl(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "facetl", *args], capture_output=True, text=True, timeout=600,
-                          env=dict(os.environ, PYTHONWARNINGS="ignore"))
-
-
-def one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in result.stderr, result.stderr
 
 
 def test_backbones_lists_the_built_in_ones_in_a_fresh_process():

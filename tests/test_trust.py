@@ -9,15 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from commandline import ENV
 from facetl.cli import main
 
-ENV = dict(os.environ, PYTHONWARNINGS="ignore")
 TINY = ["--weights", "none", "--img-size", "32", "--strategy", "full", "--epochs", "1"]
-
-
-def facetl(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "facetl", *args], capture_output=True, text=True, timeout=600,
-                          env=ENV)
 
 
 def test_a_closed_stdout_does_not_stop_training(tiny_folder_dataset, tmp_path):

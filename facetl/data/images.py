@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import warnings
 from io import BytesIO
 from pathlib import Path
-from typing import Callable
+from typing import BinaryIO, Callable
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -13,6 +14,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 # Files above this many pixels are refused rather than decoded: a decompression bomb would take the
 # machine's memory. 8K x 8K is far beyond any face photo.
 MAX_PIXELS = 64_000_000
+MAX_FILE_BYTES = 512 * 2**20  # a 64-megapixel photo is well under this, even as uncompressed TIFF
 
 
 class UnreadableImage(Exception):
@@ -23,7 +25,7 @@ def decode_image(path: Path, size: int, colour: str = "rgb") -> tuple[np.ndarray
     """Return the image resized to (size, size, 3) uint8 and the SHA-1 of the file's bytes.
 
     `colour="grey"` makes it grey in all three channels, as for a model trained on grey photos."""
-    data = _read_bytes(path)
+    data = _read_bytes(path, MAX_PIXELS)
     digest = hashlib.sha1(data).hexdigest()
 
     def square(image: Image.Image) -> np.ndarray:
@@ -36,23 +38,31 @@ def decode_image(path: Path, size: int, colour: str = "rgb") -> tuple[np.ndarray
     return _decode(data, MAX_PIXELS, square), digest
 
 
-def _read_bytes(path: Path) -> bytes:
+def _read_bytes(path: Path, max_pixels: int) -> bytes:
+    """The file's bytes, once its size and its image header (pixel count) have passed: a bomb or a huge
+    file is refused after reading a few kilobytes, not after reading it whole."""
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size == 0:
+                raise UnreadableImage("empty file")
+            if size > MAX_FILE_BYTES:
+                raise UnreadableImage(f"too large a file ({size / 2**20:,.0f} MiB; at most "
+                                      f"{MAX_FILE_BYTES // 2**20} MiB)")
+            _decode(f, max_pixels, lambda image: None)  # Pillow reads only the header here
+            f.seek(0)
+            return f.read()
     except OSError as exc:
         raise UnreadableImage(exc.strerror or str(exc)) from None
-    if not data:
-        raise UnreadableImage("empty file")
-    return data
 
 
-def _decode(data: bytes, max_pixels: int, prepare: Callable[[Image.Image], np.ndarray]) -> np.ndarray:
-    """Open `data` as an image, refuse it from its header when it has too many pixels, then `prepare` it;
+def _decode(data: bytes | BinaryIO, max_pixels: int, prepare: Callable[[Image.Image], np.ndarray | None]):
+    """Open `data` (bytes, or an open file) as an image, refuse it from its header when it has too many pixels, then `prepare` it;
     whatever Pillow raises for a broken file becomes UnreadableImage with the reason."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(BytesIO(data)) as image:
+            with Image.open(BytesIO(data) if isinstance(data, bytes) else data) as image:
                 if image.width * image.height > max_pixels:
                     raise UnreadableImage(f"too large ({image.width}x{image.height} pixels, "
                                           f"more than {max_pixels:,})")
@@ -89,5 +99,12 @@ def read_photo(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     The same safety as `decode_image`: the pixel count is checked from the header before any pixel is
     decoded, EXIF orientation is applied, alpha is composited on white, 16-bit and grey become 8-bit
     RGB; anything else becomes UnreadableImage with the reason."""
-    return _decode(_read_bytes(path), max_pixels,
+    return photo_from_bytes(_read_bytes(path, max_pixels), max_pixels)
+
+
+def photo_from_bytes(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """`read_photo` for a file already in memory (an upload): decoded from the bytes, never written to disk."""
+    if not data:
+        raise UnreadableImage("empty file")
+    return _decode(data, max_pixels,
                    lambda image: np.asarray(_to_rgb(ImageOps.exif_transpose(image)), dtype=np.uint8))

@@ -79,6 +79,10 @@ def read_weights(path: str | Path) -> tuple[dict, RunRecord | None]:
         state = state["state_dict"]
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise FacetlError(f"{path} does not hold a state dict of tensors")
+    broken = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:
+        raise FacetlError(f"{path}: {len(broken)} tensor(s) hold NaN or inf (first: {broken[0]}); the file is "
+                          "damaged or comes from a run that diverged")
     return state, record
 
 

@@ -291,7 +291,7 @@ def run_epochs(config: TrainConfig, setup: Setup, source, state: TrainingState, 
                                    ctx.progress)
         except NonFiniteLoss as exc:
             kept = "best.pt and last.pt keep the last good epoch" if state.history else "no epoch finished"
-            raise FacetlError(f"stopped at epoch {epoch}: {exc}; {kept}. Try a lower --lr") from None
+            raise FacetlError(f"stopped at epoch {epoch}: {exc}; {kept}") from None
         loss_sum, correct, seen = group.sum(sums["loss_sum"], sums["correct"], sums["seen"])
         if precise_bn:
             recompute_batchnorm(TrainablePart(built.model, built.plan.cut), source, data.index("train"),

@@ -56,7 +56,8 @@ def train_one_epoch(opt: Optimisation, source, labels: np.ndarray, order: np.nda
             logits = opt.part(z).float()
         loss = loss_fn(logits, y)
         if not torch.isfinite(loss):
-            raise NonFiniteLoss(f"the training loss became {loss.item()} at batch {start // opt.batch_size + 1}")
+            raise NonFiniteLoss(f"the training loss became {loss.item()} at batch {start // opt.batch_size + 1}"
+                                f"{_why_not_finite(opt, z)}")
         opt.optimizer.zero_grad(set_to_none=True)
         opt.scaler.scale(loss).backward()
         opt.scaler.step(opt.optimizer)
@@ -94,6 +95,18 @@ class Evaluator:
         probs = np.concatenate(probs) if probs else np.zeros((0, 2))
         accuracy = float((probs.argmax(1) == self.labels[index]).mean()) if len(index) else float("nan")
         return {"loss": total_loss / max(len(index), 1), "acc": accuracy, "probs": probs}
+
+
+def _why_not_finite(opt: Optimisation, z: torch.Tensor) -> str:
+    """The likeliest cause, so the hint fits: inputs, weights, or steps too large for the learning rate."""
+    if not torch.isfinite(z).all():
+        fp16 = "; the frozen part overflowed in fp16: try --precision bf16 or fp32" if opt.precision.name == "fp16" \
+            else "; check the images and the --weights file"
+        return f": its inputs were already not finite{fp16}"
+    broken = [n for n, p in opt.model.named_parameters() if not torch.isfinite(p).all()]
+    if broken and not any(opt.optimizer.state.values()):
+        return f": the starting weights hold NaN or inf ({broken[0]}); check the --weights file"
+    return ": the steps grew too large; try a lower --lr"
 
 
 class NonFiniteLoss(FacetlError):
