@@ -10,7 +10,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from facetl.config import FIELDS, STRATEGY_HELP, TrainConfig, build_config, load_yaml
+from facetl.config import BOUNDS, FIELDS, STRATEGY_HELP, TrainConfig, build_config, load_yaml
 from facetl.errors import FacetlError
 from facetl.runfolder import atomic_write_csv
 
@@ -60,6 +60,22 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+RANGE = {key: (low, high) for key, low, high in BOUNDS}  # the configuration's bounds, for flags outside it
+
+
+def whole_number(low: int, high: int):
+    """An argparse type: an integer from low to high, or one line saying so."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is out of range ({low} to {high})")
+        return value
+    return parse
+
+
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML file supplying any of these options; flags override it")
     for name, field in FIELDS.items():
@@ -99,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="facetl", description="Transfer learning of face classifiers.")
     parser.add_argument("--version", action="version", version=f"facetl {version('facetl')}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    for add in (_add_training, _add_run_users, _add_data_tools, _add_tools):
+    for add in (_add_training, _add_run_users, _add_explain, _add_data_tools, _add_tools, _add_serve):
         add(sub)
     return parser
 
@@ -109,7 +125,7 @@ def _add_training(sub) -> None:
     train = sub.add_parser("train", help="train one model into a run folder")
     add_config_flags(train)
     train.add_argument("--resume", metavar="RUN", help="continue a killed run from its last finished epoch")
-    train.add_argument("--nproc", type=int, default=1, metavar="N",
+    train.add_argument("--nproc", type=whole_number(1, 1024), default=1, metavar="N",
                        help="train with N processes on this machine (launches torchrun; one per GPU, or CPU gloo)")
 
     sweep = sub.add_parser("sweep", help="every combination of a grid, on one split, with a results table")
@@ -137,7 +153,7 @@ def _add_run_users(sub) -> None:
     predict.add_argument("--faces", choices=["auto", "detect", "none"], default="auto",
                          help="auto (default): find faces when the run was trained with --faces detect; detect: find "
                               "and align every face in each photo; none: label each image as a whole")
-    predict.add_argument("--min-face", type=int, metavar="PIXELS",
+    predict.add_argument("--min-face", type=whole_number(*RANGE["min_face"]), metavar="PIXELS",
                          help="smallest face side that counts, in photo pixels (default: the run's, or 20)")
     predict.add_argument("--annotate", metavar="DIR", help="also write each photo with its faces boxed and labelled")
     predict.add_argument("--overwrite", action="store_true", help="replace existing --out or --annotate files")
@@ -145,6 +161,22 @@ def _add_run_users(sub) -> None:
                          help="torch (default): the run's best.pt; onnx: RUN/model.onnx from facetl export, on "
                               "ONNX Runtime (RUN may also be the .onnx file)")
     add_runtime_flags(predict)
+
+
+def _add_explain(sub) -> None:
+    """explain: where a run's network looks, image by image."""
+    explain = sub.add_parser("explain", help="Grad-CAM overlays and feature-map grids of a run, for some images")
+    explain.add_argument("run", help="a run folder (with best.pt)")
+    explain.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help="photos, or folders searched for them")
+    explain.add_argument("--out", required=True, metavar="DIR",
+                         help="folder for IMAGE.gradcam.png and IMAGE.features.png (not the run folder)")
+    explain.add_argument("--class", dest="class_name", metavar="NAME",
+                         help="also show the Grad-CAM of this class (default: the predicted class only)")
+    explain.add_argument("--layer", metavar="NAME",
+                         help="backbone stage to explain, features.K (default: the last frozen stage if the run "
+                              "froze part of the backbone, else the last stage; facetl backbones NAME lists them)")
+    explain.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    add_runtime_flags(explain)
 
 
 def _add_data_tools(sub) -> None:
@@ -155,8 +187,8 @@ def _add_data_tools(sub) -> None:
     faces.add_argument("--images", help="image folder for a table")
     faces.add_argument("--target", help="attribute column of a table (its rows are copied for the crops)")
     faces.add_argument("--out", required=True, help="a new or empty folder for the crops")
-    faces.add_argument("--size", type=int, default=112, help="crop side in pixels (default 112)")
-    faces.add_argument("--min-face", type=int, default=20, metavar="PIXELS",
+    faces.add_argument("--size", type=whole_number(*RANGE["img_size"]), default=112, help="crop side in pixels (default 112)")
+    faces.add_argument("--min-face", type=whole_number(*RANGE["min_face"]), default=20, metavar="PIXELS",
                        help="smallest face side that counts (default 20)")
     faces.add_argument("--multi-face", choices=["largest", "skip", "error"], default="largest",
                        help="a photo with several faces: keep the largest (default), skip the photo, or stop")
@@ -187,8 +219,29 @@ def _add_tools(sub) -> None:
 
     demo = sub.add_parser("demo", help="study 4: MobileNetV2 smile detector on SMILEsmileD, frozen vs last-block")
     demo.add_argument("--out", default="runs/demo", help="folder for the runs and the table (default runs/demo)")
-    demo.add_argument("--epochs", type=int, default=10, help="epochs per run (default 10)")
-    demo.add_argument("--limit", type=int, help="use a subset of this many images")
+    demo.add_argument("--epochs", type=whole_number(*RANGE["epochs"]), default=10, help="epochs per run (default 10)")
+    demo.add_argument("--limit", type=whole_number(*RANGE["limit"]), help="use a subset of this many images")
+
+
+def _add_serve(sub) -> None:
+    """serve: a web page and HTTP API on one or more runs."""
+    serve = sub.add_parser("serve", help="a web page and HTTP API that box every face in a photo and label it "
+                                         "with each run")
+    serve.add_argument("runs", nargs="+", metavar="RUN", help="run folders (or, with --engine onnx, .onnx files); "
+                                                             "every face gets every run's answer")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: every network)")
+    serve.add_argument("--port", type=whole_number(0, 65_535), default=8000, help="TCP port (default 8000; 0: any free port)")
+    serve.add_argument("--engine", choices=["torch", "onnx"], default="torch",
+                       help="torch (default): each run's best.pt; onnx: RUN/model.onnx from facetl export")
+    serve.add_argument("--max-upload-mb", type=float, default=20.0, metavar="MB",
+                       help="largest request body accepted, in MiB; larger ones get 413 (default 20)")
+    serve.add_argument("--threads", type=whole_number(1, 256), default=1, metavar="N",
+                       help="CPU threads of the one inference worker (default 1: steady on a shared or small CPU; "
+                            "more helps large models on an idle machine)")
+    serve.add_argument("--min-face", type=whole_number(*RANGE["min_face"]), metavar="PIXELS",
+                       help="smallest face side that counts, in photo pixels (default: the runs' smallest, or 20)")
+    add_runtime_flags(serve)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -446,6 +499,22 @@ def cmd_backbones(args) -> int:
     return 0
 
 
+def cmd_explain(args) -> int:
+    from facetl.explain import explain
+    from facetl.predict import collect_images
+    from facetl.run import load_run
+    from facetl.runtime import Runtime
+
+    files = collect_images(args.images)
+    run = load_run(args.run)
+    result = explain(run, files, Path(args.out), Runtime.for_inference(args.device, args.precision),
+                     args.class_name, args.layer, args.overwrite, progress=sys.stderr.isatty())
+    if not result.written:
+        raise FacetlError("none of the images could be read")
+    print(f"explained {len(result.written) // 2} image(s) at {result.layer} in {args.out}")
+    return 1 if result.skipped else 0
+
+
 def cmd_export(args) -> int:
     from facetl.export import export_run
 
@@ -476,9 +545,16 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from facetl.serve import ServeOptions, serve
+
+    return serve(args.runs, ServeOptions(args.host, args.port, args.engine, args.max_upload_mb, args.device,
+                                         args.precision, args.threads, args.min_face))
+
+
 COMMANDS = {"faces": cmd_faces, "train": cmd_train, "evaluate": cmd_evaluate, "sweep": cmd_sweep, "predict": cmd_predict,
             "inspect": cmd_inspect, "cache": cmd_cache, "backbones": cmd_backbones, "demo": cmd_demo,
-            "export": cmd_export}
+            "export": cmd_export, "explain": cmd_explain, "serve": cmd_serve}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -74,14 +74,17 @@ class TorchClassifier:
         return self.run.classify(images, self.runtime)
 
 
-def open_classifier(run: str | Path, engine: str, runtime: Runtime) -> TorchClassifier | OnnxClassifier:
-    """engine torch: the run's best.pt; engine onnx: RUN/model.onnx (made by facetl export) or a .onnx file."""
+def open_classifier(run: str | Path, engine: str, runtime: Runtime,
+                    threads: int | None = None) -> TorchClassifier | OnnxClassifier:
+    """engine torch: the run's best.pt; engine onnx: RUN/model.onnx (made by facetl export) or a .onnx file.
+
+    `threads`: ONNX Runtime's threads per operator (None: one per usable core); torch's are the caller's."""
     if engine == "torch":
         return TorchClassifier(load_run(run), runtime)
     path = Path(run) if str(run).endswith(".onnx") else Path(run) / "model.onnx"
     if not path.is_file():
         raise FacetlError(f"{path} not found: make it with `facetl export {run}` (or give the .onnx file)")
-    return OnnxClassifier(path)
+    return OnnxClassifier(path, threads)
 
 
 def face_alignment_for(classifier, faces: str, min_face: int | None) -> FaceAlignment | None:
@@ -150,14 +153,14 @@ def _predict_faces(classifier, files: list[Path], alignment: FaceAlignment):
         if not used:
             predictions.append(Prediction(result.source, "", None, note=result.note))
             continue
-        crops = np.stack([_colour(f.crop, prep.colour) for f in used])
+        crops = np.stack([crop_colour(f.crop, prep.colour) for f in used])
         for face, probs in zip(used, classifier.classify(crops)):
             predictions.append(_labelled(classifier.class_names, result.source, probs, face=face.index,
                                          box=face.face.box, score=face.face.score))
     return predictions, skipped
 
 
-def _colour(crop: np.ndarray, colour: str) -> np.ndarray:
+def crop_colour(crop: np.ndarray, colour: str) -> np.ndarray:
     if colour == "grey":  # as the store made the training crops
         return np.asarray(Image.fromarray(crop).convert("L").convert("RGB"))
     return crop

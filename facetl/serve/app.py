@@ -1,0 +1,284 @@
+"""The HTTP side of `facetl serve`: one page, a small JSON API, and the limits that keep bad uploads out.
+
+GET /             the page (page.html: plain HTML, CSS and JS, nothing loaded from elsewhere)
+POST /api/predict a photo as the multipart field `image` -> every face with every run's answer
+GET /api/models   the model card of every run
+GET /healthz      liveness, and how many requests are waiting
+GET /openapi.json the API's description. FastAPI's /docs and /redoc pages are switched off: they load
+                  their scripts from a CDN, which a server on a closed network cannot reach.
+
+Every refused request is a JSON `{"error": "..."}` with a 4xx (or 503) code. An upload is held in
+memory only: python-multipart's streaming parser fills a bytearray (Starlette's UploadFile would spool
+large files to disk), and it is decoded from those bytes.
+
+Scheduling: one worker thread decodes and reads every photo, in arrival order. The detector is not
+thread-safe and torch's thread count is process-wide, and two photos at once on a small CPU would only
+make both slower. Requests wait for the worker in a queue; beyond `max_waiting` requests in flight a new
+one gets 503 at once rather than holding another upload in memory.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import io
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib.resources import files
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from PIL import Image, UnidentifiedImageError
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
+
+from facetl.data.images import MAX_PIXELS, UnreadableImage
+from facetl.serve.reader import PhotoAnswer, PhotoReader
+from facetl.serve.runs import ModelCard
+
+FIELD = "image"
+# Formats a photo may come in (those this Pillow can open). Pillow would also open, e.g., EPS through
+# Ghostscript; an upload is untrusted, so only these are sniffed for.
+PHOTO_FORMATS = ("JPEG", "PNG", "WEBP", "AVIF", "GIF", "BMP", "TIFF")
+# The page may run its own inline script and style and show the photo it was given, nothing else.
+PAGE_POLICY = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+               "img-src blob: data:; connect-src 'self'; base-uri 'none'; form-action 'none'")
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_upload_bytes: int = 20 * 2**20   # the whole request body
+    max_pixels: int = MAX_PIXELS          # width x height, read from the header before decoding
+    max_waiting: int = 16                 # predict requests in flight (reading, queued or being read)
+    upload_seconds: float = 120.0         # to send the whole body: a stalled client does not hold a slot
+
+
+@dataclass(frozen=True)
+class Health:
+    status: str
+    runs: list[str]
+    waiting: int
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+ERRORS = {code: {"description": why, "content": {"application/json": {"example": {"error": why}}}}
+          for code, why in ((400, "malformed request"), (408, "upload too slow"), (413, "upload or image too large"),
+                            (415, "not multipart/form-data, or the field is not an image"),
+                            (422, "no image field, or an image that cannot be decoded"),
+                            (503, "too many requests waiting"))}
+UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": [FIELD],
+    "properties": {FIELD: {"type": "string", "format": "binary", "description": "a photo (JPEG, PNG, WebP, ...)"}}}}}}}
+
+
+def create_app(reader: PhotoReader, limits: Limits = Limits(), threads: int = 1) -> FastAPI:
+    """The app around an opened reader. `threads`: torch's threads in the worker that runs the models."""
+    worker = ThreadPoolExecutor(1, thread_name_prefix="facetl-serve", initializer=_set_torch_threads,
+                                initargs=(threads,))
+    worker.submit(reader.warm_up).result()
+    page = files("facetl.serve").joinpath("page.html").read_text(encoding="utf-8")
+    cards = [run.card for run in reader.runs]
+    waiting = 0
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        worker.shutdown(wait=True, cancel_futures=True)
+
+    app = FastAPI(title="facetl serve", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  description="Faces in a photo, each labelled by every served run. POST a photo as the "
+                              f"multipart field `{FIELD}` to /api/predict.")
+    _add_error_handlers(app)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(page, headers={"Content-Security-Policy": PAGE_POLICY, "Cache-Control": "no-cache",
+                                           "X-Content-Type-Options": "nosniff"})
+
+    @app.get("/api/models", response_model=list[ModelCard])
+    async def models() -> list[ModelCard]:
+        return cards
+
+    @app.get("/healthz", response_model=Health)
+    async def healthz() -> Health:
+        return Health("ok", [card.name for card in cards], waiting)
+
+    @app.post("/api/predict", response_model=PhotoAnswer, responses=ERRORS, openapi_extra=UPLOAD_BODY)
+    async def predict(request: Request) -> PhotoAnswer:
+        nonlocal waiting
+        if waiting >= limits.max_waiting:
+            raise ApiError(503, f"busy: {waiting} requests in flight; try again shortly")
+        waiting += 1
+        try:
+            data = await _read_image_field(request, limits)
+            _sniff(data, limits.max_pixels)
+            submitted = time.perf_counter()
+
+            def job() -> PhotoAnswer:
+                started = time.perf_counter()
+                answer = reader.read_bytes(data, limits.max_pixels)
+                answer.milliseconds["queue"] = round((started - submitted) * 1000.0, 1)
+                return answer
+
+            try:
+                return await asyncio.get_running_loop().run_in_executor(worker, job)
+            except UnreadableImage as exc:
+                raise ApiError(422, f"cannot read the image: {exc}") from None
+        finally:
+            waiting -= 1
+
+    return app
+
+
+def _set_torch_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every answer that is not a success is {"error": "..."}: ours, Starlette's 404/405, validation."""
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, exc.status)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        message = f"not found: {request.url.path}" if exc.status_code == 404 else str(exc.detail)
+        return JSONResponse({"error": message}, exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg', '')}" for e in exc.errors())
+        return JSONResponse({"error": f"invalid request: {problems}"}, 422)
+
+    @app.exception_handler(Exception)  # Starlette then re-raises it, and uvicorn logs the traceback
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"error": "internal error (the server's log has the details)"}, 500)
+
+
+async def _read_image_field(request: Request, limits: Limits) -> bytes:
+    """The `image` field of a multipart body, counted as it arrives: a Content-Length over the limit is
+    refused before reading, and a body that turns out longer (chunked, or a lying header) once it does."""
+    kind, params = parse_options_header(request.headers.get("content-type", ""))
+    if kind != b"multipart/form-data" or not params.get(b"boundary"):
+        raise ApiError(415, f"send the photo as multipart/form-data with a field named '{FIELD}' "
+                            f"(e.g. curl -F {FIELD}=@photo.jpg URL/api/predict)")
+    limit = limits.max_upload_bytes
+    length = request.headers.get("content-length")
+    if length is not None:
+        if not length.isdigit():
+            raise ApiError(400, "bad Content-Length header")
+        if int(length) > limit:
+            raise ApiError(413, _too_big(limit))
+    form = _FormField(params[b"boundary"], FIELD)
+
+    async def receive() -> None:
+        received = 0
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit:
+                raise ApiError(413, _too_big(limit))
+            form.write(chunk)
+
+    try:
+        await asyncio.wait_for(receive(), limits.upload_seconds)
+    except asyncio.TimeoutError:
+        raise ApiError(408, f"the upload took longer than {limits.upload_seconds:.0f} s") from None
+    except ClientDisconnect:
+        raise ApiError(400, "the client went away during the upload") from None
+    except MultipartParseError as exc:
+        raise ApiError(400, f"malformed multipart body: {exc}") from None
+    if form.data is None:
+        raise ApiError(422, f"no '{FIELD}' field in the form: send the photo as the multipart field '{FIELD}'")
+    if not form.complete:
+        raise ApiError(400, f"the '{FIELD}' field ended early: the multipart body is incomplete")
+    if not form.data:
+        raise ApiError(422, f"the '{FIELD}' field is empty")
+    return bytes(form.data)
+
+
+def _too_big(limit: int) -> str:
+    return f"upload too large: more than {limit / 2**20:g} MB (the server's --max-upload-mb)"
+
+
+class _FormField:
+    """One field of a multipart body, collected in memory from python-multipart's streaming parser."""
+
+    def __init__(self, boundary: bytes, name: str):
+        self.name = name.encode()
+        self.data: bytearray | None = None
+        self.complete = False
+        self._capturing = False
+        self._field, self._value, self._headers = bytearray(), bytearray(), {}
+        self._parser = MultipartParser(boundary, {
+            "on_part_begin": self._part_begin, "on_header_field": self._header_field,
+            "on_header_value": self._header_value, "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished, "on_part_data": self._part_data,
+            "on_part_end": self._part_end})
+
+    def write(self, chunk: bytes) -> None:
+        self._parser.write(chunk)
+
+    def _part_begin(self) -> None:
+        self._headers = {}
+
+    def _header_field(self, data: bytes, start: int, end: int) -> None:
+        self._field += data[start:end]
+
+    def _header_value(self, data: bytes, start: int, end: int) -> None:
+        self._value += data[start:end]
+
+    def _header_end(self) -> None:
+        self._headers[bytes(self._field).lower()] = bytes(self._value)
+        self._field, self._value = bytearray(), bytearray()
+
+    def _headers_finished(self) -> None:
+        _, params = parse_options_header(self._headers.get(b"content-disposition", b""))
+        self._capturing = self.data is None and params.get(b"name") == self.name  # the first such field
+        if self._capturing:
+            self.data = bytearray()
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._capturing:
+            self.data += data[start:end]
+
+    def _part_end(self) -> None:
+        if self._capturing:
+            self._capturing, self.complete = False, True
+
+
+def _sniff(data: bytes, max_pixels: int) -> None:
+    """What the bytes are, from their header (never from the file name or Content-Type): 415 for what
+    is not a photo, 413 for more pixels than allowed, before any pixel is decoded."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=_formats()) as image:
+                width, height = image.size
+    except Image.DecompressionBombError:
+        raise ApiError(413, f"image too large: more than {max_pixels:,} pixels") from None
+    except UnidentifiedImageError:
+        raise ApiError(415, f"not an image: send a photo ({', '.join(_formats())})") from None
+    except Exception as exc:  # Pillow raises many types for a broken header
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ApiError(422, f"cannot read the image header: {reason}") from None
+    if width * height > max_pixels:
+        raise ApiError(413, f"image too large: {width}x{height} pixels, more than {max_pixels:,}")
+
+
+@functools.cache
+def _formats() -> tuple[str, ...]:
+    Image.init()
+    return tuple(f for f in PHOTO_FORMATS if f in Image.OPEN)

@@ -1,0 +1,138 @@
+"""One photo in, every face with every run's answer out: detection once, then each run's own crop.
+
+Serving always works on whole photos, as `facetl predict --faces detect` does: a run trained on faces
+found in photos cuts them with its recorded FaceAlignment, a run trained on crops with the default one
+(`face_alignment_for`). Faces are found once per photo, with the most permissive `min_face` and
+`min_score` among the runs, then each run aligns every face at its own size and template and answers.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from facetl.data.faces import LANDMARKS, PhotoFace, align_face, detector_for, faces_in_photo
+from facetl.data.faces.composite import background
+from facetl.data.images import MAX_PIXELS, photo_from_bytes
+from facetl.predict import crop_colour, face_alignment_for
+from facetl.serve.runs import ServedRun
+
+
+@dataclass(frozen=True)
+class Box:
+    x: float
+    y: float
+    w: float
+    h: float
+
+
+@dataclass(frozen=True)
+class RunAnswer:
+    label: str
+    probability: float                      # of `label`
+    probabilities: dict[str, float]         # every class's, in the run's class order
+
+
+@dataclass(frozen=True)
+class FaceAnswer:
+    index: int                              # 0 = the detector's most confident face
+    box: Box                                # in pixels of the upright photo
+    score: float                            # the detector's confidence
+    landmarks: dict[str, list[float]]       # left_eye, right_eye, nose, mouth_left, mouth_right: [x, y]
+    runs: dict[str, RunAnswer]              # by run name, every run served
+
+
+@dataclass(frozen=True)
+class SkippedFace:
+    box: Box
+    score: float
+    why: str                                # too small | low score
+
+
+@dataclass
+class PhotoAnswer:
+    width: int                              # of the upright photo (EXIF rotation applied)
+    height: int
+    faces: list[FaceAnswer]
+    skipped: list[SkippedFace]              # found but not answered, and why
+    milliseconds: dict[str, float]          # detect, classify; decode and queue when served
+
+
+class PhotoReader:
+    """Holds the detector and the classifiers. Not thread-safe (MTCNN's settings are per call, torch's
+    thread count is process-wide): the server calls it from one worker thread only."""
+
+    def __init__(self, runs: list[ServedRun], min_face: int | None = None):
+        self.runs = runs
+        self.alignments = [face_alignment_for(r.classifier, "detect", min_face) for r in runs]
+        self.detection = dataclasses.replace(self.alignments[0],
+                                             min_face=min(a.min_face for a in self.alignments),
+                                             min_score=min(a.min_score for a in self.alignments))
+        self.detector = detector_for(self.detection)
+
+    def warm_up(self) -> None:
+        """A blank photo through the detector and a blank face through every classifier, so the first
+        request does not pay for lazy start-up."""
+        self.read(background(320, 240))
+        for run in self.runs:
+            size = run.classifier.preprocessing.size
+            run.classifier.classify(np.zeros((1, size, size, 3), dtype=np.uint8))
+
+    def read_bytes(self, data: bytes, max_pixels: int = MAX_PIXELS) -> PhotoAnswer:
+        """An uploaded file: UnreadableImage when it cannot be decoded."""
+        start = time.perf_counter()
+        pixels = photo_from_bytes(data, max_pixels)
+        decoded = time.perf_counter()
+        answer = self.read(pixels)
+        answer.milliseconds["decode"] = _ms(start, decoded)
+        return answer
+
+    def read(self, pixels: np.ndarray) -> PhotoAnswer:
+        start = time.perf_counter()
+        first = self.runs[0].classifier.preprocessing.size
+        found = faces_in_photo(pixels, self.detection, first, multi_face="all", detector=self.detector)
+        used = found.used
+        detected = time.perf_counter()
+        answers: list[dict[str, RunAnswer]] = [{} for _ in used]
+        if used:
+            image = Image.fromarray(pixels)  # one PIL image for every run's warps
+            for run, alignment in zip(self.runs, self.alignments):
+                colour = run.classifier.preprocessing.colour
+                crops = np.stack([crop_colour(self._crop(image, face, alignment, run, first), colour)
+                                  for face in used])
+                for answer, probs in zip(answers, run.classifier.classify(crops)):
+                    answer[run.name] = _answer(run.classifier.class_names, probs)
+        classified = time.perf_counter()
+        faces = [FaceAnswer(face.index, _box(face), round(face.face.score, 4), _landmarks(face), runs)
+                 for face, runs in zip(used, answers)]
+        skipped = [SkippedFace(_box(face), round(face.face.score, 4), face.status)
+                   for face in found.faces if not face.used]
+        return PhotoAnswer(found.width, found.height, faces, skipped,
+                           {"detect": _ms(start, detected), "classify": _ms(detected, classified)})
+
+    def _crop(self, image: Image.Image, face: PhotoFace, alignment, run: ServedRun, first: int) -> np.ndarray:
+        size = run.classifier.preprocessing.size
+        if (size, alignment.template, alignment.scale) == (first, self.detection.template, self.detection.scale):
+            return face.crop  # faces_in_photo cut it already
+        return align_face(image, face.face.landmarks, size, alignment.template, alignment.scale)
+
+
+def _answer(class_names: list[str], probs: np.ndarray) -> RunAnswer:
+    k = int(probs.argmax())
+    return RunAnswer(class_names[k], round(float(probs[k]), 6),
+                     {name: round(float(p), 6) for name, p in zip(class_names, probs)})
+
+
+def _box(face: PhotoFace) -> Box:
+    return Box(*(round(float(v), 1) for v in face.face.box))
+
+
+def _landmarks(face: PhotoFace) -> dict[str, list[float]]:
+    return {name: [round(float(v), 1) for v in point] for name, point in zip(LANDMARKS, face.face.landmarks)}
+
+
+def _ms(start: float, end: float) -> float:
+    return round((end - start) * 1000.0, 1)
