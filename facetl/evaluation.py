@@ -1,6 +1,7 @@
 """`facetl evaluate RUN`: the best checkpoint of a run on one of its splits, on this machine."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ from facetl.data.split import load_split
 from facetl.data.store import cache_root, open_image_store
 from facetl.errors import FacetlError
 from facetl.evaluate.report import SplitResult, write_evaluation
+from facetl.explain import gradcam_gallery
 from facetl.run import load_run, locate_data
 from facetl.runtime import Runtime
 from facetl.train.loop import Evaluator
@@ -41,6 +43,20 @@ def evaluate_run(folder: str | Path, split: str = "test", runtime: Runtime | Non
     result = evaluator(np.arange(len(index)), split, progress)
     out = run.folder / f"eval-{split}"
     names = [samples.paths[i] for i in index]
+    write_gradcam_gallery(run, store.images, labels, result["probs"], names, out / "gradcam.png", runtime)
     metrics = write_evaluation(out, SplitResult(split, labels, result["probs"], store.images, names), record,
                                run.history, config.to_dict())
     return metrics, out
+
+
+def write_gradcam_gallery(run, images, labels: np.ndarray, probs: np.ndarray, names: list[str], path: Path,
+                          runtime: Runtime) -> None:
+    """gradcam.png beside errors.png, before report.md is written (the report mentions it when it exists).
+    A picture is not worth a failed evaluation: anything going wrong is one warning, and no stale file stays."""
+    path.unlink(missing_ok=True)
+    try:
+        gradcam_gallery(run, images, labels, probs, names, path, runtime)
+    except Exception as exc:  # noqa: BLE001 - any failure of an extra picture
+        path.unlink(missing_ok=True)
+        why = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        warnings.warn(f"{path} not written: the Grad-CAM gallery failed ({why}); the evaluation is complete")

@@ -52,7 +52,8 @@ def write_evaluation(folder: Path, result: SplitResult, record: RunRecord, histo
     plot_roc(result.labels, result.probs, class_names, folder / "roc.png")
     plot_errors(result.images, result.labels, result.probs, class_names, folder / "errors.png", result.names)
     atomic_write_json(folder / "metrics.json", metrics)
-    atomic_write_text(folder / "report.md", render_report(metrics, record, config, history))
+    atomic_write_text(folder / "report.md", render_report(metrics, record, config, history,
+                                                          gradcam=(folder / "gradcam.png").is_file()))
     return metrics
 
 
@@ -64,7 +65,8 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def render_report(metrics: dict, record: RunRecord, config: dict, history: list[dict]) -> str:
+def render_report(metrics: dict, record: RunRecord, config: dict, history: list[dict],
+                  gradcam: bool = False) -> str:
     lines = [f"# {record.title}", ""]
     lines += [f"**Backbone weights:** {record.weights.describe()}  ",
               f"**Strategy:** {config.get('strategy')} — {record.trainable_params:,} trainable of "
@@ -90,8 +92,12 @@ def render_report(metrics: dict, record: RunRecord, config: dict, history: list[
               "## ROC", "", "![roc](roc.png)", ""]
     if len(metrics["class_names"]) > 2 and metrics.get("roc_auc_per_class"):
         lines += [weakest_sentence(metrics["roc_auc_per_class"]), ""]
-    lines += ["## Most confident mistakes", "", "![errors](errors.png)", "", mistakes_sentence(metrics), "",
-              "## Configuration", "", "```yaml"]
+    lines += ["## Most confident mistakes", "", "![errors](errors.png)", "", mistakes_sentence(metrics), ""]
+    if gradcam:  # written by facetl evaluate (facetl.explain), beside errors.png
+        lines += ["## Where the network looks", "",
+                  f"Grad-CAM of the most confident right and wrong {metrics['split']} images: gradcam.png", "",
+                  "![gradcam](gradcam.png)", ""]
+    lines += ["## Configuration", "", "```yaml"]
     lines += [yaml.safe_dump(config, sort_keys=False).rstrip(), "```", ""]
     return "\n".join(lines)
 
