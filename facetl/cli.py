@@ -293,7 +293,10 @@ def cmd_train(args) -> int:
         config = config_from_args(args)
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         return launch_torchrun(args, config)
-    _oom_guard(lambda: fit(config, resume=bool(args.resume), progress=sys.stderr.isatty()), config.batch_size)
+    from facetl.evaluation import training_pictures
+
+    _oom_guard(lambda: fit(config, resume=bool(args.resume), progress=sys.stderr.isatty(), pictures=training_pictures),
+               config.batch_size)
     return 0
 
 
@@ -367,13 +370,14 @@ def _num(value) -> str:
 
 
 def cmd_sweep(args) -> int:
+    from facetl.evaluation import training_pictures
     from facetl.sweep import parse_grid, sweep
 
     config = config_from_args(args)
     if not config.out:
         raise FacetlError("sweep needs --out DIR for its runs and results table")
     grid = parse_grid(args.grid)
-    sweep(config, grid, config.out, progress=sys.stderr.isatty())
+    sweep(config, grid, config.out, progress=sys.stderr.isatty(), pictures=training_pictures)
     print((Path(config.out) / "results.md").read_text())
     return 0
 
@@ -527,6 +531,7 @@ def cmd_export(args) -> int:
 def cmd_demo(args) -> int:
     from facetl.data.download import smiles_dataset
     from facetl.data.store import cache_root
+    from facetl.evaluation import training_pictures
     from facetl.sweep import sweep
 
     config_path = Path(__file__).resolve().parent.parent / "configs" / "study4_smile_mobilenetv2.yaml"
@@ -536,7 +541,8 @@ def cmd_demo(args) -> int:
     if args.limit:
         values["limit"] = args.limit
     config = build_config(values)
-    rows = sweep(config, {"strategy": ["frozen", "last-block"]}, args.out, progress=sys.stderr.isatty())
+    rows = sweep(config, {"strategy": ["frozen", "last-block"]}, args.out, progress=sys.stderr.isatty(),
+                 pictures=training_pictures)
     print()
     print((Path(args.out) / "results.md").read_text())
     if not all(r["pretrained"] for r in rows):

@@ -13,7 +13,7 @@ from facetl.data.store import cache_root, open_image_store
 from facetl.errors import FacetlError
 from facetl.evaluate.report import SplitResult, write_evaluation
 from facetl.explain import gradcam_gallery
-from facetl.run import load_run, locate_data
+from facetl.run import LoadedRun, load_run, locate_data
 from facetl.runtime import Runtime
 from facetl.train.loop import Evaluator
 
@@ -47,6 +47,13 @@ def evaluate_run(folder: str | Path, split: str = "test", runtime: Runtime | Non
     metrics = write_evaluation(out, SplitResult(split, labels, result["probs"], store.images, names), record,
                                run.history, config.to_dict())
     return metrics, out
+
+
+def training_pictures(folder: Path, config, record, model, history: list[dict], split: SplitResult,
+                      runtime: Runtime) -> None:
+    """The Grad-CAM gallery of a run that just finished training (fit's `pictures`), beside its errors.png."""
+    run = LoadedRun(folder, config, record, model, history)
+    write_gradcam_gallery(run, split.images, split.labels, split.probs, split.names, folder / "gradcam.png", runtime)
 
 
 def write_gradcam_gallery(run, images, labels: np.ndarray, probs: np.ndarray, names: list[str], path: Path,

@@ -40,7 +40,7 @@ def run_name(combo: dict[str, str]) -> str:
 
 
 def sweep(base: TrainConfig, grid: dict[str, list[str]], out: str | Path, progress: bool = True,
-          log=print) -> list[dict]:
+          log=print, pictures=None) -> list[dict]:
     keys = list(grid)
     combos = [dict(zip(keys, values)) for values in itertools.product(*grid.values())] or [{}]
     configs = [(run_name(c), build_config(c, base)) for c in combos]
@@ -49,14 +49,14 @@ def sweep(base: TrainConfig, grid: dict[str, list[str]], out: str | Path, progre
     created = not Path(out).exists()
     out = prepare_run_folder(out)
     try:
-        return _sweep(configs, out, progress, log)
+        return _sweep(configs, out, progress, log, pictures)
     except FacetlError:
         if created and not any(out.iterdir()):  # refused before any run began: leave nothing behind
             out.rmdir()
         raise
 
 
-def _sweep(configs: list[tuple[str, TrainConfig]], out: Path, progress: bool, log) -> list[dict]:
+def _sweep(configs: list[tuple[str, TrainConfig]], out: Path, progress: bool, log, pictures) -> list[dict]:
     rows, split_file = [], None
     for number, (name, config) in enumerate(configs, start=1):
         folder = out / name
@@ -67,7 +67,7 @@ def _sweep(configs: list[tuple[str, TrainConfig]], out: Path, progress: bool, lo
         if (folder / "metrics.json").is_file():
             log(f"  finished earlier: {folder / 'metrics.json'}")
         else:
-            fit(config, resume=(folder / "last.pt").is_file(), progress=progress)
+            fit(config, resume=(folder / "last.pt").is_file(), progress=progress, pictures=pictures)
         split_file = split_file or folder / "split.csv"
         rows.append(_row(name, folder))
         write_results(out, rows)

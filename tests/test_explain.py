@@ -75,7 +75,7 @@ def test_explain_writes_a_gradcam_and_a_feature_grid_per_image(runs, photos, tmp
                 assert png.width > 300 and png.height > 200
     lines = capsys.readouterr().out.splitlines()
     assert sum(line.startswith("wrote ") for line in lines) == 2 and "features.13" in lines[-1]
-    assert not any(p.name.endswith(".png") and "gradcam" in p.name for p in runs["smile"].iterdir())
+    assert not any(p.name.endswith(".gradcam.png") for p in runs["smile"].iterdir())
 
 
 def test_gradcam_reaches_into_the_frozen_part_and_has_the_images_shape(runs, photos):
@@ -173,8 +173,9 @@ def test_files_with_the_same_name_in_different_folders_get_different_outputs():
     assert output_stems(files) == ["positives7_1", "negatives7_1", "2", "positives7_1-2"]
 
 
-def test_evaluate_writes_the_gradcam_gallery_and_the_report_shows_it(runs):
-    _, out = evaluate_run(runs["smile"], "test", CPU, progress=False)
+@pytest.mark.parametrize("when", ["after training", "by evaluate"])
+def test_evaluate_writes_the_gradcam_gallery_and_the_report_shows_it(runs, when):
+    out = runs["smile"] if when == "after training" else evaluate_run(runs["smile"], "test", CPU, progress=False)[1]
     with Image.open(out / "gradcam.png") as png:
         assert png.width > 600
     report = (out / "report.md").read_text()

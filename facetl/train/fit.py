@@ -16,6 +16,7 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -94,6 +95,7 @@ class RunContext:
     log: RunLog
     progress: bool
     runtime: Runtime
+    pictures: Callable | None = None  # extra pictures of the final split, from a layer above (Grad-CAM)
 
     @property
     def main(self) -> bool:
@@ -123,7 +125,10 @@ def default_out(config: TrainConfig) -> str:
     return f"runs/{config.backbone}-{config.strategy.replace(':', '')}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
-def fit(config: TrainConfig, resume: bool = False, progress: bool = True, quiet: bool = False) -> RunResult:
+def fit(config: TrainConfig, resume: bool = False, progress: bool = True, quiet: bool = False,
+        pictures: Callable | None = None) -> RunResult:
+    """Train one run into config.out. `pictures(folder, config, record, model, history, split, runtime)`, when
+    given, draws extra pictures of the final split before its report is written (facetl.evaluation's Grad-CAM)."""
     config.check()
     runtime = Runtime.for_training(config.device, config.precision)
     try:
@@ -137,7 +142,7 @@ def fit(config: TrainConfig, resume: bool = False, progress: bool = True, quiet:
         config.out = str(folder)
         main = runtime.group.is_main
         ctx = RunContext(folder, RunLog(folder / "train.log" if main else None, quiet or not main),
-                         progress and main, runtime)
+                         progress and main, runtime, pictures)
         if not main:
             return _fit(config, ctx, resume)
         with RunLock(folder):
@@ -338,6 +343,8 @@ def final_evaluation(config: TrainConfig, setup: Setup, source, state: TrainingS
     atomic_write_json(ctx.folder / "run.json", state.record.to_dict())
     split = SplitResult(final_split, data.labels[final_index], result["probs"],
                         StoreRows(data.store.images, final_index), [data.samples.paths[i] for i in final_index])
+    if ctx.pictures is not None:
+        ctx.pictures(ctx.folder, config, state.record, model, state.history, split, ctx.runtime)
     metrics = write_evaluation(ctx.folder, split, state.record, state.history, config.to_dict())
     ctx.log(f"{final_split}: accuracy {metrics['accuracy']:.4f}  F1 {metrics['f1']:.4f}  ROC-AUC "
             f"{metrics['roc_auc'] if metrics['roc_auc'] is None else round(metrics['roc_auc'], 4)}  "
