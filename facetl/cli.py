@@ -17,12 +17,17 @@ from facetl.runfolder import atomic_write_csv
 # One line of help per configuration key, with its unit or choices; the default is added from TrainConfig,
 # once (a test checks that every option of every command has help).
 FLAG_HELP = {
+    "balance": "class imbalance: none, loss (class-weighted loss) or sampler (seeded balanced batches)",
+    "threshold": "two classes: the probability of the second class that decides it (0.5), or f1 or balanced: "
+                 "the threshold that maximises F1 or balanced accuracy on the validation split",
     "data": "class-folder root, CSV attribute table or list_attr_celeba.txt",
     "images": "image folder for a table (None: the table's folder)",
     "target": "attribute column to learn from a table (Smiling, Male, ...)",
     "positive": "positive class of two (None: second in sorted order; for tables the value 1)",
     "split": "train,val,test fractions, summing to 1",
     "split_file": "reuse an existing split.csv",
+    "split_by": "keep each group wholly in one split: a table column (identity) or path:REGEX (its first group)",
+    "folds": "K-fold cross-validation (2 to 100): runs OUT/fold-1..K and OUT/results.md with mean and std",
     "limit": "use a stratified random subset of this many images",
     "duplicates": "identical files filed under different labels: keep | drop | error",
     "img_size": "resize images to N x N pixels (None: the weights' size)",
@@ -291,12 +296,28 @@ def cmd_train(args) -> int:
             return 0
     else:
         config = config_from_args(args)
-    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
-        return launch_torchrun(args, config)
     from facetl.evaluation import training_pictures
 
-    _oom_guard(lambda: fit(config, resume=bool(args.resume), progress=sys.stderr.isatty(), pictures=training_pictures),
+    if config.folds and not args.resume:
+        return cmd_folds(args, config, training_pictures)
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return launch_torchrun(args, config)
+
+    _oom_guard(lambda: fit(config, resume=bool(args.resume), progress=True, pictures=training_pictures),
                config.batch_size)
+    return 0
+
+
+def cmd_folds(args, config: TrainConfig, pictures) -> int:
+    from facetl.folds import cross_validate
+
+    if args.nproc > 1:
+        raise FacetlError("--folds trains its folds one after another in this process; drop --nproc")
+    config.check()
+    if not config.out:
+        config.out = _default_out(config)
+    _oom_guard(lambda: cross_validate(config, progress=True, pictures=pictures), config.batch_size)
+    print((Path(config.out) / "results.md").read_text())
     return 0
 
 
@@ -357,7 +378,7 @@ def cmd_evaluate(args) -> int:
     from facetl.runtime import Runtime
 
     metrics, out = evaluate_run(args.run, args.split, Runtime.for_inference(args.device, args.precision),
-                                sys.stderr.isatty(), args.allow_changed_data, args.data, args.images)
+                                True, args.allow_changed_data, args.data, args.images)
     print(f"{args.split}: accuracy {metrics['accuracy']:.4f}  precision {metrics['precision']:.4f}  recall "
           f"{metrics['recall']:.4f}  F1 {metrics['f1']:.4f}  ROC-AUC {_num(metrics['roc_auc'])}  "
           f"({metrics['n_images']} images)")
@@ -377,7 +398,12 @@ def cmd_sweep(args) -> int:
     if not config.out:
         raise FacetlError("sweep needs --out DIR for its runs and results table")
     grid = parse_grid(args.grid)
-    sweep(config, grid, config.out, progress=sys.stderr.isatty(), pictures=training_pictures)
+    if config.folds:
+        from facetl.folds import sweep_folds
+
+        sweep_folds(config, grid, config.out, progress=True, pictures=training_pictures)
+    else:
+        sweep(config, grid, config.out, progress=True, pictures=training_pictures)
     print((Path(config.out) / "results.md").read_text())
     return 0
 
@@ -430,7 +456,7 @@ def cmd_faces(args) -> int:
 
     alignment = FaceAlignment(min_face=args.min_face, multi_face=args.multi_face)
     summary = extract_faces(args.data, args.out, args.images, args.target, alignment, args.size,
-                            progress=sys.stderr.isatty())
+                            progress=True)
     print(f"{summary['crops']} face crops from {summary['photos']} photos in {summary['out']}")
     print(f"every face found, used or why not: {Path(summary['out']) / 'faces.csv'}; "
           f"look first: {Path(summary['out']) / 'faces.png'}")
@@ -443,7 +469,7 @@ def cmd_inspect(args) -> int:
     from facetl.inspection import inspect_dataset
 
     samples = load_samples(args.data, args.images, args.target)
-    summary = inspect_dataset(samples, args.out, cache_root(args.cache_dir), progress=sys.stderr.isatty())
+    summary = inspect_dataset(samples, args.out, cache_root(args.cache_dir), progress=True)
     print(f"{summary['images']} images in {len(summary['classes'])} classes:")
     for name, count in summary["classes"].items():
         print(f"  {name:<30} {count:>7}")
@@ -512,7 +538,7 @@ def cmd_explain(args) -> int:
     files = collect_images(args.images)
     run = load_run(args.run)
     result = explain(run, files, Path(args.out), Runtime.for_inference(args.device, args.precision),
-                     args.class_name, args.layer, args.overwrite, progress=sys.stderr.isatty())
+                     args.class_name, args.layer, args.overwrite, progress=True)
     if not result.written:
         raise FacetlError("none of the images could be read")
     print(f"explained {len(result.written) // 2} image(s) at {result.layer} in {args.out}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ AUGMENTATIONS = ("flip", "jitter", "rotate", "none")
 # (an img_size of 100000 is a 30 GB batch of one; 100000 cache views a 98 GB file)
 BOUNDS = (("epochs", 1, 100_000), ("batch_size", 1, 65_536), ("lr", 0, 10.0), ("cache_views", 0, 64),
           ("img_size", 8, 2048), ("limit", 10, 100_000_000), ("min_face", 1, 10_000), ("workers", 1, 256),
-          ("seed", 0, 2**32 - 1))
+          ("seed", 0, 2**32 - 1), ("folds", 2, 100))
 STRATEGY_HELP = "frozen | last-block | from:K (layer index or module name) | full"
 
 
@@ -35,6 +36,8 @@ class TrainConfig:
     positive: str | None = None          # positive class name (two classes)
     split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
     split_file: str | None = None        # reuse this split.csv (sweeps share one split)
+    split_by: str | None = None          # a table column (identity) or path:REGEX; each group wholly in one split
+    folds: int | None = None             # K-fold cross-validation: K runs in OUT/fold-1..K and a results table
     limit: int | None = None             # stratified subset of this many images (quick runs)
     duplicates: str = "drop"             # exact duplicate files with conflicting labels: keep|drop|error
     img_size: int | None = None          # None: the backbone's pretrained input size
@@ -58,6 +61,8 @@ class TrainConfig:
     device: str = "auto"                 # auto | cpu | cuda | mps
     precision: str = "auto"              # auto | fp32 | bf16 | fp16
     select: str = "val_loss"             # val_loss | val_acc
+    balance: str = "none"                # class imbalance: none | loss (class-weighted) | sampler (balanced batches)
+    threshold: str = "0.5"               # two classes: a probability, or f1 | balanced (chosen on validation)
     scheduler: str = "none"              # none | cosine
     precise_bn: str = "auto"             # recompute batch-norm statistics before each validation: auto | on | off
     # speed
@@ -86,7 +91,10 @@ class TrainConfig:
             "precise_bn": ("auto", "on", "off"),
             "faces": ("none", "detect"),
             "multi_face": ("largest", "skip", "error"),
+            "balance": ("none", "loss", "sampler"),
         }
+        if self.threshold not in THRESHOLD_RULES and not _is_probability(self.threshold):
+            problems.append(f"threshold: {self.threshold!r} is not a probability between 0 and 1, f1 or balanced")
         if self.colour is not None and self.colour not in COLOURS:
             problems.append(f"colour: {self.colour!r} is not one of {', '.join(COLOURS)}")
         for key, allowed in choices.items():
@@ -109,6 +117,10 @@ class TrainConfig:
                                 f"to {high})")
         if not all(math.isfinite(v) for v in self.split + (self.normalize or [])):
             problems.append("split and normalize values must be finite numbers")
+        if self.split_by is not None:
+            problems += _split_by_problems(self.split_by)
+        if self.folds is not None and self.split_file:
+            problems.append("folds: each fold makes its own split; it cannot be combined with split_file")
         if not 0 <= self.dropout < 1:
             problems.append(f"dropout: {self.dropout} must be in [0, 1)")
         if problems:
@@ -128,6 +140,18 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+def _split_by_problems(split_by: str) -> list[str]:
+    if not split_by:
+        return ["split_by: name a table column (e.g. identity) or path:REGEX"]
+    if not split_by.startswith("path:"):
+        return []
+    try:
+        pattern = re.compile(split_by[len("path:"):])
+    except re.error as exc:
+        return [f"split_by: {split_by!r} is not a regular expression ({exc})"]
+    return [] if pattern.groups else [f"split_by: {split_by!r} needs a capture group, e.g. path:^([^/]+)/"]
+
+
 def _is_number(text: str) -> bool:
     try:
         float(text)
@@ -138,6 +162,16 @@ def _is_number(text: str) -> bool:
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 _HINTS = typing.get_type_hints(TrainConfig)
+
+
+THRESHOLD_RULES = ("f1", "balanced")
+
+
+def _is_probability(text: str) -> bool:
+    try:
+        return 0 < float(text) < 1
+    except ValueError:
+        return False
 
 
 def coerce(key: str, value):

@@ -30,16 +30,17 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 from torch import nn
-from tqdm import tqdm
 
 from facetl.data.augment import normalize, to_float
 from facetl.data.images import UnreadableImage, decode_image
 from facetl.errors import FacetlError
+from facetl.evaluate.metrics import decide
 from facetl.evaluate.plots import clip, short_name
 from facetl.run import LoadedRun
 from facetl.runfolder import atomic_write_bytes
 from facetl.runtime import Runtime
 from facetl.train.loop import probabilities
+from facetl.progress import progress_bar
 
 TOP_CHANNELS = 16      # feature-map grid: channels with the highest mean activation
 BATCH = 16             # images per forward/backward: bounds memory on a CPU
@@ -161,7 +162,7 @@ def _grad_cam(run: LoadedRun, images: np.ndarray, runtime: Runtime, layer_name: 
         raise FacetlError(f"layer {layer_name} gives {shape}, not a (batch, channels, height, width) feature map; "
                           "Grad-CAM needs a convolutional stage")
     probs = probabilities(logits).cpu().numpy()
-    chosen = [int(k) for k in (probs.argmax(1) if targets is None else targets)]
+    chosen = [int(k) for k in (decide(probs, run.record.threshold) if targets is None else targets)]
 
     from captum.attr import LayerAttribution, LayerGradCam
 
@@ -249,7 +250,7 @@ def explain(run: LoadedRun, files: Sequence[Path], out: Path, runtime: Runtime, 
         print(f"warning: skipped {path}: {why}", file=sys.stderr)
     where = dict(zip(files, pairs))
     names = [t.name for t in run_targets(run)]
-    bar = tqdm(total=len(kept), desc="explaining", unit="img", disable=not (progress and len(kept) > ONE_LINE_EACH))
+    bar = progress_bar(total=len(kept), desc="explaining", unit="img", enabled=progress and len(kept) > ONE_LINE_EACH)
     written = []
     for start in range(0, len(kept), BATCH):
         batch_files, batch = kept[start:start + BATCH], np.stack(arrays[start:start + BATCH])
@@ -352,7 +353,7 @@ def gradcam_gallery(run: LoadedRun, images: Sequence, labels: np.ndarray, probs:
     wrong images. Only those images are read from `images` (it may be a lazy view of a large store), and
     they take one forward and one backward pass together."""
     runtime = runtime or Runtime.for_inference("cpu")
-    predicted = probs.argmax(1)
+    predicted = decide(probs, run.record.threshold)
     confidence = probs[np.arange(len(probs)), predicted]
     rows = []
     for label, mask in (("most confident right", predicted == labels), ("most confident wrong", predicted != labels)):

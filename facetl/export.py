@@ -57,7 +57,8 @@ class ExportedClassifier(nn.Module):
         return probabilities(self.model(normalize(x, self.mean, self.std)))
 
 
-def onnx_metadata(preprocessing: Preprocessing, class_names: list[str], title: str, backbone: str) -> dict[str, str]:
+def onnx_metadata(preprocessing: Preprocessing, class_names: list[str], title: str, backbone: str,
+                  threshold: float | None = None) -> dict[str, str]:
     return {
         "facetl.format": FORMAT_VERSION,
         "facetl.version": facetl.__version__,
@@ -69,6 +70,7 @@ def onnx_metadata(preprocessing: Preprocessing, class_names: list[str], title: s
         "facetl.colour": preprocessing.colour,
         "facetl.faces": json.dumps(preprocessing.faces.to_dict() if preprocessing.faces else None),
         "facetl.class_names": json.dumps(list(class_names)),
+        "facetl.threshold": json.dumps(threshold),  # two classes: class 1 when its probability reaches it
         "facetl.input": INPUT_DESCRIPTION,
         "facetl.input_layout": "NHWC",
         "facetl.input_dtype": "uint8",
@@ -107,7 +109,8 @@ def export_onnx(run_folder: str | Path, out: str | Path | None = None, overwrite
     run_folder = Path(run_folder)
     run = load_run(run_folder)  # first: "not a run" is the clearer message when RUN itself is wrong
     out = _check_out(Path(out) if out else run_folder / "model.onnx", overwrite)
-    metadata = onnx_metadata(run.record.preprocessing, run.class_names, run.record.title, run.config.backbone)
+    metadata = onnx_metadata(run.record.preprocessing, run.class_names, run.record.title, run.config.backbone,
+                             run.record.threshold)
     proto = onnx_model(run.model.float().eval(), run.record.preprocessing, metadata)
     try:
         atomic_write_bytes(out, proto.SerializeToString())
@@ -165,6 +168,15 @@ class OnnxClassifier:
     @property
     def title(self) -> str:
         return self.metadata.get("facetl.title", "")
+
+    @property
+    def threshold(self) -> float | None:
+        """The run's decision threshold for two classes (None: 0.5; files from before it was recorded too)."""
+        try:
+            value = json.loads(self.metadata.get("facetl.threshold", "null"))
+        except ValueError:
+            return None
+        return float(value) if isinstance(value, (int, float)) else None
 
     def classify(self, images: np.ndarray) -> np.ndarray:
         size = self.preprocessing.size

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
-from tqdm import tqdm
 
 from facetl.data.faces import FACES_CSV_HEADER, NO_FACE, PhotoFaces, detector_for, face_rows, faces_in_photos
 from facetl.data.images import UnreadableImage, read_photo
@@ -26,6 +25,7 @@ from facetl.data.tables import read_table
 from facetl.errors import FacetlError
 from facetl.preprocessing import FaceAlignment
 from facetl.runfolder import atomic_write_bytes, atomic_write_csv, atomic_write_json
+from facetl.progress import progress_bar
 
 SHEET_PHOTOS = 12
 _USED_COLOUR, _REJECTED_COLOUR = (40, 220, 60), (235, 40, 40)
@@ -42,8 +42,8 @@ def extract_faces(data: str | Path, out: str | Path, images: str | Path | None =
     sheet_sources = _sheet_sample(samples, seed)
     rows, counts, sheet, kept = [], Counter(), {}, {}
     results = faces_in_photos(samples.files(), alignment, size, detector=detector)
-    for relative, result in tqdm(zip(samples.paths, results), total=len(samples), unit="photo",
-                                 desc="faces", disable=not progress):
+    for relative, result in progress_bar(zip(samples.paths, results), total=len(samples), unit="photo",
+                                         desc="faces", enabled=progress, leave=True):
         crop_name = _write_crop(out, relative, result)
         if crop_name:
             kept[relative] = crop_name

@@ -20,6 +20,7 @@ from facetl.data.faces import faces_in_photos
 from facetl.data.folders import find_images
 from facetl.data.images import UnreadableImage, decode_image, read_photo
 from facetl.errors import FacetlError
+from facetl.evaluate.metrics import decide
 from facetl.export import OnnxClassifier
 from facetl.preprocessing import FaceAlignment, Preprocessing
 from facetl.run import LoadedRun, load_run
@@ -69,6 +70,10 @@ class TorchClassifier:
     @property
     def preprocessing(self) -> Preprocessing:
         return self.run.record.preprocessing
+
+    @property
+    def threshold(self) -> float | None:
+        return self.run.record.threshold
 
     def classify(self, images: np.ndarray) -> np.ndarray:
         return self.run.classify(images, self.runtime)
@@ -120,8 +125,10 @@ def predict(classifier: TorchClassifier | OnnxClassifier, inputs: list[str], fac
     return Predictions(predictions, skipped, classifier.class_names, alignment is not None)
 
 
-def _labelled(class_names: list[str], path: str, probs: np.ndarray, **face) -> Prediction:
-    k = int(probs.argmax())
+def _labelled(classifier, path: str, probs: np.ndarray, **face) -> Prediction:
+    """The run's decision (its threshold for two classes), with every class's probability."""
+    class_names = classifier.class_names
+    k = int(decide(probs[None], classifier.threshold)[0])
     return Prediction(path, class_names[k], float(probs[k]), [float(p) for p in probs], **face)
 
 
@@ -138,7 +145,7 @@ def _predict_crops(classifier, files: list[Path], batch_size: int):
                 skipped.append((str(f), str(exc)))
         if arrays:
             probs = classifier.classify(np.stack(arrays))
-            predictions += [_labelled(classifier.class_names, str(f), p) for f, p in zip(batch_files, probs)]
+            predictions += [_labelled(classifier, str(f), p) for f, p in zip(batch_files, probs)]
     return predictions, skipped
 
 
@@ -155,7 +162,7 @@ def _predict_faces(classifier, files: list[Path], alignment: FaceAlignment):
             continue
         crops = np.stack([crop_colour(f.crop, prep.colour) for f in used])
         for face, probs in zip(used, classifier.classify(crops)):
-            predictions.append(_labelled(classifier.class_names, result.source, probs, face=face.index,
+            predictions.append(_labelled(classifier, result.source, probs, face=face.index,
                                          box=face.face.box, score=face.face.score))
     return predictions, skipped
 

@@ -65,6 +65,9 @@ class RunRecord:
     created: str                  # ISO time the run started
     best_epoch: int | None = None
     train_seconds: float | None = None
+    threshold: float | None = None         # two classes: the probability of class 1 that decides it (None: 0.5)
+    threshold_rule: str | None = None      # --threshold as given: a probability, f1 or balanced
+    wall_seconds: dict[str, float] = field(default_factory=dict)  # per stage of this invocation of train
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:

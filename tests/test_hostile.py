@@ -71,6 +71,9 @@ def world(tmp_path_factory) -> dict[str, str]:
     empty_class = root / "empty_class"
     (empty_class / "a").mkdir(parents=True)
     write_images(empty_class / "b", 6, 2)
+    three_classes = root / "three_classes"
+    for k, name in enumerate(("a", "b", "c")):
+        write_images(three_classes / name, 6, 10 + k)
     one_class = root / "one_class"
     write_images(one_class / "only", 6, 3)
     no_images = root / "no_images"
@@ -175,6 +178,11 @@ CASES = [
     (T + ["--split", "0.5,half,0.5"], ["split"]),
     (T + ["--min-face", "-3"], ["min_face: -3 is out of range"]),
     (T + ["--nproc", "0"], ["--nproc"]),
+    (T + ["--balance", "maybe"], ["balance", "maybe", "none, loss, sampler"]),
+    (T + ["--threshold", "1.5"], ["threshold", "1.5", "between 0 and 1"]),
+    (T + ["--threshold", "youden"], ["threshold", "youden", "f1 or balanced"]),
+    (["train", "--data", "{three_classes}", "--weights", "none", "--threshold", "f1", "--out", "{new}"],
+     ["--threshold f1 applies to two classes", "3"]),
     # --- train: choices, files and folders
     (T + ["--faces", "maybe"], ["faces", "maybe", "none, detect"]),
     (T + ["--multi-face", "sometimes"], ["multi_face", "sometimes"]),
@@ -234,6 +242,13 @@ CASES = [
     (["export", "{run}", "--format", "tflite"], ["tflite", "onnx"]),
     (["export", "{trapped_run}"], ["best.pt", "refused"]),
     (["demo", "--epochs", "0"], ["epochs"]),
+    # --- person-safe splits and cross-validation
+    (T + ["--folds", "1"], ["folds: 1 is out of range"]),
+    (T + ["--split-by", "identity"], ["--split-by identity", "class folders"]),
+    (["train", "--data", "{table}", "--target", "Smiling", "--images", "{data}/smile", "--split-by", "identity",
+      "--weights", "none", "--out", "{new}"], ["--split-by column 'identity' not found", "Smiling, Male"]),
+    (["train", "--data", "{table}", "--target", "Smiling", "--images", "{data}/smile", "--split-by", "Male",
+      "--weights", "none", "--out", "{new}"], ["--split-by Male", "one group"]),
     (["explode"], ["explode"]),
 ]
 

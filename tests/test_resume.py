@@ -126,9 +126,9 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_pa
     real_loss = facetl.train.loop.loss_fn
     calls = {"n": 0}
 
-    def loss_that_breaks(logits, labels):
+    def loss_that_breaks(logits, labels, weights=None):
         calls["n"] += 1
-        loss = real_loss(logits, labels)
+        loss = real_loss(logits, labels, weights)
         return loss * float("nan") if calls["n"] > 12 else loss  # 12 batches = the first epoch
 
     monkeypatch.setattr(facetl.train.loop, "loss_fn", loss_that_breaks)

@@ -21,13 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from facetl.data.augment import BatchAugment, normalize, to_float
 from facetl.data.integrity import building_prefix, file_digest, problem_with, remove_stale_builds
 from facetl.data.store import ImageStore
 from facetl.preprocessing import Preprocessing
 from facetl.runtime import Runtime
+from facetl.progress import progress_bar
 
 
 # Stored feature dtype per precision. bf16 outputs are kept bit for bit as int16 (numpy has no bf16),
@@ -255,7 +255,7 @@ def _compute_features(feats: np.ndarray, job: _FeatureJob, frozen: FrozenPart, r
     generator = torch.Generator().manual_seed(request.seed + 7919)
     was_training = frozen.model.training
     frozen.model.eval()
-    bar = tqdm(total=job.shape[0], desc="caching frozen features", unit="img", disable=not progress, leave=False)
+    bar = progress_bar(total=job.shape[0], desc="caching frozen features", unit="img", enabled=progress)
     row, number = 0, 0
     for view, index in job.jobs:
         for start in range(0, len(index), batch_size):

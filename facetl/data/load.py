@@ -1,6 +1,7 @@
 """From `--data` to Samples: a folder of class folders or an attribute table, positive class last."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from facetl.data.folders import read_class_folders
@@ -10,20 +11,51 @@ from facetl.errors import FacetlError
 
 
 def load_samples(data: str, images: str | None = None, target: str | None = None,
-                 positive: str | None = None) -> Samples:
-    """Read a class-folder tree or an attribute table into Samples with the positive class last."""
+                 positive: str | None = None, group: str | None = None) -> Samples:
+    """Read a class-folder tree or an attribute table into Samples with the positive class last.
+
+    `group` (--split-by) gives every file a group that no split may cut: a table column (identity), or
+    `path:REGEX`, whose first capture group over each file's relative path is the group."""
     path = Path(data).expanduser()
     if not path.exists():
         raise FacetlError(f"data not found: {path}")
+    by_path = group is not None and group.startswith("path:")
     if path.is_dir():
         if target:
             raise FacetlError("--target is for attribute tables; the data is a folder of class folders")
+        if group and not by_path:
+            raise FacetlError(f"--split-by {group}: the data is a folder of class folders, which has no columns; "
+                              "use a table, or --split-by path:REGEX (its first group, found in each file's path)")
         samples = read_class_folders(path)
     else:
         if not target:
             raise FacetlError(f"{path} is a table: name the attribute to learn with --target (e.g. Smiling)")
-        samples = read_attribute_table(path, target, Path(images).expanduser() if images else None)
+        samples = read_attribute_table(path, target, Path(images).expanduser() if images else None,
+                                       None if by_path else group)
+    if by_path:
+        samples = _groups_from_paths(samples, group)
+    if group:
+        _check_groups(samples, group)
     return _put_positive_last(samples, positive)
+
+
+def _groups_from_paths(samples: Samples, group: str) -> Samples:
+    pattern = re.compile(group[len("path:"):])  # TrainConfig.check has compiled it once already
+    if pattern.groups < 1:
+        raise FacetlError(f"--split-by {group}: the expression needs a capture group, e.g. path:^([^/]+)/")
+    found = [pattern.search(p) for p in samples.paths]
+    missed = [p for p, m in zip(samples.paths, found) if m is None or not m.group(1)]
+    if missed:
+        more = f" (and {len(missed) - 1} more)" if len(missed) > 1 else ""
+        raise FacetlError(f"--split-by {group}: no group found in the path {missed[0]}{more}")
+    return Samples(samples.root, samples.paths, samples.labels, samples.class_names, [m.group(1) for m in found])
+
+
+def _check_groups(samples: Samples, group: str) -> None:
+    distinct = sorted(set(samples.groups))
+    if len(distinct) < 2:
+        raise FacetlError(f"--split-by {group}: every file is in the one group {distinct[0]!r}; a split by group "
+                          "needs one group per split at least")
 
 
 def _put_positive_last(samples: Samples, positive: str | None) -> Samples:
@@ -36,8 +68,7 @@ def _put_positive_last(samples: Samples, positive: str | None) -> Samples:
         raise FacetlError("--positive applies to two-class data only")
     if names[1] == positive:
         return samples
-    return Samples(samples.root, samples.paths, 1 - samples.labels, [names[1], names[0]])
-
+    return Samples(samples.root, samples.paths, 1 - samples.labels, [names[1], names[0]], samples.groups)
 
 
 def data_root(config) -> Path:

@@ -11,7 +11,8 @@ import numpy as np
 from facetl.data.faces import FACES_CSV_HEADER
 from facetl.data.load import load_samples
 from facetl.data.samples import Samples, stratified_limit
-from facetl.data.split import apply_duplicate_policy, load_split, make_split, save_split, split_hash
+from facetl.data.split import (apply_duplicate_policy, group_counts, load_split, make_split, save_split,
+                                split_hash)
 from facetl.data.store import ImageStore, cache_root, files_key, open_image_store
 from facetl.errors import FacetlError
 from facetl.preprocessing import Preprocessing
@@ -39,7 +40,8 @@ class PreparedData:
 
 def read_samples(config) -> Samples:
     """The labelled file list named by the config."""
-    return load_samples(config.data, config.images, config.target, config.positive)
+    return load_samples(config.data, config.images, config.target, config.positive,
+                        getattr(config, "split_by", None))
 
 
 def cache_folder(config) -> Path:
@@ -84,6 +86,9 @@ def prepare_data(config, samples: Samples, preprocessing: Preprocessing, folder:
             raise FacetlError(f"{base.files()[broken[0]]} has become unreadable since the split was made: "
                               f"{store.errors[broken[0]]}")
         log(f"split: reused {split_file} ({_counts(assignment)})")
+        if split_samples.groups is not None:
+            log(f"split by {getattr(config, 'split_by', None) or 'group'}: "
+                f"{group_counts(split_samples, split_assignment)}")
         if split_file != folder / "split.csv" and writes:
             save_split(folder / "split.csv", split_samples, split_assignment)
             if split_file.with_suffix(".json").is_file():
@@ -116,14 +121,22 @@ def prepare_data(config, samples: Samples, preprocessing: Preprocessing, folder:
     assignment = np.full(len(samples), "", dtype=object)
     assignment[kept] = make_split(samples.take(kept), [store.hashes[i] for i in kept], config.split, config.seed)
     if writes:
-        save_split(folder / "split.csv", samples.take(kept), assignment[kept])
-        atomic_write_json(folder / "split.json", {"files_hash": split_hash(samples.take(kept)),
-                                                  "files_key": files_key(samples.take(kept).files(), root=samples.root),
-                                                  "seed": config.seed, "fractions": config.split,
-                                                  "counts": _counts(assignment)})
+        write_split(folder, samples.take(kept), assignment[kept], config.seed, config.split)
     log(f"split: {_counts(assignment)} (seed {config.seed}), saved to {folder / 'split.csv'}")
+    if samples.groups is not None:
+        log(f"split by {config.split_by}: {group_counts(samples.take(kept), assignment[kept])}")
     check_classes_per_split(samples, assignment, log)
     return PreparedData(samples, store, assignment, cache_dir)
+
+
+def write_split(folder: Path, samples: Samples, assignment: np.ndarray, seed: int, fractions: list[float],
+                **extra) -> None:
+    """split.csv, and split.json with what it was made from (check_unchanged compares files_key)."""
+    save_split(folder / "split.csv", samples, assignment)
+    atomic_write_json(folder / "split.json", {"files_hash": split_hash(samples),
+                                              "files_key": files_key(samples.files(), root=samples.root),
+                                              "seed": seed, "fractions": fractions, "counts": _counts(assignment),
+                                              **extra})
 
 
 def split_over_store_files(config, samples: Samples, split: Samples, split_assignment: np.ndarray

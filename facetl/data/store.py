@@ -24,13 +24,13 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from facetl.data.faces import face_rows, faces_in_photos
 from facetl.data.images import UnreadableImage, decode_image
 from facetl.data.integrity import building_prefix, file_digest, problem_with, remove_stale_builds
 from facetl.errors import FacetlError
 from facetl.preprocessing import FaceAlignment
+from facetl.progress import progress_bar
 
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:
@@ -164,8 +164,7 @@ def _build(folder: Path, files: list[Path], size: int, colour: str, workers: int
     jobs = [(store_path, files[a:b], a, b, count, size, colour) for a, b in _chunks(count, workers * 4)]
     hashes: list[str] = [""] * count
     errors: dict[int, str] = {}
-    bar = tqdm(total=count, desc=f"decoding images at {size}px", unit="img", disable=not progress,
-               leave=False)
+    bar = progress_bar(total=count, desc=f"decoding images at {size}px", unit="img", enabled=progress)
     if workers == 1 or len(jobs) == 1:
         results = map(_decode_chunk, jobs)
     else:
@@ -192,8 +191,8 @@ def _build_faces(folder: Path, files: list[Path], size: int, colour: str, alignm
     images = np.memmap(folder / "images.u8", dtype=np.uint8, mode="w+", shape=(max(count, 1), size, size, 3))
     hashes, errors, rows = [""] * count, {}, []
     results = faces_in_photos(files, alignment, size)
-    for i, result in enumerate(tqdm(results, total=count, desc=f"finding faces, aligning at {size}px", unit="photo",
-                                    disable=not progress, leave=False)):
+    for i, result in enumerate(progress_bar(results, total=count, desc=f"finding faces, aligning at {size}px",
+                                            unit="photo", enabled=progress)):
         used = result.used
         if result.error or not used:
             errors[i] = result.error or result.note

@@ -69,18 +69,16 @@ def _read_csv(path: Path, text: str) -> tuple[list[str], list[str], list[list[st
     return names, files, rows
 
 
-def read_attribute_table(path: Path, target: str, images: Path | None) -> Samples:
+def read_attribute_table(path: Path, target: str, images: Path | None, group: str | None = None) -> Samples:
+    """Samples of `target`; with `group` (a column such as identity) each file's group comes from that column."""
     names, files, rows = read_table(path)
-    if target not in names:
-        close = [n for n in names if n.lower() == target.lower()]
-        hint = f" (did you mean {close[0]}?)" if close else f"; columns are: {', '.join(names[:45])}"
-        raise FacetlError(f"column {target!r} not found in {path}{hint}")
-    column = names.index(target)
+    column = _column(path, names, target, "")
+    group_column = _column(path, names, group, "--split-by ") if group else None
     images = images or path.parent
     if not images.is_dir():
         raise FacetlError(f"image folder not found: {images} (give it with --images DIR)")
 
-    paths, labels, missing_value, seen = [], [], 0, set()
+    paths, labels, groups, missing_value, seen = [], [], [], 0, set()
     for number, (name, row) in enumerate(zip(files, rows), start=1):
         value = row[column]
         if value == "" or not name:
@@ -93,9 +91,13 @@ def read_attribute_table(path: Path, target: str, images: Path | None) -> Sample
         if name in seen:
             warnings.warn(f"{path.name}: {name} is listed more than once; using its first row")
             continue
+        if group_column is not None and not row[group_column]:
+            raise FacetlError(f"{path}: row {number} ({name}) has no {group} value; --split-by needs every "
+                              "file's group")
         seen.add(name)
         paths.append(name)
         labels.append(label)
+        groups.append(row[group_column] if group_column is not None else "")
     if missing_value:
         warnings.warn(f"{path.name}: skipped {missing_value} row(s) with no file name or no {target} value")
 
@@ -106,4 +108,12 @@ def read_attribute_table(path: Path, target: str, images: Path | None) -> Sample
     labels = np.asarray(labels, dtype=np.int64)
     if len(np.unique(labels)) < 2:
         raise FacetlError(f"{target} has a single value in {path.name}; nothing to learn")
-    return Samples(images, paths, labels, [f"not_{target}", target])
+    return Samples(images, paths, labels, [f"not_{target}", target], groups if group_column is not None else None)
+
+
+def _column(path: Path, names: list[str], column: str, flag: str) -> int:
+    if column not in names:
+        close = [n for n in names if n.lower() == column.lower()]
+        hint = f" (did you mean {close[0]}?)" if close else f"; columns are: {', '.join(names[:45])}"
+        raise FacetlError(f"{flag}column {column!r} not found in {path}{hint}")
+    return names.index(column)

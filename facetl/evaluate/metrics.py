@@ -1,28 +1,63 @@
 """Classification metrics from labels and predicted probabilities (pure functions, via scikit-learn)."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
-from sklearn.metrics import (accuracy_score, confusion_matrix, precision_recall_fscore_support, roc_auc_score,
-                             roc_curve)
+from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score,
+                             precision_recall_fscore_support, roc_auc_score, roc_curve)
 
 
-def classification_metrics(labels: np.ndarray, probs: np.ndarray) -> dict:
-    """accuracy, precision, recall, f1 (binary for two classes, macro otherwise), roc_auc, confusion matrix.
+def decide(probs: np.ndarray, threshold: float | None = None) -> np.ndarray:
+    """The predicted class of each row: with two classes, class 1 when its probability reaches `threshold`
+    (None: 0.5); with more, the most probable class."""
+    if probs.shape[1] == 2 and threshold is not None:
+        return (probs[:, 1] >= threshold).astype(np.int64)
+    return probs.argmax(1)
+
+
+def choose_threshold(labels: np.ndarray, probs: np.ndarray, rule: str) -> float | None:
+    """A two-class decision threshold from (validation) labels and probabilities: `rule` is a probability,
+    or f1 / balanced for the one that maximises F1 / balanced accuracy (the midpoint between neighbouring
+    probabilities, so it generalises no further than the data allows). None when it cannot apply."""
+    if probs.shape[1] != 2:
+        return None
+    if rule not in ("f1", "balanced"):
+        return float(rule)
+    if len(np.unique(labels)) < 2:
+        return 0.5
+    p = np.unique(probs[:, 1])
+    candidates = np.concatenate([[0.5], (p[1:] + p[:-1]) / 2 if len(p) > 1 else p])
+    score = f1_score if rule == "f1" else balanced_accuracy_score
+    values = [score(labels, (probs[:, 1] >= t).astype(int), **({"zero_division": 0} if rule == "f1" else {}))
+              for t in candidates]
+    return float(candidates[int(np.argmax(values))])  # ties: the first, 0.5 when it is as good
+
+
+def classification_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float | None = None) -> dict:
+    """accuracy, balanced accuracy, precision, recall, f1 (binary for two classes, macro otherwise), roc_auc,
+    the base rate of the positive class, confusion matrix; labels decided with `threshold` (see decide).
 
     ROC-AUC is macro one-vs-rest for more than two classes, over the classes present in `labels`.
     """
     classes = probs.shape[1]
-    predicted = probs.argmax(1)
+    predicted = decide(probs, threshold)
     binary = classes == 2
     precision, recall, f1, _ = precision_recall_fscore_support(
         labels, predicted, average="binary" if binary else "macro", zero_division=0,
         labels=None if binary else list(range(classes)))
+    with warnings.catch_warnings():  # a class absent from a small split: balanced accuracy still defined
+        warnings.simplefilter("ignore")
+        balanced = float(balanced_accuracy_score(labels, predicted)) if len(labels) else float("nan")
     return {
         "accuracy": float(accuracy_score(labels, predicted)),
+        "balanced_accuracy": balanced,
         "precision": float(precision),
         "recall": float(recall),
         "f1": float(f1),
         "roc_auc": roc_auc(labels, probs),
+        "threshold": 0.5 if binary and threshold is None else threshold,
+        "base_rate": float(np.mean(labels == 1)) if binary and len(labels) else None,
         "confusion_matrix": confusion_matrix(labels, predicted, labels=list(range(classes))).tolist(),
         "n_images": int(len(labels)),
     }

@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from facetl.evaluate.metrics import average_roc_curves, per_class_auc, roc_curves  # noqa: E402
+from facetl.evaluate.metrics import average_roc_curves, decide, per_class_auc, roc_curves  # noqa: E402
 from facetl.runfolder import atomic_write_bytes  # noqa: E402
 
 MANY_CLASSES = 10  # above this, one ROC line per class is an unreadable tangle: per-class AUC bars instead
@@ -108,6 +108,31 @@ def plot_roc(labels: np.ndarray, probs: np.ndarray, class_names: list[str], path
     return _save(fig, path)
 
 
+def plot_precision_recall(labels: np.ndarray, probs: np.ndarray, class_names: list[str], path: Path,
+                          threshold: float | None = None) -> Figure:
+    """Two classes: precision against recall as the threshold moves, with the run's threshold marked and the
+    base rate (what a model that says 'positive' to everything gets) as the floor."""
+    from sklearn.metrics import average_precision_score, precision_recall_curve
+
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    positive, base = clip(class_names[1]), float(np.mean(labels == 1)) if len(labels) else 0.0
+    if 0 < base < 1:
+        precision, recall, cuts = precision_recall_curve(labels, probs[:, 1])
+        ax.plot(recall, precision, lw=2,
+                label=f"{positive} (average precision {average_precision_score(labels, probs[:, 1]):.3f})")
+        t = 0.5 if threshold is None else threshold
+        predicted = probs[:, 1] >= t
+        if predicted.any():
+            p_at, r_at = float(np.mean(labels[predicted] == 1)), float(np.mean(predicted[labels == 1]))
+            ax.plot([r_at], [p_at], "o", color="tab:red", ms=8, label=f"threshold {t:.3f}")
+    ax.axhline(base, color="k", ls="--", lw=0.8, label=f"base rate {base:.3f}")
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel=f"recall (of {positive})", ylabel="precision",
+           title=f"Precision-recall: {positive}")
+    ax.legend(loc="lower left", fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
 def _roc_frame(ax, title: str, any_curve: bool) -> None:
     ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="chance (AUC 0.5)")
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title, xlim=(-0.02, 1.02),
@@ -167,12 +192,12 @@ def image_grid(images: Sequence, captions: list[str], path: Path, title: str = "
 
 
 def plot_errors(images: Sequence, labels: np.ndarray, probs: np.ndarray, class_names: list[str], path: Path,
-                names: Sequence[str] | None = None, count: int = 24) -> Figure:
+                names: Sequence[str] | None = None, count: int = 24, threshold: float | None = None) -> Figure:
     """The most confident mistakes, each captioned with its file, true label, prediction and probability.
 
     Only the images shown are read from `images` (it may be a lazy view of a large store).
     """
-    predicted = probs.argmax(1)
+    predicted = decide(probs, threshold)
     wrong = np.flatnonzero(predicted != labels)
     shown = wrong[np.argsort(-probs[wrong, predicted[wrong]], kind="stable")][:count]
     captions = [(f"{short_name(names[i])}\n" if names is not None else "")

@@ -9,7 +9,7 @@ import numpy as np
 import yaml
 
 from facetl.evaluate.metrics import classification_metrics, per_class_auc, val_loss_jumps
-from facetl.evaluate.plots import plot_confusion, plot_curves, plot_errors, plot_roc
+from facetl.evaluate.plots import plot_confusion, plot_curves, plot_errors, plot_precision_recall, plot_roc
 from facetl.record import RunRecord
 from facetl.runfolder import atomic_write_json, atomic_write_text
 
@@ -34,7 +34,8 @@ def write_evaluation(folder: Path, result: SplitResult, record: RunRecord, histo
     """Compute metrics on a split and write metrics.json, plots and report.md into `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
     class_names = record.class_names
-    metrics = classification_metrics(result.labels, result.probs)
+    metrics = classification_metrics(result.labels, result.probs, record.threshold)
+    metrics["threshold_rule"] = record.threshold_rule
     metrics.update({
         "split": result.split,
         "class_names": class_names,
@@ -50,7 +51,11 @@ def write_evaluation(folder: Path, result: SplitResult, record: RunRecord, histo
                     select=config.get("select"))
     plot_confusion(metrics["confusion_matrix"], class_names, folder / "confusion_matrix.png")
     plot_roc(result.labels, result.probs, class_names, folder / "roc.png")
-    plot_errors(result.images, result.labels, result.probs, class_names, folder / "errors.png", result.names)
+    if len(class_names) == 2:
+        plot_precision_recall(result.labels, result.probs, class_names, folder / "precision_recall.png",
+                              record.threshold)
+    plot_errors(result.images, result.labels, result.probs, class_names, folder / "errors.png", result.names,
+                threshold=record.threshold)
     atomic_write_json(folder / "metrics.json", metrics)
     atomic_write_text(folder / "report.md", render_report(metrics, record, config, history,
                                                           gradcam=(folder / "gradcam.png").is_file()))
@@ -74,11 +79,15 @@ def render_report(metrics: dict, record: RunRecord, config: dict, history: list[
               f"**Preprocessing:** {record.preprocessing.describe()}  ",
               f"**Best epoch:** {record.best_epoch} (selected by {config.get('select')})  ",
               f"**Training time:** {record.train_seconds or 0:.1f} s ({record.trained_with.describe()})  ",
+              *(["**Wall time:** " + ", ".join(f"{k} {v:.1f} s" for k, v in record.wall_seconds.items()) + "  "]
+                if record.wall_seconds else []),
               f"**Data path:** {record.data_path_note}", ""]
     lines += [f"## Metrics on the {metrics['split']} split ({metrics['n_images']} images)", "",
-              "| accuracy | precision | recall | F1 | ROC-AUC |", "|---|---|---|---|---|",
-              "| " + " | ".join(_fmt(metrics[k]) for k in ("accuracy", "precision", "recall", "f1", "roc_auc"))
-              + " |", ""]
+              "| accuracy | balanced accuracy | precision | recall | F1 | ROC-AUC |", "|---|---|---|---|---|---|",
+              "| " + " | ".join(_fmt(metrics.get(k)) for k in ("accuracy", "balanced_accuracy", "precision", "recall",
+                                                             "f1", "roc_auc")) + " |", ""]
+    if len(metrics["class_names"]) == 2:
+        lines += [threshold_sentence(metrics), ""]
     if history:
         lines += ["## Training", "", "![curves](curves.png)", "",
                   "| epoch | train loss | train acc | val loss | val acc | seconds |", "|---|---|---|---|---|---|"]
@@ -90,6 +99,8 @@ def render_report(metrics: dict, record: RunRecord, config: dict, history: list[
             lines += [jump_sentence(jumps), ""]
     lines += ["## Confusion matrix", "", "![confusion matrix](confusion_matrix.png)", "",
               "## ROC", "", "![roc](roc.png)", ""]
+    if len(metrics["class_names"]) == 2:
+        lines += ["## Precision and recall", "", "![precision-recall](precision_recall.png)", ""]
     if len(metrics["class_names"]) > 2 and metrics.get("roc_auc_per_class"):
         lines += [weakest_sentence(metrics["roc_auc_per_class"]), ""]
     lines += ["## Most confident mistakes", "", "![errors](errors.png)", "", mistakes_sentence(metrics), ""]
@@ -100,6 +111,18 @@ def render_report(metrics: dict, record: RunRecord, config: dict, history: list[
     lines += ["## Configuration", "", "```yaml"]
     lines += [yaml.safe_dump(config, sort_keys=False).rstrip(), "```", ""]
     return "\n".join(lines)
+
+
+def threshold_sentence(metrics: dict) -> str:
+    """Which threshold decided the labels above, and why; with the base rate, so a majority-class model shows."""
+    rule = metrics.get("threshold_rule") or "0.5"
+    why = {"f1": "chosen on the validation split to maximise F1",
+           "balanced": "chosen on the validation split to maximise balanced accuracy"}.get(rule, "fixed (--threshold)")
+    base = metrics.get("base_rate")
+    names = metrics["class_names"]
+    return (f"Labels are decided by threshold {metrics['threshold']:.3f} on the probability of {names[1]} ({why})."
+            + (f" {names[1]} is {base:.1%} of these images: a model that always says {names[0]} scores "
+               f"{1 - base:.1%} accuracy and 50% balanced accuracy." if base is not None else ""))
 
 
 def jump_sentence(jumps: list[dict]) -> str:

@@ -17,6 +17,7 @@ from PIL import Image
 from facetl.data.faces import LANDMARKS, PhotoFace, align_face, detector_for, faces_in_photo
 from facetl.data.faces.composite import background
 from facetl.data.images import MAX_PIXELS, photo_from_bytes
+from facetl.evaluate.metrics import decide
 from facetl.predict import crop_colour, face_alignment_for
 from facetl.serve.runs import ServedRun
 
@@ -104,7 +105,7 @@ class PhotoReader:
                 crops = np.stack([crop_colour(self._crop(image, face, alignment, run, first), colour)
                                   for face in used])
                 for answer, probs in zip(answers, run.classifier.classify(crops)):
-                    answer[run.name] = _answer(run.classifier.class_names, probs)
+                    answer[run.name] = _answer(run.classifier, probs)
         classified = time.perf_counter()
         faces = [FaceAnswer(face.index, _box(face), round(face.face.score, 4), _landmarks(face), runs)
                  for face, runs in zip(used, answers)]
@@ -120,8 +121,10 @@ class PhotoReader:
         return align_face(image, face.face.landmarks, size, alignment.template, alignment.scale)
 
 
-def _answer(class_names: list[str], probs: np.ndarray) -> RunAnswer:
-    k = int(probs.argmax())
+def _answer(classifier, probs: np.ndarray) -> RunAnswer:
+    """The run's decision (its threshold for two classes), as predict makes it."""
+    class_names = classifier.class_names
+    k = int(decide(probs[None], classifier.threshold)[0])
     return RunAnswer(class_names[k], round(float(probs[k]), 6),
                      {name: round(float(p), 6) for name, p in zip(class_names, probs)})
 

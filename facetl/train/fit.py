@@ -23,20 +23,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from facetl.config import TrainConfig, dump_yaml
+from facetl.config import THRESHOLD_RULES, TrainConfig, dump_yaml
 from facetl.data.augment import BatchAugment
 from facetl.data.features import FeatureRequest, FrozenPart, ImageSource, open_feature_source
 from facetl.data.prepare import PreparedData, prepare_data, read_samples
 from facetl.errors import FacetlError
+from facetl.evaluate.metrics import choose_threshold
 from facetl.evaluate.report import SplitResult, write_evaluation
 from facetl.models import BuiltModel, TrainablePart, build_model
 from facetl.record import RunRecord
-from facetl.runfolder import (RunLock, atomic_write_csv, atomic_write_json, atomic_write_text,
+from facetl.runfolder import (RunLock, atomic_torch_save, atomic_write_csv, atomic_write_json, atomic_write_text,
                               prepare_run_folder, read_torch_file)
 from facetl.runtime import Runtime
 from facetl.train.batchnorm import precise_bn_wanted, recompute_batchnorm
 from facetl.train.checkpoints import CheckpointWriter, read_resume_point
-from facetl.train.loop import Evaluator, NonFiniteLoss, Optimisation, train_one_epoch
+from facetl.train.loop import Evaluator, NonFiniteLoss, Optimisation, balanced_order, class_weights, train_one_epoch
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"]
 
@@ -157,11 +158,22 @@ def fit(config: TrainConfig, resume: bool = False, progress: bool = True, quiet:
 
 
 def _fit(config: TrainConfig, ctx: RunContext, resume: bool) -> RunResult:
+    began = time.perf_counter()
     setup = set_up(config, ctx, resume)
+    prepared = time.perf_counter()
     source = choose_source(config, setup, ctx)
+    cached = time.perf_counter()
     state = start_training(config, setup, source.description, ctx)
     run_epochs(config, setup, source, state, ctx)
-    return final_evaluation(config, setup, source, state, ctx)
+    state.record.wall_seconds = {"data and model": round(prepared - began, 1),
+                                 "frozen features": round(cached - prepared, 1),
+                                 "training": round(time.perf_counter() - cached, 1)}
+    result = final_evaluation(config, setup, source, state, ctx)
+    stages = {**state.record.wall_seconds, "final evaluation": round(time.perf_counter() - began - sum(
+        state.record.wall_seconds.values()), 1)}
+    ctx.log("wall time: " + ", ".join(f"{k} {v:.1f} s" for k, v in stages.items())
+            + f"; total {time.perf_counter() - began:.1f} s")
+    return result
 
 
 # 1. the model before the data: its weights decide image size and normalisation
@@ -172,6 +184,9 @@ def set_up(config: TrainConfig, ctx: RunContext, resume: bool) -> Setup:
                           "new --out")
     try:
         samples = read_samples(config)
+        if len(samples.class_names) > 2 and config.threshold != "0.5":
+            raise FacetlError(f"--threshold {config.threshold} applies to two classes; this data has "
+                              f"{len(samples.class_names)}, decided by the most probable class")
         torch.manual_seed(config.seed)
         built = build_model(config, len(samples.class_names), ctx.log)
         data = prepare_data(config, samples, built.preprocessing, ctx.folder, ctx.log, ctx.progress,
@@ -238,7 +253,9 @@ def start_training(config: TrainConfig, setup: Setup, data_note: str, ctx: RunCo
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
                  if config.scheduler == "cosine" else None)
     opt = Optimisation(built.model, part, optimizer, runtime.precision.scaler(), runtime.precision,
-                       config.batch_size)
+                       config.batch_size, _class_weights(config, setup, runtime))
+    if config.balance != "none":
+        ctx.log(_balance_note(config, setup, opt.class_weights))
     state = TrainingState(opt, scheduler, _new_record(config, setup, data_note, runtime),
                           CheckpointWriter(ctx.folder, built.model, setup.checkpoint))
     checkpoint = setup.checkpoint
@@ -254,18 +271,37 @@ def start_training(config: TrainConfig, setup: Setup, data_note: str, ctx: RunCo
     return state
 
 
+def _class_weights(config: TrainConfig, setup: Setup, runtime: Runtime) -> torch.Tensor | None:
+    if config.balance != "loss":
+        return None
+    data = setup.data
+    return class_weights(data.labels[data.index("train")], len(data.class_names), runtime.device)
+
+
+def _balance_note(config: TrainConfig, setup: Setup, weights: torch.Tensor | None) -> str:
+    if config.balance == "sampler":
+        return "balance: every class equally likely in each epoch's draws (--balance sampler, with replacement)"
+    values = ", ".join(f"{v:.3g}" for v in weights.tolist())
+    kind = f"pos_weight {values} for {setup.data.class_names[1]}" if len(setup.data.class_names) == 2 else \
+        f"class weights {values}"
+    return f"balance: class-weighted loss, {kind} (--balance loss)"
+
+
 def _new_record(config: TrainConfig, setup: Setup, data_note: str, runtime: Runtime) -> RunRecord:
     built = setup.built
     title = f"{config.backbone} {config.strategy} on {Path(config.data).name}" + (
         f" ({config.target})" if config.target else "")
+    two = len(setup.data.class_names) == 2
+    fixed = float(config.threshold) if two and config.threshold not in THRESHOLD_RULES else None
     return RunRecord(title, built.weights, built.preprocessing, setup.data.class_names, built.plan.cut,
                      built.plan.trainable_params, built.plan.total_params, data_note,
-                     runtime.used(built.plan.cut > 0), datetime.now().isoformat(timespec="seconds"))
+                     runtime.used(built.plan.cut > 0), datetime.now().isoformat(timespec="seconds"),
+                     threshold=fixed, threshold_rule=config.threshold if two else None)
 
 
 def _evaluator(config: TrainConfig, setup: Setup, source, runtime: Runtime) -> Evaluator:
     return Evaluator(setup.built.model, setup.built.plan.cut, source, setup.data.labels, runtime.precision,
-                     config.batch_size * 2)
+                     config.batch_size * 2, _class_weights(config, setup, runtime))
 
 
 def evaluate_split(evaluator: Evaluator, index: np.ndarray, desc: str, ctx: RunContext) -> dict:
@@ -288,7 +324,8 @@ def run_epochs(config: TrainConfig, setup: Setup, source, state: TrainingState, 
                 "--precise-bn off to skip)")
     for epoch in range(state.start_epoch, config.epochs + 1):
         began = time.perf_counter()
-        order = group.epoch_order(data.index("train"), config.seed, epoch)
+        order = (group.shard(balanced_order(data.index("train"), data.labels, config.seed, epoch))
+                 if config.balance == "sampler" else group.epoch_order(data.index("train"), config.seed, epoch))
         generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch * 101 + group.rank)
         torch.manual_seed(config.seed * 100_003 + epoch * 101 + group.rank)  # dropout
         try:
@@ -335,9 +372,19 @@ def _end_epoch(config: TrainConfig, state: TrainingState, row: dict, ctx: RunCon
 # 4. the test split, once, with the best epoch's weights
 def final_evaluation(config: TrainConfig, setup: Setup, source, state: TrainingState, ctx: RunContext) -> RunResult:
     model, data = setup.built.model, setup.data
-    model.load_state_dict(read_torch_file(ctx.folder / "best.pt", "checkpoint ")["model"])
+    best = read_torch_file(ctx.folder / "best.pt", "checkpoint ")
+    model.load_state_dict(best["model"])
+    evaluator = _evaluator(config, setup, source, ctx.runtime)
+    if state.record.threshold_rule in THRESHOLD_RULES:  # chosen on validation, with the best epoch's weights
+        val = evaluate_split(evaluator, data.index("val"), "validate", ctx)
+        state.record.threshold = choose_threshold(data.labels[data.index("val")], val["probs"],
+                                                  state.record.threshold_rule)
+        ctx.log(f"threshold {state.record.threshold:.4f}: maximises {state.record.threshold_rule.replace('f1', 'F1')}"
+                f"{' accuracy' if state.record.threshold_rule == 'balanced' else ''} on the validation split")
+        if ctx.main:  # best.pt carries the record that predict, serve and export read
+            atomic_torch_save(ctx.folder / "best.pt", {**best, "record": state.record.to_dict()})
     final_split, final_index = ("test", data.index("test")) if len(data.index("test")) else ("val", data.index("val"))
-    result = evaluate_split(_evaluator(config, setup, source, ctx.runtime), final_index, final_split, ctx)
+    result = evaluate_split(evaluator, final_index, final_split, ctx)
     if not ctx.main:
         return RunResult(ctx.folder, {}, state.history, state.record)
     atomic_write_json(ctx.folder / "run.json", state.record.to_dict())
@@ -346,7 +393,8 @@ def final_evaluation(config: TrainConfig, setup: Setup, source, state: TrainingS
     if ctx.pictures is not None:
         ctx.pictures(ctx.folder, config, state.record, model, state.history, split, ctx.runtime)
     metrics = write_evaluation(ctx.folder, split, state.record, state.history, config.to_dict())
-    ctx.log(f"{final_split}: accuracy {metrics['accuracy']:.4f}  F1 {metrics['f1']:.4f}  ROC-AUC "
+    ctx.log(f"{final_split}: accuracy {metrics['accuracy']:.4f}  balanced {metrics['balanced_accuracy']:.4f}  "
+            f"F1 {metrics['f1']:.4f}  ROC-AUC "
             f"{metrics['roc_auc'] if metrics['roc_auc'] is None else round(metrics['roc_auc'], 4)}  "
             f"train {state.train_seconds:.1f}s  report {ctx.folder / 'report.md'}")
     return RunResult(ctx.folder, metrics, state.history, state.record)

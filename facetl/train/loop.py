@@ -7,17 +7,38 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from facetl.errors import FacetlError
 from facetl.runtime import Precision
+from facetl.progress import progress_bar
 
 
-def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """BCE-with-logits on one logit for two classes, cross-entropy on N logits otherwise."""
+def loss_fn(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """BCE-with-logits on one logit for two classes, cross-entropy on N logits otherwise. `weights`
+    (--balance loss): the positive class's weight (pos_weight) for one logit, one weight per class for N."""
     if logits.shape[1] == 1:
-        return F.binary_cross_entropy_with_logits(logits[:, 0], labels.float())
-    return F.cross_entropy(logits, labels)
+        return F.binary_cross_entropy_with_logits(logits[:, 0], labels.float(), pos_weight=weights)
+    return F.cross_entropy(logits, labels, weight=weights)
+
+
+def class_weights(labels: np.ndarray, classes: int, device: torch.device) -> torch.Tensor:
+    """Weights that make every class count as much as the others in the loss, from the training labels:
+    negatives/positives as pos_weight for two classes, n / (classes * n_c) per class otherwise."""
+    counts = np.bincount(labels, minlength=classes).astype(np.float64)
+    if classes == 2:
+        weights = [counts[0] / max(counts[1], 1)]
+    else:
+        weights = len(labels) / (classes * np.maximum(counts, 1))
+    return torch.tensor(weights, dtype=torch.float32, device=device)
+
+
+def balanced_order(index: np.ndarray, labels: np.ndarray, seed: int, epoch: int) -> np.ndarray:
+    """--balance sampler: an epoch of len(index) draws, with replacement, in which each class is equally
+    likely; seeded by (seed, epoch), so a resumed run draws what an uninterrupted one would."""
+    counts = np.bincount(labels[index])
+    p = 1.0 / counts[labels[index]]
+    rng = np.random.default_rng([seed, epoch])
+    return index[rng.choice(len(index), size=len(index), replace=True, p=p / p.sum())]
 
 
 def probabilities(logits: torch.Tensor) -> torch.Tensor:
@@ -39,6 +60,7 @@ class Optimisation:
     scaler: torch.amp.GradScaler
     precision: Precision
     batch_size: int
+    class_weights: torch.Tensor | None = None
 
 
 def train_one_epoch(opt: Optimisation, source, labels: np.ndarray, order: np.ndarray, generator: torch.Generator,
@@ -48,13 +70,13 @@ def train_one_epoch(opt: Optimisation, source, labels: np.ndarray, order: np.nda
     opt.part.train()  # safe: frozen batch-norm layers were replaced by ones that a .train() call cannot unfreeze
     total_loss, correct, seen = 0.0, 0, 0
     batches = range(0, len(order), opt.batch_size)
-    for start in tqdm(batches, desc=desc, unit="batch", leave=False, disable=not progress):
+    for start in progress_bar(batches, desc=desc, unit="batch", enabled=progress, summary=False):
         batch = order[start:start + opt.batch_size]
         z = source.batch(batch, generator)
         y = torch.as_tensor(labels[batch], device=z.device)
         with opt.precision.autocast():
             logits = opt.part(z).float()
-        loss = loss_fn(logits, y)
+        loss = loss_fn(logits, y, opt.class_weights)
         if not torch.isfinite(loss):
             raise NonFiniteLoss(f"the training loss became {loss.item()} at batch {start // opt.batch_size + 1}"
                                 f"{_why_not_finite(opt, z)}")
@@ -78,19 +100,20 @@ class Evaluator:
     labels: np.ndarray
     precision: Precision
     batch_size: int
+    class_weights: torch.Tensor | None = None   # the training loss's, so validation loss measures the same
 
     @torch.inference_mode()
     def __call__(self, index: np.ndarray, desc: str = "eval", progress: bool = True) -> dict:
         self.model.eval()
         probs, total_loss = [], 0.0
-        for start in tqdm(range(0, len(index), self.batch_size), desc=desc, unit="batch", leave=False,
-                          disable=not progress):
+        for start in progress_bar(range(0, len(index), self.batch_size), desc=desc, unit="batch",
+                                  enabled=progress, summary=False):
             batch = index[start:start + self.batch_size]
             z = self.source.batch(batch, None)
             y = torch.as_tensor(self.labels[batch], device=z.device)
             with self.precision.autocast():
                 logits = self.model.forward_suffix(z, self.cut).float()
-            total_loss += loss_fn(logits, y).item() * len(batch)
+            total_loss += loss_fn(logits, y, self.class_weights).item() * len(batch)
             probs.append(probabilities(logits).cpu().numpy())
         probs = np.concatenate(probs) if probs else np.zeros((0, 2))
         accuracy = float((probs.argmax(1) == self.labels[index]).mean()) if len(index) else float("nan")
