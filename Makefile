@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test clean
+.PHONY: demo test test-all clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -18,6 +18,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
+
+# also the slow end-to-end cases (kill and resume, torchrun resume, fresh-process bad input)
+test-all: $(STAMP)
+	$(VENV)/bin/lint-imports
+	$(PY) -m pytest -q -m "slow or not slow"
 
 clean:
 	rm -rf runs .pytest_cache

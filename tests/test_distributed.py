@@ -75,6 +75,7 @@ def kill_tree(pid: int) -> None:
             pass
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc to find torchrun's ranks")
 def test_a_killed_two_process_run_resumes(tmp_path):
     run = tmp_path / "ddp"

@@ -278,7 +278,7 @@ def test_there_are_more_than_sixty_kinds_of_bad_input():
     assert len(CASES) >= 60
 
 
-@pytest.mark.parametrize("index", [0, 11, 19, 63, 70])
+@pytest.mark.parametrize("index", [0] + [pytest.param(i, marks=pytest.mark.slow) for i in (11, 19, 63, 70)])
 def test_the_installed_command_says_the_same_in_a_fresh_process(world, tmp_path, index):
     args, needles = CASES[index]
     one_line_error(facetl(*fill(args, dict(world, new=str(tmp_path / "new")))), *needles)

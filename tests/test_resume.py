@@ -50,6 +50,7 @@ def assert_readable(folder: Path) -> None:
     assert rows and all(set(r) == {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"} for r in rows)
 
 
+@pytest.mark.slow
 def test_sigkill_after_the_first_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
     whole = fit(config(tmp_path / "whole"), progress=False, quiet=True)
     run = tmp_path / "killed"
