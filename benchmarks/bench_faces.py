@@ -1,11 +1,15 @@
 """How long a whole photo takes, from file to labelled faces, on this CPU: one markdown table.
 
-Per photo, separately: JPEG decode, face detection (MTCNN), alignment (all faces), classification (all
-faces, one batch), for ~640x480 and ~1920x1080 photos with 1 and with 6 faces (celebrity_faces crops
-pasted on a blurred background), then photos per second for a folder of 200 photos read, detected
+Per photo, separately: JPEG decode, face detection (MTCNN), landmark refinement (FaceAlignment.landmarks
+"refined": the landmark network again on each face, upright and mirrored), alignment (all faces),
+classification (all faces, one batch), for ~640x480 and ~1920x1080 photos with 1 and with 6 faces
+(celebrity_faces crops pasted on a blurred background), then photos per second for a folder of 200 photos read, detected
 (photos of one size batched through the detector), aligned and classified.
 
-    .venv/bin/python benchmarks/bench_faces.py [--quick] [--run RUN] [--detector-threads 1]
+    .venv/bin/python benchmarks/bench_faces.py [--quick] [--run RUN] [--detector-threads 1] [--landmarks detector]
+
+Run it alone: the table is only as good as the machine is idle. It prints the load average before and
+after; above ~1.5 on 2 cores the figures are inflated by other work.
 
 Without --run the classifier is an untrained MobileNetV2 at 64 px with a linear head
 (torchvision.models.mobilenet_v2(weights=None)): the same arithmetic as a trained one.
@@ -13,6 +17,8 @@ Without --run the classifier is an untrained MobileNetV2 at 64 px with a linear 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import statistics
 import sys
 import tempfile
@@ -23,13 +29,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from facetl.data.faces import align_face, create_detector, faces_in_photos
+from facetl.data.faces import align_face, aligned_landmarks, create_detector, faces_in_photos
 from facetl.data.faces.composite import background, paste_faces
 from facetl.data.images import read_photo
 from facetl.preprocessing import FaceAlignment
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "celebrity_faces"
 CLASSIFIER_SIZE = 64
+STAGES = ("decode", "detect", "refine", "align", "classify")
 
 
 def classifier_from_run(run: Path):
@@ -65,7 +72,7 @@ def make_photo(width: int, height: int, faces: int, crops: list[np.ndarray], see
 
 def time_photo(path: Path, detector, model, alignment: FaceAlignment, repeats: int) -> dict:
     """Median milliseconds of each stage for one photo file."""
-    stages: dict[str, list[float]] = {"decode": [], "detect": [], "align": [], "classify": []}
+    stages: dict[str, list[float]] = {"decode": [], "detect": [], "refine": [], "align": [], "classify": []}
     for _ in range(repeats):
         t0 = time.perf_counter()
         pixels = read_photo(path)
@@ -73,11 +80,13 @@ def time_photo(path: Path, detector, model, alignment: FaceAlignment, repeats: i
         faces = detector.detect([pixels], alignment.min_face)[0]
         t2 = time.perf_counter()
         image = Image.fromarray(pixels)
-        crops = [align_face(image, f.landmarks, CLASSIFIER_SIZE, alignment.template, alignment.scale) for f in faces]
+        faces = aligned_landmarks(image, faces, alignment, detector)
         t3 = time.perf_counter()
-        classify(model, crops)
+        crops = [align_face(image, f.landmarks, CLASSIFIER_SIZE, alignment.template, alignment.scale) for f in faces]
         t4 = time.perf_counter()
-        for name, (a, b) in zip(stages, [(t0, t1), (t1, t2), (t2, t3), (t3, t4)]):
+        classify(model, crops)
+        t5 = time.perf_counter()
+        for name, (a, b) in zip(stages, [(t0, t1), (t1, t2), (t2, t3), (t3, t4), (t4, t5)]):
             stages[name].append((b - a) * 1000)
     result = {name: statistics.median(values) for name, values in stages.items()}
     result["faces"] = len(faces)
@@ -108,13 +117,17 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="3 repeats and a 40-photo folder")
     parser.add_argument("--run", type=Path, help="classify with this trained run's model")
     parser.add_argument("--detector-threads", type=int, default=1)
+    parser.add_argument("--landmarks", choices=("detector", "refined"),
+                        help="where the alignment's landmarks come from (default: a new run's setting)")
     # one thread by default: on a shared 2-core machine a second spin-waiting thread made the
     # classifier 100x slower (1.2 s against 12 ms per batch, measured), and photos parallelise better
     parser.add_argument("--threads", type=int, default=1, help="torch threads for the classifier")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     repeats, folder_size = (3, 40) if args.quick else (10, 200)
+    load_before = os.getloadavg()
     alignment = FaceAlignment()
+    alignment = dataclasses.replace(alignment, landmarks=args.landmarks) if args.landmarks else alignment
     model = classifier_from_run(args.run) if args.run else untrained_classifier()
     detector = create_detector("mtcnn", alignment.detect_side, args.detector_threads)
     crops = crops_for_photos(16, seed=0)
@@ -133,31 +146,35 @@ def main() -> None:
             Image.fromarray(make_photo(640, 480, int(rng.integers(1, 4)), picked, seed=n)).save(
                 folder / f"{n:03d}.jpg", quality=92)
         rate, found = folder_rate(folder, detector, model, alignment)
-    print(table(rows, rate, found, folder_size, args))
+    print(table(rows, rate, found, folder_size, args, alignment))
+    load_after = os.getloadavg()
+    print(f"\nLoad average (1 min) before {load_before[0]:.2f}, after {load_after[0]:.2f} on {os.cpu_count()} cores"
+          + (": the machine was busy, the figures are inflated" if max(load_before[0], load_after[0]) > 1.5 else "")
+          + ".")
     print(f"\nWhat dominates: {dominant(rows)}.")
 
 
 def dominant(rows) -> str:
     parts = []
     for (width, height), r in rows:
-        stage = max(("decode", "detect", "align", "classify"), key=lambda s: r[s])
-        share = r[stage] / (r["decode"] + r["detect"] + r["align"] + r["classify"])
+        stage = max(STAGES, key=lambda s: r[s])
+        share = r[stage] / sum(r[s] for s in STAGES)
         parts.append(f"{width}x{height} {r['faces']} face(s): {stage} {share:.0%}")
     return "; ".join(parts)
 
 
-def table(rows, rate: float, found: int, folder_size: int, args) -> str:
+def table(rows, rate: float, found: int, folder_size: int, args, alignment: FaceAlignment) -> str:
     model = f"run {args.run}" if args.run else "untrained MobileNetV2 (weights=None) + linear head"
     lines = [f"Face pipeline on this CPU ({torch.get_num_threads()} torch threads for the classifier, "
              f"{args.detector_threads} for the detector), classifier: {model} at {CLASSIFIER_SIZE} px, "
-             f"median of {3 if args.quick else 10} runs, milliseconds per photo.", "",
-             "| photo | faces found | decode | detect | align (all faces) | classify (all faces) | end to end |",
-             "|---|---|---|---|---|---|---|"]
+             f"landmarks: {alignment.landmarks}, median of {3 if args.quick else 10} runs, milliseconds per photo.", "",
+             "| photo | faces found | decode | detect | refine landmarks | align (all faces) | classify (all faces) "
+             "| end to end |", "|---|---|---|---|---|---|---|---|"]
     for (width, height), r in rows:
-        total = r["decode"] + r["detect"] + r["align"] + r["classify"]
-        lines.append(f"| {width}x{height} | {r['faces']} | {r['decode']:.1f} | {r['detect']:.1f} | {r['align']:.1f} "
-                     f"| {r['classify']:.1f} | **{total:.1f}** |")
-    lines.append(f"| folder of {folder_size} 640x480 photos (1-3 faces, {found} found), batched | | | | | | "
+        total = sum(r[s] for s in STAGES)
+        lines.append(f"| {width}x{height} | {r['faces']} | {r['decode']:.1f} | {r['detect']:.1f} | {r['refine']:.1f} "
+                     f"| {r['align']:.1f} | {r['classify']:.1f} | **{total:.1f}** |")
+    lines.append(f"| folder of {folder_size} 640x480 photos (1-3 faces, {found} found), batched | | | | | | | "
                  f"**{rate:.1f} photos/s** |")
     return "\n".join(lines)
 

@@ -6,15 +6,19 @@ so are every face's true box and landmarks. Prints detection recall (goal >= 0.9
 error and false detections, by face size.
 
     .venv/bin/python benchmarks/faces_check.py [--photos 60] [--seed 0] [--data ../shared/datasets/celebrity_faces]
+                                               [--landmarks detector|refined]
 
 With `--run RUN` (a run trained on celebrity_faces crops, e.g. gender from celebrity_faces_attributes.csv)
 it also prints how often the run's label for a face found in the photo equals its label for the crop
 itself: the train/predict consistency that alignment is for (goal >= 0.95). Only files outside the run's
-train and validation splits are pasted.
+train and validation splits are pasted. `--landmarks` compares where the alignment's landmarks come from
+(FaceAlignment.landmarks; default: what a new run uses); `--true-landmarks` also aligns every found face
+with its true landmarks, the ceiling of any landmark method.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from dataclasses import dataclass
@@ -23,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from facetl.data.faces import faces_in_photo
+from facetl.data.faces import align_face, alignment_transform, faces_in_photo, template_points
 from facetl.data.faces.composite import PastedFace, box_iou, match_faces, random_composite
 from facetl.data.faces.detect import create_detector
 from facetl.preprocessing import FaceAlignment
@@ -72,16 +76,27 @@ def detection_stats(composites: list[Composite], alignment: FaceAlignment) -> di
         false_found += len(found) - sum(m is not None for m in matches)
         for truth, match in zip(item.truth, matches):
             if match is None:
-                rows.append((truth.side, False, np.nan, np.nan))
+                rows.append((truth.side, False, np.nan, np.nan, np.nan))
                 continue
             face = found[match].face
             eyes = np.linalg.norm(truth.landmarks[0] - truth.landmarks[1])
             error = np.linalg.norm(face.landmarks - truth.landmarks, axis=1).mean() / eyes
-            rows.append((truth.side, True, box_iou(truth.box, face.box), error))
+            rows.append((truth.side, True, box_iou(truth.box, face.box), error,
+                         alignment_error(face.landmarks, truth.landmarks, alignment.template)))
     return {"rows": np.array(rows, dtype=np.float64), "false": false_found}
 
 
-def label_agreement(run_folder: Path, composites: list[Composite]) -> dict:
+def alignment_error(found: np.ndarray, truth: np.ndarray, template: str) -> float:
+    """How far the crop aligned with `found` landmarks is from the crop aligned with the true ones: the mean
+    distance, in pixels of a 112-pixel crop, between where the template's five points land in the two."""
+    points = template_points(template, 112)
+    from_true = np.linalg.inv(alignment_transform(truth, template, 112)) @ np.c_[points, np.ones(5)].T
+    moved = alignment_transform(found, template, 112) @ from_true
+    return float(np.linalg.norm(moved[:2].T - points, axis=1).mean())
+
+
+def label_agreement(run_folder: Path, composites: list[Composite], landmarks: str | None = None,
+                    true_landmarks: bool = False) -> dict:
     """The share of pasted faces whose label predicted from the photo (detected, aligned as `facetl predict`
     aligns) equals the label predicted from the crop itself (prepared as training prepared it)."""
     from facetl.data.images import decode_image
@@ -93,6 +108,8 @@ def label_agreement(run_folder: Path, composites: list[Composite]) -> dict:
     runtime = Runtime.for_inference("cpu")
     prep = run.record.preprocessing
     alignment = face_alignment_for(TorchClassifier(run, runtime), "detect", None)
+    if landmarks:
+        alignment = dataclasses.replace(alignment, landmarks=landmarks)
     detector = create_detector(alignment.detector, alignment.detect_side)
     same = missed = 0
     for item in composites:
@@ -104,13 +121,16 @@ def label_agreement(run_folder: Path, composites: list[Composite]) -> dict:
         hits = [(k, m) for k, m in enumerate(matches) if m is not None]
         missed += len(matches) - len(hits)
         if hits:
-            aligned = np.stack([found[m].crop for _, m in hits])
+            aligned = np.stack([found[m].crop if not true_landmarks else
+                                align_face(item.photo, item.truth[k].landmarks, prep.size, alignment.template,
+                                           alignment.scale) for k, m in hits])
             if prep.colour == "grey":
                 aligned = np.repeat(aligned.mean(axis=3, keepdims=True).round().astype(np.uint8), 3, axis=3)
             from_photo = run.classify(aligned, runtime).argmax(1)
             same += int(sum(from_crops[k] == label for (k, _), label in zip(hits, from_photo)))
     compared = sum(len(c.truth) for c in composites) - missed
-    return {"faces": compared, "agree": same, "agreement": same / max(compared, 1), "not_found": missed}
+    return {"faces": compared, "agree": same, "agreement": same / max(compared, 1), "not_found": missed,
+            "landmarks": "true" if true_landmarks else alignment.landmarks}
 
 
 def training_files(run_folder: Path) -> set[str]:
@@ -123,8 +143,8 @@ def training_files(run_folder: Path) -> set[str]:
 
 def report(stats: dict, photos: int, seconds: float) -> str:
     rows = stats["rows"]
-    lines = ["| faces (side px) | faces | recall | median IoU | IoU p10 | landmark error / eye distance |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| faces (side px) | faces | recall | median IoU | IoU p10 | landmark error / eye distance "
+             "| alignment error, px at 112 (mean, p90) |", "|---|---|---|---|---|---|---|"]
     for low, high in (*SIZE_BINS, (60, 201)):
         part = rows[(rows[:, 0] >= low) & (rows[:, 0] < high)]
         if not len(part):
@@ -132,7 +152,8 @@ def report(stats: dict, photos: int, seconds: float) -> str:
         hit = part[part[:, 1] == 1]
         label = f"{low}-{high - 1}" if (low, high) in SIZE_BINS else f"all {low}-{high - 1} (the goal's)"
         lines.append(f"| {label} | {len(part)} | {hit.shape[0] / len(part):.3f} | {np.median(hit[:, 2]):.2f} | "
-                     f"{np.percentile(hit[:, 2], 10):.2f} | {np.mean(hit[:, 3]):.3f} |")
+                     f"{np.percentile(hit[:, 2], 10):.2f} | {np.mean(hit[:, 3]):.3f} | "
+                     f"{np.mean(hit[:, 4]):.2f}, {np.percentile(hit[:, 4], 90):.2f} |")
     recall = rows[rows[:, 0] >= 60, 1].mean()
     lines.append(f"\n{photos} photos, {len(rows)} pasted faces, {stats['false']} false detections, "
                  f"{seconds:.1f} s. Recall at >= 60 px {recall:.3f} (goal >= 0.95): "
@@ -147,6 +168,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sides", default="60,200", help="smallest,largest pasted face side in pixels")
     parser.add_argument("--min-score", type=float, default=FaceAlignment().min_score)
+    parser.add_argument("--landmarks", choices=("detector", "refined"),
+                        help="where the alignment's landmarks come from (default: a new run's setting)")
+    parser.add_argument("--true-landmarks", action="store_true",
+                        help="with --run: also the agreement when found faces are aligned with their true landmarks")
     parser.add_argument("--run", type=Path, help="a run trained on celebrity_faces crops: also measure how often "
                                                   "its label from the photo equals its label from the crop")
     args = parser.parse_args()
@@ -154,12 +179,17 @@ def main() -> None:
     sides = tuple(int(v) for v in args.sides.split(","))
     exclude = training_files(args.run) if args.run else frozenset()
     composites = make_composites(args.data, args.photos, args.seed, sides=sides, exclude=exclude)
-    stats = detection_stats(composites, FaceAlignment(min_score=args.min_score))
+    alignment = FaceAlignment(min_score=args.min_score)
+    alignment = dataclasses.replace(alignment, landmarks=args.landmarks) if args.landmarks else alignment
+    stats = detection_stats(composites, alignment)
+    print(f"landmarks: {alignment.landmarks}")
     print(report(stats, len(composites), time.perf_counter() - start))
     if args.run:
-        agreement = label_agreement(args.run, composites)
-        print(f"\ncrop/photo label agreement of {args.run}: {agreement['agree']} of {agreement['faces']} faces "
-              f"({agreement['agreement']:.3f}; goal >= 0.95); {agreement['not_found']} pasted faces not found")
+        for true in (False, True) if args.true_landmarks else (False,):
+            agreement = label_agreement(args.run, composites, args.landmarks, true)
+            print(f"\ncrop/photo label agreement of {args.run} (landmarks: {agreement['landmarks']}): "
+                  f"{agreement['agree']} of {agreement['faces']} faces ({agreement['agreement']:.3f}; goal >= 0.95); "
+                  f"{agreement['not_found']} pasted faces not found")
 
 
 if __name__ == "__main__":

@@ -24,9 +24,22 @@ class FaceAlignment:
     multi_face: str = "largest"   # a training photo with several faces: largest | skip | error
     min_score: float = 0.9        # detector confidence below this is reported as "low score", not used
     detect_side: int = 1024       # photos are searched for faces on a copy at most this long (crops: original)
+    # where the five landmarks come from: "detector" (as found; every run before this setting existed) or
+    # "refined" (the detector's landmark network again on the face turned upright and centred, and on its
+    # mirror image, averaged: a quarter less alignment error; data/faces/refine.py)
+    landmarks: str = "refined"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "FaceAlignment":
+        """A saved record; a setting it lacks is what runs did before the setting existed."""
+        return cls(**{**_BEFORE_SETTINGS, **values})
+
+
+# What an older record's missing settings meant: it must reopen cutting faces exactly as it was trained.
+_BEFORE_SETTINGS = {"landmarks": "detector"}
 
 
 @dataclass(frozen=True)
@@ -46,7 +59,7 @@ class Preprocessing:
         faces = values.get("faces")
         return cls(int(values["size"]), tuple(float(v) for v in values["mean"]),
                    tuple(float(v) for v in values["std"]), values.get("colour", "rgb"),
-                   FaceAlignment(**faces) if faces else None)
+                   FaceAlignment.from_dict(faces) if faces else None)
 
     def describe(self) -> str:
         mean = ", ".join(f"{v:.3f}" for v in self.mean)

@@ -65,6 +65,39 @@ def test_training_from_whole_photos_lists_every_face_and_records_the_alignment(f
     assert record.preprocessing.faces == FaceAlignment() and record.preprocessing.size == 48
 
 
+def test_a_run_recorded_before_landmark_refinement_still_cuts_faces_as_it_was_trained(face_run, shared_datasets,
+                                                                                      tmp_path):
+    import shutil
+
+    import torch
+
+    from facetl.data.faces import align_face, create_detector, faces_in_photo
+    from facetl.predict import TorchClassifier, predict
+    from facetl.runtime import Runtime
+
+    assert load_run(face_run).record.preprocessing.faces.landmarks == "refined"  # a new run refines
+    old = tmp_path / "old_run"
+    shutil.copytree(face_run, old)
+    checkpoint = torch.load(old / "best.pt", map_location="cpu", weights_only=True)
+    del checkpoint["record"]["preprocessing"]["faces"]["landmarks"]  # as runs were saved before the setting
+    torch.save(checkpoint, old / "best.pt")
+    run = load_run(old)
+    assert run.record.preprocessing.faces == FaceAlignment(landmarks="detector")
+    # its predictions come from crops aligned with the detector's own landmarks
+    crop = np.asarray(Image.open(people_by_gender(shared_datasets / "celebrity_faces")["woman"][-1]).convert("RGB"))
+    photo, _ = paste_faces(background(480, 360, seed=3), [crop], [(240, 180, 150, 6.0)])
+    path = tmp_path / "one.jpg"
+    Image.fromarray(photo).save(path, quality=95)
+    classifier = TorchClassifier(run, Runtime.for_inference("cpu"))
+    (row,) = predict(classifier, [str(path)]).rows
+    pixels = np.asarray(Image.open(path).convert("RGB"))
+    (face,) = create_detector("mtcnn").detect([pixels])[0]
+    expected = run.classify(align_face(pixels, face.landmarks, 48)[None], classifier.runtime)[0]
+    assert row.face == 0 and np.allclose(row.probs, expected, atol=1e-5)
+    refined = faces_in_photo(pixels, FaceAlignment(), 48, detector=create_detector("mtcnn")).used[0].crop
+    assert not np.allclose(run.classify(refined[None], classifier.runtime)[0], expected, atol=1e-5)  # it matters
+
+
 def test_predict_answers_once_per_face_and_says_when_there_is_none(face_run, shared_datasets, tmp_path, capsys):
     crops = [np.asarray(Image.open(p).convert("RGB")) for p in people_by_gender(
         shared_datasets / "celebrity_faces")["man"][-3:]]

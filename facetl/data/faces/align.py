@@ -52,7 +52,11 @@ def align_face(photo: np.ndarray | Image.Image, landmarks: np.ndarray, size: int
                scale: float = 1.0) -> np.ndarray:
     """The face whose five landmarks are given, as a (size, size, 3) uint8 crop."""
     image = photo if isinstance(photo, Image.Image) else Image.fromarray(photo)
-    to_crop = alignment_transform(landmarks, template, size, scale)
+    return warp(image, alignment_transform(landmarks, template, size, scale), size)
+
+
+def warp(image: Image.Image, to_crop: np.ndarray, size: int) -> np.ndarray:
+    """The (size, size, 3) uint8 crop that the 3x3 matrix `to_crop` (photo -> crop coordinates) cuts."""
     image, to_crop = _shrink_first(image, to_crop, size)
     # PIL's AFFINE wants the inverse map (crop pixel -> photo pixel), as the first two rows
     inverse = np.linalg.inv(to_crop)

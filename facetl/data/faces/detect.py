@@ -15,6 +15,7 @@ from typing import Callable, Iterator, Protocol, Sequence
 import numpy as np
 from PIL import Image
 
+from facetl.data.faces.cascade import run_cascade
 from facetl.errors import FacetlError
 
 # The order of the five landmarks, as every detector must return them (left/right as seen in the photo).
@@ -25,6 +26,11 @@ LANDMARKS = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 _MTCNN_WINDOW = 12
 # Photos of one detection size are passed to the network together, at most this many at once.
 _BATCH = 8
+# Each level of MTCNN's image pyramid is this much smaller than the last: one level per octave. MTCNN's
+# usual 0.709 (two per octave) made P-Net read 1.5x the pixels and detection take 1.3-1.7x as long, for
+# the same faces: on composites of about 1,000 faces 20 to 200 pixels wide (benchmarks/faces_check.py,
+# seeds 0, 1, 5, 6), 0.5 found the same faces with the same box overlap and, refined, landmark error.
+PYRAMID_FACTOR = 0.5
 
 
 @dataclass(frozen=True)
@@ -45,9 +51,14 @@ class DetectedFace:
 
 class FaceDetector(Protocol):
     name: str
+    view_size: int   # the side of the square face views that view_landmarks reads
 
     def detect(self, photos: Sequence[np.ndarray], min_face: int = 20) -> list[list[DetectedFace]]:
         """Every face at least about `min_face` pixels, per photo (HxWx3 uint8 RGB), best first."""
+        ...
+
+    def view_landmarks(self, views: np.ndarray) -> np.ndarray:
+        """The five landmarks (N, 5, 2) in pixels of each of N face views (N, view_size, view_size, 3)."""
         ...
 
 
@@ -55,13 +66,14 @@ class MTCNNDetector:
     """facenet-pytorch's MTCNN (its weights ship inside the wheel), on the CPU, built once."""
 
     name = "mtcnn"
+    view_size = 48   # ONet's input: its last stage, which gives the landmarks
 
     def __init__(self, max_side: int = 1024, threads: int | None = 1):
         from facenet_pytorch import MTCNN  # imported here: torch start-up is paid only when detecting
 
-        _use_contiguous_resample()
         self.max_side = max_side
         self.threads = threads
+        # only its three networks and thresholds are used: run_cascade runs the stages (cascade.py)
         self._mtcnn = MTCNN(keep_all=True, device="cpu", select_largest=False)
         for name in ("pnet", "rnet", "onet"):
             setattr(self._mtcnn, name, _channels_last(getattr(self._mtcnn, name)))
@@ -83,12 +95,21 @@ class MTCNNDetector:
         return found
 
     def _run(self, batch: np.ndarray, min_size: float) -> list[list[DetectedFace]]:
-        # min_face_size only sets where MTCNN's image pyramid starts; set per call so one detector
-        # serves every min_face (not thread-safe: one detector per thread)
-        self._mtcnn.min_face_size = max(float(_MTCNN_WINDOW), min_size)
+        # min_size only sets where the image pyramid starts (torch's thread count is process-wide: one
+        # detector per thread)
         with _torch_threads(self.threads):
-            boxes, scores, points = self._mtcnn.detect(batch, landmarks=True)
-        return [_faces(b, s, p) for b, s, p in zip(boxes, scores, points)]
+            found = run_cascade(self._mtcnn, batch, max(float(_MTCNN_WINDOW), min_size), PYRAMID_FACTOR)
+        return [_faces(boxes[:, :4], boxes[:, 4], points) for boxes, points in found]
+
+    def view_landmarks(self, views: np.ndarray) -> np.ndarray:
+        import torch
+
+        # scaled as facenet-pytorch feeds its networks; ONet answers x1..x5, y1..y5 as fractions of the view
+        batch = torch.from_numpy(np.ascontiguousarray(views)).permute(0, 3, 1, 2).float()
+        with torch.no_grad(), _torch_threads(self.threads):
+            _, points, _ = self._mtcnn.onet((batch - 127.5) * 0.0078125)
+        points = points.numpy().reshape(len(views), 2, 5).transpose(0, 2, 1)
+        return (points * np.array([views.shape[2], views.shape[1]], dtype=np.float32)).astype(np.float32)
 
 
 @contextlib.contextmanager
@@ -123,26 +144,6 @@ def _channels_last(net):
             return self.inner(x.contiguous(memory_format=torch.channels_last))
 
     return ChannelsLast(net)
-
-
-def _use_contiguous_resample() -> None:
-    """Make MTCNN's resampling copy its input to contiguous memory first: the same numbers, 5-10x faster.
-
-    facenet-pytorch resizes every candidate box as a strided slice of the whole photo, and torch's CPU
-    area resampling (adaptive_avg_pool2d) of such a slice takes ~4 ms with 2 threads against ~0.6 ms
-    for a contiguous copy; with a few hundred candidates per photo that was 80% of detection time.
-    The module-level function is replaced, once; a contiguous copy of a tensor holds the same values."""
-    from facenet_pytorch.models.utils import detect_face
-
-    if getattr(detect_face.imresample, "facetl_contiguous", False):
-        return
-    original = detect_face.imresample
-
-    def imresample(img, sz):
-        return original(img.contiguous(), sz)
-
-    imresample.facetl_contiguous = True
-    detect_face.imresample = imresample
 
 
 def _detection_copy(photo: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:

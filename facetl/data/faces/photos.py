@@ -7,6 +7,7 @@ score, not the largest, ...), so nothing is dropped without saying so.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -16,6 +17,7 @@ from PIL import Image
 
 from facetl.data.faces.align import TEMPLATES, align_face
 from facetl.data.faces.detect import LANDMARKS, DetectedFace, FaceDetector, create_detector, detector_names
+from facetl.data.faces.refine import refine_landmarks
 from facetl.data.images import MAX_PIXELS, UnreadableImage, read_photo
 from facetl.errors import FacetlError
 from facetl.preprocessing import FaceAlignment
@@ -23,6 +25,8 @@ from facetl.preprocessing import FaceAlignment
 # What to do with a photo holding several usable faces. "all" is for prediction, which answers per face;
 # the others are the training rules of FaceAlignment.multi_face.
 MULTI_FACE_RULES = ("largest", "skip", "error", "all")
+# Where the landmarks a crop is aligned with come from (FaceAlignment.landmarks; see refine.py).
+LANDMARK_SOURCES = ("detector", "refined")
 
 USED = "used"
 TOO_SMALL = "too small"
@@ -84,6 +88,8 @@ def check_alignment(alignment: FaceAlignment, multi_face: str | None = None) -> 
     rule = multi_face or alignment.multi_face
     if rule not in MULTI_FACE_RULES:
         problems.append(f"multi-face rule {rule!r} (valid: {', '.join(MULTI_FACE_RULES)})")
+    if alignment.landmarks not in LANDMARK_SOURCES:
+        problems.append(f"landmarks {alignment.landmarks!r} (valid: {', '.join(LANDMARK_SOURCES)})")
     if not 0.1 <= alignment.scale <= 4.0:
         problems.append(f"scale {alignment.scale} (between 0.1 and 4)")
     if alignment.min_face < 1:
@@ -111,7 +117,7 @@ def faces_in_photo(photo: str | Path | np.ndarray, alignment: FaceAlignment, siz
     detector = detector or detector_for(alignment)
     source, pixels = _load(photo)
     return _judge(source, pixels, detector.detect([pixels], alignment.min_face)[0], alignment, size,
-                  multi_face or alignment.multi_face)
+                  multi_face or alignment.multi_face, detector)
 
 
 def faces_in_photos(paths: Iterable[str | Path], alignment: FaceAlignment, size: int,
@@ -141,7 +147,7 @@ def _detect_chunk(chunk: Sequence[tuple[str, np.ndarray | str]], detector: FaceD
         if isinstance(pixels, str):
             yield PhotoFaces(source, error=pixels)
         else:
-            yield _judge(source, pixels, next(found), alignment, size, rule)
+            yield _judge(source, pixels, next(found), alignment, size, rule, detector)
 
 
 def _try_read(path: str | Path, max_pixels: int) -> tuple[str, np.ndarray | str]:
@@ -160,16 +166,30 @@ def _load(photo: str | Path | np.ndarray) -> tuple[str, np.ndarray]:
 
 
 def _judge(source: str, pixels: np.ndarray, found: list[DetectedFace], alignment: FaceAlignment, size: int,
-           rule: str) -> PhotoFaces:
+           rule: str, detector: FaceDetector) -> PhotoFaces:
     statuses = _statuses(found, alignment, rule, source)
     image = Image.fromarray(pixels)  # one PIL image for all the face warps of this photo
+    cut = [i for i, status in enumerate(statuses) if status not in (TOO_SMALL, LOW_SCORE)]
+    found = list(found)
+    for i, face in zip(cut, aligned_landmarks(image, [found[i] for i in cut], alignment, detector)):
+        found[i] = face
     faces = []
     for index, (face, status) in enumerate(zip(found, statuses)):
         crop = None
-        if status not in (TOO_SMALL, LOW_SCORE):
+        if index in cut:
             crop = align_face(image, face.landmarks, size, alignment.template, alignment.scale)
         faces.append(PhotoFace(index, face, status, crop))
     return PhotoFaces(source, pixels.shape[1], pixels.shape[0], faces)
+
+
+def aligned_landmarks(image: Image.Image, faces: Sequence[DetectedFace], alignment: FaceAlignment,
+                      detector: FaceDetector) -> list[DetectedFace]:
+    """The faces with the landmarks their crops are aligned with: the detector's, or refined (refine.py).
+    These are the landmarks faces.csv and predictions report."""
+    if alignment.landmarks == "detector" or not faces:
+        return list(faces)
+    refined = refine_landmarks(image, [f.landmarks for f in faces], detector, alignment.template)
+    return [dataclasses.replace(face, landmarks=marks) for face, marks in zip(faces, refined)]
 
 
 def _statuses(found: Sequence[DetectedFace], alignment: FaceAlignment, rule: str, source: str) -> list[str]:
