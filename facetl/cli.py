@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import warnings
+from datetime import datetime
 from pathlib import Path
 
 from facetl.config import BOUNDS, FIELDS, STRATEGY_HELP, TrainConfig, build_config, load_yaml
@@ -42,14 +43,22 @@ FLAG_HELP = {
     "head": "linear | mlp (4096-1024) | vgg (4096-4096)",
     "strategy": STRATEGY_HELP,
     "dropout": "dropout probability in the mlp and vgg heads, 0 to <1",
-    "lr": "Adam learning rate",
+    "lr": "peak learning rate of the head, or auto (the LR range test picks it; see facetl lr-find)",
+    "optimizer": "adam | adamw | sgd (momentum 0.9, Nesterov)",
+    "weight_decay": "weight decay (decoupled for adamw; never on biases and norm layers)",
+    "lr_decay": "discriminative LRs: each earlier backbone block's LR is the next one's times this (0 to 1)",
+    "warmup": "epochs of linear LR warm-up at the start of each stage (cosine and none schedules)",
+    "unfreeze": "with --strategy gradual: EPOCH:STRATEGY,... e.g. 1:frozen,3:last-block,6:full",
+    "label_smoothing": "move training targets this far towards uniform (0 to 0.5)",
+    "patience": "early stopping: stop after N epochs without a better selection score (in the last stage)",
+    "ema": "keep an exponential moving average of the weights with this decay (e.g. 0.999) and evaluate it",
     "epochs": "training epochs",
     "batch_size": "images per step (per process with --nproc)",
     "seed": "seed of the split, the initial weights and every epoch's draws",
     "device": "auto | cpu | cuda | mps",
     "precision": "auto | fp32 | bf16 | fp16",
     "select": "best epoch by val_loss or val_acc",
-    "scheduler": "learning-rate schedule over the epochs: none | cosine",
+    "scheduler": "learning-rate schedule within each stage: none | cosine | onecycle",
     "precise_bn": "recompute batch-norm statistics over training images before each validation: auto (only "
                   "without pretraining) | on | off",
     "cache": "use the decoded-image and frozen-feature caches",
@@ -132,6 +141,10 @@ def _add_training(sub) -> None:
     train.add_argument("--resume", metavar="RUN", help="continue a killed run from its last finished epoch")
     train.add_argument("--nproc", type=whole_number(1, 1024), default=1, metavar="N",
                        help="train with N processes on this machine (launches torchrun; one per GPU, or CPU gloo)")
+
+    lr_find = sub.add_parser("lr-find", help="the learning-rate range test: a plot of loss against LR and the "
+                                             "suggested LR for these training options")
+    add_config_flags(lr_find)
 
     sweep = sub.add_parser("sweep", help="every combination of a grid, on one split, with a results table")
     add_config_flags(sweep)
@@ -305,6 +318,18 @@ def cmd_train(args) -> int:
 
     _oom_guard(lambda: fit(config, resume=bool(args.resume), progress=True, pictures=training_pictures),
                config.batch_size)
+    return 0
+
+
+def cmd_lr_find(args) -> int:
+    from facetl.train.fit import fit
+
+    config = config_from_args(args)
+    if config.out is None:
+        config.out = f"runs/lr-find-{config.backbone}-{datetime.now():%Y%m%d-%H%M%S}"
+    result = fit(config, progress=sys.stderr.isatty(), only_find_lr=True)
+    print(f"suggested lr {result.metrics['suggested_lr']:.2g}; plot {result.folder / 'lr_find.png'}, "
+          f"values {result.folder / 'lr_find.csv'}")
     return 0
 
 
@@ -586,7 +611,7 @@ def cmd_serve(args) -> int:
 
 COMMANDS = {"faces": cmd_faces, "train": cmd_train, "evaluate": cmd_evaluate, "sweep": cmd_sweep, "predict": cmd_predict,
             "inspect": cmd_inspect, "cache": cmd_cache, "backbones": cmd_backbones, "demo": cmd_demo,
-            "export": cmd_export, "explain": cmd_explain, "serve": cmd_serve}
+            "export": cmd_export, "explain": cmd_explain, "serve": cmd_serve, "lr-find": cmd_lr_find}
 
 if __name__ == "__main__":
     sys.exit(main())

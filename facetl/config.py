@@ -23,8 +23,8 @@ AUGMENTATIONS = ("flip", "jitter", "rotate", "none")
 # (an img_size of 100000 is a 30 GB batch of one; 100000 cache views a 98 GB file)
 BOUNDS = (("epochs", 1, 100_000), ("batch_size", 1, 65_536), ("lr", 0, 10.0), ("cache_views", 0, 64),
           ("img_size", 8, 2048), ("limit", 10, 100_000_000), ("min_face", 1, 10_000), ("workers", 1, 256),
-          ("seed", 0, 2**32 - 1), ("folds", 2, 100))
-STRATEGY_HELP = "frozen | last-block | from:K (layer index or module name) | full"
+          ("seed", 0, 2**32 - 1), ("folds", 2, 100), ("patience", 1, 100_000))
+STRATEGY_HELP = "frozen | last-block | from:K (layer index or module name) | full | gradual"
 
 
 @dataclass
@@ -43,7 +43,7 @@ class TrainConfig:
     img_size: int | None = None          # None: the backbone's pretrained input size
     normalize: list[float] | None = None  # [mean, std] or [m1,m2,m3,s1,s2,s3]; None: backbone's
     colour: str | None = None            # rgb | grey; None: rgb, or what a facetl run given as --weights used
-    augment: list[str] = field(default_factory=list)
+    augment: list[str] | None = None     # None: the recipe chooses (facetl/train/recipe.py)
     faces: str = "none"                  # none (images are face crops) | detect (find and align faces in photos)
     multi_face: str = "largest"          # a training photo with several faces: largest | skip | error
     min_face: int = 20                   # smallest face side, in pixels, that counts as a face
@@ -51,11 +51,19 @@ class TrainConfig:
     backbone: str = "mobilenet_v2"
     weights: str = "imagenet"            # imagenet | none | auto | PATH (state dict or run folder)
     head: str = "linear"                 # linear | mlp | vgg
-    strategy: str = "frozen"
+    strategy: str = "frozen"             # frozen | last-block | from:K | full | gradual (see unfreeze)
+    unfreeze: str | None = None          # gradual unfreezing: EPOCH:STRATEGY,... (None with gradual: the recipe's)
     dropout: float = 0.5
-    # training
-    lr: float = 1e-4
-    epochs: int = 10
+    # training: a None is chosen by the recipe from the situation and said in the log (facetl/train/recipe.py)
+    lr: float | str | None = None        # the head's learning rate, or auto (the LR range test chooses)
+    epochs: int | None = None
+    optimizer: str | None = None         # adam | adamw | sgd (momentum 0.9, Nesterov)
+    weight_decay: float | None = None    # decoupled for adamw; not applied to biases and norm layers
+    lr_decay: float | None = None        # discriminative LRs: each earlier backbone block's LR times this
+    warmup: float | None = None          # epochs of linear warm-up at the start of each stage (cosine, none)
+    label_smoothing: float = 0.0
+    patience: int | None = None          # early stopping: epochs without a better selection score
+    ema: float | None = None             # exponential moving average of the weights, e.g. 0.999; evaluated, saved
     batch_size: int = 32
     seed: int = 0
     device: str = "auto"                 # auto | cpu | cuda | mps
@@ -63,7 +71,7 @@ class TrainConfig:
     select: str = "val_loss"             # val_loss | val_acc
     balance: str = "none"                # class imbalance: none | loss (class-weighted) | sampler (balanced batches)
     threshold: str = "0.5"               # two classes: a probability, or f1 | balanced (chosen on validation)
-    scheduler: str = "none"              # none | cosine
+    scheduler: str | None = None         # none | cosine | onecycle, per unfreezing stage
     precise_bn: str = "auto"             # recompute batch-norm statistics before each validation: auto | on | off
     # speed
     cache: bool = True                   # decoded-image and frozen-feature caches
@@ -87,7 +95,8 @@ class TrainConfig:
             "device": ("auto", "cpu", "cuda", "mps"),
             "precision": ("auto", "fp32", "bf16", "fp16"),
             "select": ("val_loss", "val_acc"),
-            "scheduler": ("none", "cosine"),
+            "scheduler": (None, "none", "cosine", "onecycle"),
+            "optimizer": (None, "adam", "adamw", "sgd"),
             "precise_bn": ("auto", "on", "off"),
             "faces": ("none", "detect"),
             "multi_face": ("largest", "skip", "error"),
@@ -100,17 +109,32 @@ class TrainConfig:
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 problems.append(f"{key}: {getattr(self, key)!r} is not one of {', '.join(allowed)}")
-        for aug in self.augment:
+        for aug in self.augment or []:
             name, _, arg = aug.partition(":")
             if name not in AUGMENTATIONS or (arg and (name != "rotate" or not _is_number(arg))):
                 problems.append(f"augment: unknown augmentation {aug!r} (flip, jitter, rotate[:DEGREES], none)")
-        if not (self.strategy in ("frozen", "last-block", "full") or self.strategy.startswith("from:")):
+        if not (self.strategy in ("frozen", "last-block", "full", "gradual") or self.strategy.startswith("from:")):
             problems.append(f"strategy: {self.strategy!r} is not one of {STRATEGY_HELP}")
+        if self.unfreeze is not None:
+            problems += unfreeze_problems(self.unfreeze, self.epochs)
+            if self.strategy != "gradual":
+                problems.append(f"unfreeze: applies with --strategy gradual, not {self.strategy}")
+        if isinstance(self.lr, str) and self.lr != "auto":
+            problems.append(f"lr: {self.lr!r} is not a number or auto")
+        for key, low, high in (("weight_decay", 0, 10), ("lr_decay", 0, 1), ("warmup", 0, 1000),
+                               ("label_smoothing", 0, 0.5)):
+            value = getattr(self, key)
+            if value is not None and (not math.isfinite(value) or not low <= value <= high
+                                      or (key == "lr_decay" and value == 0)):
+                problems.append(f"{key}: {value} is out of range ({'above 0' if key == 'lr_decay' else f'from {low}'}"
+                                f" to {high})")
+        if self.ema is not None and not 0 < self.ema < 1:
+            problems.append(f"ema: {self.ema} must be a decay between 0 and 1 (e.g. 0.999)")
         if self.normalize is not None and len(self.normalize) not in (2, 6):
             problems.append("normalize: give MEAN,STD or three means and three stds")
         for key, low, high in BOUNDS:
             value = getattr(self, key)
-            if value is None:
+            if value is None or isinstance(value, str):
                 continue
             if not math.isfinite(value) or not low <= value <= high or (key == "lr" and value == 0):
                 problems.append(f"{key}: {value} is out of range ({'above 0' if key == 'lr' else f'from {low}'} "
@@ -134,7 +158,7 @@ class TrainConfig:
 
     @property
     def augmentations(self) -> list[str]:
-        return [a for a in self.augment if a != "none"]
+        return [a for a in self.augment or [] if a != "none"]
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -150,6 +174,34 @@ def _split_by_problems(split_by: str) -> list[str]:
     except re.error as exc:
         return [f"split_by: {split_by!r} is not a regular expression ({exc})"]
     return [] if pattern.groups else [f"split_by: {split_by!r} needs a capture group, e.g. path:^([^/]+)/"]
+
+
+def parse_unfreeze(text: str) -> list[tuple[int, str]]:
+    """'1:frozen,4:last-block,7:full' -> [(1, 'frozen'), (4, 'last-block'), (7, 'full')]; ValueError says why."""
+    stages = []
+    for item in text.split(","):
+        epoch, sep, strategy = item.strip().partition(":")
+        if not sep or not epoch.strip().isdigit() or not strategy:
+            raise ValueError(f"{item.strip()!r} is not EPOCH:STRATEGY (e.g. 1:frozen,4:last-block,7:full)")
+        stages.append((int(epoch), strategy.strip()))
+    if stages[0][0] != 1:
+        raise ValueError("the first stage must start at epoch 1")
+    if any(b[0] <= a[0] for a, b in zip(stages, stages[1:])):
+        raise ValueError("stage epochs must increase")
+    for _, strategy in stages:
+        if not (strategy in ("frozen", "last-block", "full") or strategy.startswith("from:")):
+            raise ValueError(f"{strategy!r} is not frozen, last-block, from:K or full")
+    return stages
+
+
+def unfreeze_problems(text: str, epochs: int | None) -> list[str]:
+    try:
+        stages = parse_unfreeze(text)
+    except ValueError as exc:
+        return [f"unfreeze: {exc}"]
+    if epochs is not None and stages[-1][0] > epochs:
+        return [f"unfreeze: stage at epoch {stages[-1][0]} comes after the last epoch ({epochs})"]
+    return []
 
 
 def _is_number(text: str) -> bool:
@@ -176,6 +228,8 @@ def _is_probability(text: str) -> bool:
 
 def coerce(key: str, value):
     """Convert a YAML or command-line value to the type of `key`; raise ValueError with a reason."""
+    if key == "lr" and isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
     hint = _HINTS[key]
     args = typing.get_args(hint)
     optional = type(None) in args

@@ -69,6 +69,8 @@ class RunRecord:
     threshold_rule: str | None = None      # --threshold as given: a probability, f1 or balanced
     wall_seconds: dict[str, float] = field(default_factory=dict)  # per stage of this invocation of train
     notes: list[str] = field(default_factory=list)
+    recipe: list[str] = field(default_factory=list)       # training keys the recipe chose, and why
+    stopped_after: int | None = None                      # --patience stopped training after this epoch
 
     def to_dict(self) -> dict:
         values = dataclasses.asdict(self)

@@ -59,11 +59,35 @@ def plot_curves(history: list[dict], path: Path, title: str = "", best_epoch: in
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.25
         ax.margins(x=0.08)  # keeps a selected last epoch's line off the frame
         ax.grid(alpha=0.3)
+        for h, before in zip(history[1:], history):  # gradual unfreezing steps
+            if h.get("strategy") and before.get("strategy") and h["strategy"] != before["strategy"]:
+                ax.axvline(h["epoch"] - 0.5, color="grey", ls=":", lw=1.2)
+                ax.annotate(f"unfreeze: {h['strategy']}", (h["epoch"] - 0.5, 1), xycoords=("data", "axes fraction"),
+                            rotation=90, va="top", ha="right", fontsize=7, color="dimgrey")
     # one legend under both panels: inside either, it would cover a spike or the last epochs
     fig.legend(*ax_loss.get_legend_handles_labels(), loc="upper center", ncol=3, fontsize=9, frameon=False,
                bbox_to_anchor=(0.5, 0.0))
     if title:
         fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_lr_find(lrs: list[float], losses: list[float], smoothed: list[float], suggestion: float, path: Path,
+                 title: str = "") -> Figure:
+    """Loss against learning rate (log axis) from the range test, with the suggested LR marked."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    ax.plot(lrs, losses, color="tab:blue", alpha=0.25, lw=1, label="loss per batch")
+    ax.plot(lrs, smoothed, color="tab:blue", lw=2, label="smoothed loss")
+    at = int(np.argmin(np.abs(np.log(np.asarray(lrs)) - np.log(suggestion)))) if lrs else 0
+    if lrs:
+        ax.plot([suggestion], [smoothed[at]], "o", ms=9, color="tab:red",
+                label=f"suggested lr {suggestion:.2g} (steepest descent)")
+        low, high = min(smoothed), max(smoothed[: max(at + 1, int(np.argmin(smoothed)) + 1)])
+        ax.set_ylim(low - 0.1 * (high - low + 1e-9), high + 0.35 * (high - low + 1e-9))
+    ax.set(xscale="log", xlabel="learning rate (head; earlier blocks keep their --lr-decay ratio)", ylabel="loss",
+           title=title or "learning-rate range test")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=9)
     return _save(fig, path)
 
 

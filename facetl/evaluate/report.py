@@ -70,6 +70,24 @@ def _fmt(value) -> str:
     return str(value)
 
 
+def _optimisation(config: dict) -> str:
+    parts = [f"{config.get('optimizer') or 'adam'}, lr {_fmt_lr(config.get('lr'))}"]
+    if config.get("lr_decay") not in (None, 1, 1.0):
+        parts.append(f"x{config['lr_decay']:g} per earlier block")
+    parts.append(f"weight decay {config.get('weight_decay') or 0:g}, {config.get('scheduler') or 'none'} schedule"
+                 + (f", warm-up {config['warmup']:g} epochs" if config.get("warmup") else ""))
+    if config.get("strategy") == "gradual":
+        parts.append(f"unfreezing {config.get('unfreeze')}")
+    for key, name in (("ema", "EMA"), ("label_smoothing", "label smoothing"), ("patience", "patience")):
+        if config.get(key):
+            parts.append(f"{name} {config[key]:g}")
+    return "; ".join(parts) + f"; {config.get('epochs')} epochs, batch {config.get('batch_size')}"
+
+
+def _fmt_lr(value) -> str:
+    return "" if value in (None, "") else f"{float(value):.3g}"
+
+
 def render_report(metrics: dict, record: RunRecord, config: dict, history: list[dict],
                   gradcam: bool = False) -> str:
     lines = [f"# {record.title}", ""]
@@ -77,7 +95,11 @@ def render_report(metrics: dict, record: RunRecord, config: dict, history: list[
               f"**Strategy:** {config.get('strategy')} — {record.trainable_params:,} trainable of "
               f"{record.total_params:,} parameters  ",
               f"**Preprocessing:** {record.preprocessing.describe()}  ",
-              f"**Best epoch:** {record.best_epoch} (selected by {config.get('select')})  ",
+              f"**Best epoch:** {record.best_epoch} (selected by {config.get('select')})"
+              + (f"; stopped early after epoch {record.stopped_after} (--patience {config.get('patience')})"
+                 if record.stopped_after else "") + "  ",
+              f"**Optimisation:** {_optimisation(config)}  ",
+              *([f"**Recipe:** {line}  " for line in record.recipe]),
               f"**Training time:** {record.train_seconds or 0:.1f} s ({record.trained_with.describe()})  ",
               *(["**Wall time:** " + ", ".join(f"{k} {v:.1f} s" for k, v in record.wall_seconds.items()) + "  "]
                 if record.wall_seconds else []),
@@ -90,9 +112,11 @@ def render_report(metrics: dict, record: RunRecord, config: dict, history: list[
         lines += [threshold_sentence(metrics), ""]
     if history:
         lines += ["## Training", "", "![curves](curves.png)", "",
-                  "| epoch | train loss | train acc | val loss | val acc | seconds |", "|---|---|---|---|---|---|"]
+                  "| epoch | train loss | train acc | val loss | val acc | lr | trains | seconds |",
+                  "|---|---|---|---|---|---|---|---|"]
         lines += [f"| {h['epoch']} | {h['train_loss']:.4f} | {h['train_acc']:.4f} | {h['val_loss']:.4f} | "
-                  f"{h['val_acc']:.4f} | {h['seconds']:.1f} |" for h in history]
+                  f"{h['val_acc']:.4f} | {_fmt_lr(h.get('lr'))} | {h.get('strategy') or config.get('strategy')} | "
+                  f"{h['seconds']:.1f} |" for h in history]
         lines.append("")
         jumps = val_loss_jumps(history, JUMP_FACTOR)
         if jumps:

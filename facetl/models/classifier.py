@@ -60,23 +60,28 @@ class BuiltModel:
     weights: StartingWeights
 
 
-def build_model(config, num_classes: int, log=print) -> BuiltModel:
-    """Backbone with its weights, the preprocessing they expect, head and strategy, from a TrainConfig."""
+def build_model(config, num_classes: int, log=print, strategy: str | None = None) -> BuiltModel:
+    """Backbone with its weights, the preprocessing they expect, head and strategy (config.strategy, or the
+    unfreezing stage's `strategy`), from a TrainConfig."""
     start = _starting_point(config, log)
     preprocessing = resolve_preprocessing(config, start.backbone, start.record, log)
     check_input_size(start.backbone, preprocessing.size)
     model = _assemble(config, start.backbone, preprocessing.size, num_classes)
     if start.record is not None:
         _carry_head(model, start.state, config.weights, log)
-    plan = apply_strategy(model, config.strategy)
+    plan = apply_strategy(model, strategy or config.strategy)
     return BuiltModel(model, plan, preprocessing, start.weights)
 
 
 def rebuild_model(config, record: RunRecord) -> tuple[FaceClassifier, Plan]:
-    """The structure a run trained (no weights loaded): for reading its checkpoint."""
+    """The structure a run trained (no weights loaded): for reading its checkpoint. A gradual run is rebuilt as
+    its last stage; a checkpoint of an earlier stage loads into it as well (batch norm is the same numbers)."""
     backbone = create_backbone(config.backbone, "none")
     model = _assemble(config, backbone, record.preprocessing.size, len(record.class_names))
-    return model, apply_strategy(model, config.strategy)
+    strategy = config.strategy
+    if strategy == "gradual":
+        strategy = (config.unfreeze or "1:frozen").split(",")[-1].partition(":")[2].strip()
+    return model, apply_strategy(model, strategy)
 
 
 def resolve_preprocessing(config, backbone, source_run: RunRecord | None, log=print) -> Preprocessing:

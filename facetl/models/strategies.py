@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from timm.layers import freeze_batch_norm_2d
+from timm.layers import freeze_batch_norm_2d, unfreeze_batch_norm_2d
 from torch import nn
 
 from facetl.errors import FacetlError
@@ -70,12 +70,14 @@ def first_trainable_layer(backbone: nn.Module, strategy: str) -> int | None:
 
 
 def apply_strategy(model: nn.Module, strategy: str) -> Plan:
-    """Set requires_grad on `model` (a FaceClassifier) and replace its frozen batch-norm layers."""
+    """Set requires_grad on `model` (a FaceClassifier) and replace its frozen batch-norm layers. Applied again
+    with a strategy that trains more (gradual unfreezing), it turns the newly trained batch norm back into
+    ordinary batch norm with the same values."""
     backbone = model.backbone
     layers = backbone_layers(backbone)
     first = first_trainable_layer(backbone, strategy)
     position = {id(module): i for i, (_, module) in enumerate(layers)}
-    frozen_bn = []
+    frozen_bn, thawed_bn = [], []
     # a module's own parameters go with the first layer inside it: a layer is its own first layer; a container
     # with parameters of its own (timm's BatchNormAct2d, ConvNeXt's layer scale, ViT's class token) is not a
     # layer but must be frozen with the layers it holds
@@ -88,8 +90,14 @@ def apply_strategy(model: nn.Module, strategy: str) -> Plan:
             p.requires_grad_(trainable)
         if not trainable and isinstance(module, nn.modules.batchnorm._BatchNorm):
             frozen_bn.append(name)
+        if trainable and is_frozen_batchnorm(module):
+            thawed_bn.append(name)
     for name in frozen_bn:
         freeze_batchnorm(backbone.features, name)
+    for name in thawed_bn:
+        parent_name, _, child = name.rpartition(".")
+        parent = backbone.features.get_submodule(parent_name) if parent_name else backbone.features
+        setattr(parent, child, unfreeze_batch_norm_2d(getattr(parent, child)))
     cut = len(backbone.features) if first is None else int(layers[first][0].split(".")[1])
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters()) + sum(

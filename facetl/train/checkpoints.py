@@ -47,20 +47,24 @@ class CheckpointWriter:
 
     def __init__(self, folder: Path, model: nn.Module, resumed_from: dict | None = None):
         self.folder, self.model = folder, model
-        self.fixed = fixed_keys(model)
         # a resumed run keeps the frozen.pt its resume point checked, rather than rewrite it
         self.frozen_digest: str | None = (resumed_from or {}).get("frozen", {}).get("sha256")
 
-    def save(self, improved: bool, meta: dict, optimizer_state: dict, scheduler_state: dict | None) -> None:
+    def save(self, improved: bool, meta: dict, resume_state: dict, evaluated: dict | None = None) -> None:
+        """best.pt (on improvement) holds `evaluated`, the weights validation scored (the --ema average), or
+        the model's; last.pt the model's own trained tensors and `resume_state` (optimiser, average)."""
         state = self.model.state_dict()
+        # what is frozen now: after a gradual unfreezing step, less than when frozen.pt was written (stages only
+        # unfreeze), so frozen.pt still holds every tensor last.pt leaves out, unchanged since it was written
+        fixed = fixed_keys(self.model)
         if self.frozen_digest is None:
-            atomic_torch_save(self.folder / FROZEN, {k: state[k] for k in sorted(self.fixed)})
+            atomic_torch_save(self.folder / FROZEN, {k: state[k] for k in sorted(fixed)})
             self.frozen_digest = file_digest(self.folder / FROZEN)
         if improved:
-            atomic_torch_save(self.folder / BEST, {"model": state, **meta})
+            atomic_torch_save(self.folder / BEST, {"model": evaluated or state, **meta})
         atomic_torch_save(self.folder / LAST, {
-            "model": {k: v for k, v in state.items() if k not in self.fixed}, "frozen": {"file": FROZEN, "sha256": self.frozen_digest},
-            "optimizer": optimizer_state, "scheduler": scheduler_state, **meta})
+            "model": {k: v for k, v in state.items() if k not in fixed},
+            "frozen": {"file": FROZEN, "sha256": self.frozen_digest}, **resume_state, **meta})
 
 
 def read_resume_point(folder: Path) -> dict:

@@ -11,10 +11,12 @@ and dropout as an uninterrupted one.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable
 from datetime import datetime
@@ -29,17 +31,25 @@ from facetl.data.features import FeatureRequest, FrozenPart, ImageSource, open_f
 from facetl.data.prepare import PreparedData, prepare_data, read_samples
 from facetl.errors import FacetlError
 from facetl.evaluate.metrics import choose_threshold
+from facetl.evaluate.plots import plot_lr_find
 from facetl.evaluate.report import SplitResult, write_evaluation
 from facetl.models import BuiltModel, TrainablePart, build_model
+from facetl.models.strategies import apply_strategy, first_trainable_layer
 from facetl.record import RunRecord
 from facetl.runfolder import (RunLock, atomic_torch_save, atomic_write_csv, atomic_write_json, atomic_write_text,
                               prepare_run_folder, read_torch_file)
 from facetl.runtime import Runtime
 from facetl.train.batchnorm import precise_bn_wanted, recompute_batchnorm
 from facetl.train.checkpoints import CheckpointWriter, read_resume_point
+from facetl.train.ema import WeightAverage
+from facetl.train.lrfind import range_test
 from facetl.train.loop import Evaluator, NonFiniteLoss, Optimisation, balanced_order, class_weights, train_one_epoch
+from facetl.train.optim import (carry_state, describe_groups, make_optimizer, parameter_groups,
+                                set_learning_rates)
+from facetl.train.recipe import complete_recipe
+from facetl.train.schedule import Stage, lr_factor, stage_at, stages
 
-HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"]
+HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "strategy", "seconds"]
 
 
 @dataclass
@@ -108,12 +118,12 @@ class Setup:
     built: BuiltModel
     data: PreparedData
     checkpoint: dict | None       # the resume point, when resuming
+    recipe: list[str] = field(default_factory=list)  # what the recipe chose for keys left out, and why
 
 
 @dataclass
 class TrainingState:
     opt: Optimisation
-    scheduler: object | None
     record: RunRecord
     checkpoints: CheckpointWriter
     history: list[dict] = field(default_factory=list)
@@ -127,9 +137,10 @@ def default_out(config: TrainConfig) -> str:
 
 
 def fit(config: TrainConfig, resume: bool = False, progress: bool = True, quiet: bool = False,
-        pictures: Callable | None = None) -> RunResult:
+        pictures: Callable | None = None, only_find_lr: bool = False) -> RunResult:
     """Train one run into config.out. `pictures(folder, config, record, model, history, split, runtime)`, when
-    given, draws extra pictures of the final split before its report is written (facetl.evaluation's Grad-CAM)."""
+    given, draws extra pictures of the final split before its report is written (facetl.evaluation's Grad-CAM).
+    `only_find_lr`: stop after the LR range test (facetl lr-find); metrics then hold {"suggested_lr": ...}."""
     config.check()
     runtime = Runtime.for_training(config.device, config.precision)
     try:
@@ -145,10 +156,10 @@ def fit(config: TrainConfig, resume: bool = False, progress: bool = True, quiet:
         ctx = RunContext(folder, RunLog(folder / "train.log" if main else None, quiet or not main),
                          progress and main, runtime, pictures)
         if not main:
-            return _fit(config, ctx, resume)
+            return _fit(config, ctx, resume, only_find_lr)
         with RunLock(folder):
             try:
-                return _fit(config, ctx, resume)
+                return _fit(config, ctx, resume, only_find_lr)
             except SetupError as exc:
                 if created:  # bad input stopped it before any training: leave no half-made run folder
                     shutil.rmtree(folder, ignore_errors=True)
@@ -157,14 +168,22 @@ def fit(config: TrainConfig, resume: bool = False, progress: bool = True, quiet:
         runtime.close()
 
 
-def _fit(config: TrainConfig, ctx: RunContext, resume: bool) -> RunResult:
+def _fit(config: TrainConfig, ctx: RunContext, resume: bool, only_find_lr: bool = False) -> RunResult:
     began = time.perf_counter()
     setup = set_up(config, ctx, resume)
     prepared = time.perf_counter()
     source = choose_source(config, setup, ctx)
+    if only_find_lr or config.lr == "auto":
+        suggested = find_lr(config, setup, source, ctx)
+        if only_find_lr:
+            return RunResult(ctx.folder, {"suggested_lr": suggested}, [], None)
+        config.lr = float(f"{suggested:.2g}")
+        setup.recipe.append(f"lr {config.lr:g} (--lr auto: the LR range test's steepest descent, lr_find.png)")
+        if ctx.main:
+            atomic_write_text(ctx.folder / "config.yaml", dump_yaml(config))
     cached = time.perf_counter()
     state = start_training(config, setup, source.description, ctx)
-    run_epochs(config, setup, source, state, ctx)
+    source = run_epochs(config, setup, source, state, ctx)
     state.record.wall_seconds = {"data and model": round(prepared - began, 1),
                                  "frozen features": round(cached - prepared, 1),
                                  "training": round(time.perf_counter() - cached, 1)}
@@ -188,7 +207,16 @@ def set_up(config: TrainConfig, ctx: RunContext, resume: bool) -> Setup:
             raise FacetlError(f"--threshold {config.threshold} applies to two classes; this data has "
                               f"{len(samples.class_names)}, decided by the most probable class")
         torch.manual_seed(config.seed)
-        built = build_model(config, len(samples.class_names), ctx.log)
+        if checkpoint is not None:
+            resumed_recipe(config)
+        # a resumed gradual run is rebuilt as its last finished epoch trained, optimiser included; the next epoch
+        # then takes its unfreezing step as an uninterrupted run would
+        built = build_model(config, len(samples.class_names), ctx.log,
+                            strategy=first_strategy(config, checkpoint["epoch"] if checkpoint else 1))
+        recipe = complete_recipe(config, built.weights, round(len(samples.paths) * config.split[0]
+                                                              if not config.limit else config.limit * config.split[0]))
+        config.check()
+        check_stages_unfreeze(config, built)
         data = prepare_data(config, samples, built.preprocessing, ctx.folder, ctx.log, ctx.progress,
                             ctx.runtime.group)
     except FacetlError as exc:
@@ -197,6 +225,8 @@ def set_up(config: TrainConfig, ctx: RunContext, resume: bool) -> Setup:
         record_data_paths(config, ctx.folder)
         atomic_write_text(ctx.folder / "config.yaml", dump_yaml(config))
     built.model.to(ctx.runtime.device, memory_format=torch.channels_last)
+    for line in recipe:
+        ctx.log(line)
     ctx.log(f"model: {config.backbone} + {config.head} head, {built.weights.describe()}; {built.plan.describe()}")
     if not built.weights.pretrained and built.plan.first_trainable is None:
         ctx.log("warning: a frozen backbone with no pretraining is a fixed random function; expect accuracy near "
@@ -205,7 +235,36 @@ def set_up(config: TrainConfig, ctx: RunContext, resume: bool) -> Setup:
     ctx.log(f"device {ctx.runtime.used(built.plan.cut > 0).describe()}; preprocessing "
             f"{built.preprocessing.describe()}"
             + (f"; {group.world} processes, batch {config.batch_size} per process" if group.active else ""))
-    return Setup(built, data, checkpoint)
+    return Setup(built, data, checkpoint, recipe)
+
+
+def first_strategy(config: TrainConfig, epoch: int) -> str:
+    """What trains at `epoch`: the strategy, or for a gradual run its stage's (the recipe's first is frozen)."""
+    if config.strategy != "gradual":
+        return config.strategy
+    if config.unfreeze is None or config.epochs is None:
+        return "frozen" if config.unfreeze is None else config.unfreeze.split(",")[0].partition(":")[2].strip()
+    return stage_at(config, epoch).strategy
+
+
+def check_stages_unfreeze(config: TrainConfig, built: BuiltModel) -> None:
+    """Each stage trains at least what the one before it did: checkpoints rely on it (train/checkpoints.py)."""
+    before = None
+    for stage in stages(config):
+        first = first_trainable_layer(built.model.backbone, stage.strategy)
+        first = float("inf") if first is None else first
+        if before is not None and first > before[0]:
+            raise FacetlError(f"unfreeze: the stage at epoch {stage.first_epoch} ({stage.strategy}) trains less than "
+                              f"the one before it ({before[1]}); stages may only unfreeze more")
+        before = (first, stage.strategy)
+
+
+def resumed_recipe(config: TrainConfig) -> None:
+    """A run made before these keys existed trained with Adam, no weight decay, one LR: resume it so."""
+    for key, value in (("optimizer", "adam"), ("weight_decay", 0.0), ("lr_decay", 1.0), ("warmup", 0.0),
+                       ("scheduler", "none")):
+        if getattr(config, key) is None:
+            setattr(config, key, value)
 
 
 def record_data_paths(config: TrainConfig, folder: Path) -> None:
@@ -241,34 +300,61 @@ def choose_source(config: TrainConfig, setup: Setup, ctx: RunContext):
     return source
 
 
+def find_lr(config: TrainConfig, setup: Setup, source, ctx: RunContext) -> float:
+    """The LR range test over what trains first, written to lr_find.png and lr_find.csv."""
+    if ctx.runtime.group.active:
+        raise FacetlError("--lr auto and lr-find run in one process: find the LR first, then pass it with --nproc")
+    probe = dataclasses.replace(config, lr=1e-3)  # only the groups' ratios matter: the test sets the LRs itself
+    test = range_test(_optimisation(probe, setup, ctx, None), source, setup.data.labels, setup.data.index("train"),
+                      config.seed, progress=ctx.progress)
+    atomic_write_csv(ctx.folder / "lr_find.csv", ["lr", "loss", "smoothed_loss"], test.rows())
+    plot_lr_find(test.lrs, test.losses, test.smoothed, test.suggestion, ctx.folder / "lr_find.png",
+                 title=f"LR range test: {config.backbone}, {first_strategy(config, 1)}")
+    ctx.log(f"LR range test: {len(test.lrs)} steps; the loss falls fastest at lr {test.suggestion:.2g} "
+            f"(plot {ctx.folder / 'lr_find.png'})")
+    return test.suggestion
+
+
 def start_training(config: TrainConfig, setup: Setup, data_note: str, ctx: RunContext) -> TrainingState:
     """The optimiser over what trains, and the run's record; or both as the resume point left them."""
+    built = setup.built
+    ema = WeightAverage(built.model, config.ema) if config.ema else None
+    opt = _optimisation(config, setup, ctx, ema)
+    if config.balance != "none":
+        ctx.log(_balance_note(config, setup, opt.class_weights))
+    state = TrainingState(opt, _new_record(config, setup, data_note, ctx.runtime),
+                          CheckpointWriter(ctx.folder, built.model, setup.checkpoint))
+    checkpoint = setup.checkpoint
+    if checkpoint is not None:
+        built.model.load_state_dict(checkpoint["model"])
+        opt.optimizer.load_state_dict(checkpoint["optimizer"])
+        if ema is not None and checkpoint.get("ema"):
+            ema.load_state_dict(checkpoint["ema"])
+        state.history, state.best = checkpoint["history"], checkpoint["best"]
+        state.start_epoch, state.train_seconds = checkpoint["epoch"] + 1, checkpoint["train_seconds"]
+        ctx.log(f"resuming after epoch {checkpoint['epoch']}")
+    ctx.log(f"optimiser {config.optimizer}, {describe_groups(opt.optimizer)}, weight decay {config.weight_decay:g}, "
+            f"{config.scheduler} schedule" + (f", EMA {config.ema:g}" if ema else "")
+            + (f", label smoothing {config.label_smoothing:g}" if config.label_smoothing else ""))
+    return state
+
+
+def _optimisation(config: TrainConfig, setup: Setup, ctx: RunContext, ema: WeightAverage | None,
+                  previous: Optimisation | None = None) -> Optimisation:
+    """The trainable part (DDP-wrapped when distributed) and an optimiser over its parameter groups; after an
+    unfreezing step, the parameters that trained before keep their optimiser moments."""
     built, runtime = setup.built, ctx.runtime
     part = TrainablePart(built.model, built.plan.cut)
     if runtime.group.active:  # DistributedDataParallel keeps the ranks' gradients in step
         device = runtime.device
         part = torch.nn.parallel.DistributedDataParallel(
             part, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = torch.optim.Adam([p for p in built.model.parameters() if p.requires_grad], lr=config.lr)
-    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
-                 if config.scheduler == "cosine" else None)
-    opt = Optimisation(built.model, part, optimizer, runtime.precision.scaler(), runtime.precision,
-                       config.batch_size, _class_weights(config, setup, runtime))
-    if config.balance != "none":
-        ctx.log(_balance_note(config, setup, opt.class_weights))
-    state = TrainingState(opt, scheduler, _new_record(config, setup, data_note, runtime),
-                          CheckpointWriter(ctx.folder, built.model, setup.checkpoint))
-    checkpoint = setup.checkpoint
-    if checkpoint is not None:
-        built.model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        if scheduler is not None and checkpoint.get("scheduler"):
-            scheduler.load_state_dict(checkpoint["scheduler"])
-            scheduler.T_max = config.epochs  # --epochs N on resume: the cosine goes on over the new total
-        state.history, state.best = checkpoint["history"], checkpoint["best"]
-        state.start_epoch, state.train_seconds = checkpoint["epoch"] + 1, checkpoint["train_seconds"]
-        ctx.log(f"resuming after epoch {checkpoint['epoch']}")
-    return state
+    optimizer = make_optimizer(config.optimizer, parameter_groups(built.model, config.lr, config.lr_decay,
+                                                                  config.weight_decay))
+    carry_state(previous.optimizer if previous else None, optimizer)
+    scaler = previous.scaler if previous else runtime.precision.scaler()
+    return Optimisation(built.model, part, optimizer, scaler, runtime.precision, config.batch_size,
+                        _class_weights(config, setup, runtime), config.label_smoothing, None, ema)
 
 
 def _class_weights(config: TrainConfig, setup: Setup, runtime: Runtime) -> torch.Tensor | None:
@@ -296,7 +382,7 @@ def _new_record(config: TrainConfig, setup: Setup, data_note: str, runtime: Runt
     return RunRecord(title, built.weights, built.preprocessing, setup.data.class_names, built.plan.cut,
                      built.plan.trainable_params, built.plan.total_params, data_note,
                      runtime.used(built.plan.cut > 0), datetime.now().isoformat(timespec="seconds"),
-                     threshold=fixed, threshold_rule=config.threshold if two else None)
+                     threshold=fixed, threshold_rule=config.threshold if two else None, recipe=setup.recipe)
 
 
 def _evaluator(config: TrainConfig, setup: Setup, source, runtime: Runtime) -> Evaluator:
@@ -315,7 +401,8 @@ def evaluate_split(evaluator: Evaluator, index: np.ndarray, desc: str, ctx: RunC
 
 
 # 3. epochs, each seeded by (seed, epoch) so a resumed run draws what an uninterrupted one would
-def run_epochs(config: TrainConfig, setup: Setup, source, state: TrainingState, ctx: RunContext) -> None:
+def run_epochs(config: TrainConfig, setup: Setup, source, state: TrainingState, ctx: RunContext):
+    """Train to the last epoch (or an early stop); returns the source the final stage reads."""
     built, data, group = setup.built, setup.data, ctx.runtime.group
     evaluator = _evaluator(config, setup, source, ctx.runtime)
     precise_bn = precise_bn_wanted(config.precise_bn, built.weights.pretrained, built.plan.trainable_batchnorm)
@@ -323,6 +410,15 @@ def run_epochs(config: TrainConfig, setup: Setup, source, state: TrainingState, 
         ctx.log("batch norm: statistics recomputed over training images before each validation (no pretraining; "
                 "--precise-bn off to skip)")
     for epoch in range(state.start_epoch, config.epochs + 1):
+        if _early_stop(config, state, epoch - 1, ctx):
+            break
+        stage = stage_at(config, epoch)
+        if epoch == stage.first_epoch and epoch > 1:
+            source = enter_stage(config, setup, stage, state, ctx)
+            evaluator = _evaluator(config, setup, source, ctx.runtime)
+            precise_bn = precise_bn_wanted(config.precise_bn, built.weights.pretrained,
+                                           built.plan.trainable_batchnorm)
+        state.opt.schedule = _schedule(config, stage, epoch, state.opt)
         began = time.perf_counter()
         order = (group.shard(balanced_order(data.index("train"), data.labels, config.seed, epoch))
                  if config.balance == "sampler" else group.epoch_order(data.index("train"), config.seed, epoch))
@@ -335,19 +431,64 @@ def run_epochs(config: TrainConfig, setup: Setup, source, state: TrainingState, 
             kept = "best.pt and last.pt keep the last good epoch" if state.history else "no epoch finished"
             raise FacetlError(f"stopped at epoch {epoch}: {exc}; {kept}") from None
         loss_sum, correct, seen = group.sum(sums["loss_sum"], sums["correct"], sums["seen"])
-        if precise_bn:
-            recompute_batchnorm(TrainablePart(built.model, built.plan.cut), source, data.index("train"),
-                                config.batch_size, ctx.runtime.precision, config.seed)
-        val = evaluate_split(evaluator, data.index("val"), "validate", ctx)
-        if state.scheduler is not None:
-            state.scheduler.step()
+        ema = state.opt.ema
+        with ema.applied(built.model) if ema is not None else nullcontext():  # validation scores the average
+            if precise_bn:
+                recompute_batchnorm(TrainablePart(built.model, built.plan.cut), source, data.index("train"),
+                                    config.batch_size, ctx.runtime.precision, config.seed)
+            val = evaluate_split(evaluator, data.index("val"), "validate", ctx)
+            evaluated = ({k: v.detach().clone() for k, v in built.model.state_dict().items()}
+                         if ema is not None else None)
         seconds = time.perf_counter() - began
         row = {"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / seen, "val_loss": val["loss"],
-               "val_acc": val["acc"], "seconds": seconds}
-        _end_epoch(config, state, row, ctx)
+               "val_acc": val["acc"], "lr": sums["lr"], "strategy": stage.strategy, "seconds": seconds}
+        _end_epoch(config, state, row, ctx, evaluated)
+    return source
 
 
-def _end_epoch(config: TrainConfig, state: TrainingState, row: dict, ctx: RunContext) -> None:
+def enter_stage(config: TrainConfig, setup: Setup, stage: Stage, state: TrainingState, ctx: RunContext):
+    """A gradual unfreezing step: more of the backbone trains, its inputs come from a shorter frozen prefix (the
+    feature cache at the new cut when it can be cached), and a new optimiser carries the old moments on."""
+    built = setup.built
+    built.plan = apply_strategy(built.model, stage.strategy)
+    built.model.to(ctx.runtime.device, memory_format=torch.channels_last)  # thawed batch norm is new modules
+    ctx.log(f"epoch {stage.first_epoch}: unfreezing, {built.plan.describe()}")
+    source = choose_source(config, setup, ctx)
+    if state.opt.ema is not None:
+        state.opt.ema.follow(built.model)
+    state.opt = _optimisation(config, setup, ctx, state.opt.ema, previous=state.opt)
+    record = state.record
+    record.cut, record.trainable_params = built.plan.cut, built.plan.trainable_params
+    record.trained_with = ctx.runtime.used(built.plan.cut > 0)
+    record.data_path_note = source.description
+    return source
+
+
+def _schedule(config: TrainConfig, stage: Stage, epoch: int, opt: Optimisation):
+    """Sets every group's LR at a fraction of this epoch, a pure function of where the run is in its stage."""
+    warmup = (config.warmup or 0.0) / stage.epochs
+
+    def at(fraction: float) -> float:
+        progress = (epoch - stage.first_epoch + fraction) / stage.epochs
+        return set_learning_rates(opt.optimizer, lr_factor(config.scheduler, progress, warmup))
+    return at
+
+
+def _early_stop(config: TrainConfig, state: TrainingState, epoch: int, ctx: RunContext) -> bool:
+    """--patience N: no better selection score for N epochs, once the last unfreezing stage has begun."""
+    if not config.patience or not state.history or state.best["epoch"] is None:
+        return False
+    if epoch - state.best["epoch"] < config.patience or stage_at(config, epoch).first_epoch != \
+            stages(config)[-1].first_epoch:
+        return False
+    state.record.stopped_after = epoch
+    ctx.log(f"early stop after epoch {epoch}: no better {config.select} for {config.patience} epochs "
+            f"(best epoch {state.best['epoch']})")
+    return True
+
+
+def _end_epoch(config: TrainConfig, state: TrainingState, row: dict, ctx: RunContext,
+               evaluated: dict | None = None) -> None:
     """Record the epoch, choose the best, write checkpoints and history (rank 0), and wait for them."""
     state.history.append(row)
     state.train_seconds += row["seconds"]
@@ -357,16 +498,26 @@ def _end_epoch(config: TrainConfig, state: TrainingState, row: dict, ctx: RunCon
         state.best = {"epoch": row["epoch"], "score": float(score)}
     state.record.best_epoch, state.record.train_seconds = state.best["epoch"], round(state.train_seconds, 2)
     ctx.log(f"epoch {row['epoch']:>3}/{config.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
-            f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}  {row['seconds']:.1f}s"
+            f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}  lr {row['lr']:.3g}  {row['seconds']:.1f}s"
             + ("  *best" if improved else ""))
     if ctx.main:
         meta = {"config": config.to_dict(), "record": state.record.to_dict(), "epoch": row["epoch"],
                 "history": state.history, "best": state.best, "train_seconds": state.train_seconds}
-        state.checkpoints.save(improved, meta, state.opt.optimizer.state_dict(),
-                               state.scheduler.state_dict() if state.scheduler else None)
-        atomic_write_csv(ctx.folder / "history.csv", HISTORY_COLUMNS,
-                         [[h[c] if c == "epoch" else f"{h[c]:.6f}" for c in HISTORY_COLUMNS] for h in state.history])
+        resume = {"optimizer": state.opt.optimizer.state_dict(),
+                  "ema": state.opt.ema.state_dict() if state.opt.ema is not None else None}
+        state.checkpoints.save(improved, meta, resume, evaluated)
+        atomic_write_csv(ctx.folder / "history.csv", HISTORY_COLUMNS, [history_cells(h) for h in state.history])
     ctx.runtime.group.barrier()  # checkpoints are complete before any rank goes on
+
+
+def history_cells(row: dict) -> list[str]:
+    """One history.csv row; runs from before a column existed leave it empty."""
+    cells = []
+    for column in HISTORY_COLUMNS:
+        value = row.get(column)
+        cells.append("" if value is None else str(value) if column in ("epoch", "strategy") else
+                     f"{value:.6g}" if column == "lr" else f"{value:.6f}")
+    return cells
 
 
 # 4. the test split, once, with the best epoch's weights

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -13,12 +14,15 @@ from facetl.runtime import Precision
 from facetl.progress import progress_bar
 
 
-def loss_fn(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+def loss_fn(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None,
+            smoothing: float = 0.0) -> torch.Tensor:
     """BCE-with-logits on one logit for two classes, cross-entropy on N logits otherwise. `weights`
-    (--balance loss): the positive class's weight (pos_weight) for one logit, one weight per class for N."""
+    (--balance loss): the positive class's weight (pos_weight) for one logit, one weight per class for N.
+    `smoothing` (--label-smoothing, training only): targets move that far towards uniform."""
     if logits.shape[1] == 1:
-        return F.binary_cross_entropy_with_logits(logits[:, 0], labels.float(), pos_weight=weights)
-    return F.cross_entropy(logits, labels, weight=weights)
+        target = labels.float() * (1 - smoothing) + smoothing / 2
+        return F.binary_cross_entropy_with_logits(logits[:, 0], target, pos_weight=weights)
+    return F.cross_entropy(logits, labels, weight=weights, label_smoothing=smoothing)
 
 
 def class_weights(labels: np.ndarray, classes: int, device: torch.device) -> torch.Tensor:
@@ -61,6 +65,9 @@ class Optimisation:
     precision: Precision
     batch_size: int
     class_weights: torch.Tensor | None = None
+    label_smoothing: float = 0.0
+    schedule: Callable[[float], float] | None = None  # sets the LRs at a fraction of the epoch; returns the head's
+    ema: object | None = None                          # a WeightAverage, updated after every step
 
 
 def train_one_epoch(opt: Optimisation, source, labels: np.ndarray, order: np.ndarray, generator: torch.Generator,
@@ -68,26 +75,35 @@ def train_one_epoch(opt: Optimisation, source, labels: np.ndarray, order: np.nda
     """Train over `order` in batches. Returns sums (loss, correct, seen) so that ranks can add theirs up."""
     opt.model.eval()  # the frozen prefix computes as it did for the feature cache (no dropout, no drop-path)
     opt.part.train()  # safe: frozen batch-norm layers were replaced by ones that a .train() call cannot unfreeze
-    total_loss, correct, seen = 0.0, 0, 0
+    total_loss, correct, seen, lrs = 0.0, 0, 0, []
     batches = range(0, len(order), opt.batch_size)
     for start in progress_bar(batches, desc=desc, unit="batch", enabled=progress, summary=False):
+        if opt.schedule is not None:
+            lrs.append(opt.schedule(start / max(len(order), 1)))
         batch = order[start:start + opt.batch_size]
         z = source.batch(batch, generator)
         y = torch.as_tensor(labels[batch], device=z.device)
-        with opt.precision.autocast():
-            logits = opt.part(z).float()
-        loss = loss_fn(logits, y, opt.class_weights)
-        if not torch.isfinite(loss):
-            raise NonFiniteLoss(f"the training loss became {loss.item()} at batch {start // opt.batch_size + 1}"
-                                f"{_why_not_finite(opt, z)}")
-        opt.optimizer.zero_grad(set_to_none=True)
-        opt.scaler.scale(loss).backward()
-        opt.scaler.step(opt.optimizer)
-        opt.scaler.update()
+        loss, logits = train_step(opt, z, y, start // opt.batch_size + 1)
+        if opt.ema is not None:
+            opt.ema.update(opt.model)
         total_loss += loss.item() * len(batch)
         correct += int((probabilities(logits.detach()).argmax(1) == y).sum())
         seen += len(batch)
-    return {"loss_sum": total_loss, "correct": correct, "seen": seen}
+    return {"loss_sum": total_loss, "correct": correct, "seen": seen, "lr": float(np.mean(lrs)) if lrs else None}
+
+
+def train_step(opt: Optimisation, z: torch.Tensor, y: torch.Tensor, number: int = 1):
+    """One optimiser step on a batch; returns the loss and the logits."""
+    with opt.precision.autocast():
+        logits = opt.part(z).float()
+    loss = loss_fn(logits, y, opt.class_weights, opt.label_smoothing)
+    if not torch.isfinite(loss):
+        raise NonFiniteLoss(f"the training loss became {loss.item()} at batch {number}{_why_not_finite(opt, z)}")
+    opt.optimizer.zero_grad(set_to_none=True)
+    opt.scaler.scale(loss).backward()
+    opt.scaler.step(opt.optimizer)
+    opt.scaler.update()
+    return loss, logits
 
 
 @dataclass

@@ -1,0 +1,73 @@
+"""Defaults that fit the situation: what a run does with the training keys the user left out.
+
+The studies' recipe (Adam 1e-4, constant, 10 epochs) assumes ImageNet weights and a frozen or lightly tuned
+backbone. Measured on SMILEsmileD it fails elsewhere: from random weights it reaches 0.57 test accuracy where
+lr 1e-3 with a schedule and augmentation reaches 0.93, and a linear head on frozen features is still
+undertrained after 10 epochs at 1e-4. So the recipe depends on where the weights come from and on what trains:
+
+| situation                        | optimiser       | peak lr | lr decay | schedule | epochs        | augmentation        |
+|----------------------------------|-----------------|---------|----------|----------|---------------|---------------------|
+| no pretraining                   | AdamW, wd 0.05  | 2e-3    | 1        | one-cycle| 200k/images, 15-40 | flip, jitter, rotate:10 |
+| pretrained, frozen backbone      | AdamW, wd 0.01  | 1e-3    | -        | one-cycle| 10            | flip                |
+| pretrained, fine-tuned / gradual | AdamW, wd 0.01  | 1e-3    | 0.5      | one-cycle| 10 (gradual 12)| flip, jitter       |
+
+Gradual unfreezing with no --unfreeze: the head alone for the first sixth of the epochs, then the last block,
+then everything from half-way (fastai's fine_tune trains the head, then all, each stage a one-cycle).
+Every choice is logged with its reason and written to the run's config.yaml; a flag or config key overrides it.
+Study configs set every key, so they keep the studies' exact recipes.
+"""
+from __future__ import annotations
+
+from facetl.config import TrainConfig
+from facetl.record import StartingWeights
+
+
+def complete_recipe(config: TrainConfig, weights: StartingWeights, train_images: int) -> list[str]:
+    """Fill every training key left as None; return one line per choice, saying why."""
+    pretrained = weights.pretrained
+    tuned = config.strategy != "frozen"
+    situation = ("no pretraining" if not pretrained else
+                 f"{weights.describe()}, {'frozen backbone' if not tuned else config.strategy + ' fine-tuning'}")
+    chosen: list[str] = []
+
+    def choose(key: str, value, why: str) -> None:
+        if getattr(config, key) is None:
+            setattr(config, key, value)
+            chosen.append(f"{key} {_show(value)} ({why})")
+
+    choose("optimizer", "adamw", "decoupled weight decay")
+    choose("weight_decay", 0.05 if not pretrained else 0.01,
+           "random weights need regularising" if not pretrained else "light: the weights start somewhere good")
+    if not pretrained:
+        choose("lr", 2e-3, "random weights take large steps")
+        choose("epochs", min(max(round(200_000 / max(train_images, 1)), 15), 40),
+               f"about 200k images seen, from {train_images:,} training images")
+        choose("augment", ["flip", "jitter", "rotate:10"], "no pretraining: the data must teach invariance")
+    else:
+        choose("lr", 1e-3, "the head's LR: a new linear layer on fixed features needs more than 1e-4")
+        choose("epochs", 12 if config.strategy == "gradual" else 10, "pretrained features converge fast")
+        choose("augment", ["flip"] if not tuned else ["flip", "jitter"],
+               "flipped features are cached; jitter would recompute the frozen part" if not tuned else
+               "fine-tuning sees new pixels every epoch")
+    choose("lr_decay", 0.5 if pretrained and tuned else 1.0,
+           "earlier pretrained blocks change less" if pretrained and tuned else "every layer learns alike")
+    choose("scheduler", "onecycle", "warm up, then anneal within each stage")
+    if config.strategy == "gradual" and config.unfreeze is None:
+        last_block, full = 1 + max(1, round(config.epochs / 6)), 1 + max(2, round(config.epochs / 2))
+        if full <= last_block or full > config.epochs:
+            config.unfreeze = f"1:frozen,{min(2, config.epochs)}:full" if config.epochs > 1 else "1:frozen"
+        else:
+            config.unfreeze = f"1:frozen,{last_block}:last-block,{full}:full"
+        chosen.append(f"unfreeze {config.unfreeze} (the head first, then deeper)")
+    if not chosen:
+        return []
+    return [f"recipe for {situation}, {train_images:,} training images: " + "; ".join(chosen)
+            + " (a flag or config key overrides any of these)"]
+
+
+def _show(value) -> str:
+    if isinstance(value, list):
+        return "+".join(value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
