@@ -83,7 +83,15 @@ def read_history(folder: Path) -> list[dict]:
     if not path.is_file():
         return []
     with open(path, newline="", encoding="utf-8") as f:
-        return [{k: int(v) if k == "epoch" else float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        return [{k: _history_value(k, v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _history_value(column: str, text: str):
+    if column == "epoch":
+        return int(text)
+    if column == "strategy" or text == "":
+        return text or None
+    return float(text)
 
 
 def locate_data(config: TrainConfig, folder: Path, data: str | None = None, images: str | None = None) -> TrainConfig:

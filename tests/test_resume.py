@@ -47,7 +47,7 @@ def assert_readable(folder: Path) -> None:
         torch.load(folder / name, weights_only=True)
     with open(folder / "history.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert rows and all(set(r) == {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"} for r in rows)
+    assert rows and all(set(r) == {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "strategy", "seconds"} for r in rows)
 
 
 @pytest.mark.slow

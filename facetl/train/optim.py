@@ -58,6 +58,6 @@ def set_learning_rates(optimizer: torch.optim.Optimizer, factor: float) -> float
 
 def describe_groups(optimizer: torch.optim.Optimizer) -> str:
     peaks = sorted({(g["depth"], g["base_lr"]) for g in optimizer.param_groups})
-    if len(peaks) == 1:
+    if len({lr for _, lr in peaks}) == 1:
         return f"peak lr {peaks[0][1]:.3g}"
     return "peak lr " + ", ".join(("head" if d == 0 else f"block -{d}") + f" {lr:.3g}" for d, lr in peaks)

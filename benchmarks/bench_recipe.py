@@ -1,0 +1,193 @@
+"""The training recipe on real faces: one markdown table per question, with the figures side by side.
+
+A. Smile from scratch (SMILEsmileD, MobileNetV2, 64 px grey, no pretraining, whole network trains):
+   the studies' recipe, a practitioner's recipe (the one issue 13 measured), facetl's defaults (no training
+   flag given) and a stronger recipe (defaults + EMA + label smoothing + more epochs).
+B. Transfer between face tasks: the defaults run of A as `--weights RUN`, to gender on celebrity faces with
+   a person-safe split (`--split-by identity`): frozen, last-block, full and gradual with facetl's defaults,
+   next to a logistic regression fitted on the same frozen features (what those features support) and the
+   same task from scratch.
+
+    .venv/bin/python benchmarks/bench_recipe.py --smiles ../shared/datasets/SMILEsmileD/SMILEs \
+        --celebrity ../shared/datasets/celebrity_faces_attributes.csv --images ../shared/datasets/celebrity_faces \
+        --out /tmp/recipe [--quick] [--only A,B]
+
+--quick: 600 images, 2 epochs per arm, to check that it runs (its figures mean nothing). Every arm is an
+ordinary run folder under --out (report.md, curves.png, lr per epoch in history.csv); finished arms are
+reused when the script is run again. Tables go to stdout and --out/results.md as each arm finishes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from facetl.config import build_config
+from facetl.train.fit import fit
+
+STUDIES = {"optimizer": "adam", "lr": 1e-4, "epochs": 10, "scheduler": "none", "augment": "none", "weight_decay": 0,
+           "lr_decay": 1, "warmup": 0}
+PRACTITIONER = {"optimizer": "adam", "lr": 1e-3, "epochs": 12, "scheduler": "cosine", "warmup": 0, "weight_decay": 0,
+                "lr_decay": 1, "augment": "flip,jitter,rotate:10"}
+STRONGER = {"ema": 0.999, "label_smoothing": 0.1, "epochs": 30}
+SMILE_ARMS = [("facetl defaults (no training flag)", "defaults", {}),
+              ("practitioner: Adam 1e-3, cosine, flip+jitter+rotate, 12 epochs", "practitioner", PRACTITIONER),
+              ("studies: Adam 1e-4, constant, no augmentation, 10 epochs", "studies", STUDIES),
+              ("defaults + EMA 0.999 + label smoothing 0.1, 30 epochs", "stronger", STRONGER)]
+TRANSFER_ARMS = [("frozen", "frozen", {"strategy": "frozen"}),
+                 ("last-block", "last-block", {"strategy": "last-block"}),
+                 ("full", "full", {"strategy": "full"}),
+                 ("gradual (frozen, last-block, full; LR x0.5 per block)", "gradual", {"strategy": "gradual"}),
+                 ("from scratch (no pretraining, defaults)", "scratch", {"strategy": "full", "weights": "none"})]
+
+
+def train(out: Path, values: dict, quick: bool) -> dict:
+    folder = out / values["name"]
+    if (folder / "metrics.json").is_file():
+        metrics = json.loads((folder / "metrics.json").read_text())
+        return {"folder": folder, **metrics, "reused": True}
+    settings = {k: v for k, v in values.items() if k != "name"}
+    if quick:
+        settings.update({"limit": 600, "epochs": 2})
+        if settings.get("strategy") == "gradual":
+            settings["unfreeze"] = "1:frozen,2:full"
+    config = build_config({**settings, "out": str(folder)})
+    began = time.perf_counter()
+    result = fit(config, progress=False, quiet=True)
+    return {"folder": folder, **result.metrics, "wall": time.perf_counter() - began}
+
+
+def row(name: str, result: dict) -> str:
+    config = build_config_from(result["folder"])
+    epochs = len((result["folder"] / "history.csv").read_text().strip().splitlines()) - 1
+    return (f"| {name} | {result['accuracy']:.4f} | {result['balanced_accuracy']:.4f} | {result['roc_auc']:.4f} | "
+            f"{config.get('optimizer')} {float(config.get('lr')):.2g} {config.get('scheduler')} | {epochs} | "
+            f"{result.get('wall', float('nan')):.0f} |")
+
+
+def arm(name: str, run, say) -> dict | None:
+    """One arm; a failure is one row saying why, and the other arms go on."""
+    try:
+        result = run()
+    except Exception as exc:  # noqa: BLE001 - a benchmark reports every arm it can
+        say(f"| {name} | failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''} |")
+        return None
+    say(row(name, result))
+    return result
+
+
+def build_config_from(folder: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load((folder / "config.yaml").read_text())
+
+
+def linear_probe(run_folder: Path, split_folder: Path) -> dict:
+    """Logistic regression on the frozen run's own inputs to its head (pooled features of its frozen backbone),
+    on its split: C chosen on validation, scored once on test."""
+    import torch
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, roc_auc_score
+
+    from facetl.data.load import data_root
+    from facetl.data.split import load_split
+    from facetl.data.store import cache_root, open_image_store
+    from facetl.run import load_run, locate_data
+    from facetl.runtime import Runtime
+
+    run = load_run(run_folder)
+    config = locate_data(run.config, run.folder)
+    samples, assignment = load_split(split_folder / "split.csv", data_root(config), run.class_names)
+    prep = run.record.preprocessing
+    store = open_image_store(samples.files(), prep.size, cache_root(config.cache_dir), config.workers, False,
+                             prep.colour, prep.faces)
+    runtime = Runtime.for_inference()
+    source = run.image_source(store.images, runtime)
+    features = []
+    with torch.inference_mode():
+        for start in range(0, len(samples.paths), 256):
+            z = source.batch(np.arange(start, min(start + 256, len(samples.paths))), None)
+            features.append(z.float().mean(dim=(2, 3)).cpu().numpy())
+    x, y = np.concatenate(features), samples.labels
+    parts = {name: assignment == name for name in ("train", "val", "test")}
+    best = None
+    for c in (0.001, 0.01, 0.1, 1.0, 10.0):
+        model = LogisticRegression(C=c, max_iter=3000).fit(x[parts["train"]], y[parts["train"]])
+        score = accuracy_score(y[parts["val"]], model.predict(x[parts["val"]]))
+        if best is None or score > best[0]:
+            best = (score, c, model)
+    model = best[2]
+    p = model.predict_proba(x[parts["test"]])[:, 1]
+    return {"accuracy": accuracy_score(y[parts["test"]], p > 0.5),
+            "balanced_accuracy": balanced_accuracy_score(y[parts["test"]], p > 0.5),
+            "roc_auc": roc_auc_score(y[parts["test"]], p), "C": best[1]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smiles", required=True)
+    parser.add_argument("--celebrity", required=True, help="celebrity_faces_attributes.csv")
+    parser.add_argument("--images", required=True, help="the celebrity_faces folder")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--only", default="A,B")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    lines: list[str] = []
+
+    def say(*new: str) -> None:
+        lines.extend(new)
+        print("\n".join(new), flush=True)
+        (out / "results.md").write_text("\n".join(lines) + "\n")
+
+    header = ["| recipe | test accuracy | balanced accuracy | ROC-AUC | optimiser, peak lr, schedule | epochs | "
+              "wall s |", "|---|---|---|---|---|---|---|"]
+    smile = {"data": args.smiles, "backbone": "mobilenet_v2", "weights": "none", "strategy": "full", "img_size": 64,
+             "colour": "grey", "device": args.device}
+    source = out / "smile-defaults"
+    arms = SMILE_ARMS if "A" in args.only else SMILE_ARMS[:1]
+    say("## A. Smile from scratch: SMILEsmileD, MobileNetV2 64 px grey, no pretraining", "", *header)
+    for i, (name, key, values) in enumerate(arms):
+        arm(name, lambda: train(out, {**smile, **values, "name": f"smile-{key}"}, args.quick), say)
+        if i == 0 and "B" in args.only:  # the smile model is the source: transfer next, the slow arms later
+            transfer(args, out, source, say, TRANSFER_ARMS[:-1])
+            if len(arms) > 1:
+                say("", "## A, continued", "", *header)
+    if "B" in args.only:
+        transfer(args, out, source, say, TRANSFER_ARMS[-1:], heading=False)
+
+
+def transfer(args, out: Path, source: Path, say, arms, heading: bool = True) -> None:
+    gender = {"data": args.celebrity, "images": args.images, "target": "Male", "split_by": "identity",
+              "weights": str(source), "device": args.device}
+    say("", f"## B. Transfer: the smile model ({source.name}) to gender on celebrity faces, person-safe split"
+        + ("" if heading else ", continued"), "",
+        "| strategy (facetl defaults) | test accuracy | balanced accuracy | ROC-AUC | optimiser, peak lr, schedule "
+        "| epochs | wall s |", "|---|---|---|---|---|---|---|")
+    first = out / "gender-frozen" if (out / "gender-frozen" / "split.csv").is_file() else None
+    for name, key, values in arms:
+        settings = {**gender, **values, "name": f"gender-{key}"}
+        if first is not None and key != "frozen":
+            settings["split_file"] = str(first / "split.csv")
+        result = arm(name, lambda: train(out, settings, args.quick), say)
+        if result is None:
+            continue
+        first = first or result["folder"]
+        if key == "frozen":
+            try:
+                probe = linear_probe(result["folder"], result["folder"])
+            except Exception as exc:  # noqa: BLE001
+                say(f"| logistic regression on the frozen features | failed: {type(exc).__name__}: {exc} |")
+                continue
+            say(f"| logistic regression on the same frozen features (C={probe['C']:g}, chosen on validation) | "
+                f"{probe['accuracy']:.4f} | {probe['balanced_accuracy']:.4f} | {probe['roc_auc']:.4f} | sklearn "
+                f"lbfgs | - | - |")
+
+
+if __name__ == "__main__":
+    main()
