@@ -12,6 +12,7 @@ from pathlib import Path
 
 from facetl.config import BOUNDS, FIELDS, STRATEGY_HELP, TrainConfig, build_config, load_yaml
 from facetl.errors import FacetlError
+from facetl.tta import TTA_HELP, TTA_MODES
 from facetl.runfolder import atomic_write_csv
 
 # One line of help per configuration key, with its unit or choices; the default is added from TrainConfig,
@@ -146,6 +147,7 @@ def _add_run_users(sub) -> None:
     evaluate.add_argument("--split", choices=["val", "test"], default="test", help="which split (default test)")
     evaluate.add_argument("--data", help="the data, when it is no longer where the run recorded it")
     evaluate.add_argument("--images", help="the image folder of a table, when it moved")
+    evaluate.add_argument("--tta", choices=TTA_MODES, default="none", help=TTA_HELP + " (default none)")
     add_runtime_flags(evaluate)
     evaluate.add_argument("--allow-changed-data", action="store_true",
                           help="evaluate even if data files changed since the split was made")
@@ -165,6 +167,7 @@ def _add_run_users(sub) -> None:
     predict.add_argument("--engine", choices=["torch", "onnx"], default="torch",
                          help="torch (default): the run's best.pt; onnx: RUN/model.onnx from facetl export, on "
                               "ONNX Runtime (RUN may also be the .onnx file)")
+    predict.add_argument("--tta", choices=TTA_MODES, default="none", help=TTA_HELP + " (default none)")
     add_runtime_flags(predict)
 
 
@@ -378,7 +381,7 @@ def cmd_evaluate(args) -> int:
     from facetl.runtime import Runtime
 
     metrics, out = evaluate_run(args.run, args.split, Runtime.for_inference(args.device, args.precision),
-                                True, args.allow_changed_data, args.data, args.images)
+                                True, args.allow_changed_data, args.data, args.images, args.tta)
     print(f"{args.split}: accuracy {metrics['accuracy']:.4f}  precision {metrics['precision']:.4f}  recall "
           f"{metrics['recall']:.4f}  F1 {metrics['f1']:.4f}  ROC-AUC {_num(metrics['roc_auc'])}  "
           f"({metrics['n_images']} images)")
@@ -416,7 +419,7 @@ def cmd_predict(args) -> int:
     if out is not None:
         _check_writable_output(out, Path(args.run), args.overwrite)
     classifier = open_classifier(args.run, args.engine, Runtime.for_inference(args.device, args.precision))
-    result = predict(classifier, args.images, args.faces, args.min_face)
+    result = predict(classifier, args.images, args.faces, args.min_face, tta=args.tta)
     if not result.rows:
         raise FacetlError("none of the images could be read")
     if out is not None:
