@@ -123,7 +123,8 @@ SMILES = "../shared/datasets/SMILEsmileD/SMILEs"
 EXAMPLES = {
     "train": [(f"facetl train --data {SMILES} --backbone mobilenet_v2 --weights auto --strategy last-block "
                "--out runs/smile", "a smile detector; ImageNet weights when they can be had"),
-              ("facetl train --resume runs/smile --epochs 20", "continue a killed run, or train a finished one further"),
+              ("facetl train --resume runs/smile --epochs 20",
+               "continue a killed run, or train a finished one further"),
               ("facetl train --config runs/smile/config.yaml --out runs/smile-again", "rerun a run exactly")],
     "sweep": [(f"facetl sweep --config configs/study4_smile_mobilenetv2.yaml --data {SMILES} "
                "--grid strategy=frozen,last-block --out runs/study4", "study 4: two strategies, one split"),
@@ -132,7 +133,8 @@ EXAMPLES = {
     "evaluate": [("facetl evaluate runs/smile", "the test split: runs/smile/eval-test/report.md"),
                  ("facetl evaluate runs/smile --split val --tta flip", "the validation split, each image averaged "
                                                                         "with its mirror image")],
-    "predict": [(f"facetl predict runs/smile {SMILES}/negatives/negatives7/10105.jpg", "one photo, a table on screen"),
+    "predict": [(f"facetl predict runs/smile {SMILES}/negatives/negatives7/10105.jpg",
+                 "one photo, a table on screen"),
                 (f"facetl predict runs/smile {SMILES}/positives --out smiles.csv --tta flip",
                  "a folder, every class's probability in a CSV")],
     "explain": [(f"facetl explain runs/smile {SMILES}/negatives/negatives7/10105.jpg --out explain/ --class positives",
@@ -141,8 +143,8 @@ EXAMPLES = {
                  "--overwrite", "an earlier stage (facetl backbones mobilenet_v2 numbers them)")],
     "faces": [("facetl faces ../shared/datasets/celebrity_faces --out crops/ --size 112",
                "aligned crops, faces.csv and faces.png (look at it first)"),
-              ("facetl faces ../shared/datasets/celebrity_faces_attributes.csv --images ../shared/datasets/celebrity_faces "
-               "--target Male --out crops-gender/ --min-face 40 --multi-face skip",
+              ("facetl faces ../shared/datasets/celebrity_faces_attributes.csv --images "
+               "../shared/datasets/celebrity_faces --target Male --out crops-gender/ --min-face 40 --multi-face skip",
                "a table's images: its rows copied; larger faces only, photos with several faces left out")],
     "inspect": [(f"facetl inspect --data {SMILES} --out inspect/smiles", "class balance, samples, duplicates"),
                 ("facetl inspect --data ../shared/datasets/celebrity_faces_attributes.csv --images "
@@ -434,7 +436,8 @@ def cmd_evaluate(args) -> int:
 
     metrics, out = evaluate_run(args.run, args.split, Runtime.for_inference(args.device, args.precision),
                                 True, args.allow_changed_data, args.data, args.images, args.tta)
-    print(f"{args.split}: accuracy {metrics['accuracy']:.4f}  precision {metrics['precision']:.4f}  recall "
+    tta = "" if args.tta == "none" else f" (tta {args.tta})"
+    print(f"{args.split}{tta}: accuracy {metrics['accuracy']:.4f}  precision {metrics['precision']:.4f}  recall "
           f"{metrics['recall']:.4f}  F1 {metrics['f1']:.4f}  ROC-AUC {_num(metrics['roc_auc'])}  "
           f"({metrics['n_images']} images)")
     print(f"report: {out / 'report.md'}")
