@@ -13,6 +13,7 @@ from pathlib import Path
 
 from facetl.config import BOUNDS, FIELDS, STRATEGY_HELP, TrainConfig, build_config, load_yaml
 from facetl.errors import FacetlError
+from facetl.tta import TTA_HELP, TTA_MODES
 from facetl.runfolder import atomic_write_csv
 
 # One line of help per configuration key, with its unit or choices; the default is added from TrainConfig,
@@ -125,12 +126,66 @@ def add_runtime_flags(parser: argparse.ArgumentParser) -> None:
                         help="autocast on this machine (default auto: what is fast here)")
 
 
+SMILES = "../shared/datasets/SMILEsmileD/SMILEs"
+# Two or three commands that work, ending each subcommand's --help; every one is also in README.md (a test
+# checks both), run from the repository root, and they build on each other: train makes runs/smile first.
+EXAMPLES = {
+    "train": [(f"facetl train --data {SMILES} --backbone mobilenet_v2 --weights auto --strategy last-block "
+               "--out runs/smile", "a smile detector; ImageNet weights when they can be had"),
+              ("facetl train --resume runs/smile --epochs 20",
+               "continue a killed run, or train a finished one further"),
+              ("facetl train --config runs/smile/config.yaml --out runs/smile-again", "rerun a run exactly")],
+    "sweep": [(f"facetl sweep --config configs/study4_smile_mobilenetv2.yaml --data {SMILES} "
+               "--grid strategy=frozen,last-block --out runs/study4", "study 4: two strategies, one split"),
+              (f"facetl sweep --data {SMILES} --weights auto --grid lr=1e-3,1e-4 --folds 5 --out runs/smile-lr",
+               "two learning rates, each cross-validated over 5 folds")],
+    "evaluate": [("facetl evaluate runs/smile", "the test split: runs/smile/eval-test/report.md"),
+                 ("facetl evaluate runs/smile --split val --tta flip", "the validation split, each image averaged "
+                                                                        "with its mirror image")],
+    "predict": [(f"facetl predict runs/smile {SMILES}/negatives/negatives7/10105.jpg",
+                 "one photo, a table on screen"),
+                (f"facetl predict runs/smile {SMILES}/positives --out smiles.csv --tta flip",
+                 "a folder, every class's probability in a CSV")],
+    "explain": [(f"facetl explain runs/smile {SMILES}/negatives/negatives7/10105.jpg --out explain/ --class positives",
+                 "Grad-CAM of the predicted class and of positives"),
+                (f"facetl explain runs/smile {SMILES}/negatives/negatives7/10105.jpg --out explain/ --layer features.10 "
+                 "--overwrite", "an earlier stage (facetl backbones mobilenet_v2 numbers them)")],
+    "faces": [("facetl faces ../shared/datasets/celebrity_faces --out crops/ --size 112",
+               "aligned crops, faces.csv and faces.png (look at it first)"),
+              ("facetl faces ../shared/datasets/celebrity_faces_attributes.csv --images "
+               "../shared/datasets/celebrity_faces --target Male --out crops-gender/ --min-face 40 --multi-face skip",
+               "a table's images: its rows copied; larger faces only, photos with several faces left out")],
+    "inspect": [(f"facetl inspect --data {SMILES} --out inspect/smiles", "class balance, samples, duplicates"),
+                ("facetl inspect --data ../shared/datasets/celebrity_faces_attributes.csv --images "
+                 "../shared/datasets/celebrity_faces --target Male --out inspect/gender", "an attribute table")],
+    "cache": [("facetl cache ls", "what is cached and how large"), ("facetl cache clear", "free the disk")],
+    "backbones": [("facetl backbones", "the built-in backbones"),
+                  ("facetl backbones mobilenet_v2", "its numbered layers, for --strategy from:K"),
+                  ("facetl backbones --timm '*mobilenet*'", "timm model names to pass as --backbone")],
+    "export": [("facetl export runs/smile", "runs/smile/model.onnx"),
+               (f"facetl predict runs/smile {SMILES}/positives --engine onnx", "then predict with it on ONNX Runtime")],
+    "demo": [("facetl demo", "study 4 in one command: frozen against last-block"),
+             ("facetl demo --epochs 2 --limit 1000 --out runs/demo-quick", "a quick look")],
+    "serve": [("facetl serve runs/smile", "http://127.0.0.1:8000/"),
+              ("facetl serve runs/smile --engine onnx --port 0", "the ONNX model, on any free port")],
+}
+
+
+def examples_epilog(command: str, short: int = 70) -> str:
+    """Each example on its own line, as it would be typed; a why beside a short one, under a long one."""
+    width = max([len(line) for line, _ in EXAMPLES[command] if len(line) <= short] or [0])
+    return "examples:\n" + "\n".join(f"  {line:<{width}}  # {why}" if len(line) <= short else
+                                       f"  {line}\n      # {why}" for line, why in EXAMPLES[command])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="facetl", description="Transfer learning of face classifiers.")
     parser.add_argument("--version", action="version", version=f"facetl {version('facetl')}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for add in (_add_training, _add_run_users, _add_explain, _add_data_tools, _add_tools, _add_serve):
         add(sub)
+    for name, command in sub.choices.items():  # --help ends with examples, kept as written
+        command.epilog, command.formatter_class = examples_epilog(name), argparse.RawDescriptionHelpFormatter
     return parser
 
 
@@ -159,6 +214,7 @@ def _add_run_users(sub) -> None:
     evaluate.add_argument("--split", choices=["val", "test"], default="test", help="which split (default test)")
     evaluate.add_argument("--data", help="the data, when it is no longer where the run recorded it")
     evaluate.add_argument("--images", help="the image folder of a table, when it moved")
+    evaluate.add_argument("--tta", choices=TTA_MODES, default="none", help=TTA_HELP + " (default none)")
     add_runtime_flags(evaluate)
     evaluate.add_argument("--allow-changed-data", action="store_true",
                           help="evaluate even if data files changed since the split was made")
@@ -178,6 +234,7 @@ def _add_run_users(sub) -> None:
     predict.add_argument("--engine", choices=["torch", "onnx"], default="torch",
                          help="torch (default): the run's best.pt; onnx: RUN/model.onnx from facetl export, on "
                               "ONNX Runtime (RUN may also be the .onnx file)")
+    predict.add_argument("--tta", choices=TTA_MODES, default="none", help=TTA_HELP + " (default none)")
     add_runtime_flags(predict)
 
 
@@ -403,8 +460,9 @@ def cmd_evaluate(args) -> int:
     from facetl.runtime import Runtime
 
     metrics, out = evaluate_run(args.run, args.split, Runtime.for_inference(args.device, args.precision),
-                                True, args.allow_changed_data, args.data, args.images)
-    print(f"{args.split}: accuracy {metrics['accuracy']:.4f}  precision {metrics['precision']:.4f}  recall "
+                                True, args.allow_changed_data, args.data, args.images, args.tta)
+    tta = "" if args.tta == "none" else f" (tta {args.tta})"
+    print(f"{args.split}{tta}: accuracy {metrics['accuracy']:.4f}  precision {metrics['precision']:.4f}  recall "
           f"{metrics['recall']:.4f}  F1 {metrics['f1']:.4f}  ROC-AUC {_num(metrics['roc_auc'])}  "
           f"({metrics['n_images']} images)")
     print(f"report: {out / 'report.md'}")
@@ -441,7 +499,7 @@ def cmd_predict(args) -> int:
     if out is not None:
         _check_writable_output(out, Path(args.run), args.overwrite)
     classifier = open_classifier(args.run, args.engine, Runtime.for_inference(args.device, args.precision))
-    result = predict(classifier, args.images, args.faces, args.min_face)
+    result = predict(classifier, args.images, args.faces, args.min_face, tta=args.tta)
     if not result.rows:
         raise FacetlError("none of the images could be read")
     if out is not None:

@@ -11,17 +11,21 @@ from facetl.data.prepare import check_unchanged
 from facetl.data.split import load_split
 from facetl.data.store import cache_root, open_image_store
 from facetl.errors import FacetlError
+from facetl.evaluate.metrics import decide
 from facetl.evaluate.report import SplitResult, write_evaluation
 from facetl.explain import gradcam_gallery
+from facetl.progress import progress_bar
 from facetl.run import LoadedRun, load_run, locate_data
+from facetl.runfolder import atomic_write_csv
 from facetl.runtime import Runtime
-from facetl.train.loop import Evaluator
+from facetl.tta import with_tta
 
 
 def evaluate_run(folder: str | Path, split: str = "test", runtime: Runtime | None = None, progress: bool = True,
                  allow_changed_data: bool = False, data: str | None = None,
-                 images: str | None = None) -> tuple[dict, Path]:
-    """Evaluate the best checkpoint on `split`; results go in RUN/eval-SPLIT/, beside the training-time ones."""
+                 images: str | None = None, tta: str = "none") -> tuple[dict, Path]:
+    """Evaluate the best checkpoint on `split`; results go in RUN/eval-SPLIT/, beside the training-time ones.
+    `tta` flip: each image's probabilities are averaged with its mirror image's (facetl.run.with_tta)."""
     run = load_run(folder)
     config, record = locate_data(run.config, run.folder, data, images), run.record
     runtime = runtime or Runtime.for_inference()
@@ -38,15 +42,32 @@ def evaluate_run(folder: str | Path, split: str = "test", runtime: Runtime | Non
         first = next(iter(store.errors))
         raise FacetlError(f"{files[first]} is unreadable: {store.errors[first]}")
     labels = samples.labels[index]
-    evaluator = Evaluator(run.model, record.cut, run.image_source(store.images, runtime), labels, runtime.precision,
-                          config.batch_size * 2)
-    result = evaluator(np.arange(len(index)), split, progress)
+    probs = split_probabilities(run, store.images, runtime, tta, config.batch_size * 2, split, progress)
     out = run.folder / f"eval-{split}"
     names = [samples.paths[i] for i in index]
-    write_gradcam_gallery(run, store.images, labels, result["probs"], names, out / "gradcam.png", runtime)
-    metrics = write_evaluation(out, SplitResult(split, labels, result["probs"], store.images, names), record,
-                               run.history, config.to_dict())
+    write_gradcam_gallery(run, store.images, labels, probs, names, out / "gradcam.png", runtime)
+    metrics = write_evaluation(out, SplitResult(split, labels, probs, store.images, names), record,
+                               run.history, config.to_dict(), tta)
+    write_predictions(out / "predictions.csv", names, labels, probs, run)
     return metrics, out
+
+
+def split_probabilities(run: LoadedRun, images: np.ndarray, runtime: Runtime, tta: str, batch_size: int,
+                        desc: str = "eval", progress: bool = True) -> np.ndarray:
+    """(images, classes) probabilities of the run's model, batch by batch, as predict computes them."""
+    batches = [with_tta(lambda x: run.classify(x, runtime), np.asarray(images[start:start + batch_size]), tta)
+               for start in progress_bar(range(0, len(images), batch_size), desc=desc, unit="batch",
+                                         enabled=progress, summary=False)]
+    return np.concatenate(batches) if batches else np.zeros((0, len(run.class_names)), dtype=np.float32)
+
+
+def write_predictions(path: Path, names: list[str], labels: np.ndarray, probs: np.ndarray, run: LoadedRun) -> None:
+    """Every image's true label, the run's decision and each class's probability, as predict's CSV has them."""
+    classes = run.class_names
+    decided = decide(probs, run.record.threshold)
+    atomic_write_csv(path, ["path", "true_label", "label"] + [f"p_{name}" for name in classes],
+                     [[name, classes[y], classes[k], *(f"{q:.6f}" for q in p)]
+                      for name, y, k, p in zip(names, labels, decided, probs)])
 
 
 def training_pictures(folder: Path, config, record, model, history: list[dict], split: SplitResult,

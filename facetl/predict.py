@@ -26,6 +26,7 @@ from facetl.preprocessing import FaceAlignment, Preprocessing
 from facetl.run import LoadedRun, load_run
 from facetl.runfolder import atomic_write_bytes
 from facetl.runtime import Runtime
+from facetl.tta import with_tta
 
 
 @dataclass
@@ -110,13 +111,14 @@ class Predictions:
 
 
 def predict(classifier: TorchClassifier | OnnxClassifier, inputs: list[str], faces: str = "auto",
-            min_face: int | None = None, batch_size: int = 64) -> Predictions:
+            min_face: int | None = None, batch_size: int = 64, tta: str = "none") -> Predictions:
+    """`tta` flip: each image's (or aligned face's) probabilities are averaged with its mirror image's."""
     files = collect_images(inputs)
     alignment = face_alignment_for(classifier, faces, min_face)
     if alignment is None:
-        predictions, skipped = _predict_crops(classifier, files, batch_size)
+        predictions, skipped = _predict_crops(classifier, files, batch_size, tta)
     else:
-        predictions, skipped = _predict_faces(classifier, files, alignment)
+        predictions, skipped = _predict_faces(classifier, files, alignment, tta)
     for path, why in skipped:
         print(f"warning: skipped {path}: {why}", file=sys.stderr)
     no_face = [p.path for p in predictions if p.note]
@@ -132,7 +134,7 @@ def _labelled(classifier, path: str, probs: np.ndarray, **face) -> Prediction:
     return Prediction(path, class_names[k], float(probs[k]), [float(p) for p in probs], **face)
 
 
-def _predict_crops(classifier, files: list[Path], batch_size: int):
+def _predict_crops(classifier, files: list[Path], batch_size: int, tta: str):
     prep = classifier.preprocessing
     predictions, skipped = [], []
     for start in range(0, len(files), batch_size):
@@ -144,12 +146,12 @@ def _predict_crops(classifier, files: list[Path], batch_size: int):
             except UnreadableImage as exc:
                 skipped.append((str(f), str(exc)))
         if arrays:
-            probs = classifier.classify(np.stack(arrays))
+            probs = with_tta(classifier.classify, np.stack(arrays), tta)
             predictions += [_labelled(classifier, str(f), p) for f, p in zip(batch_files, probs)]
     return predictions, skipped
 
 
-def _predict_faces(classifier, files: list[Path], alignment: FaceAlignment):
+def _predict_faces(classifier, files: list[Path], alignment: FaceAlignment, tta: str):
     prep = classifier.preprocessing
     predictions, skipped = [], []
     for result in faces_in_photos(files, alignment, prep.size, multi_face="all"):
@@ -161,7 +163,7 @@ def _predict_faces(classifier, files: list[Path], alignment: FaceAlignment):
             predictions.append(Prediction(result.source, "", None, note=result.note))
             continue
         crops = np.stack([crop_colour(f.crop, prep.colour) for f in used])
-        for face, probs in zip(used, classifier.classify(crops)):
+        for face, probs in zip(used, with_tta(classifier.classify, crops, tta)):  # the aligned crop is mirrored
             predictions.append(_labelled(classifier, result.source, probs, face=face.index,
                                          box=face.face.box, score=face.face.score))
     return predictions, skipped

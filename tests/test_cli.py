@@ -236,3 +236,58 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as done:
         main(["--version"])
     assert done.value.code == 0 and capsys.readouterr().out.startswith("facetl ")
+
+
+def subcommands() -> dict:
+    import argparse
+
+    from facetl.cli import build_parser
+
+    (commands,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    return commands.choices
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def example_lines(text: str) -> list[str]:
+    return [line.split("  #")[0].strip() for line in text.splitlines() if line.strip().startswith("facetl ")]
+
+
+def test_every_command_help_ends_with_examples_that_the_readme_shows():
+    readme = " ".join(README.read_text().split())
+    for name, command in subcommands().items():
+        epilog = command.epilog or ""
+        examples = example_lines(epilog)
+        assert len(examples) >= 2, f"facetl {name} --help shows fewer than two examples: {epilog!r}"
+        help_text = command.format_help()
+        assert help_text.rstrip().endswith(epilog.rstrip()), f"facetl {name} --help: examples are not at the end"
+        assert all(example in help_text for example in examples), f"facetl {name}: examples were rewrapped"
+        missing = [e for e in examples if " ".join(e.split()) not in readme]
+        assert not missing, f"facetl {name} --help examples missing from README.md: {missing}"
+
+
+# `--flags` the README shows that belong to no facetl command: torchrun's and the benchmark scripts'
+NOT_FACETL_FLAGS = {"--nnodes", "--nproc-per-node", "--rdzv-backend", "--rdzv-endpoint", "--rdzv-id",
+                    "--markdown", "--quick", "--run"}
+FLAG = r"(?<![\w-])--[a-z][a-z0-9-]*"
+
+
+def test_readme_documents_every_train_flag_and_no_flag_that_does_not_exist():
+    import re
+
+    commands = subcommands()
+    flags = {name: {o for a in c._actions for o in a.option_strings if o.startswith("--")} - {"--help"}
+             for name, c in commands.items()}
+    readme = README.read_text()
+    mentioned = set(re.findall(FLAG, readme))
+    undocumented = sorted(flags["train"] - mentioned)
+    assert not undocumented, f"facetl train flags that README.md does not mention: {undocumented}"
+    known = set().union(*flags.values()) | NOT_FACETL_FLAGS | {"--help"}
+    assert not mentioned - known, f"README.md mentions flags no command has: {sorted(mentioned - known)}"
+    # on a `facetl train` command line (code block, or inline code), every flag is a train flag
+    joined = readme.replace("\\\n", " ")
+    train_lines = [m.group(1) for m in re.finditer(r"facetl train([^`\n#]*)", joined)]
+    assert len(train_lines) > 5
+    wrong = sorted({f for line in train_lines for f in re.findall(FLAG, line)} - flags["train"])
+    assert not wrong, f"README.md gives `facetl train` flags it does not have: {wrong}"

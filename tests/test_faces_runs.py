@@ -130,6 +130,25 @@ def test_predict_answers_once_per_face_and_says_when_there_is_none(face_run, sha
     assert (face_run / "config.yaml").read_text() == config
 
 
+def test_predict_with_flip_averages_each_aligned_face_and_its_mirror_image(face_run, shared_datasets, tmp_path):
+    from facetl.data.faces import create_detector, faces_in_photo
+    from facetl.runtime import Runtime
+
+    crop = np.asarray(Image.open(people_by_gender(shared_datasets / "celebrity_faces")["man"][-1]).convert("RGB"))
+    photo, _ = paste_faces(background(480, 360, seed=4), [crop], [(240, 180, 140, 4.0)])
+    path, out = tmp_path / "one.jpg", tmp_path / "preds.csv"
+    Image.fromarray(photo).save(path, quality=95)
+    assert main(["predict", str(face_run), str(path), "--tta", "flip", "--device", "cpu", "--out", str(out)]) == 0
+    with open(out, newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    run, cpu = load_run(face_run), Runtime.for_inference("cpu")
+    pixels = np.asarray(Image.open(path).convert("RGB"))
+    aligned = faces_in_photo(pixels, run.record.preprocessing.faces, 48, detector=create_detector("mtcnn")).used[0].crop
+    plain, mirrored = run.classify(aligned[None], cpu)[0], run.classify(aligned[None, :, ::-1].copy(), cpu)[0]
+    assert not np.allclose(plain, mirrored, atol=1e-4)
+    np.testing.assert_allclose([float(row["p_man"]), float(row["p_woman"])], (plain + mirrored) / 2, atol=1e-5)
+
+
 def test_faces_command_makes_a_crop_dataset_with_the_same_layout(photo_dataset, tmp_path):
     out = tmp_path / "crops"
     assert main(["faces", str(photo_dataset), "--out", str(out), "--size", "64"]) == 0

@@ -214,6 +214,7 @@ CASES = [
     (["evaluate", "{run}", "--split", "train"], ["--split", "train"]),
     (["evaluate", "{run}", "--device", "cuda"], ["no CUDA GPU"]),
     (["evaluate", "{run}", "--data", "{root}/moved_away"], ["moved_away"]),
+    (["evaluate", "{run}", "--tta", "mirror"], ["--tta", "'mirror'", "none", "flip"]),
     # --- predict
     (["predict", "{root}/norun", "{image}"], ["not a finished facetl run"]),
     (["predict", "{run}", "{root}/missing.jpg"], ["not found", "missing.jpg"]),
@@ -228,6 +229,7 @@ CASES = [
     (["predict", "{run}", "{image}", "--min-face", "0"], ["--min-face", "0 is out of range"]),
     (["predict", "{run}", "{image}", "--faces", "sometimes"], ["--faces"]),
     (["predict", "{trapped_run}", "{image}"], ["best.pt", "refused"]),
+    (["predict", "{run}", "{image}", "--tta", "FLIP"], ["--tta", "'FLIP'", "none", "flip"]),
     # --- faces, inspect, cache, backbones, export, demo, and no command at all
     (["faces", "{root}/nope", "--out", "{new}"], ["nope"]),
     (["faces", "{data}", "--out", "{full_out}"], ["faces_out", "empty"]),

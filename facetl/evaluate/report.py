@@ -30,14 +30,16 @@ WEAKEST_SHOWN = 3  # classes named under a many-class ROC
 
 
 def write_evaluation(folder: Path, result: SplitResult, record: RunRecord, history: list[dict],
-                     config: dict) -> dict:
-    """Compute metrics on a split and write metrics.json, plots and report.md into `folder`."""
+                     config: dict, tta: str = "none") -> dict:
+    """Compute metrics on a split and write metrics.json, plots and report.md into `folder`. `tta`: the
+    test-time augmentation the probabilities were computed with (recorded, not applied here)."""
     folder.mkdir(parents=True, exist_ok=True)
     class_names = record.class_names
     metrics = classification_metrics(result.labels, result.probs, record.threshold)
     metrics["threshold_rule"] = record.threshold_rule
     metrics.update({
         "split": result.split,
+        "tta": tta,
         "class_names": class_names,
         "train_seconds": record.train_seconds,
         "trainable_params": record.trainable_params,
@@ -110,6 +112,9 @@ def render_report(metrics: dict, record: RunRecord, config: dict, history: list[
                                                              "f1", "roc_auc")) + " |", ""]
     if len(metrics["class_names"]) == 2:
         lines += [threshold_sentence(metrics), ""]
+    if metrics.get("tta", "none") != "none":
+        lines += [f"Test-time augmentation, tta: {metrics['tta']}: each image's class probabilities are the mean "
+                  "of the image's and its mirror image's.", ""]
     if history:
         lines += ["## Training", "", "![curves](curves.png)", "",
                   "| epoch | train loss | train acc | val loss | val acc | lr | trains | seconds |",
