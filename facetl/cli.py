@@ -39,7 +39,7 @@ FLAG_HELP = {
     "multi_face": "a training photo with several faces: largest | skip | error",
     "min_face": "smallest face side that counts, in photo pixels",
     "landmarks": "the five landmarks faces are aligned with: detector (MTCNN's, as found) | refined (found again "
-                 "on the upright face and its mirror: a quarter less alignment error, about 4 ms a face)",
+                 "on the upright face and its mirror: a quarter less alignment error, 4-17 ms more a photo)",
     "backbone": "vgg16, vgg19, mobilenet_v2 or any timm model name (facetl backbones)",
     "weights": "imagenet | none | auto (ImageNet if available, else none) | PATH (state dict or run folder)",
     "head": "linear | mlp (4096-1024) | vgg (4096-4096)",
