@@ -14,6 +14,7 @@ from pathlib import Path
 from facetl.config import BOUNDS, FIELDS, STRATEGY_HELP, TrainConfig, build_config, load_yaml
 from facetl.errors import FacetlError
 from facetl.tta import TTA_HELP, TTA_MODES
+from facetl.preprocessing import LANDMARK_SOURCES
 from facetl.runfolder import atomic_write_csv
 
 # One line of help per configuration key, with its unit or choices; the default is added from TrainConfig,
@@ -39,6 +40,8 @@ FLAG_HELP = {
     "faces": "none: images are face crops | detect: find and align faces in whole photos (MTCNN)",
     "multi_face": "a training photo with several faces: largest | skip | error",
     "min_face": "smallest face side that counts, in photo pixels",
+    "landmarks": "the five landmarks faces are aligned with: detector (MTCNN's, as found) | refined (found again "
+                 "on the upright face and its mirror: a quarter less alignment error, 4-17 ms more a photo)",
     "backbone": "vgg16, vgg19, mobilenet_v2 or any timm model name (facetl backbones)",
     "weights": "imagenet | none | auto (ImageNet if available, else none) | PATH (state dict or run folder)",
     "head": "linear | mlp (4096-1024) | vgg (4096-4096)",
@@ -267,6 +270,8 @@ def _add_data_tools(sub) -> None:
                        help="smallest face side that counts (default 20)")
     faces.add_argument("--multi-face", choices=["largest", "skip", "error"], default="largest",
                        help="a photo with several faces: keep the largest (default), skip the photo, or stop")
+    faces.add_argument("--landmarks", choices=LANDMARK_SOURCES, default=DEFAULTS.landmarks,
+                       help=f"{FLAG_HELP['landmarks']} (default {DEFAULTS.landmarks})")
 
     inspect = sub.add_parser("inspect", help="class balance, sample grid, unreadable and duplicate files")
     inspect.add_argument("--data", required=True, help="class-folder root or attribute table")
@@ -355,7 +360,9 @@ def cmd_train(args) -> int:
             raise FacetlError(f"nothing to resume: {run} has no config.yaml")
         from facetl.run import locate_data
 
-        config = locate_data(build_config(load_yaml(run / "config.yaml")), run)
+        values = load_yaml(run / "config.yaml")
+        values.setdefault("landmarks", "detector")  # a run from before the setting aligned with the detector's
+        config = locate_data(build_config(values), run)
         config.out = str(run)
         if hasattr(args, "epochs"):  # --resume RUN --epochs N extends a finished or running run
             config = build_config({"epochs": args.epochs}, config)
@@ -537,7 +544,7 @@ def cmd_faces(args) -> int:
     from facetl.extract import extract_faces
     from facetl.preprocessing import FaceAlignment
 
-    alignment = FaceAlignment(min_face=args.min_face, multi_face=args.multi_face)
+    alignment = FaceAlignment(min_face=args.min_face, multi_face=args.multi_face, landmarks=args.landmarks)
     summary = extract_faces(args.data, args.out, args.images, args.target, alignment, args.size,
                             progress=True)
     print(f"{summary['crops']} face crops from {summary['photos']} photos in {summary['out']}")

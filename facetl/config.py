@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from facetl.errors import FacetlError
-from facetl.preprocessing import COLOURS, FaceAlignment
+from facetl.preprocessing import COLOURS, LANDMARK_SOURCES, FaceAlignment
 
 AUGMENTATIONS = ("flip", "jitter", "rotate", "none")
 # (key, lowest, highest): beyond these a run would exhaust memory or disk before it could say why
@@ -47,6 +47,7 @@ class TrainConfig:
     faces: str = "none"                  # none (images are face crops) | detect (find and align faces in photos)
     multi_face: str = "largest"          # a training photo with several faces: largest | skip | error
     min_face: int = 20                   # smallest face side, in pixels, that counts as a face
+    landmarks: str = FaceAlignment.landmarks  # what faces are aligned with: detector | refined (preprocessing.py)
     # model
     backbone: str = "mobilenet_v2"
     weights: str = "imagenet"            # imagenet | none | auto | PATH (state dict or run folder)
@@ -100,6 +101,7 @@ class TrainConfig:
             "precise_bn": ("auto", "on", "off"),
             "faces": ("none", "detect"),
             "multi_face": ("largest", "skip", "error"),
+            "landmarks": LANDMARK_SOURCES,
             "balance": ("none", "loss", "sampler"),
         }
         if self.threshold not in THRESHOLD_RULES and not _is_probability(self.threshold):
@@ -154,7 +156,7 @@ class TrainConfig:
         """What --faces detect means for this run: the record that store, checkpoint and predict share."""
         if self.faces != "detect":
             return None
-        return FaceAlignment(min_face=self.min_face, multi_face=self.multi_face)
+        return FaceAlignment(min_face=self.min_face, multi_face=self.multi_face, landmarks=self.landmarks)
 
     @property
     def augmentations(self) -> list[str]:

@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass
 
 COLOURS = ("rgb", "grey")
+# Where the five landmarks a crop is aligned with come from (FaceAlignment.landmarks)
+LANDMARK_SOURCES = ("detector", "refined")
 
 
 @dataclass(frozen=True)

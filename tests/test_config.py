@@ -163,6 +163,14 @@ def test_single_bad_value_is_named(changes, key):
     assert problem_keys(str(info.value)) == {key}
 
 
+def test_landmarks_choice_reaches_the_face_alignment_the_run_records():
+    assert valid(faces="detect").face_alignment().landmarks == "refined"  # new runs refine
+    assert valid(faces="detect", landmarks="detector").face_alignment().landmarks == "detector"
+    assert valid(landmarks="detector").face_alignment() is None  # face crops: nothing is aligned
+    with pytest.raises(FacetlError, match="landmarks: 'eyes' is not one of detector, refined"):
+        valid(faces="detect", landmarks="eyes")
+
+
 def test_test_fraction_may_be_zero():
     valid(split="0.8,0.2,0")
 

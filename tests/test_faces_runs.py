@@ -149,6 +149,52 @@ def test_predict_with_flip_averages_each_aligned_face_and_its_mirror_image(face_
     np.testing.assert_allclose([float(row["p_man"]), float(row["p_woman"])], (plain + mirrored) / 2, atol=1e-5)
 
 
+def test_a_run_recorded_before_landmark_refinement_resumes_with_the_detectors_landmarks(face_run, tmp_path):
+    import shutil
+
+    import torch
+
+    old = tmp_path / "old_run"
+    shutil.copytree(face_run, old)
+    config = (old / "config.yaml").read_text()
+    assert "\nlandmarks: refined\n" in config
+    (old / "config.yaml").write_text(config.replace("landmarks: refined\n", ""))  # as saved before the setting
+    for name in ("best.pt", "last.pt"):
+        checkpoint = torch.load(old / name, map_location="cpu", weights_only=True)
+        del checkpoint["record"]["preprocessing"]["faces"]["landmarks"]
+        torch.save(checkpoint, old / name)
+    assert main(["train", "--resume", str(old), "--epochs", "2"]) == 0
+    assert "\nlandmarks: detector\n" in (old / "config.yaml").read_text()  # its last epoch cut faces as its first
+    assert load_run(old).record.preprocessing.faces.landmarks == "detector"
+
+
+def test_faces_command_aligns_with_the_landmarks_asked_for(photo_dataset, tmp_path):
+    from facetl.data.faces import create_detector
+
+    few = tmp_path / "few"
+    for gender in ("man", "woman"):
+        (few / gender).mkdir(parents=True)
+        for photo in sorted((photo_dataset / gender).glob("0[01].jpg")):
+            (few / gender / photo.name).symlink_to(photo)
+    rows = {}
+    for landmarks in ("detector", "refined"):
+        assert main(["faces", str(few), "--out", str(tmp_path / landmarks), "--landmarks", landmarks]) == 0
+        with open(tmp_path / landmarks / "faces.csv", newline="") as f:
+            rows[landmarks] = {r["source"]: r for r in csv.DictReader(f) if r["status"] == "used"}
+    assert len(rows["detector"]) == len(rows["refined"]) == 4
+    detector = create_detector("mtcnn")
+    columns = [c for c in rows["detector"][next(iter(rows["detector"]))] if c.endswith(("_x", "_y"))]
+    for source, row in rows["detector"].items():
+        (face,) = detector.detect([np.asarray(Image.open(few / source).convert("RGB"))])[0]
+        marks = np.array([float(row[c]) for c in columns])
+        assert np.allclose(marks, face.landmarks.ravel(), atol=0.051)  # MTCNN's own, as found
+        refined = np.array([float(rows["refined"][source][c]) for c in columns])
+        assert np.abs(refined - marks).max() > 0.5  # refinement moved them
+    man = sorted((tmp_path / "detector" / "man").iterdir())[0]
+    assert not np.array_equal(np.asarray(Image.open(man)),
+                              np.asarray(Image.open(tmp_path / "refined" / "man" / man.name)))
+
+
 def test_faces_command_makes_a_crop_dataset_with_the_same_layout(photo_dataset, tmp_path):
     out = tmp_path / "crops"
     assert main(["faces", str(photo_dataset), "--out", str(out), "--size", "64"]) == 0

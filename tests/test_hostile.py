@@ -186,6 +186,7 @@ CASES = [
     # --- train: choices, files and folders
     (T + ["--faces", "maybe"], ["faces", "maybe", "none, detect"]),
     (T + ["--multi-face", "sometimes"], ["multi_face", "sometimes"]),
+    (T + ["--landmarks", "eyeballed"], ["landmarks", "eyeballed", "detector, refined"]),
     (T + ["--colour", "blue"], ["colour", "blue", "rgb, grey"]),
     (T + ["--augment", "flip,melt"], ["melt"]),
     (T + ["--frobnicate"], ["unrecognized arguments: --frobnicate"]),
@@ -235,6 +236,7 @@ CASES = [
     (["faces", "{data}", "--out", "{full_out}"], ["faces_out", "empty"]),
     (["faces", "{data}", "--out", "{new}", "--size", "0"], ["--size", "0 is out of range (8 to 2048)"]),
     (["faces", "{data}", "--out", "{new}", "--size", "100000"], ["--size"]),
+    (["faces", "{data}", "--out", "{new}", "--landmarks", "eyeballed"], ["--landmarks", "eyeballed", "refined"]),
     (["inspect", "--data", "{root}/nope", "--out", "{new}"], ["nope"]),
     (["inspect", "--data", "{table}", "--images", "{data}/smile", "--target", "Young", "--out", "{new}"],
      ["'Young' not found"]),
@@ -280,7 +282,7 @@ def test_there_are_more_than_sixty_kinds_of_bad_input():
     assert len(CASES) >= 60
 
 
-@pytest.mark.parametrize("index", [0] + [pytest.param(i, marks=pytest.mark.slow) for i in (11, 19, 63, 70)])
+@pytest.mark.parametrize("index", [0] + [pytest.param(i, marks=pytest.mark.slow) for i in (11, 19, 64, 71)])
 def test_the_installed_command_says_the_same_in_a_fresh_process(world, tmp_path, index):
     args, needles = CASES[index]
     one_line_error(facetl(*fill(args, dict(world, new=str(tmp_path / "new")))), *needles)

@@ -381,6 +381,47 @@ def test_photo_from_bytes_reads_as_read_photo_does(tmp_path, astronaut):
     assert np.array_equal(upright, read_photo(tmp_path / "rotated.jpg"))
 
 
+class RecordingClassifier:
+    """A stand-in run trained with --faces detect at 48 px: it keeps the crops it is shown."""
+
+    def __init__(self, landmarks: str, size: int = 48):
+        from facetl.preprocessing import FaceAlignment, Preprocessing
+
+        self.preprocessing = Preprocessing(size, (0.5,) * 3, (0.5,) * 3, faces=FaceAlignment(landmarks=landmarks))
+        self.class_names, self.threshold, self.crops = ["no", "yes"], 0.5, []
+
+    def classify(self, crops: np.ndarray) -> np.ndarray:
+        self.crops.append(crops.copy())
+        return np.full((len(crops), 2), 0.5, dtype=np.float32)
+
+
+@pytest.mark.parametrize("order", [("refined", "detector"), ("detector", "refined")])
+def test_runs_with_different_landmarks_each_get_the_crop_predict_would_cut(order):
+    """Two runs of one size, one aligned with refined landmarks and one with the detector's: each is shown
+    exactly the crop `facetl predict` cuts for it, not the other run's."""
+    from types import SimpleNamespace
+
+    from skimage import data
+
+    from facetl.data.faces import create_detector, faces_in_photo
+    from facetl.serve.reader import PhotoReader
+    from facetl.serve.runs import ServedRun
+
+    photo = data.astronaut()
+    classifiers = [RecordingClassifier(landmarks) for landmarks in order]
+    reader = PhotoReader([ServedRun(SimpleNamespace(name=name), c) for name, c in zip(order, classifiers)])
+    [face] = reader.read(photo).faces
+    detector = create_detector("mtcnn")
+    expected = {c.preprocessing.faces.landmarks: faces_in_photo(photo, c.preprocessing.faces, 48, multi_face="all",
+                                                                detector=detector).used[0] for c in classifiers}
+    for landmarks, classifier in zip(order, classifiers):
+        [[crop]] = classifier.crops
+        assert np.array_equal(crop, expected[landmarks].crop), f"the {landmarks} run got another crop"
+    assert not np.array_equal(*(c.crops[0][0] for c in classifiers))  # the landmarks do move the crop
+    shown = np.array([face.landmarks[name] for name in ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")])
+    assert np.allclose(shown, expected[order[0]].face.landmarks, atol=0.051)  # the first run's, as answered
+
+
 def test_sigterm_stops_the_server_promptly_with_exit_code_0(server):
     """Last in the file: it stops the module's server. Nothing it served was a 500 or a traceback."""
     assert httpx.get(f"{server.url}/healthz").status_code == 200

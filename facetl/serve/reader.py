@@ -3,7 +3,8 @@
 Serving always works on whole photos, as `facetl predict --faces detect` does: a run trained on faces
 found in photos cuts them with its recorded FaceAlignment, a run trained on crops with the default one
 (`face_alignment_for`). Faces are found once per photo, with the most permissive `min_face` and
-`min_score` among the runs, then each run aligns every face at its own size and template and answers.
+`min_score` among the runs, then each run aligns every face as its own record says (landmarks, template,
+scale, size) and answers; runs whose records cut the same crop share it.
 """
 from __future__ import annotations
 
@@ -14,11 +15,12 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from facetl.data.faces import LANDMARKS, PhotoFace, align_face, detector_for, faces_in_photo
+from facetl.data.faces import LANDMARKS, PhotoFace, align_face, aligned_landmarks, detector_for, faces_in_photo
 from facetl.data.faces.composite import background
 from facetl.data.images import MAX_PIXELS, photo_from_bytes
 from facetl.evaluate.metrics import decide
 from facetl.predict import crop_colour, face_alignment_for
+from facetl.preprocessing import FaceAlignment
 from facetl.serve.runs import ServedRun
 
 
@@ -62,6 +64,11 @@ class PhotoAnswer:
     milliseconds: dict[str, float]          # detect, classify; decode and queue when served
 
 
+# FaceAlignment settings that decide which faces are found, not how a found face is cut: serving finds
+# faces once for every run, with these taken from the first run (min_face, min_score: the runs' lowest)
+_DETECTION_SETTINGS = ("detector", "detect_side", "min_face", "min_score", "multi_face")
+
+
 class PhotoReader:
     """Holds the detector and the classifiers. Not thread-safe (MTCNN's settings are per call, torch's
     thread count is process-wide): the server calls it from one worker thread only."""
@@ -69,9 +76,12 @@ class PhotoReader:
     def __init__(self, runs: list[ServedRun], min_face: int | None = None):
         self.runs = runs
         self.alignments = [face_alignment_for(r.classifier, "detect", min_face) for r in runs]
+        # runs that disagree on the landmarks: faces are found with the detector's, each run's made from them
+        landmarks = {a.landmarks for a in self.alignments}
         self.detection = dataclasses.replace(self.alignments[0],
                                              min_face=min(a.min_face for a in self.alignments),
-                                             min_score=min(a.min_score for a in self.alignments))
+                                             min_score=min(a.min_score for a in self.alignments),
+                                             landmarks=landmarks.pop() if len(landmarks) == 1 else "detector")
         self.detector = detector_for(self.detection)
 
     def warm_up(self) -> None:
@@ -98,27 +108,37 @@ class PhotoReader:
         used = found.used
         detected = time.perf_counter()
         answers: list[dict[str, RunAnswer]] = [{} for _ in used]
+        # the faces' landmarks by source, and their crops by everything that shapes a crop: each made once
+        marks = {self.detection.landmarks: [face.face.landmarks for face in used]}
+        cuts = {self._cut(self.detection, first): [face.crop for face in used]}
         if used:
             image = Image.fromarray(pixels)  # one PIL image for every run's warps
             for run, alignment in zip(self.runs, self.alignments):
-                colour = run.classifier.preprocessing.colour
-                crops = np.stack([crop_colour(self._crop(image, face, alignment, run, first), colour)
-                                  for face in used])
+                size = run.classifier.preprocessing.size
+                if alignment.landmarks not in marks:
+                    marks[alignment.landmarks] = [face.landmarks for face in aligned_landmarks(
+                        image, [face.face for face in used], alignment, self.detector)]
+                cut = self._cut(alignment, size)
+                if cut not in cuts:
+                    cuts[cut] = [align_face(image, points, size, alignment.template, alignment.scale)
+                                 for points in marks[alignment.landmarks]]
+                crops = np.stack([crop_colour(crop, run.classifier.preprocessing.colour) for crop in cuts[cut]])
                 for answer, probs in zip(answers, run.classifier.classify(crops)):
                     answer[run.name] = _answer(run.classifier, probs)
         classified = time.perf_counter()
-        faces = [FaceAnswer(face.index, _box(face), round(face.face.score, 4), _landmarks(face), runs)
-                 for face, runs in zip(used, answers)]
+        shown = marks.get(self.alignments[0].landmarks, marks[self.detection.landmarks])  # the first run's
+        faces = [FaceAnswer(face.index, _box(face), round(face.face.score, 4), _landmarks(points), runs)
+                 for face, points, runs in zip(used, shown, answers)]
         skipped = [SkippedFace(_box(face), round(face.face.score, 4), face.status)
                    for face in found.faces if not face.used]
         return PhotoAnswer(found.width, found.height, faces, skipped,
                            {"detect": _ms(start, detected), "classify": _ms(detected, classified)})
 
-    def _crop(self, image: Image.Image, face: PhotoFace, alignment, run: ServedRun, first: int) -> np.ndarray:
-        size = run.classifier.preprocessing.size
-        if (size, alignment.template, alignment.scale) == (first, self.detection.template, self.detection.scale):
-            return face.crop  # faces_in_photo cut it already
-        return align_face(image, face.face.landmarks, size, alignment.template, alignment.scale)
+    def _cut(self, alignment: FaceAlignment, size: int) -> tuple[int, FaceAlignment]:
+        """What a crop depends on: the size and the whole record, less the settings of the one detection
+        all runs share (so a field added to FaceAlignment later keeps crops apart by default)."""
+        shared = {name: getattr(self.detection, name) for name in _DETECTION_SETTINGS}
+        return size, dataclasses.replace(alignment, **shared)
 
 
 def _answer(classifier, probs: np.ndarray) -> RunAnswer:
@@ -133,8 +153,8 @@ def _box(face: PhotoFace) -> Box:
     return Box(*(round(float(v), 1) for v in face.face.box))
 
 
-def _landmarks(face: PhotoFace) -> dict[str, list[float]]:
-    return {name: [round(float(v), 1) for v in point] for name, point in zip(LANDMARKS, face.face.landmarks)}
+def _landmarks(points: np.ndarray) -> dict[str, list[float]]:
+    return {name: [round(float(v), 1) for v in point] for name, point in zip(LANDMARKS, points)}
 
 
 def _ms(start: float, end: float) -> float:

@@ -8,6 +8,7 @@ from pathlib import Path
 from facetl.errors import FacetlError
 from facetl.export import OnnxClassifier
 from facetl.predict import TorchClassifier, open_classifier
+from facetl.preprocessing import FaceAlignment
 from facetl.record import RunRecord
 from facetl.runtime import Runtime
 
@@ -87,10 +88,11 @@ def model_card(name: str, path: Path, classifier: TorchClassifier | OnnxClassifi
         record, backbone = _record_beside(folder), classifier.metadata.get("facetl.backbone", "")
     prep = classifier.preprocessing
     if prep.faces is not None:
-        faces = (f"trained on faces found in whole photos ({prep.faces.detector}, aligned to the "
-                 f"{prep.faces.template} template); served the same way")
+        faces = (f"trained on faces found in whole photos ({prep.faces.detector}, {prep.faces.landmarks} "
+                 f"landmarks, aligned to the {prep.faces.template} template); served the same way")
     else:
-        faces = "trained on face crops; served on faces found by MTCNN and aligned to the ArcFace template"
+        faces = ("trained on face crops; served on faces found by MTCNN and aligned by their "
+                 f"{FaceAlignment().landmarks} landmarks to the ArcFace template")
     return ModelCard(name=name, path=str(path), engine=engine,
                      title=record.title if record else getattr(classifier, "title", "") or name,
                      backbone=backbone, classes=list(classifier.class_names),

@@ -20,13 +20,11 @@ from facetl.data.faces.detect import LANDMARKS, DetectedFace, FaceDetector, crea
 from facetl.data.faces.refine import refine_landmarks
 from facetl.data.images import MAX_PIXELS, UnreadableImage, read_photo
 from facetl.errors import FacetlError
-from facetl.preprocessing import FaceAlignment
+from facetl.preprocessing import LANDMARK_SOURCES, FaceAlignment
 
 # What to do with a photo holding several usable faces. "all" is for prediction, which answers per face;
 # the others are the training rules of FaceAlignment.multi_face.
 MULTI_FACE_RULES = ("largest", "skip", "error", "all")
-# Where the landmarks a crop is aligned with come from (FaceAlignment.landmarks; see refine.py).
-LANDMARK_SOURCES = ("detector", "refined")
 
 USED = "used"
 TOO_SMALL = "too small"
