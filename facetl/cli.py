@@ -37,6 +37,7 @@ FLAG_HELP = {
     "faces": "none: images are face crops | detect: find and align faces in whole photos (MTCNN)",
     "multi_face": "a training photo with several faces: largest | skip | error",
     "min_face": "smallest face side that counts, in photo pixels",
+    "groups": "final metrics per group too (groups.csv): a table column (identity) or path:REGEX (its first group)",
     "backbone": "vgg16, vgg19, mobilenet_v2 or any timm model name (facetl backbones)",
     "weights": "imagenet | none | auto (ImageNet if available, else none) | PATH (state dict or run folder)",
     "head": "linear | mlp (4096-1024) | vgg (4096-4096)",
@@ -52,6 +53,8 @@ FLAG_HELP = {
     "scheduler": "learning-rate schedule over the epochs: none | cosine",
     "precise_bn": "recompute batch-norm statistics over training images before each validation: auto (only "
                   "without pretraining) | on | off",
+    "calibrate": "none | temperature: after training, fit one temperature on the validation split's logits "
+                 "(lowest NLL) that every use of the run divides the logits by",
     "cache": "use the decoded-image and frozen-feature caches",
     "cache_views": "augmented views stored per training image when augmenting with jitter/rotate",
     "cache_dir": "cache folder (None: $FACETL_CACHE or ~/.cache/facetl)",
@@ -146,6 +149,8 @@ def _add_run_users(sub) -> None:
     evaluate.add_argument("--split", choices=["val", "test"], default="test", help="which split (default test)")
     evaluate.add_argument("--data", help="the data, when it is no longer where the run recorded it")
     evaluate.add_argument("--images", help="the image folder of a table, when it moved")
+    evaluate.add_argument("--groups", metavar="COLUMN", help="metrics per group too: a table column (identity) or "
+                                                            "path:REGEX (default: the run's --groups, if any)")
     add_runtime_flags(evaluate)
     evaluate.add_argument("--allow-changed-data", action="store_true",
                           help="evaluate even if data files changed since the split was made")
@@ -378,10 +383,10 @@ def cmd_evaluate(args) -> int:
     from facetl.runtime import Runtime
 
     metrics, out = evaluate_run(args.run, args.split, Runtime.for_inference(args.device, args.precision),
-                                True, args.allow_changed_data, args.data, args.images)
+                                True, args.allow_changed_data, args.data, args.images, args.groups)
     print(f"{args.split}: accuracy {metrics['accuracy']:.4f}  precision {metrics['precision']:.4f}  recall "
           f"{metrics['recall']:.4f}  F1 {metrics['f1']:.4f}  ROC-AUC {_num(metrics['roc_auc'])}  "
-          f"({metrics['n_images']} images)")
+          f"ECE {_num(metrics['ece'])}  ({metrics['n_images']} images)")
     print(f"report: {out / 'report.md'}")
     return 0
 

@@ -47,6 +47,7 @@ class TrainConfig:
     faces: str = "none"                  # none (images are face crops) | detect (find and align faces in photos)
     multi_face: str = "largest"          # a training photo with several faces: largest | skip | error
     min_face: int = 20                   # smallest face side, in pixels, that counts as a face
+    groups: str | None = None            # a table column (identity) or path:REGEX: final metrics per group
     # model
     backbone: str = "mobilenet_v2"
     weights: str = "imagenet"            # imagenet | none | auto | PATH (state dict or run folder)
@@ -65,6 +66,7 @@ class TrainConfig:
     threshold: str = "0.5"               # two classes: a probability, or f1 | balanced (chosen on validation)
     scheduler: str = "none"              # none | cosine
     precise_bn: str = "auto"             # recompute batch-norm statistics before each validation: auto | on | off
+    calibrate: str = "none"              # none | temperature (one T fitted on validation after training)
     # speed
     cache: bool = True                   # decoded-image and frozen-feature caches
     cache_dir: str | None = None         # default: ~/.cache/facetl or $FACETL_CACHE
@@ -92,6 +94,7 @@ class TrainConfig:
             "faces": ("none", "detect"),
             "multi_face": ("largest", "skip", "error"),
             "balance": ("none", "loss", "sampler"),
+            "calibrate": ("none", "temperature"),
         }
         if self.threshold not in THRESHOLD_RULES and not _is_probability(self.threshold):
             problems.append(f"threshold: {self.threshold!r} is not a probability between 0 and 1, f1 or balanced")
@@ -118,7 +121,9 @@ class TrainConfig:
         if not all(math.isfinite(v) for v in self.split + (self.normalize or [])):
             problems.append("split and normalize values must be finite numbers")
         if self.split_by is not None:
-            problems += _split_by_problems(self.split_by)
+            problems += group_spec_problems(self.split_by)
+        if self.groups is not None:
+            problems += group_spec_problems(self.groups, "groups")
         if self.folds is not None and self.split_file:
             problems.append("folds: each fold makes its own split; it cannot be combined with split_file")
         if not 0 <= self.dropout < 1:
@@ -140,16 +145,17 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def _split_by_problems(split_by: str) -> list[str]:
+def group_spec_problems(split_by: str, key: str = "split_by") -> list[str]:
+    """split_by and groups name a group the same way: a table column, or path:REGEX with a capture group."""
     if not split_by:
-        return ["split_by: name a table column (e.g. identity) or path:REGEX"]
+        return [f"{key}: name a table column (e.g. identity) or path:REGEX"]
     if not split_by.startswith("path:"):
         return []
     try:
         pattern = re.compile(split_by[len("path:"):])
     except re.error as exc:
-        return [f"split_by: {split_by!r} is not a regular expression ({exc})"]
-    return [] if pattern.groups else [f"split_by: {split_by!r} needs a capture group, e.g. path:^([^/]+)/"]
+        return [f"{key}: {split_by!r} is not a regular expression ({exc})"]
+    return [] if pattern.groups else [f"{key}: {split_by!r} needs a capture group, e.g. path:^([^/]+)/"]
 
 
 def _is_number(text: str) -> bool:

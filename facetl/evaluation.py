@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from facetl.data.load import data_root
+from facetl.config import group_spec_problems
+from facetl.data.load import data_root, load_groups
 from facetl.data.prepare import check_unchanged
 from facetl.data.split import load_split
 from facetl.data.store import cache_root, open_image_store
@@ -20,10 +21,16 @@ from facetl.train.loop import Evaluator
 
 def evaluate_run(folder: str | Path, split: str = "test", runtime: Runtime | None = None, progress: bool = True,
                  allow_changed_data: bool = False, data: str | None = None,
-                 images: str | None = None) -> tuple[dict, Path]:
-    """Evaluate the best checkpoint on `split`; results go in RUN/eval-SPLIT/, beside the training-time ones."""
+                 images: str | None = None, groups: str | None = None) -> tuple[dict, Path]:
+    """Evaluate the best checkpoint on `split`; results go in RUN/eval-SPLIT/, beside the training-time ones.
+    `groups` (a column or path:REGEX) adds metrics per group; by default, the run's own --groups."""
     run = load_run(folder)
     config, record = locate_data(run.config, run.folder, data, images), run.record
+    group_by = groups or config.groups
+    problems = group_spec_problems(group_by, "--groups") if group_by is not None else []
+    if problems:
+        raise FacetlError(problems[0])
+    group_of = load_groups(config.data, config.images, config.target, group_by) if group_by else None
     runtime = runtime or Runtime.for_inference()
     samples, assignment = load_split(run.folder / "split.csv", data_root(config), run.class_names)
     check_unchanged(samples, run.folder / "split.csv", allow_changed_data)
@@ -39,13 +46,14 @@ def evaluate_run(folder: str | Path, split: str = "test", runtime: Runtime | Non
         raise FacetlError(f"{files[first]} is unreadable: {store.errors[first]}")
     labels = samples.labels[index]
     evaluator = Evaluator(run.model, record.cut, run.image_source(store.images, runtime), labels, runtime.precision,
-                          config.batch_size * 2)
+                          config.batch_size * 2, temperature=record.temperature)
     result = evaluator(np.arange(len(index)), split, progress)
     out = run.folder / f"eval-{split}"
     names = [samples.paths[i] for i in index]
     write_gradcam_gallery(run, store.images, labels, result["probs"], names, out / "gradcam.png", runtime)
-    metrics = write_evaluation(out, SplitResult(split, labels, result["probs"], store.images, names), record,
-                               run.history, config.to_dict())
+    split_groups = [group_of.get(n, "(none)") for n in names] if group_of is not None else None
+    metrics = write_evaluation(out, SplitResult(split, labels, result["probs"], store.images, names, split_groups,
+                                                group_by), record, run.history, config.to_dict())
     return metrics, out
 
 
