@@ -67,9 +67,9 @@ class Calibration:
         def ece(value):
             return "n/a" if value is None else f"{value:.4f}"
         name = {"val": "validation"}.get(self.split, self.split)
-        return (f"temperature T={self.temperature:.3f} fitted on {name} ({self.images} images): ECE before "
-                f"{ece(self.ece_before)} after {ece(self.ece_after)}; NLL before {self.nll_before:.4f} after "
-                f"{self.nll_after:.4f}")
+        return (f"temperature T={self.temperature:.3f} fitted on {name}: ECE before {ece(self.ece_before)} after "
+                f"{ece(self.ece_after)}; NLL before {self.nll_before:.4f} after {self.nll_after:.4f} "
+                f"({self.images} images)")
 
 
 @dataclass

@@ -249,6 +249,15 @@ CASES = [
       "--weights", "none", "--out", "{new}"], ["--split-by column 'identity' not found", "Smiling, Male"]),
     (["train", "--data", "{table}", "--target", "Smiling", "--images", "{data}/smile", "--split-by", "Male",
       "--weights", "none", "--out", "{new}"], ["--split-by Male", "one group"]),
+    # --- calibration and metrics per group
+    (T + ["--calibrate", "platt"], ["calibrate", "platt", "none, temperature"]),
+    (T + ["--groups", "identity"], ["--groups identity", "class folders", "path:REGEX"]),
+    (T + ["--groups", "path:("], ["groups", "path:(", "not a regular expression"]),
+    (["train", "--data", "{table}", "--target", "Smiling", "--images", "{data}/smile", "--groups", "identity",
+      "--weights", "none", "--out", "{new}"], ["--groups column 'identity' not found", "Smiling, Male"]),
+    (["train", "--data", "{table}", "--target", "Smiling", "--images", "{data}/smile", "--groups", "Male",
+      "--weights", "none", "--out", "{new}"], ["--groups Male", "one group", "two groups"]),
+    (["evaluate", "{run}", "--groups", "identity"], ["--groups identity", "class folders"]),
     (["explode"], ["explode"]),
 ]
 
