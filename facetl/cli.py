@@ -42,6 +42,7 @@ FLAG_HELP = {
     "min_face": "smallest face side that counts, in photo pixels",
     "landmarks": "the five landmarks faces are aligned with: detector (MTCNN's, as found) | refined (found again "
                  "on the upright face and its mirror: a quarter less alignment error, 4-17 ms more a photo)",
+    "groups": "final metrics per group too (groups.csv): a table column (identity) or path:REGEX (its first group)",
     "backbone": "vgg16, vgg19, mobilenet_v2 or any timm model name (facetl backbones)",
     "weights": "imagenet | none | auto (ImageNet if available, else none) | PATH (state dict or run folder)",
     "head": "linear | mlp (4096-1024) | vgg (4096-4096)",
@@ -65,6 +66,8 @@ FLAG_HELP = {
     "scheduler": "learning-rate schedule within each stage: none | cosine | onecycle",
     "precise_bn": "recompute batch-norm statistics over training images before each validation: auto (only "
                   "without pretraining) | on | off",
+    "calibrate": "none | temperature: after training, fit one temperature on the validation split's logits "
+                 "(lowest NLL) that every use of the run divides the logits by",
     "cache": "use the decoded-image and frozen-feature caches",
     "cache_views": "augmented views stored per training image when augmenting with jitter/rotate",
     "cache_dir": "cache folder (None: $FACETL_CACHE or ~/.cache/facetl)",
@@ -167,6 +170,10 @@ EXAMPLES = {
                   ("facetl backbones --timm '*mobilenet*'", "timm model names to pass as --backbone")],
     "export": [("facetl export runs/smile", "runs/smile/model.onnx"),
                (f"facetl predict runs/smile {SMILES}/positives --engine onnx", "then predict with it on ONNX Runtime")],
+    "lr-find": [(f"facetl lr-find --data {SMILES} --weights none --strategy full --img-size 64 --out runs/lr-find",
+                 "lr_find.png and the suggested LR for training from scratch"),
+                (f"facetl train --data {SMILES} --weights none --strategy full --img-size 64 --lr auto --out runs/auto",
+                 "the same test, then training with its LR")],
     "demo": [("facetl demo", "study 4 in one command: frozen against last-block"),
              ("facetl demo --epochs 2 --limit 1000 --out runs/demo-quick", "a quick look")],
     "serve": [("facetl serve runs/smile", "http://127.0.0.1:8000/"),
@@ -201,7 +208,8 @@ def _add_training(sub) -> None:
                        help="train with N processes on this machine (launches torchrun; one per GPU, or CPU gloo)")
 
     lr_find = sub.add_parser("lr-find", help="the learning-rate range test: a plot of loss against LR and the "
-                                             "suggested LR for these training options")
+                                             "suggested LR for these training options", epilog=examples_epilog("lr-find"),
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_flags(lr_find)
 
     sweep = sub.add_parser("sweep", help="every combination of a grid, on one split, with a results table")
@@ -218,6 +226,8 @@ def _add_run_users(sub) -> None:
     evaluate.add_argument("--data", help="the data, when it is no longer where the run recorded it")
     evaluate.add_argument("--images", help="the image folder of a table, when it moved")
     evaluate.add_argument("--tta", choices=TTA_MODES, default="none", help=TTA_HELP + " (default none)")
+    evaluate.add_argument("--groups", metavar="COLUMN", help="metrics per group too: a table column (identity) or "
+                                                            "path:REGEX (default: the run's --groups, if any)")
     add_runtime_flags(evaluate)
     evaluate.add_argument("--allow-changed-data", action="store_true",
                           help="evaluate even if data files changed since the split was made")
@@ -467,11 +477,11 @@ def cmd_evaluate(args) -> int:
     from facetl.runtime import Runtime
 
     metrics, out = evaluate_run(args.run, args.split, Runtime.for_inference(args.device, args.precision),
-                                True, args.allow_changed_data, args.data, args.images, args.tta)
+                                True, args.allow_changed_data, args.data, args.images, args.tta, args.groups)
     tta = "" if args.tta == "none" else f" (tta {args.tta})"
     print(f"{args.split}{tta}: accuracy {metrics['accuracy']:.4f}  precision {metrics['precision']:.4f}  recall "
           f"{metrics['recall']:.4f}  F1 {metrics['f1']:.4f}  ROC-AUC {_num(metrics['roc_auc'])}  "
-          f"({metrics['n_images']} images)")
+          f"ECE {_num(metrics['ece'])}  ({metrics['n_images']} images)")
     print(f"report: {out / 'report.md'}")
     return 0
 

@@ -48,6 +48,7 @@ class TrainConfig:
     multi_face: str = "largest"          # a training photo with several faces: largest | skip | error
     min_face: int = 20                   # smallest face side, in pixels, that counts as a face
     landmarks: str = FaceAlignment.landmarks  # what faces are aligned with: detector | refined (preprocessing.py)
+    groups: str | None = None            # a table column (identity) or path:REGEX: final metrics per group
     # model
     backbone: str = "mobilenet_v2"
     weights: str = "imagenet"            # imagenet | none | auto | PATH (state dict or run folder)
@@ -74,6 +75,7 @@ class TrainConfig:
     threshold: str = "0.5"               # two classes: a probability, or f1 | balanced (chosen on validation)
     scheduler: str | None = None         # none | cosine | onecycle, per unfreezing stage
     precise_bn: str = "auto"             # recompute batch-norm statistics before each validation: auto | on | off
+    calibrate: str = "none"              # none | temperature (one T fitted on validation after training)
     # speed
     cache: bool = True                   # decoded-image and frozen-feature caches
     cache_dir: str | None = None         # default: ~/.cache/facetl or $FACETL_CACHE
@@ -103,6 +105,7 @@ class TrainConfig:
             "multi_face": ("largest", "skip", "error"),
             "landmarks": LANDMARK_SOURCES,
             "balance": ("none", "loss", "sampler"),
+            "calibrate": ("none", "temperature"),
         }
         if self.threshold not in THRESHOLD_RULES and not _is_probability(self.threshold):
             problems.append(f"threshold: {self.threshold!r} is not a probability between 0 and 1, f1 or balanced")
@@ -110,7 +113,7 @@ class TrainConfig:
             problems.append(f"colour: {self.colour!r} is not one of {', '.join(COLOURS)}")
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
-                problems.append(f"{key}: {getattr(self, key)!r} is not one of {', '.join(allowed)}")
+                problems.append(f"{key}: {getattr(self, key)!r} is not one of {', '.join(a for a in allowed if a)}")
         for aug in self.augment or []:
             name, _, arg = aug.partition(":")
             if name not in AUGMENTATIONS or (arg and (name != "rotate" or not _is_number(arg))):
@@ -144,7 +147,9 @@ class TrainConfig:
         if not all(math.isfinite(v) for v in self.split + (self.normalize or [])):
             problems.append("split and normalize values must be finite numbers")
         if self.split_by is not None:
-            problems += _split_by_problems(self.split_by)
+            problems += group_spec_problems(self.split_by)
+        if self.groups is not None:
+            problems += group_spec_problems(self.groups, "groups")
         if self.folds is not None and self.split_file:
             problems.append("folds: each fold makes its own split; it cannot be combined with split_file")
         if not 0 <= self.dropout < 1:
@@ -166,16 +171,17 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def _split_by_problems(split_by: str) -> list[str]:
+def group_spec_problems(split_by: str, key: str = "split_by") -> list[str]:
+    """split_by and groups name a group the same way: a table column, or path:REGEX with a capture group."""
     if not split_by:
-        return ["split_by: name a table column (e.g. identity) or path:REGEX"]
+        return [f"{key}: name a table column (e.g. identity) or path:REGEX"]
     if not split_by.startswith("path:"):
         return []
     try:
         pattern = re.compile(split_by[len("path:"):])
     except re.error as exc:
-        return [f"split_by: {split_by!r} is not a regular expression ({exc})"]
-    return [] if pattern.groups else [f"split_by: {split_by!r} needs a capture group, e.g. path:^([^/]+)/"]
+        return [f"{key}: {split_by!r} is not a regular expression ({exc})"]
+    return [] if pattern.groups else [f"{key}: {split_by!r} needs a capture group, e.g. path:^([^/]+)/"]
 
 
 def parse_unfreeze(text: str) -> list[tuple[int, str]]:

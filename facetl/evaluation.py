@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from facetl.data.load import data_root
+from facetl.config import group_spec_problems
+from facetl.data.load import data_root, load_groups
 from facetl.data.prepare import check_unchanged
 from facetl.data.split import load_split
 from facetl.data.store import cache_root, open_image_store
@@ -23,11 +24,17 @@ from facetl.tta import with_tta
 
 def evaluate_run(folder: str | Path, split: str = "test", runtime: Runtime | None = None, progress: bool = True,
                  allow_changed_data: bool = False, data: str | None = None,
-                 images: str | None = None, tta: str = "none") -> tuple[dict, Path]:
+                 images: str | None = None, tta: str = "none", groups: str | None = None) -> tuple[dict, Path]:
     """Evaluate the best checkpoint on `split`; results go in RUN/eval-SPLIT/, beside the training-time ones.
-    `tta` flip: each image's probabilities are averaged with its mirror image's (facetl.run.with_tta)."""
+    `tta` flip: each image's probabilities are averaged with its mirror image's (facetl.run.with_tta).
+    `groups` (a column or path:REGEX) adds metrics per group; by default, the run's own --groups."""
     run = load_run(folder)
     config, record = locate_data(run.config, run.folder, data, images), run.record
+    group_by = groups or config.groups
+    problems = group_spec_problems(group_by, "--groups") if group_by is not None else []
+    if problems:
+        raise FacetlError(problems[0])
+    group_of = load_groups(config.data, config.images, config.target, group_by) if group_by else None
     runtime = runtime or Runtime.for_inference()
     samples, assignment = load_split(run.folder / "split.csv", data_root(config), run.class_names)
     check_unchanged(samples, run.folder / "split.csv", allow_changed_data)
@@ -46,8 +53,9 @@ def evaluate_run(folder: str | Path, split: str = "test", runtime: Runtime | Non
     out = run.folder / f"eval-{split}"
     names = [samples.paths[i] for i in index]
     write_gradcam_gallery(run, store.images, labels, probs, names, out / "gradcam.png", runtime)
-    metrics = write_evaluation(out, SplitResult(split, labels, probs, store.images, names), record,
-                               run.history, config.to_dict(), tta)
+    split_groups = [group_of.get(n, "(none)") for n in names] if group_of is not None else None
+    metrics = write_evaluation(out, SplitResult(split, labels, probs, store.images, names, split_groups, group_by),
+                               record, run.history, config.to_dict(), tta)
     write_predictions(out / "predictions.csv", names, labels, probs, run)
     return metrics, out
 

@@ -161,7 +161,7 @@ def _grad_cam(run: LoadedRun, images: np.ndarray, runtime: Runtime, layer_name: 
         shape = tuple(activation.shape) if isinstance(activation, torch.Tensor) else type(activation).__name__
         raise FacetlError(f"layer {layer_name} gives {shape}, not a (batch, channels, height, width) feature map; "
                           "Grad-CAM needs a convolutional stage")
-    probs = probabilities(logits).cpu().numpy()
+    probs = probabilities(logits, run.record.temperature).cpu().numpy()
     chosen = [int(k) for k in (decide(probs, run.record.threshold) if targets is None else targets)]
 
     from captum.attr import LayerAttribution, LayerGradCam

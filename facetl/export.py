@@ -39,26 +39,28 @@ INPUT_NAME, OUTPUT_NAME = "images", "probabilities"
 PROTOBUF_LIMIT = 2 * 1024**3   # one .onnx file is one protobuf message, which cannot exceed 2 GiB
 INPUT_DESCRIPTION = ("images: uint8 (batch, size, size, 3), RGB 0-255, NHWC; resized to size x size and, "
                      "for colour=grey, made grey in all three channels before it enters the graph")
-OUTPUT_DESCRIPTION = "probabilities: float32 (batch, classes) in class_names order; sigmoid/softmax applied"
+OUTPUT_DESCRIPTION = ("probabilities: float32 (batch, classes) in class_names order; sigmoid/softmax applied (to the "
+                      "logits divided by facetl.temperature)")
 
 
 class ExportedClassifier(nn.Module):
     """uint8 NHWC images -> probabilities: the model with the preprocessing that a run's record fixes."""
 
-    def __init__(self, model: nn.Module, preprocessing: Preprocessing):
+    def __init__(self, model: nn.Module, preprocessing: Preprocessing, temperature: float = 1.0):
         super().__init__()
         self.model = model
+        self.temperature = float(temperature)  # a constant of the graph: logits / T when the run was calibrated
         self.register_buffer("mean", torch.tensor(preprocessing.mean, dtype=torch.float32))
         self.register_buffer("std", torch.tensor(preprocessing.std, dtype=torch.float32))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         # the same operations, in the same order, as to_float + ImageSource.prepare + probabilities
         x = images.permute(0, 3, 1, 2).float() / 255.0
-        return probabilities(self.model(normalize(x, self.mean, self.std)))
+        return probabilities(self.model(normalize(x, self.mean, self.std)), self.temperature)
 
 
 def onnx_metadata(preprocessing: Preprocessing, class_names: list[str], title: str, backbone: str,
-                  threshold: float | None = None) -> dict[str, str]:
+                  threshold: float | None = None, temperature: float = 1.0) -> dict[str, str]:
     return {
         "facetl.format": FORMAT_VERSION,
         "facetl.version": facetl.__version__,
@@ -71,6 +73,7 @@ def onnx_metadata(preprocessing: Preprocessing, class_names: list[str], title: s
         "facetl.faces": json.dumps(preprocessing.faces.to_dict() if preprocessing.faces else None),
         "facetl.class_names": json.dumps(list(class_names)),
         "facetl.threshold": json.dumps(threshold),  # two classes: class 1 when its probability reaches it
+        "facetl.temperature": json.dumps(temperature),  # already applied inside the graph; for the record
         "facetl.input": INPUT_DESCRIPTION,
         "facetl.input_layout": "NHWC",
         "facetl.input_dtype": "uint8",
@@ -78,14 +81,14 @@ def onnx_metadata(preprocessing: Preprocessing, class_names: list[str], title: s
     }
 
 
-def onnx_model(model: nn.Module, preprocessing: Preprocessing, metadata: dict[str, str]):
+def onnx_model(model: nn.Module, preprocessing: Preprocessing, metadata: dict[str, str], temperature: float = 1.0):
     """An eval-mode classifier -> a checked onnx.ModelProto with a dynamic batch axis and the metadata."""
     import onnx
 
     size = _parameter_bytes(model)
     if size > PROTOBUF_LIMIT * 0.95:
         raise FacetlError(f"the model's weights take {size / 2**30:.1f} GiB: one .onnx file holds at most 2 GiB")
-    wrapped = ExportedClassifier(model, preprocessing).eval()
+    wrapped = ExportedClassifier(model, preprocessing, temperature).eval()
     example = torch.zeros(2, preprocessing.size, preprocessing.size, 3, dtype=torch.uint8)
     # batch 2, not 1, in the example: torch.export would otherwise specialise the batch axis to 1
     batch = torch.export.Dim("batch", min=1)
@@ -110,8 +113,8 @@ def export_onnx(run_folder: str | Path, out: str | Path | None = None, overwrite
     run = load_run(run_folder)  # first: "not a run" is the clearer message when RUN itself is wrong
     out = _check_out(Path(out) if out else run_folder / "model.onnx", overwrite)
     metadata = onnx_metadata(run.record.preprocessing, run.class_names, run.record.title, run.config.backbone,
-                             run.record.threshold)
-    proto = onnx_model(run.model.float().eval(), run.record.preprocessing, metadata)
+                             run.record.threshold, run.record.temperature)
+    proto = onnx_model(run.model.float().eval(), run.record.preprocessing, metadata, run.record.temperature)
     try:
         atomic_write_bytes(out, proto.SerializeToString())
     except OSError as exc:

@@ -23,8 +23,9 @@ from facetl.data.samples import Samples, stratified_limit
 from facetl.data.split import apply_duplicate_policy, group_counts, make_folds
 from facetl.errors import FacetlError
 from facetl.models.classifier import build_model
+from facetl.results import cell, run_row
 from facetl.runfolder import atomic_write_csv, atomic_write_text, prepare_run_folder
-from facetl.sweep import _cell, _row, run_name
+from facetl.sweep import run_name
 from facetl.train.fit import default_out, fit
 
 # the metrics averaged over folds, as (results.csv column, results.md header)
@@ -94,7 +95,7 @@ def cross_validate(config: TrainConfig, progress: bool = True, log=print, pictur
 
 def fold_row(name: str, folder: Path) -> dict:
     metrics = json.loads((folder / "metrics.json").read_text())
-    return {**_row(name, folder), "balanced_accuracy": metrics.get("balanced_accuracy"),
+    return {**run_row(name, folder), "balanced_accuracy": metrics.get("balanced_accuracy"),
             "test_images": metrics.get("n_images")}
 
 
@@ -134,8 +135,8 @@ def write_fold_results(out: Path, rows: list[dict], config: TrainConfig) -> None
     lines = [f"# {config.folds}-fold cross-validation" + (f", split by {config.split_by}" if config.split_by else ""),
              "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        lines.append("| " + " | ".join([r["run"]] + [_cell(r[k]) for k, _ in shown]
-                                       + [_cell(r["test_images"]), _cell(r["train_seconds"], "train_seconds")]) + " |")
+        lines.append("| " + " | ".join([r["run"]] + [cell(r[k]) for k, _ in shown]
+                                       + [cell(r["test_images"]), cell(r["train_seconds"], "train_seconds")]) + " |")
     lines.append("| " + " | ".join([f"**mean ± std** ({len(rows)} folds)"]
                                    + [_mean_std(total[k], total[k + "_std"]) for k, _ in shown] + ["", ""]) + " |")
     lines += ["", "Metrics on each fold's test split (every image is in exactly one fold's test split); std is the "

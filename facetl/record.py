@@ -51,6 +51,27 @@ class RuntimeUsed:
         return f"{self.device}, {precision}" + (f", {self.processes} processes" if self.processes > 1 else "")
 
 
+@dataclass(frozen=True)
+class Calibration:
+    """--calibrate temperature: the temperature fitted on the validation split, and what it changed there."""
+
+    temperature: float
+    split: str                    # where it was fitted and measured: val
+    images: int
+    ece_before: float | None
+    ece_after: float | None
+    nll_before: float
+    nll_after: float
+
+    def describe(self) -> str:
+        def ece(value):
+            return "n/a" if value is None else f"{value:.4f}"
+        name = {"val": "validation"}.get(self.split, self.split)
+        return (f"temperature T={self.temperature:.3f} fitted on {name}: ECE before {ece(self.ece_before)} after "
+                f"{ece(self.ece_after)}; NLL before {self.nll_before:.4f} after {self.nll_after:.4f} "
+                f"({self.images} images)")
+
+
 @dataclass
 class RunRecord:
     title: str
@@ -71,6 +92,8 @@ class RunRecord:
     notes: list[str] = field(default_factory=list)
     recipe: list[str] = field(default_factory=list)       # training keys the recipe chose, and why
     stopped_after: int | None = None                      # --patience stopped training after this epoch
+    temperature: float = 1.0               # logits are divided by it before sigmoid/softmax, wherever the run is used
+    calibration: Calibration | None = None  # how the temperature was fitted (None: --calibrate none, or an old run)
 
     def to_dict(self) -> dict:
         values = dataclasses.asdict(self)
@@ -83,5 +106,7 @@ class RunRecord:
         values["weights"] = StartingWeights(**values["weights"])
         values["preprocessing"] = Preprocessing.from_dict(values["preprocessing"])
         values["trained_with"] = RuntimeUsed(**values["trained_with"])
+        if values.get("calibration"):
+            values["calibration"] = Calibration(**values["calibration"])
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})

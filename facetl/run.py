@@ -46,11 +46,13 @@ class LoadedRun:
 
     @torch.inference_mode()
     def classify(self, images: np.ndarray, runtime: Runtime) -> np.ndarray:
-        """(B, size, size, 3) uint8 images, prepared by the record's preprocessing -> (B, classes) probabilities."""
+        """(B, size, size, 3) uint8 images, prepared by the record's preprocessing -> (B, classes) probabilities,
+        with the run's temperature (1.0 unless it was calibrated)."""
         source = self.image_source(None, runtime)
         z = source.prepare(to_float(images, runtime.device))
         with runtime.precision.autocast():
-            return probabilities(self.model.forward_suffix(z, self.record.cut).float()).cpu().numpy()
+            logits = self.model.forward_suffix(z, self.record.cut).float()
+            return probabilities(logits, self.record.temperature).cpu().numpy()
 
 
 def load_run(folder: str | Path, device: torch.device | None = None) -> LoadedRun:

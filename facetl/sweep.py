@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 from pathlib import Path
 
 from facetl.config import FIELDS, TrainConfig, build_config
 from facetl.errors import FacetlError
-from facetl.record import RunRecord
+from facetl.results import cell, run_row
 from facetl.runfolder import atomic_write_csv, atomic_write_text, prepare_run_folder
 from facetl.train.fit import fit
 
@@ -69,27 +68,9 @@ def _sweep(configs: list[tuple[str, TrainConfig]], out: Path, progress: bool, lo
         else:
             fit(config, resume=(folder / "last.pt").is_file(), progress=progress, pictures=pictures)
         split_file = split_file or folder / "split.csv"
-        rows.append(_row(name, folder))
+        rows.append(run_row(name, folder))
         write_results(out, rows)
     return rows
-
-
-def _row(name: str, folder: Path) -> dict:
-    metrics = json.loads((folder / "metrics.json").read_text())
-    record = RunRecord.from_dict(json.loads((folder / "run.json").read_text()))
-    history = _history(folder)
-    best = next((h for h in history if h["epoch"] == record.best_epoch), {})
-    return {"run": name, **{k: metrics.get(k) for k in ("accuracy", "precision", "recall", "f1", "roc_auc")},
-            "val_acc": best.get("val_acc"), "train_seconds": record.train_seconds,
-            "trainable_params": record.trainable_params, "pretraining": record.weights.describe(),
-            "pretrained": record.weights.pretrained, "report": str(folder / "report.md")}
-
-
-def _history(folder: Path) -> list[dict]:
-    import csv
-
-    with open(folder / "history.csv", newline="") as f:
-        return [{"epoch": int(r["epoch"]), "val_acc": float(r["val_acc"])} for r in csv.DictReader(f)]
 
 
 def write_results(out: Path, rows: list[dict]) -> None:
@@ -99,25 +80,13 @@ def write_results(out: Path, rows: list[dict]) -> None:
     atomic_write_text(out / "results.md", results_table(rows, best))
 
 
-def _cell(value, column: str = "") -> str:
-    if value is None:
-        return "n/a"
-    if column == "train_seconds":
-        return f"{value:.1f}"
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
-
-
 def results_table(rows: list[dict], best: int) -> str:
     header = ["run", "accuracy", "precision", "recall", "F1", "ROC-AUC", "val acc", "train s", "trainable params",
               "pretraining"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for i, r in enumerate(rows):
         name = f"**{r['run']}** (best)" if i == best else r["run"]
-        cells = [name] + [_cell(r[c], c) for c in COLUMNS[1:-1]]
+        cells = [name] + [cell(r[c], c) for c in COLUMNS[1:-1]]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Metrics on each run's test split; 'best' is the highest validation accuracy at the selected "
               "epoch (the test split does not choose).", ""]

@@ -253,6 +253,24 @@ CASES = [
       "--weights", "none", "--out", "{new}"], ["--split-by column 'identity' not found", "Smiling, Male"]),
     (["train", "--data", "{table}", "--target", "Smiling", "--images", "{data}/smile", "--split-by", "Male",
       "--weights", "none", "--out", "{new}"], ["--split-by Male", "one group"]),
+    # --- calibration and metrics per group
+    (T + ["--calibrate", "platt"], ["calibrate", "platt", "none, temperature"]),
+    (T + ["--groups", "identity"], ["--groups identity", "class folders", "path:REGEX"]),
+    (T + ["--groups", "path:("], ["groups", "path:(", "not a regular expression"]),
+    (["train", "--data", "{table}", "--target", "Smiling", "--images", "{data}/smile", "--groups", "identity",
+      "--weights", "none", "--out", "{new}"], ["--groups column 'identity' not found", "Smiling, Male"]),
+    (["train", "--data", "{table}", "--target", "Smiling", "--images", "{data}/smile", "--groups", "Male",
+      "--weights", "none", "--out", "{new}"], ["--groups Male", "one group", "two groups"]),
+    (["evaluate", "{run}", "--groups", "identity"], ["--groups identity", "class folders"]),
+    # --- the training recipe
+    (T + ["--unfreeze", "1:frozen,3:full"], ["unfreeze", "--strategy gradual"]),
+    (T + ["--strategy", "gradual", "--unfreeze", "1:frozen,3:sideways"], ["unfreeze", "sideways"]),
+    (T + ["--strategy", "gradual", "--unfreeze", "1:full,2:frozen"], ["stage at epoch 2", "only unfreeze more"]),
+    (T + ["--optimizer", "rmsprop"], ["optimizer", "rmsprop", "adamw"]),
+    (T + ["--ema", "2"], ["ema", "between 0 and 1"]),
+    (T + ["--lr-decay", "0"], ["lr_decay", "out of range"]),
+    (["lr-find", "--data", "{data}", "--weights", "none", "--scheduler", "step", "--out", "{new}"],
+     ["scheduler", "step", "onecycle"]),
     (["explode"], ["explode"]),
 ]
 

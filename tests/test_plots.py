@@ -107,7 +107,7 @@ def test_report_flags_a_validation_loss_jump(tmp_path):
     assert {"accuracy", "precision", "recall", "f1", "roc_auc", "confusion_matrix", "n_images",
             "best_epoch"} <= set(metrics)
     assert {p.name for p in tmp_path.glob("*.png")} == {"curves.png", "confusion_matrix.png", "roc.png",
-                                                        "precision_recall.png", "errors.png"}
+                                                        "precision_recall.png", "reliability.png", "errors.png"}
 
 
 def test_report_says_nothing_about_a_smooth_validation_loss():

@@ -11,11 +11,12 @@ from facetl.errors import FacetlError
 
 
 def load_samples(data: str, images: str | None = None, target: str | None = None,
-                 positive: str | None = None, group: str | None = None) -> Samples:
+                 positive: str | None = None, group: str | None = None, flag: str = "--split-by") -> Samples:
     """Read a class-folder tree or an attribute table into Samples with the positive class last.
 
     `group` (--split-by) gives every file a group that no split may cut: a table column (identity), or
-    `path:REGEX`, whose first capture group over each file's relative path is the group."""
+    `path:REGEX`, whose first capture group over each file's relative path is the group. `flag` names the
+    option that asked for it in messages (--groups reads groups the same way)."""
     path = Path(data).expanduser()
     if not path.exists():
         raise FacetlError(f"data not found: {path}")
@@ -24,38 +25,46 @@ def load_samples(data: str, images: str | None = None, target: str | None = None
         if target:
             raise FacetlError("--target is for attribute tables; the data is a folder of class folders")
         if group and not by_path:
-            raise FacetlError(f"--split-by {group}: the data is a folder of class folders, which has no columns; "
+            raise FacetlError(f"{flag} {group}: the data is a folder of class folders, which has no columns; "
                               "use a table, or --split-by path:REGEX (its first group, found in each file's path)")
         samples = read_class_folders(path)
     else:
         if not target:
             raise FacetlError(f"{path} is a table: name the attribute to learn with --target (e.g. Smiling)")
         samples = read_attribute_table(path, target, Path(images).expanduser() if images else None,
-                                       None if by_path else group)
+                                       None if by_path else group, flag)
     if by_path:
-        samples = _groups_from_paths(samples, group)
+        samples = _groups_from_paths(samples, group, flag)
     if group:
-        _check_groups(samples, group)
+        _check_groups(samples, group, flag)
     return _put_positive_last(samples, positive)
 
 
-def _groups_from_paths(samples: Samples, group: str) -> Samples:
+def load_groups(data: str, images: str | None, target: str | None, group: str) -> dict[str, str]:
+    """--groups: each file's group (path relative to the data root -> value), read as --split-by reads it;
+    an unknown column, a class-folder dataset without path:REGEX, or a single group is refused."""
+    samples = load_samples(data, images, target, group=group, flag="--groups")
+    return dict(zip(samples.paths, samples.groups))
+
+
+def _groups_from_paths(samples: Samples, group: str, flag: str = "--split-by") -> Samples:
     pattern = re.compile(group[len("path:"):])  # TrainConfig.check has compiled it once already
     if pattern.groups < 1:
-        raise FacetlError(f"--split-by {group}: the expression needs a capture group, e.g. path:^([^/]+)/")
+        raise FacetlError(f"{flag} {group}: the expression needs a capture group, e.g. path:^([^/]+)/")
     found = [pattern.search(p) for p in samples.paths]
     missed = [p for p, m in zip(samples.paths, found) if m is None or not m.group(1)]
     if missed:
         more = f" (and {len(missed) - 1} more)" if len(missed) > 1 else ""
-        raise FacetlError(f"--split-by {group}: no group found in the path {missed[0]}{more}")
+        raise FacetlError(f"{flag} {group}: no group found in the path {missed[0]}{more}")
     return Samples(samples.root, samples.paths, samples.labels, samples.class_names, [m.group(1) for m in found])
 
 
-def _check_groups(samples: Samples, group: str) -> None:
+def _check_groups(samples: Samples, group: str, flag: str = "--split-by") -> None:
     distinct = sorted(set(samples.groups))
     if len(distinct) < 2:
-        raise FacetlError(f"--split-by {group}: every file is in the one group {distinct[0]!r}; a split by group "
-                          "needs one group per split at least")
+        need = ("a split by group needs one group per split at least" if flag == "--split-by" else
+                "metrics per group need two groups at least")
+        raise FacetlError(f"{flag} {group}: every file is in the one group {distinct[0]!r}; {need}")
 
 
 def _put_positive_last(samples: Samples, positive: str | None) -> Samples:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from facetl.data.faces import FACES_CSV_HEADER
-from facetl.data.load import load_samples
+from facetl.data.load import load_groups, load_samples
 from facetl.data.samples import Samples, stratified_limit
 from facetl.data.split import (apply_duplicate_policy, group_counts, load_split, make_split, save_split,
                                 split_hash)
@@ -39,9 +39,12 @@ class PreparedData:
 
 
 def read_samples(config) -> Samples:
-    """The labelled file list named by the config."""
-    return load_samples(config.data, config.images, config.target, config.positive,
-                        getattr(config, "split_by", None))
+    """The labelled file list named by the config; --groups is checked here too, before any training."""
+    samples = load_samples(config.data, config.images, config.target, config.positive,
+                           getattr(config, "split_by", None))
+    if getattr(config, "groups", None):
+        load_groups(config.data, config.images, config.target, config.groups)
+    return samples
 
 
 def cache_folder(config) -> Path:

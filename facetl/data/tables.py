@@ -69,11 +69,13 @@ def _read_csv(path: Path, text: str) -> tuple[list[str], list[str], list[list[st
     return names, files, rows
 
 
-def read_attribute_table(path: Path, target: str, images: Path | None, group: str | None = None) -> Samples:
-    """Samples of `target`; with `group` (a column such as identity) each file's group comes from that column."""
+def read_attribute_table(path: Path, target: str, images: Path | None, group: str | None = None,
+                         flag: str = "--split-by") -> Samples:
+    """Samples of `target`; with `group` (a column such as identity) each file's group comes from that column
+    (`flag`: the option that named it, for messages)."""
     names, files, rows = read_table(path)
     column = _column(path, names, target, "")
-    group_column = _column(path, names, group, "--split-by ") if group else None
+    group_column = _column(path, names, group, f"{flag} ") if group else None
     images = images or path.parent
     if not images.is_dir():
         raise FacetlError(f"image folder not found: {images} (give it with --images DIR)")
@@ -92,7 +94,7 @@ def read_attribute_table(path: Path, target: str, images: Path | None, group: st
             warnings.warn(f"{path.name}: {name} is listed more than once; using its first row")
             continue
         if group_column is not None and not row[group_column]:
-            raise FacetlError(f"{path}: row {number} ({name}) has no {group} value; --split-by needs every "
+            raise FacetlError(f"{path}: row {number} ({name}) has no {group} value; {flag} needs every "
                               "file's group")
         seen.add(name)
         paths.append(name)

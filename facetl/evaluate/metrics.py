@@ -126,3 +126,123 @@ def val_loss_jumps(history: list[dict], factor: float) -> list[dict]:
         if np.isfinite(loss) and (best is None or loss < best["val_loss"]):
             best = row
     return jumps
+
+
+# --- calibration: do the probabilities mean what they say?
+
+CALIBRATION_BINS = 15  # equal-width bins over [0, 1], as in Guo et al. 2017 (On Calibration of Modern Neural Networks)
+
+
+def calibration_pairs(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(stated probability, outcome) per image: two classes, P(class 1) and whether it is class 1; more, the
+    top class's confidence and whether the top class is right."""
+    if probs.shape[1] == 2:
+        return probs[:, 1], (labels == 1).astype(np.float64)
+    return probs.max(1), (probs.argmax(1) == labels).astype(np.float64)
+
+
+def reliability_bins(labels: np.ndarray, probs: np.ndarray, bins: int = CALIBRATION_BINS) -> list[dict]:
+    """Per equal-width bin of stated probability: its edges, how many images, their mean stated probability
+    and how often the outcome happened (None in an empty bin)."""
+    stated, outcome = calibration_pairs(labels, probs)
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(stated, edges[1:-1], right=True), 0, bins - 1)  # 1.0 falls in the last bin
+    rows = []
+    for b in range(bins):
+        inside = which == b
+        count = int(inside.sum())
+        rows.append({"low": float(edges[b]), "high": float(edges[b + 1]), "count": count,
+                     "stated": float(stated[inside].mean()) if count else None,
+                     "observed": float(outcome[inside].mean()) if count else None})
+    return rows
+
+
+def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int = CALIBRATION_BINS) -> float | None:
+    """ECE: the image-weighted mean, over bins, of |mean stated probability - observed frequency|."""
+    if len(labels) == 0:
+        return None
+    rows = reliability_bins(labels, probs, bins)
+    return float(sum(r["count"] * abs(r["stated"] - r["observed"]) for r in rows if r["count"]) / len(labels))
+
+
+def scaled_probabilities(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """(N, 1) or (N, classes) logits divided by `temperature` -> (N, classes) probabilities, as the model
+    gives them (a single logit becomes [1 - p, p])."""
+    from scipy.special import expit, softmax
+
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    if z.shape[1] == 1:
+        p = expit(z[:, 0])
+        return np.stack([1 - p, p], axis=1)
+    return softmax(z, axis=1)
+
+
+def negative_log_likelihood(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
+    """Mean NLL of the labels under the logits divided by `temperature` (unweighted, whatever --balance was)."""
+    from scipy.special import log_softmax
+
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    if z.shape[1] == 1:  # -log sigmoid(±z), computed without overflow
+        sign = np.where(labels == 1, 1.0, -1.0)
+        return float(np.mean(np.logaddexp(0.0, -sign * z[:, 0])))
+    return float(-np.mean(log_softmax(z, axis=1)[np.arange(len(labels)), labels]))
+
+
+TEMPERATURE_RANGE = (0.01, 1000.0)  # a bound, not a prior: logits in the hundreds happen at a high --lr
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The one temperature T > 0 that minimises the NLL of `labels` under logits / T (temperature scaling).
+    NLL is convex in 1/T, so a bounded search over log T finds the minimum; T > 1 softens an overconfident
+    model, T < 1 sharpens a timid one. A decision by the largest probability never changes."""
+    from scipy.optimize import minimize_scalar
+
+    if len(labels) == 0:
+        return 1.0
+    low, high = np.log(TEMPERATURE_RANGE)
+    found = minimize_scalar(lambda log_t: negative_log_likelihood(logits, labels, float(np.exp(log_t))),
+                            bounds=(low, high), method="bounded", options={"xatol": 1e-5})
+    best = float(np.exp(found.x))
+    # the search never returns a worse temperature than none at all
+    return best if negative_log_likelihood(logits, labels, best) <= negative_log_likelihood(logits, labels) else 1.0
+
+
+# --- the same metrics per group (--groups): does the model work as well for everyone?
+
+GROUP_METRICS = ("accuracy", "balanced_accuracy", "f1", "roc_auc")
+GAP_MIN_IMAGES = 10  # a group of 2 images scores 0, 0.5 or 1: gaps are taken over groups at least this large
+
+
+def group_metrics(labels: np.ndarray, probs: np.ndarray, groups: list[str], threshold: float | None = None,
+                  min_images: int = GAP_MIN_IMAGES) -> dict:
+    """Per value of `groups`: images, base rate, accuracy, balanced accuracy, F1, ROC-AUC (None where a group
+    lacks what the metric needs), and per metric the largest gap between groups of at least `min_images`."""
+    groups = np.asarray(groups, dtype=object)
+    predicted = decide(probs, threshold)
+    binary = probs.shape[1] == 2
+    rows = []
+    for name in sorted(set(groups.tolist()), key=str):
+        inside = groups == name
+        y, p = labels[inside], predicted[inside]
+        present = np.unique(y)
+        with warnings.catch_warnings():  # one class in a group: balanced accuracy is that class's recall
+            warnings.simplefilter("ignore")
+            balanced = float(balanced_accuracy_score(y, p))
+        if binary:  # F1 is about the positive class: undefined in a group that has none
+            f1 = float(f1_score(y, p, zero_division=0)) if (y == 1).any() else None
+        else:
+            f1 = float(f1_score(y, p, labels=present.tolist(), average="macro", zero_division=0))
+        rows.append({"group": str(name), "n": int(inside.sum()),
+                     "base_rate": float(np.mean(y == 1)) if binary else None,
+                     "accuracy": float(np.mean(y == p)), "balanced_accuracy": balanced, "f1": f1,
+                     "roc_auc": roc_auc(y, probs[inside])})
+    large = [r for r in rows if r["n"] >= min_images]
+    gaps = {}
+    for key in GROUP_METRICS:
+        scored = [r for r in large if r[key] is not None]
+        if len(scored) < 2:
+            gaps[key] = None
+            continue
+        low, high = min(scored, key=lambda r: r[key]), max(scored, key=lambda r: r[key])
+        gaps[key] = {"gap": high[key] - low[key], "lowest": low["group"], "highest": high["group"]}
+    return {"per_group": rows, "gaps": gaps, "gap_min_images": min_images, "groups_in_gaps": len(large)}

@@ -17,7 +17,8 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from facetl.evaluate.metrics import average_roc_curves, decide, per_class_auc, roc_curves  # noqa: E402
+from facetl.evaluate.metrics import (average_roc_curves, decide, expected_calibration_error, per_class_auc,  # noqa: E402
+                                     reliability_bins, roc_curves)
 from facetl.runfolder import atomic_write_bytes  # noqa: E402
 
 MANY_CLASSES = 10  # above this, one ROC line per class is an unreadable tangle: per-class AUC bars instead
@@ -154,6 +155,41 @@ def plot_precision_recall(labels: np.ndarray, probs: np.ndarray, class_names: li
            title=f"Precision-recall: {positive}")
     ax.legend(loc="lower left", fontsize=8)
     ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_reliability(labels: np.ndarray, probs: np.ndarray, class_names: list[str], path: Path, split: str = "",
+                     temperature: float = 1.0) -> Figure:
+    """Reliability diagram: per bin of stated probability, how often it came true, against the diagonal of a
+    calibrated model; below it, the images per bin, since a bin of 3 images says little."""
+    rows = reliability_bins(labels, probs)
+    ece = expected_calibration_error(labels, probs)
+    binary = probs.shape[1] == 2
+    fig, (ax, ax_n) = plt.subplots(2, 1, figsize=(5.5, 6.2), sharex=True,
+                                   gridspec_kw={"height_ratios": [4, 1.1], "hspace": 0.08})
+    width = rows[0]["high"] - rows[0]["low"]
+    filled = [r for r in rows if r["count"]]
+    ax.bar([r["low"] for r in filled], [r["observed"] for r in filled], width=width, align="edge",
+           color="tab:blue", edgecolor="white", alpha=0.8,
+           label=f"observed share of {clip(class_names[1])}" if binary else "observed share right")
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="perfectly calibrated")
+    ax.plot([r["stated"] for r in filled], [r["stated"] for r in filled], "o", color="tab:red", ms=4,
+            label="mean stated probability")
+    where = f" on {split}" if split else ""
+    scaled = f" (temperature T={temperature:.2f})" if temperature != 1.0 else ""
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), ylabel="observed frequency",
+           title=(f"Reliability{where}: ECE {ece:.3f}" if ece is not None else f"Reliability{where}") + scaled)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(alpha=0.3)
+    ax_n.bar([r["low"] for r in rows], [r["count"] for r in rows], width=width, align="edge", color="tab:gray",
+             edgecolor="white")
+    top = max(r["count"] for r in rows) or 1
+    for r in filled:
+        ax_n.text(r["low"] + width / 2, r["count"] + top * 0.04, str(r["count"]), ha="center", va="bottom",
+                  fontsize=7)
+    what = f"P({clip(class_names[1])})" if binary else "top-class confidence"
+    ax_n.set(ylim=(0, top * 1.45), xlabel=f"stated probability: {what}", ylabel="images")
+    ax_n.yaxis.set_major_locator(MaxNLocator(nbins=2, integer=True))
     return _save(fig, path)
 
 

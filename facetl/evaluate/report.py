@@ -8,10 +8,12 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from facetl.evaluate.metrics import classification_metrics, per_class_auc, val_loss_jumps
-from facetl.evaluate.plots import plot_confusion, plot_curves, plot_errors, plot_precision_recall, plot_roc
+from facetl.evaluate.metrics import (CALIBRATION_BINS, GROUP_METRICS, classification_metrics,
+                                     expected_calibration_error, group_metrics, per_class_auc, val_loss_jumps)
+from facetl.evaluate.plots import (plot_confusion, plot_curves, plot_errors, plot_precision_recall, plot_reliability,
+                                   plot_roc)
 from facetl.record import RunRecord
-from facetl.runfolder import atomic_write_json, atomic_write_text
+from facetl.runfolder import atomic_write_csv, atomic_write_json, atomic_write_text
 
 
 @dataclass
@@ -23,10 +25,14 @@ class SplitResult:
     probs: np.ndarray             # (images, classes)
     images: Sequence              # uint8 HxWx3 per image, read only for the galleries
     names: Sequence[str] | None = None   # each image's file, relative to the data folder, for the captions
+    groups: Sequence[str] | None = None  # each image's group (--groups), for the metrics per group
+    group_by: str | None = None          # what the groups are: the column or path:REGEX
 
 
 JUMP_FACTOR = 1.5  # a validation loss above 1.5x the best before it is a jump worth a sentence
 WEAKEST_SHOWN = 3  # classes named under a many-class ROC
+GROUPS_SHOWN = 40  # rows of the per-group table in report.md; groups.csv has every group
+GROUP_COLUMNS = ["group", "n", "base_rate", *GROUP_METRICS]
 
 
 def write_evaluation(folder: Path, result: SplitResult, record: RunRecord, history: list[dict],
@@ -47,7 +53,16 @@ def write_evaluation(folder: Path, result: SplitResult, record: RunRecord, histo
         "pretraining": record.weights.describe(),
         "pretrained": record.weights.pretrained,
         "roc_auc_per_class": {class_names[c]: auc for c, auc in per_class_auc(result.labels, result.probs).items()},
+        "ece": expected_calibration_error(result.labels, result.probs),
+        "ece_bins": CALIBRATION_BINS,
+        "temperature": record.temperature,
+        "calibration": record.calibration.describe() if record.calibration else None,
     })
+    (folder / "groups.csv").unlink(missing_ok=True)  # an earlier evaluation's, by other groups
+    if result.groups is not None:
+        metrics["groups"] = {"by": result.group_by, **group_metrics(result.labels, result.probs, list(result.groups),
+                                                                    record.threshold)}
+        write_groups_csv(folder / "groups.csv", metrics["groups"])
     if history:
         plot_curves(history, folder / "curves.png", title=record.title, best_epoch=record.best_epoch,
                     select=config.get("select"))
@@ -56,12 +71,22 @@ def write_evaluation(folder: Path, result: SplitResult, record: RunRecord, histo
     if len(class_names) == 2:
         plot_precision_recall(result.labels, result.probs, class_names, folder / "precision_recall.png",
                               record.threshold)
+    plot_reliability(result.labels, result.probs, class_names, folder / "reliability.png", result.split,
+                     record.temperature)
     plot_errors(result.images, result.labels, result.probs, class_names, folder / "errors.png", result.names,
                 threshold=record.threshold)
     atomic_write_json(folder / "metrics.json", metrics)
     atomic_write_text(folder / "report.md", render_report(metrics, record, config, history,
                                                           gradcam=(folder / "gradcam.png").is_file()))
     return metrics
+
+
+def write_groups_csv(path: Path, groups: dict) -> None:
+    """One row per group, then the largest gap of each metric (over groups of at least gap_min_images)."""
+    rows = [[r[c] for c in GROUP_COLUMNS] for r in groups["per_group"]]
+    gaps = groups["gaps"]
+    rows.append(["largest gap", "", ""] + [gaps[k]["gap"] if gaps[k] else None for k in GROUP_METRICS])
+    atomic_write_csv(path, GROUP_COLUMNS, rows)
 
 
 def _fmt(value) -> str:
@@ -130,6 +155,9 @@ def render_report(metrics: dict, record: RunRecord, config: dict, history: list[
               "## ROC", "", "![roc](roc.png)", ""]
     if len(metrics["class_names"]) == 2:
         lines += ["## Precision and recall", "", "![precision-recall](precision_recall.png)", ""]
+    lines += calibration_lines(metrics)
+    if metrics.get("groups"):
+        lines += group_lines(metrics["groups"])
     if len(metrics["class_names"]) > 2 and metrics.get("roc_auc_per_class"):
         lines += [weakest_sentence(metrics["roc_auc_per_class"]), ""]
     lines += ["## Most confident mistakes", "", "![errors](errors.png)", "", mistakes_sentence(metrics), ""]
@@ -140,6 +168,40 @@ def render_report(metrics: dict, record: RunRecord, config: dict, history: list[
     lines += ["## Configuration", "", "```yaml"]
     lines += [yaml.safe_dump(config, sort_keys=False).rstrip(), "```", ""]
     return "\n".join(lines)
+
+
+def calibration_lines(metrics: dict) -> list[str]:
+    """ECE of this split, what it measures, and the temperature when the run was calibrated."""
+    binary = len(metrics["class_names"]) == 2
+    what = (f"the probability of {metrics['class_names'][1]} against how often it is {metrics['class_names'][1]}"
+            if binary else "the top class's probability against how often the top class is right")
+    lines = ["## Calibration", "",
+             f"Expected calibration error on the {metrics['split']} split: **{_fmt(metrics.get('ece'))}** "
+             f"({what}, in {metrics.get('ece_bins', CALIBRATION_BINS)} equal bins; 0 is perfectly calibrated).", ""]
+    if metrics.get("calibration"):
+        lines += [f"Calibrated (--calibrate temperature): {metrics['calibration']}. Every probability of this run "
+                  f"is computed from logits divided by T.", ""]
+    return lines + ["![reliability](reliability.png)", ""]
+
+
+def group_lines(groups: dict) -> list[str]:
+    """The per-group table (largest groups first when there are many) and the largest gaps."""
+    rows = sorted(groups["per_group"], key=lambda r: -r["n"])
+    shown = rows[:GROUPS_SHOWN]
+    header = ["group", "images", "base rate", "accuracy", "balanced acc", "F1", "ROC-AUC"]
+    lines = [f"## Per group ({groups['by']})", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join([r["group"], str(r["n"])] + [_fmt(r[k]) for k in ("base_rate", *GROUP_METRICS)])
+              + " |" for r in sorted(shown, key=lambda r: r["group"])]
+    gaps = groups["gaps"]
+    lines.append("| **largest gap** | | | " + " | ".join(
+        f"**{g['gap']:.4f}** ({g['lowest']} to {g['highest']})" if g else "n/a" for g in (gaps[k] for k in GROUP_METRICS))
+        + " |")
+    lines += ["", f"Gaps are over the {groups['groups_in_gaps']} group(s) with at least {groups['gap_min_images']} "
+              "images; smaller groups are listed but their scores move in large steps. F1 is n/a in a group "
+              "without the positive class, ROC-AUC in a group with one class."
+              + (f" The {len(rows) - len(shown)} smallest groups are only in groups.csv." if len(rows) > len(shown)
+                 else " Every group is also in groups.csv."), ""]
+    return lines
 
 
 def threshold_sentence(metrics: dict) -> str:

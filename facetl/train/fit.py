@@ -28,14 +28,16 @@ import torch
 from facetl.config import THRESHOLD_RULES, TrainConfig, dump_yaml
 from facetl.data.augment import BatchAugment
 from facetl.data.features import FeatureRequest, FrozenPart, ImageSource, open_feature_source
+from facetl.data.load import load_groups
 from facetl.data.prepare import PreparedData, prepare_data, read_samples
 from facetl.errors import FacetlError
-from facetl.evaluate.metrics import choose_threshold
+from facetl.evaluate.metrics import (choose_threshold, expected_calibration_error, fit_temperature,
+                                     negative_log_likelihood, scaled_probabilities)
 from facetl.evaluate.plots import plot_lr_find
 from facetl.evaluate.report import SplitResult, write_evaluation
 from facetl.models import BuiltModel, TrainablePart, build_model
 from facetl.models.strategies import apply_strategy, first_trainable_layer
-from facetl.record import RunRecord
+from facetl.record import Calibration, RunRecord
 from facetl.runfolder import (RunLock, atomic_torch_save, atomic_write_csv, atomic_write_json, atomic_write_text,
                               prepare_run_folder, read_torch_file)
 from facetl.runtime import Runtime
@@ -526,29 +528,57 @@ def final_evaluation(config: TrainConfig, setup: Setup, source, state: TrainingS
     best = read_torch_file(ctx.folder / "best.pt", "checkpoint ")
     model.load_state_dict(best["model"])
     evaluator = _evaluator(config, setup, source, ctx.runtime)
+    if config.calibrate == "temperature":  # before the threshold: a threshold is chosen on calibrated probabilities
+        state.record.temperature, state.record.calibration = calibrate(evaluator, data, ctx)
+        evaluator.temperature = state.record.temperature
+        ctx.log(state.record.calibration.describe())
     if state.record.threshold_rule in THRESHOLD_RULES:  # chosen on validation, with the best epoch's weights
         val = evaluate_split(evaluator, data.index("val"), "validate", ctx)
         state.record.threshold = choose_threshold(data.labels[data.index("val")], val["probs"],
                                                   state.record.threshold_rule)
         ctx.log(f"threshold {state.record.threshold:.4f}: maximises {state.record.threshold_rule.replace('f1', 'F1')}"
                 f"{' accuracy' if state.record.threshold_rule == 'balanced' else ''} on the validation split")
-        if ctx.main:  # best.pt carries the record that predict, serve and export read
-            atomic_torch_save(ctx.folder / "best.pt", {**best, "record": state.record.to_dict()})
+    if ctx.main and (state.record.threshold_rule in THRESHOLD_RULES or config.calibrate != "none"):
+        atomic_torch_save(ctx.folder / "best.pt", {**best, "record": state.record.to_dict()})  # what predict reads
     final_split, final_index = ("test", data.index("test")) if len(data.index("test")) else ("val", data.index("val"))
     result = evaluate_split(evaluator, final_index, final_split, ctx)
     if not ctx.main:
         return RunResult(ctx.folder, {}, state.history, state.record)
     atomic_write_json(ctx.folder / "run.json", state.record.to_dict())
     split = SplitResult(final_split, data.labels[final_index], result["probs"],
-                        StoreRows(data.store.images, final_index), [data.samples.paths[i] for i in final_index])
+                        StoreRows(data.store.images, final_index), [data.samples.paths[i] for i in final_index],
+                        final_groups(config, data, final_index), config.groups)
     if ctx.pictures is not None:
         ctx.pictures(ctx.folder, config, state.record, model, state.history, split, ctx.runtime)
     metrics = write_evaluation(ctx.folder, split, state.record, state.history, config.to_dict())
     ctx.log(f"{final_split}: accuracy {metrics['accuracy']:.4f}  balanced {metrics['balanced_accuracy']:.4f}  "
             f"F1 {metrics['f1']:.4f}  ROC-AUC "
             f"{metrics['roc_auc'] if metrics['roc_auc'] is None else round(metrics['roc_auc'], 4)}  "
-            f"train {state.train_seconds:.1f}s  report {ctx.folder / 'report.md'}")
+            f"ECE {metrics['ece']:.4f}  train {state.train_seconds:.1f}s  report {ctx.folder / 'report.md'}")
     return RunResult(ctx.folder, metrics, state.history, state.record)
+
+
+def calibrate(evaluator: Evaluator, data: PreparedData, ctx: RunContext) -> tuple[float, Calibration]:
+    """--calibrate temperature: one T fitted on the validation split's logits (lowest NLL), and what it changed
+    there. Every rank fits on the same gathered logits, so all agree on T."""
+    index = data.index("val")
+    group = ctx.runtime.group
+    mine = evaluator(group.shard(index), "calibrate", ctx.progress)["logits"]
+    logits, _ = group.gather_in_order(len(index), mine, 0.0)
+    labels = data.labels[index]
+    t = fit_temperature(logits, labels)
+    return t, Calibration(t, "val", len(index),
+                          expected_calibration_error(labels, scaled_probabilities(logits)),
+                          expected_calibration_error(labels, scaled_probabilities(logits, t)),
+                          negative_log_likelihood(logits, labels), negative_log_likelihood(logits, labels, t))
+
+
+def final_groups(config: TrainConfig, data: PreparedData, index: np.ndarray) -> list[str] | None:
+    """--groups: the group of each image of the final split (checked when the data was read)."""
+    if not config.groups:
+        return None
+    group_of = load_groups(config.data, config.images, config.target, config.groups)
+    return [group_of.get(data.samples.paths[i], "(none)") for i in index]
 
 
 class StoreRows:

@@ -45,8 +45,11 @@ def balanced_order(index: np.ndarray, labels: np.ndarray, seed: int, epoch: int)
     return index[rng.choice(len(index), size=len(index), replace=True, p=p / p.sum())]
 
 
-def probabilities(logits: torch.Tensor) -> torch.Tensor:
-    """(B, classes) probabilities; a single logit becomes [1 - p, p]."""
+def probabilities(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """(B, classes) probabilities; a single logit becomes [1 - p, p]. `temperature`: the run's calibration
+    (--calibrate), which divides the logits first."""
+    if temperature != 1.0:
+        logits = logits / temperature
     if logits.shape[1] == 1:
         p = torch.sigmoid(logits[:, 0])
         return torch.stack([1 - p, p], dim=1)
@@ -117,11 +120,12 @@ class Evaluator:
     precision: Precision
     batch_size: int
     class_weights: torch.Tensor | None = None   # the training loss's, so validation loss measures the same
+    temperature: float = 1.0      # the run's calibration: divides the logits before the probabilities (not the loss)
 
     @torch.inference_mode()
     def __call__(self, index: np.ndarray, desc: str = "eval", progress: bool = True) -> dict:
         self.model.eval()
-        probs, total_loss = [], 0.0
+        probs, raw, total_loss = [], [], 0.0
         for start in progress_bar(range(0, len(index), self.batch_size), desc=desc, unit="batch",
                                   enabled=progress, summary=False):
             batch = index[start:start + self.batch_size]
@@ -130,10 +134,12 @@ class Evaluator:
             with self.precision.autocast():
                 logits = self.model.forward_suffix(z, self.cut).float()
             total_loss += loss_fn(logits, y, self.class_weights).item() * len(batch)
-            probs.append(probabilities(logits).cpu().numpy())
+            probs.append(probabilities(logits, self.temperature).cpu().numpy())
+            raw.append(logits.cpu().numpy())
         probs = np.concatenate(probs) if probs else np.zeros((0, 2))
         accuracy = float((probs.argmax(1) == self.labels[index]).mean()) if len(index) else float("nan")
-        return {"loss": total_loss / max(len(index), 1), "acc": accuracy, "probs": probs}
+        return {"loss": total_loss / max(len(index), 1), "acc": accuracy, "probs": probs,
+                "logits": np.concatenate(raw) if raw else np.zeros((0, probs.shape[1]), dtype=np.float32)}
 
 
 def _why_not_finite(opt: Optimisation, z: torch.Tensor) -> str:

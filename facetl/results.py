@@ -1,0 +1,38 @@
+"""One finished run as a row of a results table (sweeps and cross-validation folds share it)."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from facetl.record import RunRecord
+
+
+def run_row(name: str, folder: Path) -> dict:
+    """A finished run's test metrics, its validation accuracy at the selected epoch, and what it cost."""
+    metrics = json.loads((folder / "metrics.json").read_text())
+    record = RunRecord.from_dict(json.loads((folder / "run.json").read_text()))
+    history = _history(folder)
+    best = next((h for h in history if h["epoch"] == record.best_epoch), {})
+    return {"run": name, **{k: metrics.get(k) for k in ("accuracy", "precision", "recall", "f1", "roc_auc")},
+            "val_acc": best.get("val_acc"), "train_seconds": record.train_seconds,
+            "trainable_params": record.trainable_params, "pretraining": record.weights.describe(),
+            "pretrained": record.weights.pretrained, "report": str(folder / "report.md")}
+
+
+def _history(folder: Path) -> list[dict]:
+    with open(folder / "history.csv", newline="") as f:
+        return [{"epoch": int(r["epoch"]), "val_acc": float(r["val_acc"])} for r in csv.DictReader(f)]
+
+
+def cell(value, column: str = "") -> str:
+    """A value as a markdown table shows it: n/a, seconds to a tenth, 4 decimals, thousands separated."""
+    if value is None:
+        return "n/a"
+    if column == "train_seconds":
+        return f"{value:.1f}"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
