@@ -404,6 +404,10 @@ def cmd_lr_find(args) -> int:
     result = fit(config, progress=sys.stderr.isatty(), only_find_lr=True)
     print(f"suggested lr {result.metrics['suggested_lr']:.2g}; plot {result.folder / 'lr_find.png'}, "
           f"values {result.folder / 'lr_find.csv'}")
+    for strategy, lr in result.metrics.items():  # gradual: each later stage's unfrozen part
+        if strategy != "suggested_lr":
+            print(f"  stage {strategy}: suggested lr {lr:.2g}; plot "
+                  f"{result.folder / ('lr_find-' + strategy.replace(':', '') + '.png')}")
     return 0
 
 

@@ -133,9 +133,11 @@ def test_early_stopping_ends_the_run_and_says_why(tmp_path):
 def test_lr_find_draws_the_range_test_and_lr_auto_trains_with_its_suggestion(tmp_path, capsys):
     out = tmp_path / "find"
     assert main(["lr-find", "--data", str(SMILES), "--weights", "none", "--img-size", "32", "--limit", "240",
-                 "--strategy", "full", "--batch-size", "16", "--out", str(out)]) == 0
+                 "--strategy", "gradual", "--unfreeze", "1:frozen,2:full", "--epochs", "2", "--batch-size", "16",
+                 "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "suggested lr" in printed and (out / "lr_find.png").stat().st_size > 10_000
+    assert "stage full: suggested lr" in printed and (out / "lr_find-full.png").is_file()  # the unfrozen part too
     with open(out / "lr_find.csv", newline="") as f:
         lrs = [float(r["lr"]) for r in csv.DictReader(f)]
     assert lrs == sorted(lrs) and lrs[0] < 1e-6 and len(lrs) > 20
@@ -150,8 +152,11 @@ def test_steepest_descent_finds_where_the_loss_falls_fastest():
     # flat, then falling fastest around 1e-3, then diverging
     losses = [1 - 0.5 * (1 + math.tanh((math.log10(lr) + 3) * 3)) / 2 + (max(0, math.log10(lr) + 1) ** 2)
               for lr in lrs]
-    at = steepest_descent(lrs, losses)
-    assert 10 ** -3.3 < lrs[at] < 10 ** -2.7
+    at, rule = steepest_descent(lrs, losses)
+    assert 10 ** -3.3 < lrs[at] < 10 ** -2.7 and rule == "steepest descent"
+    flat = [0.6 + (0.001 * math.sin(i) if lr < 1e-2 else (math.log10(lr) + 2.5)) for i, lr in enumerate(lrs)]
+    at, rule = steepest_descent(lrs, flat)  # nothing learnt: a tenth of where the loss starts to climb
+    assert 10 ** -3.6 < lrs[at] < 10 ** -2.6 and rule == "a tenth of where the loss climbs"
 
 
 @pytest.mark.parametrize("values, words", [

@@ -127,9 +127,9 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_pa
     real_loss = facetl.train.loop.loss_fn
     calls = {"n": 0}
 
-    def loss_that_breaks(logits, labels, weights=None):
+    def loss_that_breaks(logits, labels, weights=None, smoothing=0.0):
         calls["n"] += 1
-        loss = real_loss(logits, labels, weights)
+        loss = real_loss(logits, labels, weights, smoothing)
         return loss * float("nan") if calls["n"] > 12 else loss  # 12 batches = the first epoch
 
     monkeypatch.setattr(facetl.train.loop, "loss_fn", loss_that_breaks)

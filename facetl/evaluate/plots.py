@@ -74,17 +74,21 @@ def plot_curves(history: list[dict], path: Path, title: str = "", best_epoch: in
 
 
 def plot_lr_find(lrs: list[float], losses: list[float], smoothed: list[float], suggestion: float, path: Path,
-                 title: str = "") -> Figure:
-    """Loss against learning rate (log axis) from the range test, with the suggested LR marked."""
+                 title: str = "", rule: str = "steepest descent") -> Figure:
+    """Loss against learning rate (log axis) from the range test, with the suggested LR marked. The first tenth
+    of the steps (the smoothing's warm-up) and the divergence at the end are kept out of the y range."""
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    ax.plot(lrs, losses, color="tab:blue", alpha=0.25, lw=1, label="loss per batch")
+    ax.plot(lrs, losses, color="tab:blue", alpha=0.15, lw=0.8, label="loss per batch")
     ax.plot(lrs, smoothed, color="tab:blue", lw=2, label="smoothed loss")
     at = int(np.argmin(np.abs(np.log(np.asarray(lrs)) - np.log(suggestion)))) if lrs else 0
     if lrs:
-        ax.plot([suggestion], [smoothed[at]], "o", ms=9, color="tab:red",
-                label=f"suggested lr {suggestion:.2g} (steepest descent)")
-        low, high = min(smoothed), max(smoothed[: max(at + 1, int(np.argmin(smoothed)) + 1)])
-        ax.set_ylim(low - 0.1 * (high - low + 1e-9), high + 0.35 * (high - low + 1e-9))
+        ax.plot([suggestion], [smoothed[at]], "o", ms=9, color="tab:red", label=f"suggested lr {suggestion:.2g} ({rule})")
+        ax.axvline(suggestion, color="tab:red", lw=0.8, ls=":")
+        shown = np.asarray(smoothed[max(1, len(smoothed) // 10):])
+        low = float(shown.min())
+        high = float(smoothed[max(1, len(smoothed) // 10)])
+        span = max(high - low, 0.05 * low, 1e-6)
+        ax.set_ylim(low - 0.3 * span, high + 1.5 * span)
     ax.set(xscale="log", xlabel="learning rate (head; earlier blocks keep their --lr-decay ratio)", ylabel="loss",
            title=title or "learning-rate range test")
     ax.grid(alpha=0.3, which="both")

@@ -178,7 +178,7 @@ def _fit(config: TrainConfig, ctx: RunContext, resume: bool, only_find_lr: bool 
     if only_find_lr or config.lr == "auto":
         suggested = find_lr(config, setup, source, ctx)
         if only_find_lr:
-            return RunResult(ctx.folder, {"suggested_lr": suggested}, [], None)
+            return RunResult(ctx.folder, {"suggested_lr": suggested, **later_stages_lr(config, setup, ctx)}, [], None)
         config.lr = float(f"{suggested:.2g}")
         setup.recipe.append(f"lr {config.lr:g} (--lr auto: the LR range test's steepest descent, lr_find.png)")
         if ctx.main:
@@ -302,19 +302,32 @@ def choose_source(config: TrainConfig, setup: Setup, ctx: RunContext):
     return source
 
 
-def find_lr(config: TrainConfig, setup: Setup, source, ctx: RunContext) -> float:
-    """The LR range test over what trains first, written to lr_find.png and lr_find.csv."""
+def find_lr(config: TrainConfig, setup: Setup, source, ctx: RunContext, strategy: str | None = None) -> float:
+    """The LR range test over what trains now, written to lr_find.png and lr_find.csv (lr_find-STRATEGY.* for a
+    later gradual stage)."""
     if ctx.runtime.group.active:
         raise FacetlError("--lr auto and lr-find run in one process: find the LR first, then pass it with --nproc")
     probe = dataclasses.replace(config, lr=1e-3)  # only the groups' ratios matter: the test sets the LRs itself
     test = range_test(_optimisation(probe, setup, ctx, None), source, setup.data.labels, setup.data.index("train"),
                       config.seed, progress=ctx.progress)
-    atomic_write_csv(ctx.folder / "lr_find.csv", ["lr", "loss", "smoothed_loss"], test.rows())
-    plot_lr_find(test.lrs, test.losses, test.smoothed, test.suggestion, ctx.folder / "lr_find.png",
-                 title=f"LR range test: {config.backbone}, {first_strategy(config, 1)}")
-    ctx.log(f"LR range test: {len(test.lrs)} steps; the loss falls fastest at lr {test.suggestion:.2g} "
-            f"(plot {ctx.folder / 'lr_find.png'})")
+    name = "lr_find" + (f"-{strategy.replace(':', '')}" if strategy else "")
+    atomic_write_csv(ctx.folder / f"{name}.csv", ["lr", "loss", "smoothed_loss"], test.rows())
+    plot_lr_find(test.lrs, test.losses, test.smoothed, test.suggestion, ctx.folder / f"{name}.png",
+                 title=f"LR range test: {config.backbone}, {strategy or first_strategy(config, 1)}", rule=test.rule)
+    ctx.log(f"LR range test ({strategy or first_strategy(config, 1)}): {len(test.lrs)} steps; suggested lr "
+            f"{test.suggestion:.2g} ({test.rule}; plot {ctx.folder / f'{name}.png'})")
     return test.suggestion
+
+
+def later_stages_lr(config: TrainConfig, setup: Setup, ctx: RunContext) -> dict[str, float]:
+    """facetl lr-find --strategy gradual: the range test of each later stage's unfrozen part too (from the
+    starting weights: the head is not trained first), so each stage's LR can be set with the ratios it needs."""
+    found = {}
+    for stage in stages(config)[1:]:
+        setup.built.plan = apply_strategy(setup.built.model, stage.strategy)
+        setup.built.model.to(ctx.runtime.device, memory_format=torch.channels_last)
+        found[stage.strategy] = find_lr(config, setup, choose_source(config, setup, ctx), ctx, stage.strategy)
+    return found
 
 
 def start_training(config: TrainConfig, setup: Setup, data_note: str, ctx: RunContext) -> TrainingState:

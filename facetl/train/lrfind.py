@@ -27,6 +27,7 @@ class RangeTest:
     smoothed: list[float]
     suggestion: float
     steepest_at: int       # index of the suggestion in lrs
+    rule: str              # how it was chosen
 
     def rows(self) -> list[list[str]]:
         return [[f"{lr:.6g}", f"{loss:.6f}", f"{s:.6f}"] for lr, loss, s in zip(self.lrs, self.losses, self.smoothed)]
@@ -65,18 +66,21 @@ def range_test(opt: Optimisation, source, labels: np.ndarray, index: np.ndarray,
     finally:
         opt.model.load_state_dict(model_state)
         opt.optimizer.load_state_dict(optimizer_state)
-    at = steepest_descent(lrs, smoothed)
-    return RangeTest(lrs, losses, smoothed, lrs[at] if lrs else start, at)
+    at, rule = steepest_descent(lrs, smoothed)
+    return RangeTest(lrs, losses, smoothed, lrs[at] if lrs else start, at, rule)
 
 
-def steepest_descent(lrs: list[float], smoothed: list[float]) -> int:
-    """Where the smoothed loss falls fastest per decade of LR, before its minimum (fastai's 'steep'); the first
-    tenth is skipped, where the debiased average still swings."""
+def steepest_descent(lrs: list[float], smoothed: list[float]) -> tuple[int, str]:
+    """The suggested LR's index and the rule that chose it. With a clear valley (the smoothed loss falls by a
+    tenth or more), where it falls fastest per decade of LR before its minimum (fastai's 'steep'); on a flat
+    curve (a network from random weights learns little in 100 steps), a tenth of the LR at which the loss starts
+    to climb (the divergence edge). The first tenth of the steps is left out: the debiased average still swings."""
     if len(lrs) < 5:
-        return 0
-    lowest = int(np.argmin(smoothed))
+        return 0, "too few steps"
     skip = max(1, len(lrs) // 10)
-    if lowest <= skip + 1:
-        return lowest
-    slopes = np.gradient(np.asarray(smoothed[:lowest + 1]), np.log10(np.asarray(lrs[:lowest + 1])))
-    return skip + int(np.argmin(slopes[skip:]))
+    lowest = skip + int(np.argmin(smoothed[skip:]))
+    if smoothed[skip] - smoothed[lowest] >= 0.1 * smoothed[skip] and lowest - skip >= 3:
+        slopes = np.gradient(np.asarray(smoothed[:lowest + 1]), np.log10(np.asarray(lrs[:lowest + 1])))
+        return skip + int(np.argmin(slopes[skip:])), "steepest descent"
+    edge = next((i for i in range(lowest, len(lrs)) if smoothed[i] > 1.05 * smoothed[lowest]), len(lrs) - 1)
+    return int(np.argmin(np.abs(np.log(np.asarray(lrs)) - np.log(lrs[edge] / 10)))), "a tenth of where the loss climbs"
