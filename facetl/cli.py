@@ -36,7 +36,8 @@ FLAG_HELP = {
     "img_size": "resize images to N x N pixels (None: the weights' size)",
     "normalize": "MEAN,STD (or 3 means, 3 stds) instead of the weights' (None)",
     "colour": "rgb | grey: grey makes every image grey in three channels (None: rgb, or the --weights run's)",
-    "augment": "training augmentation: flip, jitter, rotate[:DEGREES], none (comma separated)",
+    "augment": "training augmentation: flip, jitter, rotate[:DEGREES], shift[:PIXELS], scale[:PERCENT], none "
+               "(comma separated; shift and scale make a model tolerate face-alignment error)",
     "faces": "none: images are face crops | detect: find and align faces in whole photos (MTCNN)",
     "multi_face": "a training photo with several faces: largest | skip | error",
     "min_face": "smallest face side that counts, in photo pixels",

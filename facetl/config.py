@@ -18,7 +18,7 @@ import yaml
 from facetl.errors import FacetlError
 from facetl.preprocessing import COLOURS, LANDMARK_SOURCES, FaceAlignment
 
-AUGMENTATIONS = ("flip", "jitter", "rotate", "none")
+AUGMENTATIONS = ("flip", "jitter", "rotate", "shift", "scale", "none")
 # (key, lowest, highest): beyond these a run would exhaust memory or disk before it could say why
 # (an img_size of 100000 is a 30 GB batch of one; 100000 cache views a 98 GB file)
 BOUNDS = (("epochs", 1, 100_000), ("batch_size", 1, 65_536), ("lr", 0, 10.0), ("cache_views", 0, 64),
@@ -116,8 +116,10 @@ class TrainConfig:
                 problems.append(f"{key}: {getattr(self, key)!r} is not one of {', '.join(a for a in allowed if a)}")
         for aug in self.augment or []:
             name, _, arg = aug.partition(":")
-            if name not in AUGMENTATIONS or (arg and (name != "rotate" or not _is_number(arg))):
-                problems.append(f"augment: unknown augmentation {aug!r} (flip, jitter, rotate[:DEGREES], none)")
+            if name not in AUGMENTATIONS or (arg and (name not in ("rotate", "shift", "scale") or not _is_number(arg)
+                                                     or not 0 <= float(arg) <= 90)):
+                problems.append(f"augment: unknown augmentation {aug!r} (flip, jitter, rotate[:DEGREES], "
+                                "shift[:PIXELS], scale[:PERCENT] with an amount from 0 to 90, none)")
         if not (self.strategy in ("frozen", "last-block", "full", "gradual") or self.strategy.startswith("from:")):
             problems.append(f"strategy: {self.strategy!r} is not one of {STRATEGY_HELP}")
         if self.unfreeze is not None:

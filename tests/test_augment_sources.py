@@ -81,6 +81,27 @@ def test_rotation_keeps_the_centre_and_turns_the_rest():
     assert not torch.allclose(out, x, atol=0.05)
 
 
+def test_shift_and_scale_move_and_resize_the_face_by_at_most_what_was_asked():
+    """What face alignment gets wrong on a photo: a few pixels of position and a few percent of size."""
+    x = torch.zeros(64, 3, 64, 64)
+    x[:, :, 24:40, 24:40] = 1.0  # a 16-pixel square in the middle, once per sample
+    rows = torch.arange(64, dtype=torch.float32)
+
+    def centre_and_side(batch):
+        mass = batch[:, 0]
+        total = mass.sum(dim=(1, 2))
+        cy = (mass.sum(dim=2) * rows).sum(dim=1) / total
+        cx = (mass.sum(dim=1) * rows).sum(dim=1) / total
+        return cy, cx, total.sqrt()
+
+    cy, cx, _ = centre_and_side(BatchAugment(["shift:3"])(x, gen(1)))
+    moved = torch.maximum((cy - 31.5).abs(), (cx - 31.5).abs())
+    assert moved.max() <= 3.05 and moved.max() > 1.5  # up to 3 pixels each way, and it does move
+    _, _, side = centre_and_side(BatchAugment(["scale:10"])(x, gen(2)))
+    assert ((side / 16) - 1).abs().max() <= 0.11 and ((side / 16) - 1).abs().max() > 0.04
+    assert BatchAugment(["shift"]).shift == 2.0 and not BatchAugment(["shift:0", "scale:0"]).active
+
+
 def test_fp16_on_cpu_is_refused():
     with pytest.raises(FacetlError, match="fp16"):
         Precision("fp16", CPU)

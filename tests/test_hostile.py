@@ -271,6 +271,7 @@ CASES = [
     (T + ["--lr-decay", "0"], ["lr_decay", "out of range"]),
     (["lr-find", "--data", "{data}", "--weights", "none", "--scheduler", "step", "--out", "{new}"],
      ["scheduler", "step", "onecycle"]),
+    (T + ["--augment", "flip,shift:500"], ["augment", "shift:500", "0 to 90"]),
     (["explode"], ["explode"]),
 ]
 
