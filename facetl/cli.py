@@ -108,10 +108,22 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             continue
         parser.add_argument(flag, dest=name, default=argparse.SUPPRESS, metavar=name.upper(),
                             nargs="+" if "list" in str(field.type) else None,
-                            help=f"{FLAG_HELP.get(name, '')} (default: {getattr(DEFAULTS, name)})")
+                            help=f"{FLAG_HELP.get(name, '')} (default: {_default(name)})")
 
 
 DEFAULTS = TrainConfig()
+# keys the training recipe fills when they are left out (facetl/train/recipe.py)
+RECIPE_KEYS = ("lr", "epochs", "optimizer", "weight_decay", "lr_decay", "scheduler", "augment", "unfreeze")
+
+
+NONE_MEANS = {"warmup": "0", "patience": "off", "ema": "off"}
+
+
+def _default(name: str) -> str:
+    if name in RECIPE_KEYS and getattr(DEFAULTS, name) is None:
+        return "the recipe's choice for the situation, said in the log"
+    return NONE_MEANS.get(name, str(getattr(DEFAULTS, name))) if getattr(DEFAULTS, name) is None else \
+        str(getattr(DEFAULTS, name))
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
