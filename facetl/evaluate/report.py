@@ -126,7 +126,7 @@ def render_report(metrics: dict, record: RunRecord, config: dict, history: list[
               + (f"; stopped early after epoch {record.stopped_after} (--patience {config.get('patience')})"
                  if record.stopped_after else "") + "  ",
               f"**Optimisation:** {_optimisation(config)}  ",
-              *([f"**Recipe:** {line}  " for line in record.recipe]),
+              *([f"**Recipe:** {line.removeprefix('recipe ')}  " for line in record.recipe]),
               f"**Training time:** {record.train_seconds or 0:.1f} s ({record.trained_with.describe()})  ",
               *(["**Wall time:** " + ", ".join(f"{k} {v:.1f} s" for k, v in record.wall_seconds.items()) + "  "]
                 if record.wall_seconds else []),
