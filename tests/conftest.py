@@ -13,7 +13,16 @@ SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datas
 
 
 def pytest_configure(config):
-    """Hypothesis keeps a '.hypothesis' folder in the working directory: keep it out of the repository."""
+    """Hypothesis keeps a '.hypothesis' folder in the working directory: keep it out of the repository.
+    Under pytest-xdist (`make test` runs one worker per core) every worker and the processes it starts use one
+    torch thread: two workers of two threads each on two cores spin-wait against each other."""
+    import os
+
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        import torch
+
+        torch.set_num_threads(1)
     try:
         from hypothesis import configuration
     except ImportError:
