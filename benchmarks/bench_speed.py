@@ -119,6 +119,8 @@ def case_config(case: Case, args, out: Path) -> dict:
             "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "augment": args.augment,
             "limit": case.limit, "precision": args.precision, "device": args.device,
             "cache": True, "out": str(out),
+            # the reference's optimiser (Adam, one constant LR): the recipe would otherwise choose AdamW, one-cycle
+            "optimizer": "adam", "scheduler": "none", "weight_decay": 0.0, "lr_decay": 1.0,
             # the reference has no precise-BatchNorm pass; facetl's auto would add one here only because the
             # weights are random (with ImageNet weights it is off), so both do the same work
             "precise_bn": "off"}

@@ -11,7 +11,7 @@ import warnings
 from datetime import datetime
 from pathlib import Path
 
-from facetl.config import BOUNDS, FIELDS, STRATEGY_HELP, TrainConfig, build_config, load_yaml
+from facetl.config import BOUNDS, FIELDS, STRATEGY_HELP, TrainConfig, build_config, load_yaml, with_old_recipe
 from facetl.errors import FacetlError
 from facetl.tta import TTA_HELP, TTA_MODES
 from facetl.preprocessing import LANDMARK_SOURCES
@@ -127,7 +127,7 @@ def _default(name: str) -> str:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    values = load_yaml(args.config) if getattr(args, "config", None) else {}
+    values = with_old_recipe(load_yaml(args.config)) if getattr(args, "config", None) else {}
     for name in FIELDS:
         if hasattr(args, name):
             value = getattr(args, name)

@@ -305,6 +305,18 @@ def build_config(values: dict, base: TrainConfig | None = None) -> TrainConfig:
     return config
 
 
+# what runs trained with before the recipe keys existed: a run's config.yaml from then lacks them
+BEFORE_RECIPE = {"optimizer": "adam", "weight_decay": 0.0, "lr_decay": 1.0, "warmup": 0.0}
+
+
+def with_old_recipe(values: dict) -> dict:
+    """A resolved config.yaml written before the recipe (it has scheduler and precise_bn, written by every run,
+    but no optimizer) trained with Adam, no weight decay, one LR: `--config RUN/config.yaml` reruns it so."""
+    if {"scheduler", "precise_bn", "lr", "epochs"} <= set(values) and "optimizer" not in values:
+        return {**BEFORE_RECIPE, **values}
+    return values
+
+
 def load_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():

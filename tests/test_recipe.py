@@ -11,7 +11,7 @@ import torch
 
 import facetl.train.fit as fit_module
 from facetl.cli import main
-from facetl.config import TrainConfig, build_config, load_yaml
+from facetl.config import TrainConfig, build_config, load_yaml, with_old_recipe
 from facetl.errors import FacetlError
 from facetl.models import build_model
 from facetl.record import StartingWeights
@@ -184,3 +184,12 @@ def test_stages_that_freeze_again_are_refused_before_training(tmp_path):
     with pytest.raises(FacetlError, match="may only unfreeze more"):
         fit(tiny(tmp_path / "run", strategy="gradual", unfreeze="1:full,2:frozen"), progress=False, quiet=True)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_config_yaml_from_before_the_recipe_reruns_with_the_optimiser_it_trained_with():
+    old = {"data": "x", "lr": 1e-4, "epochs": 10, "scheduler": "none", "precise_bn": "auto", "augment": []}
+    config = build_config(with_old_recipe(old))
+    assert complete_recipe(config, StartingWeights("imagenet"), 1000) == []
+    assert (config.optimizer, config.weight_decay, config.lr_decay) == ("adam", 0.0, 1.0)
+    handwritten = build_config(with_old_recipe({"data": "x", "lr": 1e-3}))  # not a run's file: the recipe fills
+    assert handwritten.optimizer is None

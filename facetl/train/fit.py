@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from facetl.config import THRESHOLD_RULES, TrainConfig, dump_yaml
+from facetl.config import BEFORE_RECIPE, THRESHOLD_RULES, TrainConfig, dump_yaml
 from facetl.data.augment import BatchAugment
 from facetl.data.features import FeatureRequest, FrozenPart, ImageSource, open_feature_source
 from facetl.data.load import load_groups
@@ -263,8 +263,7 @@ def check_stages_unfreeze(config: TrainConfig, built: BuiltModel) -> None:
 
 def resumed_recipe(config: TrainConfig) -> None:
     """A run made before these keys existed trained with Adam, no weight decay, one LR: resume it so."""
-    for key, value in (("optimizer", "adam"), ("weight_decay", 0.0), ("lr_decay", 1.0), ("warmup", 0.0),
-                       ("scheduler", "none")):
+    for key, value in {**BEFORE_RECIPE, "scheduler": "none"}.items():
         if getattr(config, key) is None:
             setattr(config, key, value)
 
