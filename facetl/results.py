@@ -17,7 +17,20 @@ def run_row(name: str, folder: Path) -> dict:
     return {"run": name, **{k: metrics.get(k) for k in ("accuracy", "precision", "recall", "f1", "roc_auc")},
             "val_acc": best.get("val_acc"), "train_seconds": record.train_seconds,
             "trainable_params": record.trainable_params, "pretraining": record.weights.describe(),
-            "pretrained": record.weights.pretrained, "report": str(folder / "report.md")}
+            "pretrained": record.weights.pretrained, "recipe": _recipe(folder), "report": str(folder / "report.md")}
+
+
+def _recipe(folder: Path) -> str:
+    """What trained it, as resolved (the recipe fills keys a grid or config left out): 'adamw 0.002 onecycle, 19
+    epochs'; epochs actually run when early stopping cut them short."""
+    import yaml
+
+    config = yaml.safe_load((folder / "config.yaml").read_text()) or {}
+    lr = config.get("lr")
+    text = f"{config.get('optimizer') or 'adam'} {float(lr):.2g} {config.get('scheduler') or 'none'}" if lr else ""
+    if config.get("strategy") == "gradual":
+        text += f", {config.get('unfreeze')}"
+    return f"{text}, {len(_history(folder))} epochs"
 
 
 def _history(folder: Path) -> list[dict]:

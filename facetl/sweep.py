@@ -16,7 +16,7 @@ from facetl.runfolder import atomic_write_csv, atomic_write_text, prepare_run_fo
 from facetl.train.fit import fit
 
 COLUMNS = ["run", "accuracy", "precision", "recall", "f1", "roc_auc", "val_acc", "train_seconds",
-           "trainable_params", "pretraining", "report"]
+           "trainable_params", "pretraining", "recipe", "report"]
 
 
 def parse_grid(items: list[str]) -> dict[str, list[str]]:
@@ -82,7 +82,7 @@ def write_results(out: Path, rows: list[dict]) -> None:
 
 def results_table(rows: list[dict], best: int) -> str:
     header = ["run", "accuracy", "precision", "recall", "F1", "ROC-AUC", "val acc", "train s", "trainable params",
-              "pretraining"]
+              "pretraining", "optimiser, peak LR, schedule, epochs"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for i, r in enumerate(rows):
         name = f"**{r['run']}** (best)" if i == best else r["run"]

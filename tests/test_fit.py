@@ -108,6 +108,9 @@ def test_sweep_runs_every_combination_on_one_split_and_marks_the_best(tmp_path):
     assert sum(r["best"] == "True" for r in table) == 1
     assert {r["trainable_params"] for r in table} == {"1281", "1682625"}
     assert "(best)" in (tmp_path / "grid" / "results.md").read_text()
+    # the grid's LR and what the recipe filled in around it, as each run resolved them
+    assert sorted(r["recipe"] for r in table) == ["adamw 0.0001 onecycle, 1 epochs"] * 2 + [
+        "adamw 0.001 onecycle, 1 epochs"] * 2
 
     # a rerun skips the finished runs instead of training them again
     messages = []
