@@ -310,23 +310,24 @@ def _add_tools(sub) -> None:
 
     demo = sub.add_parser("demo", help="transfer learning shown: a MobileNetV2 smile detector on SMILEsmileD from "
                                         "ImageNet weights (study 4: frozen vs last-block) or, offline, from a backbone "
-                                        "it first trains on face identity (frozen vs last-block vs gradual)")
+                                        "it first trains to tell men from women in celebrity_faces (frozen vs last-block vs gradual)")
     demo.add_argument("--out", default="runs/demo", help="folder for the runs and results.md: the runs go in "
                                                          "OUT/imagenet or OUT/faces (default runs/demo)")
     demo.add_argument("--source", choices=["auto", "imagenet", "faces"], default="auto",
-                      help="starting weights: imagenet (study 4), faces (pretrain on face identity first), or auto: "
+                      help="starting weights: imagenet (study 4), faces (pretrain on the gender of celebrity_faces first), or auto: "
                            "ImageNet when cached or downloadable, else faces (default auto)")
     demo.add_argument("--epochs", type=whole_number(*RANGE["epochs"]),
-                      help="epochs per smile run (default: study 4's 10 with ImageNet, the recipe's otherwise)")
+                      help="epochs per smile run (default: study 4's 10 with ImageNet, configs/demo_smile_transfer.yaml's "
+                           "otherwise)")
     demo.add_argument("--limit", type=whole_number(*RANGE["limit"]),
                       help="smile images to use (default: all with ImageNet, configs/demo_smile_transfer.yaml's "
                            "otherwise)")
     demo.add_argument("--pretrain-epochs", type=whole_number(*RANGE["epochs"]),
-                      help="epochs of face-identity pretraining (default: configs/demo_pretrain_identity.yaml's)")
+                      help="epochs of the pretraining on faces (default: configs/demo_pretrain_gender.yaml's)")
     demo.add_argument("--pretrain-limit", type=whole_number(*RANGE["limit"]),
-                      help="face images to pretrain on (default: configs/demo_pretrain_identity.yaml's)")
+                      help="face images to pretrain on (default: configs/demo_pretrain_gender.yaml's)")
     demo.add_argument("--pretrain-data", metavar="DIR",
-                      help="a class folder per person to pretrain on (default ../shared/datasets/celebrity_faces)")
+                      help="class folders to pretrain on instead (default: celebrity_faces by gender, as configs/demo_pretrain_gender.yaml says)")
 
 
 def _add_serve(sub) -> None:

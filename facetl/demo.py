@@ -3,8 +3,8 @@
 With ImageNet weights (cached, or downloadable) it is study 4 as written: MobileNetV2 on SMILEsmileD, frozen
 against last-block. Without them (offline) a frozen random backbone can only answer the majority class, which
 shows nothing about transfer. So the demo first makes a pretrained backbone from data that is here: a
-MobileNetV2 trained from random initialisation to tell apart the people of celebrity_faces
-(configs/demo_pretrain_identity.yaml). It then transfers that run (`--weights RUN`, which passes on its image
+MobileNetV2 trained from random initialisation to tell men from women in celebrity_faces
+(configs/demo_pretrain_gender.yaml). It then transfers that run (`--weights RUN`, which passes on its image
 size and colour) to smiles three ways: frozen, last-block and gradual unfreezing
 (configs/demo_smile_transfer.yaml; the training keys left out are the recipe's, facetl/train/recipe.py).
 
@@ -36,9 +36,8 @@ from facetl.train.recipe import complete_recipe
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 STUDY4 = CONFIGS / "study4_smile_mobilenetv2.yaml"
-PRETRAIN = CONFIGS / "demo_pretrain_identity.yaml"
+PRETRAIN = CONFIGS / "demo_pretrain_gender.yaml"
 TRANSFER = CONFIGS / "demo_smile_transfer.yaml"
-SHARED_FACES = Path("../shared/datasets/celebrity_faces")
 ARMS = {"imagenet": ["frozen", "last-block"], "faces": ["frozen", "last-block", "gradual"]}
 # keys that change where or how fast a run is made, not what it learns
 IGNORED = {"out", "split_file", "workers", "cache_dir", "cache"}
@@ -52,9 +51,9 @@ class DemoOptions:
     source: str = "auto"                    # auto | imagenet | faces
     epochs: int | None = None               # epochs per smile run (None: the config's, or the recipe's)
     limit: int | None = None                # smile images (None: the config's)
-    pretrain_epochs: int | None = None      # None: configs/demo_pretrain_identity.yaml's
+    pretrain_epochs: int | None = None      # None: configs/demo_pretrain_gender.yaml's
     pretrain_limit: int | None = None       # face images to pretrain on (None: the pretraining config's)
-    pretrain_data: Path | None = None       # a class folder per person (None: the shared celebrity_faces)
+    pretrain_data: Path | None = None       # class folders to pretrain on (None: the pretraining config's data)
 
 
 @dataclass
@@ -74,16 +73,12 @@ def run_demo(options: DemoOptions, pictures=None, progress: bool = True, log=pri
         smile = _smile_config(STUDY4, options, {"weights": "imagenet"})
         weights = f"ImageNet: {smile.backbone}'s published ImageNet weights, {_imagenet_file(smile.backbone)}"
     else:
-        faces = Path(options.pretrain_data or SHARED_FACES)
-        if not faces.is_dir():
-            raise FacetlError(f"no face data to pretrain on at {faces}: pass --pretrain-data DIR (a class folder per "
-                              "person), put celebrity_faces there, or make the ImageNet weights available")
-        pretrain = _pretrain_config(options, faces)
-        log(f"pretraining the backbone on face identity ({faces}) instead of ImageNet ({why_not})")
+        pretrain = _pretrain_config(options)
+        log(f"pretraining the backbone on {_task(pretrain)} instead of ImageNet ({why_not})")
         t0 = time.perf_counter()
-        folder = _fit_or_reuse(pretrain, out / "faces" / "pretrain-identity", pictures, progress, log)
-        seconds["face-identity pretraining"] = time.perf_counter() - t0
-        weights = _pretraining_words(folder, faces, why_not)
+        folder = _fit_or_reuse(pretrain, out / "faces" / "pretrain", pictures, progress, log)
+        seconds["pretraining on faces"] = time.perf_counter() - t0
+        weights = _pretraining_words(folder, pretrain, why_not)
         smile = _smile_config(TRANSFER, options, {"weights": str(folder.resolve())})
     t0 = time.perf_counter()
     folder = _sweep_folder(smile, ARMS[source], out / source / "smile", log)
@@ -129,10 +124,16 @@ def _smile_config(path: Path, options: DemoOptions, values: dict) -> TrainConfig
     return config
 
 
-def _pretrain_config(options: DemoOptions, faces: Path) -> TrainConfig:
-    values = load_yaml(PRETRAIN) if PRETRAIN.is_file() else {
-        "img_size": 32, "colour": "grey", "backbone": "mobilenet_v2", "weights": "none", "strategy": "full"}
-    values["data"] = str(faces.resolve())
+def _pretrain_config(options: DemoOptions) -> TrainConfig:
+    values = load_yaml(PRETRAIN)
+    if options.pretrain_data:  # class folders instead of the config's table
+        values.update({"data": str(options.pretrain_data), "images": None, "target": None})
+    for key in ("data", "images"):
+        if values.get(key):
+            if not Path(values[key]).exists():
+                raise FacetlError(f"no face data to pretrain on at {values[key]}: pass --pretrain-data DIR (class "
+                                  "folders), put ../shared/datasets in place, or make the ImageNet weights available")
+            values[key] = str(Path(values[key]).resolve())
     if options.pretrain_epochs:
         values["epochs"] = options.pretrain_epochs
     if options.pretrain_limit:
@@ -140,6 +141,12 @@ def _pretrain_config(options: DemoOptions, faces: Path) -> TrainConfig:
     config = build_config(values)
     config.check()
     return config
+
+
+def _task(config: TrainConfig) -> str:
+    if config.target:
+        return f"{config.target} of {Path(config.data).name} (images in {config.images})"
+    return f"the class folders of {config.data}"
 
 
 def resolved(config: TrainConfig) -> dict:
@@ -223,18 +230,17 @@ def _sweep_folder(base_config: TrainConfig, strategies: list[str], base: Path, l
     return folder
 
 
-def _pretraining_words(folder: Path, faces: Path, why_not: str) -> str:
+def _pretraining_words(folder: Path, config: TrainConfig, why_not: str) -> str:
     record = json.loads((folder / "run.json").read_text())
     metrics = json.loads((folder / "metrics.json").read_text())
-    config = load_yaml(folder / "config.yaml")
     prep = record["preprocessing"]
     with open(folder / "split.csv") as f:
         images = sum(1 for _ in f) - 1
-    epochs = f"{config['epochs']} epoch" + ("s" if config["epochs"] != 1 else "")
-    return (f"{config['backbone']} trained by this demo from random initialisation to tell apart the "
-            f"{len(record['class_names'])} people of {faces} ({images:,} images, {epochs}, {prep['size']} px "
-            f"{prep.get('colour', 'rgb')}; identity test accuracy {metrics['accuracy']:.3f}), "
-            f"run folder {folder}; not ImageNet ({why_not})")
+    epochs = f"{config.epochs} epoch" + ("s" if config.epochs != 1 else "")
+    return (f"{config.backbone} trained by this demo from random initialisation on {_task(config)}: classes "
+            f"{', '.join(record['class_names'])}, {images:,} images, {epochs}, {prep['size']} px "
+            f"{prep.get('colour', 'rgb')}, test accuracy {metrics['accuracy']:.3f}; run folder {folder}; "
+            f"not ImageNet ({why_not})")
 
 
 def _more(folder: Path) -> dict:

@@ -41,9 +41,10 @@ def test_offline_demo_pretrains_on_faces_names_the_weights_and_reuses_only_ident
     people = folder_dataset(tmp_path / "people", classes=("ann", "bob", "cy"), per_class=16)
     out = tmp_path / "demo"
     first = demo(capsys, out, people)
-    pretrained = out / "faces" / "pretrain-identity"
+    pretrained = out / "faces" / "pretrain"
     assert "no ImageNet weights" in first and "reusing" not in first
-    assert f"to tell apart the 3 people of {people} (48 images, 1 epoch, 32 px grey" in first
+    assert (f"trained by this demo from random initialisation on the class folders of {people.resolve()}: classes "
+            "ann, bob, cy, 48 images, 1 epoch, 32 px grey") in first
     assert "not ImageNet (no ImageNet weights here)" in first
     table = (out / "results.md").read_text()
     assert table in first
@@ -53,8 +54,8 @@ def test_offline_demo_pretrains_on_faces_names_the_weights_and_reuses_only_ident
     assert "| nothing: always 'negatives' |" in rows[1] and "| 0.500 | 0.500 | 0 | 0 | none |" in rows[1]
     assert "gradual 1:frozen,2:full" in rows[4]
     assert "frozen features" in table and "fine-tuning (last-block)" in table and "fine-tuning (gradual)" in table
-    for arm in ("frozen", "last-block", "gradual"):  # each run, and its report, names where its weights came from
-        assert f"weights from facetl run {pretrained.resolve()}" in rows[2 + ["frozen", "last-block", "gradual"].index(arm)]
+    for row, arm in zip(rows[2:], ("frozen", "last-block", "gradual")):  # each row and report names the weights
+        assert f"weights from facetl run {pretrained.resolve()}" in row
         report = (out / "faces" / "smile" / f"strategy-{arm}" / "report.md").read_text()
         assert f"weights from facetl run {pretrained.resolve()}" in report
     trained = {p: p.stat().st_mtime_ns for p in out.rglob("best.pt")}
@@ -70,7 +71,7 @@ def test_offline_demo_pretrains_on_faces_names_the_weights_and_reuses_only_ident
     # a setting of the pretraining changes: it is trained anew beside the old run, and so is every smile run
     changed = demo(capsys, out, people, "--pretrain-epochs", "2")
     assert f"not reusing {pretrained}: its epochs is 1, now 2" in changed
-    assert "(48 images, 2 epochs" in changed and str(out / "faces" / "pretrain-identity-2") in changed
+    assert "48 images, 2 epochs" in changed and f"run folder {out / 'faces' / 'pretrain-2'}" in changed
     assert "not reusing" in changed and (out / "faces" / "smile-2" / "strategy-gradual" / "metrics.json").is_file()
     assert {p: p.stat().st_mtime_ns for p in trained} == trained  # the earlier runs are kept as they were
 
