@@ -174,7 +174,7 @@ EXAMPLES = {
                  "lr_find.png and the suggested LR for training from scratch"),
                 (f"facetl train --data {SMILES} --weights none --strategy full --img-size 64 --lr auto --out runs/auto",
                  "the same test, then training with its LR")],
-    "demo": [("facetl demo", "transfer learning in one command: frozen, then fine-tuned, from the best weights here"),
+    "demo": [("facetl demo", "transfer learning in one command: frozen, then fine-tuned, from the best weights"),
              ("facetl demo --source faces", "the offline demo even where ImageNet weights are cached"),
              ("facetl demo --epochs 2 --limit 1000 --pretrain-epochs 2 --out runs/demo-quick", "a quick look")],
     "serve": [("facetl serve runs/smile", "http://127.0.0.1:8000/"),
@@ -309,16 +309,17 @@ def _add_tools(sub) -> None:
     export.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
 
     demo = sub.add_parser("demo", help="transfer learning shown: a MobileNetV2 smile detector on SMILEsmileD from "
-                                        "ImageNet weights (study 4: frozen vs last-block) or, offline, from a backbone "
-                                        "it first trains to tell men from women in celebrity_faces (frozen vs last-block vs gradual)")
+                                        "ImageNet weights (study 4: frozen vs last-block) or, offline, from a "
+                                        "backbone it first trains to tell men from women in celebrity_faces "
+                                        "(frozen vs last-block vs gradual)")
     demo.add_argument("--out", default="runs/demo", help="folder for the runs and results.md: the runs go in "
                                                          "OUT/imagenet or OUT/faces (default runs/demo)")
     demo.add_argument("--source", choices=["auto", "imagenet", "faces"], default="auto",
-                      help="starting weights: imagenet (study 4), faces (pretrain on the gender of celebrity_faces first), or auto: "
-                           "ImageNet when cached or downloadable, else faces (default auto)")
+                      help="starting weights: imagenet (study 4), faces (pretrain on the gender of celebrity_faces "
+                           "first), or auto: ImageNet when cached or downloadable, else faces (default auto)")
     demo.add_argument("--epochs", type=whole_number(*RANGE["epochs"]),
-                      help="epochs per smile run (default: study 4's 10 with ImageNet, configs/demo_smile_transfer.yaml's "
-                           "otherwise)")
+                      help="epochs per smile run (default: study 4's 10 with ImageNet, "
+                           "configs/demo_smile_transfer.yaml's otherwise)")
     demo.add_argument("--limit", type=whole_number(*RANGE["limit"]),
                       help="smile images to use (default: all with ImageNet, configs/demo_smile_transfer.yaml's "
                            "otherwise)")
@@ -327,7 +328,8 @@ def _add_tools(sub) -> None:
     demo.add_argument("--pretrain-limit", type=whole_number(*RANGE["limit"]),
                       help="face images to pretrain on (default: configs/demo_pretrain_gender.yaml's)")
     demo.add_argument("--pretrain-data", metavar="DIR",
-                      help="class folders to pretrain on instead (default: celebrity_faces by gender, as configs/demo_pretrain_gender.yaml says)")
+                      help="class folders to pretrain on instead (default: celebrity_faces by gender, as "
+                           "configs/demo_pretrain_gender.yaml says)")
 
 
 def _add_serve(sub) -> None:
