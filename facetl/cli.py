@@ -187,8 +187,9 @@ EXAMPLES = {
                  "lr_find.png and the suggested LR for training from scratch"),
                 (f"facetl train --data {SMILES} --weights none --strategy full --img-size 64 --lr auto --out runs/auto",
                  "the same test, then training with its LR")],
-    "demo": [("facetl demo", "study 4 in one command: frozen against last-block"),
-             ("facetl demo --epochs 2 --limit 1000 --out runs/demo-quick", "a quick look")],
+    "demo": [("facetl demo", "transfer learning in one command: frozen, then fine-tuned, from the best weights"),
+             ("facetl demo --source faces", "the offline demo even where ImageNet weights are cached"),
+             ("facetl demo --epochs 2 --limit 1000 --pretrain-epochs 2 --out runs/demo-quick", "a quick look")],
     "serve": [("facetl serve runs/smile", "http://127.0.0.1:8000/"),
               ("facetl serve runs/smile --engine onnx --port 0", "the ONNX model, on any free port")],
 }
@@ -320,10 +321,28 @@ def _add_tools(sub) -> None:
     export.add_argument("--out", metavar="FILE", help="where to write it (default RUN/model.onnx)")
     export.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
 
-    demo = sub.add_parser("demo", help="study 4: MobileNetV2 smile detector on SMILEsmileD, frozen vs last-block")
-    demo.add_argument("--out", default="runs/demo", help="folder for the runs and the table (default runs/demo)")
-    demo.add_argument("--epochs", type=whole_number(*RANGE["epochs"]), default=10, help="epochs per run (default 10)")
-    demo.add_argument("--limit", type=whole_number(*RANGE["limit"]), help="use a subset of this many images")
+    demo = sub.add_parser("demo", help="transfer learning shown: a MobileNetV2 smile detector on SMILEsmileD from "
+                                        "ImageNet weights (study 4: frozen vs last-block) or, offline, from a "
+                                        "backbone it first trains to tell men from women in celebrity_faces "
+                                        "(frozen vs last-block vs gradual)")
+    demo.add_argument("--out", default="runs/demo", help="folder for the runs and results.md: the runs go in "
+                                                         "OUT/imagenet or OUT/faces (default runs/demo)")
+    demo.add_argument("--source", choices=["auto", "imagenet", "faces"], default="auto",
+                      help="starting weights: imagenet (study 4), faces (pretrain on the gender of celebrity_faces "
+                           "first), or auto: ImageNet when cached or downloadable, else faces (default auto)")
+    demo.add_argument("--epochs", type=whole_number(*RANGE["epochs"]),
+                      help="epochs per smile run (default: study 4's 10 with ImageNet, "
+                           "configs/demo_smile_transfer.yaml's otherwise)")
+    demo.add_argument("--limit", type=whole_number(*RANGE["limit"]),
+                      help="smile images to use (default: all with ImageNet, configs/demo_smile_transfer.yaml's "
+                           "otherwise)")
+    demo.add_argument("--pretrain-epochs", type=whole_number(*RANGE["epochs"]),
+                      help="epochs of the pretraining on faces (default: configs/demo_pretrain_gender.yaml's)")
+    demo.add_argument("--pretrain-limit", type=whole_number(*RANGE["limit"]),
+                      help="face images to pretrain on (default: configs/demo_pretrain_gender.yaml's)")
+    demo.add_argument("--pretrain-data", metavar="DIR",
+                      help="class folders to pretrain on instead (default: celebrity_faces by gender, as "
+                           "configs/demo_pretrain_gender.yaml says)")
 
 
 def _add_serve(sub) -> None:
@@ -672,25 +691,17 @@ def cmd_export(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from facetl.data.download import smiles_dataset
-    from facetl.data.store import cache_root
+    from facetl.demo import DemoOptions, run_demo
     from facetl.evaluation import training_pictures
-    from facetl.sweep import sweep
 
-    config_path = Path(__file__).resolve().parent.parent / "configs" / "study4_smile_mobilenetv2.yaml"
-    values = load_yaml(config_path) if config_path.is_file() else {}
-    values.update({"data": str(smiles_dataset(cache_root())), "weights": "auto", "epochs": args.epochs,
-                   "out": args.out})
-    if args.limit:
-        values["limit"] = args.limit
-    config = build_config(values)
-    rows = sweep(config, {"strategy": ["frozen", "last-block"]}, args.out, progress=sys.stderr.isatty(),
-                 pictures=training_pictures)
+    options = DemoOptions(Path(args.out), args.source, args.epochs, args.limit, args.pretrain_epochs,
+                          args.pretrain_limit, Path(args.pretrain_data) if args.pretrain_data else None)
+    result = run_demo(options, pictures=training_pictures, progress=sys.stderr.isatty())
     print()
-    print((Path(args.out) / "results.md").read_text())
-    if not all(r["pretrained"] for r in rows):
-        print("note: these runs had no pretraining (ImageNet weights were not available here); a frozen "
-              "random backbone can only predict the majority class, so compare strategies with ImageNet weights.")
+    print(result.table)
+    print("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items()))
+    print(f"the backbone's starting weights: {result.weights}")
+    print(f"table written to {Path(args.out) / 'results.md'}")
     return 0
 
 

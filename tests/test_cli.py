@@ -1,11 +1,10 @@
 """The command line as a user meets it: one clear line and a non-zero exit for bad input, and the
-commands around a finished run (evaluate, predict, inspect, demo)."""
+commands around a finished run (evaluate, predict, inspect); the demo is tests/test_demo.py."""
 from __future__ import annotations
 
 import csv
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -170,20 +169,6 @@ def test_inspect_finds_smiles_duplicates_filed_under_both_labels(tmp_path, capsy
     assert "filed under different labels" in out
     for name in ("class_balance.png", "samples.png", "duplicates.csv", "unreadable.csv"):
         assert (tmp_path / "inspect" / name).is_file()
-
-
-@needs_smiles
-def test_demo_runs_without_imagenet_weights_and_says_so(tmp_path):
-    shutil.copytree(Path(__file__).resolve().parents[1] / "configs", tmp_path / "configs")
-    result = subprocess.run([sys.executable, "-m", "facetl", "demo", "--out", str(tmp_path / "demo"), "--epochs", "1",
-                             "--limit", "200"], capture_output=True, text=True, timeout=600,
-                            cwd=Path(__file__).resolve().parents[1],
-                            env=dict(os.environ, TORCH_HOME=str(tmp_path / "torchhome")))
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "no ImageNet weights" in result.stdout
-    assert "strategy-frozen" in result.stdout and "strategy-last-block" in result.stdout
-    assert "no pretraining" in result.stdout
-    assert (tmp_path / "demo" / "strategy-frozen" / "report.md").is_file()
 
 
 def test_gpu_out_of_memory_names_the_batch_size_and_suggests_a_smaller_one(tmp_path, capsys, monkeypatch):

@@ -246,6 +246,11 @@ CASES = [
     (["export", "{run}", "--format", "tflite"], ["tflite", "onnx"]),
     (["export", "{trapped_run}"], ["best.pt", "refused"]),
     (["demo", "--epochs", "0"], ["epochs"]),
+    (["demo", "--source", "mars", "--out", "{new}"], ["--source", "'mars'", "imagenet", "faces"]),
+    (["demo", "--pretrain-epochs", "0", "--out", "{new}"], ["--pretrain-epochs", "0 is out of range"]),
+    (["demo", "--pretrain-limit", "5", "--out", "{new}"], ["--pretrain-limit", "5 is out of range"]),
+    (["demo", "--source", "faces", "--pretrain-data", "{root}/nope", "--out", "{new}"],
+     ["no face data to pretrain on", "nope", "--pretrain-data"]),
     # --- person-safe splits and cross-validation
     (T + ["--folds", "1"], ["folds: 1 is out of range"]),
     (T + ["--split-by", "identity"], ["--split-by identity", "class folders"]),

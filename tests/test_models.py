@@ -389,6 +389,26 @@ def test_unreadable_or_missing_weights_file(tmp_path, content):
         create_backbone("mobilenet_v2", str(path))
 
 
+
+def test_a_runs_head_is_carried_over_only_to_a_run_with_the_same_classes(tmp_path, fast_backbones):
+    # a gender run ('a', 'b') has one logit, as a smile run does: its head must not become the smile head
+    trained, _ = make("mobilenet_v2", "full")
+    with torch.no_grad():
+        for parameter in trained.head.parameters():
+            parameter.fill_(0.5)
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save({"model": trained.state_dict(), "record": fake_record(32).to_dict()}, run / "best.pt")
+    config = TrainConfig(data="x", backbone="mobilenet_v2", weights=str(run), strategy="frozen")
+    logged = []
+    same = build_model(config, 2, log=logged.append, class_names=["a", "b"]).model
+    assert all((v == 0.5).all() for v in same.head.state_dict().values()) and any("carried over" in m for m in logged)
+    other = build_model(config, 2, log=logged.append, class_names=["negatives", "positives"]).model
+    assert not all((v == 0.5).all() for v in other.head.state_dict().values())
+    assert f"head: new (the weights' run {run} classified a, b; this run: negatives, positives)" in logged
+    assert torch.equal(other.backbone.features[0][0].weight, trained.backbone.features[0][0].weight)
+
+
 # ---------------------------------------------------------------- ImageNet weights
 
 

@@ -60,15 +60,17 @@ class BuiltModel:
     weights: StartingWeights
 
 
-def build_model(config, num_classes: int, log=print, strategy: str | None = None) -> BuiltModel:
+def build_model(config, num_classes: int, log=print, strategy: str | None = None,
+                class_names: list[str] | None = None) -> BuiltModel:
     """Backbone with its weights, the preprocessing they expect, head and strategy (config.strategy, or the
-    unfreezing stage's `strategy`), from a TrainConfig."""
+    unfreezing stage's `strategy`), from a TrainConfig. `class_names`, when given, must be the facetl run's
+    own for its head to be carried over."""
     start = _starting_point(config, log)
     preprocessing = resolve_preprocessing(config, start.backbone, start.record, log)
     check_input_size(start.backbone, preprocessing.size)
     model = _assemble(config, start.backbone, preprocessing.size, num_classes)
     if start.record is not None:
-        _carry_head(model, start.state, config.weights, log)
+        _carry_head(model, start.state, config.weights, log, start.record.class_names, class_names)
     plan = apply_strategy(model, strategy or config.strategy)
     return BuiltModel(model, plan, preprocessing, start.weights)
 
@@ -142,8 +144,13 @@ def _assemble(config, backbone, img_size: int, num_classes: int) -> FaceClassifi
     return FaceClassifier(backbone, head, outputs)
 
 
-def _carry_head(model: FaceClassifier, state: dict, path: str, log) -> None:
-    """A facetl run as --weights also passes on its head when the shapes fit (same task, same head)."""
+def _carry_head(model: FaceClassifier, state: dict, path: str, log, theirs: list[str],
+                ours: list[str] | None) -> None:
+    """A facetl run as --weights also passes on its head when the task is the same: the same classes (a gender
+    run's one logit would otherwise become a smile run's), and shapes that fit."""
+    if ours is not None and list(theirs) != list(ours):
+        log(f"head: new (the weights' run {Path(path)} classified {', '.join(theirs)}; this run: {', '.join(ours)})")
+        return
     own = model.head.state_dict()
     head = {k[len("head."):]: v for k, v in state.items() if k.startswith("head.")}
     if head and all(k in own and own[k].shape == v.shape for k, v in head.items()) and len(head) == len(own):

@@ -214,7 +214,8 @@ def set_up(config: TrainConfig, ctx: RunContext, resume: bool) -> Setup:
         # a resumed gradual run is rebuilt as its last finished epoch trained, optimiser included; the next epoch
         # then takes its unfreezing step as an uninterrupted run would
         built = build_model(config, len(samples.class_names), ctx.log,
-                            strategy=first_strategy(config, checkpoint["epoch"] if checkpoint else 1))
+                            strategy=first_strategy(config, checkpoint["epoch"] if checkpoint else 1),
+                            class_names=samples.class_names)
         recipe = complete_recipe(config, built.weights, round(len(samples.paths) * config.split[0]
                                                               if not config.limit else config.limit * config.split[0]))
         config.check()

@@ -1,0 +1,295 @@
+"""`facetl demo`: transfer learning in one command, and a table that says where the weights came from.
+
+With ImageNet weights (cached, or downloadable) it is study 4 as written: MobileNetV2 on SMILEsmileD, frozen
+against last-block. Without them (offline) a frozen random backbone can only answer the majority class, which
+shows nothing about transfer. So the demo first makes a pretrained backbone from data that is here: a
+MobileNetV2 trained from random initialisation to tell men from women in celebrity_faces
+(configs/demo_pretrain_gender.yaml). It then transfers that run (`--weights RUN`, which passes on its image
+size and colour) to smiles three ways: frozen, last-block and gradual unfreezing
+(configs/demo_smile_transfer.yaml; the training keys left out are the recipe's, facetl/train/recipe.py).
+
+Every table starts with the majority class, the score of a model that learnt nothing, and names the weights.
+Runs live under OUT/imagenet/ or OUT/faces/. A finished run is reused only when its config.yaml (the resolved
+configuration, the recipe's choices filled in) equals what the demo would train now, resolved the same way;
+otherwise the demo says why and trains into a new folder beside it (NAME-2, NAME-3, ...), never over a run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from facetl.config import TrainConfig, build_config, load_yaml
+from facetl.data.download import smiles_dataset
+from facetl.data.prepare import read_samples
+from facetl.data.store import cache_root
+from facetl.errors import FacetlError
+from facetl.models.factory import create_backbone
+from facetl.models.weights import WeightsUnavailable
+from facetl.record import StartingWeights
+from facetl.runfolder import atomic_write_text, prepare_run_folder
+from facetl.sweep import sweep
+from facetl.train.fit import fit
+from facetl.train.recipe import complete_recipe
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+STUDY4 = CONFIGS / "study4_smile_mobilenetv2.yaml"
+PRETRAIN = CONFIGS / "demo_pretrain_gender.yaml"
+TRANSFER = CONFIGS / "demo_smile_transfer.yaml"
+ARMS = {"imagenet": ["frozen", "last-block"], "faces": ["frozen", "last-block", "gradual"]}
+# keys that change where or how fast a run is made, not what it learns
+IGNORED = {"out", "split_file", "workers", "cache_dir", "cache"}
+# a difference in balanced accuracy this large on a few hundred test images is more than noise
+CLEAR = 0.05
+
+
+@dataclass
+class DemoOptions:
+    out: Path
+    source: str = "auto"                    # auto | imagenet | faces
+    epochs: int | None = None               # epochs per smile run (None: the config's, or the recipe's)
+    limit: int | None = None                # smile images (None: the config's)
+    pretrain_epochs: int | None = None      # None: configs/demo_pretrain_gender.yaml's
+    pretrain_limit: int | None = None       # face images to pretrain on (None: the pretraining config's)
+    pretrain_data: Path | None = None       # class folders to pretrain on (None: the pretraining config's data)
+
+
+@dataclass
+class DemoResult:
+    source: str                             # imagenet | faces
+    weights: str                            # where the backbone's starting weights came from, in words
+    rows: list[dict]
+    table: str
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def run_demo(options: DemoOptions, pictures=None, progress: bool = True, log=print) -> DemoResult:
+    began, seconds = time.perf_counter(), {}
+    source, why_not = _choose_source(options, log)
+    out = Path(options.out)
+    if source == "imagenet":
+        smile = _smile_config(STUDY4, options, {"weights": "imagenet"})
+        weights = f"ImageNet: {smile.backbone}'s published ImageNet weights, {_imagenet_file(smile.backbone)}"
+    else:
+        pretrain = _pretrain_config(options)
+        log(f"pretraining the backbone on {_task(pretrain)} instead of ImageNet ({why_not})")
+        t0 = time.perf_counter()
+        folder = _fit_or_reuse(pretrain, out / "faces" / "pretrain", pictures, progress, log)
+        seconds["pretraining on faces"] = time.perf_counter() - t0
+        weights = _pretraining_words(folder, pretrain, why_not)
+        smile = _smile_config(TRANSFER, options, {"weights": str(folder.resolve())})
+    t0 = time.perf_counter()
+    folder = _sweep_folder(smile, ARMS[source], out / source / "smile", log)
+    rows = sweep(smile, {"strategy": ARMS[source]}, folder, progress=progress, log=log, pictures=pictures)
+    seconds["smile: " + ", ".join(ARMS[source])] = time.perf_counter() - t0
+    seconds["total"] = time.perf_counter() - began
+    rows = [{**r, **_more(folder / r["run"])} for r in rows]
+    table = demo_table(rows, weights)
+    atomic_write_text(prepare_run_folder(out) / "results.md", table)
+    return DemoResult(source, weights, rows, table, seconds)
+
+
+def _choose_source(options: DemoOptions, log) -> tuple[str, str]:
+    """imagenet or faces, and in words why not ImageNet (empty when ImageNet is used)."""
+    if options.source == "faces":
+        return "faces", "--source faces"
+    backbone = load_yaml(STUDY4).get("backbone", "mobilenet_v2") if STUDY4.is_file() else "mobilenet_v2"
+    try:
+        create_backbone(backbone, "imagenet")  # the look-up training does: the cache, else a download
+        return "imagenet", ""
+    except WeightsUnavailable as exc:
+        if options.source == "imagenet":
+            raise
+        log(f"no ImageNet weights: {exc}")
+        return "faces", "no ImageNet weights here"
+
+
+def _imagenet_file(backbone: str) -> str:
+    from torch.hub import get_dir
+
+    return f"as torchvision and timm cache them (torch hub: {Path(get_dir()) / 'checkpoints'})"
+
+
+def _smile_config(path: Path, options: DemoOptions, values: dict) -> TrainConfig:
+    values = {**(load_yaml(path) if path.is_file() else {}), **values}
+    values["data"] = str(smiles_dataset(cache_root()).resolve())
+    if options.epochs:
+        values["epochs"] = options.epochs
+    if options.limit:
+        values["limit"] = options.limit
+    config = build_config(values)
+    config.check()
+    return config
+
+
+def _pretrain_config(options: DemoOptions) -> TrainConfig:
+    values = load_yaml(PRETRAIN)
+    if options.pretrain_data:  # class folders instead of the config's table
+        values.update({"data": str(options.pretrain_data), "images": None, "target": None})
+    for key in ("data", "images"):
+        if values.get(key):
+            if not Path(values[key]).exists():
+                raise FacetlError(f"no face data to pretrain on at {values[key]}: pass --pretrain-data DIR (class "
+                                  "folders), put ../shared/datasets in place, or make the ImageNet weights available")
+            values[key] = str(Path(values[key]).resolve())
+    if options.pretrain_epochs:
+        values["epochs"] = options.pretrain_epochs
+    if options.pretrain_limit:
+        values["limit"] = options.pretrain_limit
+    config = build_config(values)
+    config.check()
+    return config
+
+
+def _task(config: TrainConfig) -> str:
+    if config.target:
+        return f"{config.target} of {Path(config.data).name} (images in {config.images})"
+    return f"the class folders of {config.data}"
+
+
+def resolved(config: TrainConfig) -> dict:
+    """The config as `fit` writes it to config.yaml: the keys left out filled by the recipe, as fit fills them."""
+    config = dataclasses.replace(config, split=list(config.split))
+    weights = config.weights
+    starting = StartingWeights.from_flag(weights, is_run=weights not in ("imagenet", "none")
+                                         and Path(weights).is_dir())
+    if config.limit:
+        images = config.limit * config.split[0]
+    else:
+        images = len(read_samples(config).paths) * config.split[0]
+    complete_recipe(config, starting, round(images))
+    return {k: v for k, v in config.to_dict().items() if k not in IGNORED}
+
+
+def difference(folder: Path, config: TrainConfig) -> str | None:
+    """None when the run in `folder` was made with `config` (and after its starting run), else why not."""
+    saved_file = folder / "config.yaml"
+    if not saved_file.is_file():
+        return "it has no config.yaml"
+    saved = {k: v for k, v in load_yaml(saved_file).items() if k not in IGNORED}
+    wanted = resolved(config)
+    changed = [k for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)]
+    if changed:
+        k = changed[0]
+        more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
+        return f"its {k} is {saved.get(k)!r}, now {wanted.get(k)!r}{more}"
+    source = Path(config.weights)
+    if (source / "run.json").is_file() and (folder / "run.json").is_file() and _created(source) > _created(folder):
+        return f"its starting run {source} was trained again after it"
+    return None
+
+
+def _created(folder: Path) -> str:
+    return json.loads((folder / "run.json").read_text()).get("created", "")
+
+
+def _fresh(base: Path, fits) -> Path:
+    """`base`, or the first of base-2, base-3, ... that is absent or for which `fits` finds no difference."""
+    candidate, number = base, 1
+    while candidate.exists() and fits(candidate) is not None:
+        number += 1
+        candidate = base.with_name(f"{base.name}-{number}")
+    return candidate
+
+
+def _fit_or_reuse(config: TrainConfig, base: Path, pictures, progress: bool, log) -> Path:
+    def fits(folder: Path):
+        return difference(folder, config)
+
+    if base.exists() and fits(base) is not None:
+        log(f"not reusing {base}: {fits(base)}")
+    folder = _fresh(base, fits)
+    if (folder / "metrics.json").is_file():
+        log(f"reusing finished run {folder} (same resolved configuration)")
+        return folder
+    fit(dataclasses.replace(config, out=str(folder)), resume=(folder / "last.pt").is_file(), progress=progress,
+        pictures=pictures)
+    return folder
+
+
+def _sweep_folder(base_config: TrainConfig, strategies: list[str], base: Path, log) -> Path:
+    """A sweep folder whose every existing run was made with the configuration the sweep gives it now."""
+    def fits(folder: Path):
+        for strategy in strategies:
+            run = folder / f"strategy-{strategy}"
+            if run.exists():
+                why = difference(run, build_config({"strategy": strategy}, base_config))
+                if why:
+                    return f"{run.name}: {why}"
+        return None
+
+    if base.exists() and fits(base) is not None:
+        log(f"not reusing {base}: {fits(base)}")
+    folder = _fresh(base, fits)
+    for strategy in strategies:
+        run = folder / f"strategy-{strategy}"
+        if (run / "metrics.json").is_file():
+            log(f"reusing finished run {run} (same resolved configuration)")
+    return folder
+
+
+def _pretraining_words(folder: Path, config: TrainConfig, why_not: str) -> str:
+    record = json.loads((folder / "run.json").read_text())
+    metrics = json.loads((folder / "metrics.json").read_text())
+    prep = record["preprocessing"]
+    with open(folder / "split.csv") as f:
+        images = sum(1 for _ in f) - 1
+    epochs = f"{config.epochs} epoch" + ("s" if config.epochs != 1 else "")
+    return (f"{config.backbone} trained by this demo from random initialisation on {_task(config)}: classes "
+            f"{', '.join(record['class_names'])}, {images:,} images, {epochs}, {prep['size']} px "
+            f"{prep.get('colour', 'rgb')}, test accuracy {metrics['accuracy']:.3f}; run folder {folder}; "
+            f"not ImageNet ({why_not})")
+
+
+def _more(folder: Path) -> dict:
+    metrics = json.loads((folder / "metrics.json").read_text())
+    config = load_yaml(folder / "config.yaml")
+    trains = config["strategy"] if config["strategy"] != "gradual" else f"gradual {config.get('unfreeze')}"
+    return {"balanced_accuracy": metrics.get("balanced_accuracy"), "base_rate": metrics.get("base_rate"),
+            "n_images": metrics.get("n_images"), "classes": json.loads((folder / "run.json").read_text())[
+                "class_names"], "trains": trains}
+
+
+def demo_table(rows: list[dict], weights: str) -> str:
+    """The majority class, then every arm: test metrics and what it cost; then what the numbers say."""
+    def cell(value, digits: str = ".3f") -> str:
+        return "n/a" if value is None else format(value, digits)
+
+    first = rows[0]
+    base = first["base_rate"]
+    majority = max(range(len(first["classes"])), key=lambda i: [1 - base, base][i]) if base is not None else 0
+    header = ["run", "what trains", "accuracy", "balanced acc", "ROC-AUC", "trainable params", "train s",
+              "starting weights"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+             f"| majority class | nothing: always '{first['classes'][majority]}' | "
+             f"{cell(None if base is None else max(base, 1 - base))} | 0.500 | 0.500 | 0 | 0 | none |"]
+    for r in rows:
+        lines.append("| " + " | ".join([r["run"], r["trains"], cell(r["accuracy"]), cell(r["balanced_accuracy"]),
+                                        cell(r["roc_auc"]), cell(r["trainable_params"], ","),
+                                        cell(r["train_seconds"], ".0f"), r["pretraining"]]) + " |")
+    lines += ["", f"Test split: {first['n_images']} SMILEsmileD images, the same for every run "
+                  f"({cell(base)} '{first['classes'][-1]}'). Balanced accuracy is the mean recall of the two "
+                  "classes: 0.500 for any model that answers one class.",
+              f"Starting weights of every run: {weights}.", ""]
+    lines += verdict(rows)
+    lines += [""] + [f"- {r['run']}: {r['report']}" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def verdict(rows: list[dict]) -> list[str]:
+    """What the table shows, in words, by balanced accuracy; 'clearly' means by at least CLEAR."""
+    score = {r["run"].removeprefix("strategy-"): r["balanced_accuracy"] for r in rows}
+    frozen = score.get("frozen")
+    if frozen is None:
+        return []
+    above = frozen - 0.5
+    lines = [f"- frozen features {'carry' if above >= CLEAR else 'do NOT clearly carry'} signal: balanced accuracy "
+             f"{frozen:.3f}, {above:+.3f} against the majority class"]
+    for arm in ("last-block", "gradual"):
+        if score.get(arm) is not None:
+            gain = score[arm] - frozen
+            says = "adds" if gain >= CLEAR else ("adds a little" if gain > 0 else "does NOT add")
+            lines.append(f"- fine-tuning ({arm}) {says} to the frozen features: {score[arm]:.3f}, {gain:+.3f}")
+    return lines

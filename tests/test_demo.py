@@ -1,0 +1,91 @@
+"""`facetl demo` as a user meets it, with tiny limits: offline it pretrains on faces and says so, its table
+has the majority class and every arm, and a rerun reuses a run only when its resolved configuration is the
+one the demo would train now."""
+from __future__ import annotations
+
+import urllib.error
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision.models import MobileNet_V2_Weights, mobilenet_v2
+
+from commandline import in_process, one_line_error
+from test_cli import folder_dataset, needs_smiles
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def offline(tmp_path, monkeypatch) -> Path:
+    """No ImageNet weights cached and no network; the shared datasets found from the project root, as make does."""
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+
+    def unreachable(url, *args, **kwargs):
+        raise urllib.error.URLError("network is unreachable")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", unreachable)
+    return Path(torch.hub.get_dir())
+
+
+def demo(capsys, out: Path, people: Path, *more: str):
+    result = in_process(capsys, "demo", "--out", str(out), "--pretrain-data", str(people), "--pretrain-limit", "48",
+                        "--pretrain-epochs", "1", "--limit", "120", "--epochs", "2", *more)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+@needs_smiles
+def test_offline_demo_pretrains_on_faces_names_the_weights_and_reuses_only_identical_runs(tmp_path, capsys, offline):
+    people = folder_dataset(tmp_path / "people", classes=("ann", "bob", "cy"), per_class=16)
+    out = tmp_path / "demo"
+    first = demo(capsys, out, people)
+    pretrained = out / "faces" / "pretrain"
+    assert "no ImageNet weights" in first and "reusing" not in first
+    assert (f"trained by this demo from random initialisation on the class folders of {people.resolve()}: classes "
+            "ann, bob, cy, 48 images, 1 epoch, 32 px grey") in first
+    assert "not ImageNet (no ImageNet weights here)" in first
+    table = (out / "results.md").read_text()
+    assert table in first
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    assert [r.split(" | ")[0] for r in rows[1:]] == ["| majority class", "| strategy-frozen", "| strategy-last-block",
+                                                    "| strategy-gradual"]
+    assert "| nothing: always 'negatives' |" in rows[1] and "| 0.500 | 0.500 | 0 | 0 | none |" in rows[1]
+    assert "gradual 1:frozen,2:full" in rows[4]
+    assert "frozen features" in table and "fine-tuning (last-block)" in table and "fine-tuning (gradual)" in table
+    for row, arm in zip(rows[2:], ("frozen", "last-block", "gradual")):  # each row and report names the weights
+        assert f"weights from facetl run {pretrained.resolve()}" in row
+        report = (out / "faces" / "smile" / f"strategy-{arm}" / "report.md").read_text()
+        assert f"weights from facetl run {pretrained.resolve()}" in report
+    trained = {p: p.stat().st_mtime_ns for p in out.rglob("best.pt")}
+    assert len(trained) == 4
+
+    again = demo(capsys, out, people)
+    assert f"reusing finished run {pretrained} (same resolved configuration)" in again
+    for arm in ("frozen", "last-block", "gradual"):
+        assert f"reusing finished run {out / 'faces' / 'smile' / f'strategy-{arm}'} (same" in again
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("best.pt")} == trained
+    assert (out / "results.md").read_text() == table
+
+    # a setting of the pretraining changes: it is trained anew beside the old run, and so is every smile run
+    changed = demo(capsys, out, people, "--pretrain-epochs", "2")
+    assert f"not reusing {pretrained}: its epochs is 1, now 2" in changed
+    assert "48 images, 2 epochs" in changed and f"run folder {out / 'faces' / 'pretrain-2'}" in changed
+    assert "not reusing" in changed and (out / "faces" / "smile-2" / "strategy-gradual" / "metrics.json").is_file()
+    assert {p: p.stat().st_mtime_ns for p in trained} == trained  # the earlier runs are kept as they were
+
+    # ImageNet weights become available (a random stand-in under the real file name): study 4, apart
+    cached = offline / "checkpoints" / MobileNet_V2_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[-1]
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(mobilenet_v2().state_dict(), cached)
+    online = demo(capsys, out, people)
+    assert "reusing" not in online and "Starting weights of every run: ImageNet" in online
+    assert "strategy-gradual" not in online and "ImageNet pretrained" in (out / "results.md").read_text()
+    assert (out / "imagenet" / "smile" / "strategy-last-block" / "metrics.json").is_file()
+
+
+def test_demo_without_face_data_or_imagenet_says_what_to_do(tmp_path, capsys, offline):
+    result = in_process(capsys, "demo", "--out", str(tmp_path / "demo"), "--pretrain-data", str(tmp_path / "nobody"))
+    one_line_error(result, "no face data to pretrain on", "nobody", "--pretrain-data")
+    assert not (tmp_path / "demo").exists()
