@@ -115,13 +115,7 @@ def _imagenet_file(backbone: str) -> str:
 def _smile_config(path: Path, options: DemoOptions, values: dict) -> TrainConfig:
     values = {**(load_yaml(path) if path.is_file() else {}), **values}
     values["data"] = str(smiles_dataset(cache_root()).resolve())
-    if options.epochs:
-        values["epochs"] = options.epochs
-    if options.limit:
-        values["limit"] = options.limit
-    config = build_config(values)
-    config.check()
-    return config
+    return _sized(values, options.epochs, options.limit)
 
 
 def _pretrain_config(options: DemoOptions) -> TrainConfig:
@@ -134,11 +128,12 @@ def _pretrain_config(options: DemoOptions) -> TrainConfig:
                 raise FacetlError(f"no face data to pretrain on at {values[key]}: pass --pretrain-data DIR (class "
                                   "folders), put ../shared/datasets in place, or make the ImageNet weights available")
             values[key] = str(Path(values[key]).resolve())
-    if options.pretrain_epochs:
-        values["epochs"] = options.pretrain_epochs
-    if options.pretrain_limit:
-        values["limit"] = options.pretrain_limit
-    config = build_config(values)
+    return _sized(values, options.pretrain_epochs, options.pretrain_limit)
+
+
+def _sized(values: dict, epochs: int | None, limit: int | None) -> TrainConfig:
+    """A demo run's config with the --epochs/--limit (or --pretrain-*) asked for, checked."""
+    config = build_config({**values, **({"epochs": epochs} if epochs else {}), **({"limit": limit} if limit else {})})
     config.check()
     return config
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from facetl.config import parse_unfreeze
 from facetl.errors import FacetlError
 from facetl.models.factory import create_backbone
 from facetl.models.heads import build_head
@@ -80,9 +81,8 @@ def rebuild_model(config, record: RunRecord) -> tuple[FaceClassifier, Plan]:
     its last stage; a checkpoint of an earlier stage loads into it as well (batch norm is the same numbers)."""
     backbone = create_backbone(config.backbone, "none")
     model = _assemble(config, backbone, record.preprocessing.size, len(record.class_names))
-    strategy = config.strategy
-    if strategy == "gradual":
-        strategy = (config.unfreeze or "1:frozen").split(",")[-1].partition(":")[2].strip()
+    strategy = parse_unfreeze(config.unfreeze or "1:frozen")[-1][1] if config.strategy == "gradual" else \
+        config.strategy
     return model, apply_strategy(model, strategy)
 
 

@@ -18,13 +18,17 @@ class WeightAverage:
     def __init__(self, model: nn.Module, decay: float):
         self.decay, self.updates = decay, 0
         self.average: dict[str, torch.Tensor] = {}
+        self.live: dict[str, torch.Tensor] = {}
         self.follow(model)
 
     def follow(self, model: nn.Module) -> None:
-        """Start averaging tensors that began to train (an unfreezing step), from their current values."""
+        """Start averaging tensors that began to train (an unfreezing step), from their current values. The
+        model's tensors are looked up here, not every step: the optimiser and load_state_dict change them in
+        place, and only an unfreezing step replaces modules (thawed batch norm)."""
         fixed = fixed_keys(model)
-        for name, value in model.state_dict().items():
-            if name not in fixed and name not in self.average:
+        self.live = {name: value for name, value in model.state_dict().items() if name not in fixed}
+        for name, value in self.live.items():
+            if name not in self.average:
                 self.average[name] = value.detach().clone()
 
     @torch.no_grad()
@@ -32,12 +36,11 @@ class WeightAverage:
         # early on the average follows the weights closely (timm's warm-up), so it is not stuck near the start
         self.updates += 1
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        live = model.state_dict()
         for name, average in self.average.items():
             if average.is_floating_point():
-                average.lerp_(live[name].detach(), 1 - decay)
+                average.lerp_(self.live[name], 1 - decay)
             else:
-                average.copy_(live[name])
+                average.copy_(self.live[name])
 
     @contextmanager
     def applied(self, model: nn.Module):

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from facetl.config import BEFORE_RECIPE, THRESHOLD_RULES, TrainConfig, dump_yaml
+from facetl.config import BEFORE_RECIPE, THRESHOLD_RULES, TrainConfig, dump_yaml, parse_unfreeze
 from facetl.data.augment import BatchAugment
 from facetl.data.features import FeatureRequest, FrozenPart, ImageSource, open_feature_source
 from facetl.data.load import load_groups
@@ -245,8 +245,8 @@ def first_strategy(config: TrainConfig, epoch: int) -> str:
     """What trains at `epoch`: the strategy, or for a gradual run its stage's (the recipe's first is frozen)."""
     if config.strategy != "gradual":
         return config.strategy
-    if config.unfreeze is None or config.epochs is None:
-        return "frozen" if config.unfreeze is None else config.unfreeze.split(",")[0].partition(":")[2].strip()
+    if config.unfreeze is None or config.epochs is None:  # before the recipe: its stages start frozen
+        return "frozen" if config.unfreeze is None else parse_unfreeze(config.unfreeze)[0][1]
     return stage_at(config, epoch).strategy
 
 
