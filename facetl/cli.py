@@ -515,6 +515,13 @@ def cmd_evaluate(args) -> int:
     metrics, out = evaluate_run(args.run, args.split, Runtime.for_inference(args.device, args.precision),
                                 True, args.allow_changed_data, args.data, args.images, args.tta, args.groups)
     tta = "" if args.tta == "none" else f" (tta {args.tta})"
+    if metrics.get("attributes"):  # a multi-attribute run: the per-attribute table, its last row the means
+        from facetl.evaluate.report import attribute_table
+
+        print(f"{args.split}{tta}: {metrics['n_images']} images, {len(metrics['attributes'])} attributes")
+        print("\n".join(attribute_table(metrics)))
+        print(f"report: {out / 'report.md'}")
+        return 0
     print(f"{args.split}{tta}: accuracy {metrics['accuracy']:.4f}  precision {metrics['precision']:.4f}  recall "
           f"{metrics['recall']:.4f}  F1 {metrics['f1']:.4f}  ROC-AUC {_num(metrics['roc_auc'])}  "
           f"ECE {_num(metrics['ece'])}  ({metrics['n_images']} images)")
