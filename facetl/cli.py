@@ -598,6 +598,7 @@ def cmd_faces(args) -> int:
     from facetl.preprocessing import FaceAlignment
 
     alignment = FaceAlignment(min_face=args.min_face, multi_face=args.multi_face, landmarks=args.landmarks)
+    _one_target(args.target, "faces")
     summary = extract_faces(args.data, args.out, args.images, args.target, alignment, args.size,
                             progress=True)
     print(f"{summary['crops']} face crops from {summary['photos']} photos in {summary['out']}")
@@ -606,11 +607,18 @@ def cmd_faces(args) -> int:
     return 0
 
 
+def _one_target(target: str | None, command: str) -> None:
+    if target and ("," in target or target.strip() == "all"):
+        raise FacetlError(f"facetl {command} takes one --target column, not {target}; take the attributes one at a "
+                          "time")
+
+
 def cmd_inspect(args) -> int:
     from facetl.data.load import load_samples
     from facetl.data.store import cache_root
     from facetl.inspection import inspect_dataset
 
+    _one_target(args.target, "inspect")
     samples = load_samples(args.data, args.images, args.target)
     summary = inspect_dataset(samples, args.out, cache_root(args.cache_dir), progress=True)
     print(f"{summary['images']} images in {len(summary['classes'])} classes:")
