@@ -160,3 +160,17 @@ def test_sweep_over_lr_has_a_row_per_run(table, tmp_path, capsys):
     rows = list(csv.DictReader(open(tmp_path / "sweep" / "results.csv")))
     assert [r["run"] for r in rows] == ["lr-1e-3", "lr-1e-4"]
     assert "mean over the attributes" in (tmp_path / "sweep" / "results.md").read_text()
+
+
+def test_target_all_takes_every_binary_column_and_leaves_the_identity_column_out(tmp_path):
+    from facetl.data.tables import read_attribute_columns
+
+    (tmp_path / "img").mkdir()
+    rows = ["file,identity,Smiling,Male"]
+    for i in range(6):
+        (tmp_path / "img" / f"{i}.jpg").write_bytes(b"x")
+        rows.append(f"{i}.jpg,person{i % 3},{1 if i % 2 else -1},{'' if i == 4 else 1 if i < 3 else 0}")
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    samples = read_attribute_columns(tmp_path / "t.csv", None, tmp_path / "img")
+    assert samples.class_names == ["Smiling", "Male"]
+    assert samples.labels[:, 1].tolist() == [1, 1, 1, 0, -1, 0]
