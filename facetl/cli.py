@@ -515,6 +515,13 @@ def cmd_evaluate(args) -> int:
     metrics, out = evaluate_run(args.run, args.split, Runtime.for_inference(args.device, args.precision),
                                 True, args.allow_changed_data, args.data, args.images, args.tta, args.groups)
     tta = "" if args.tta == "none" else f" (tta {args.tta})"
+    if metrics.get("attributes"):  # a multi-attribute run: the per-attribute table, its last row the means
+        from facetl.evaluate.report import attribute_table
+
+        print(f"{args.split}{tta}: {metrics['n_images']} images, {len(metrics['attributes'])} attributes")
+        print("\n".join(attribute_table(metrics)))
+        print(f"report: {out / 'report.md'}")
+        return 0
     print(f"{args.split}{tta}: accuracy {metrics['accuracy']:.4f}  precision {metrics['precision']:.4f}  recall "
           f"{metrics['recall']:.4f}  F1 {metrics['f1']:.4f}  ROC-AUC {_num(metrics['roc_auc'])}  "
           f"ECE {_num(metrics['ece'])}  ({metrics['n_images']} images)")
@@ -591,6 +598,7 @@ def cmd_faces(args) -> int:
     from facetl.preprocessing import FaceAlignment
 
     alignment = FaceAlignment(min_face=args.min_face, multi_face=args.multi_face, landmarks=args.landmarks)
+    _one_target(args.target, "faces")
     summary = extract_faces(args.data, args.out, args.images, args.target, alignment, args.size,
                             progress=True)
     print(f"{summary['crops']} face crops from {summary['photos']} photos in {summary['out']}")
@@ -599,11 +607,18 @@ def cmd_faces(args) -> int:
     return 0
 
 
+def _one_target(target: str | None, command: str) -> None:
+    if target and ("," in target or target.strip() == "all"):
+        raise FacetlError(f"facetl {command} takes one --target column, not {target}; take the attributes one at a "
+                          "time")
+
+
 def cmd_inspect(args) -> int:
     from facetl.data.load import load_samples
     from facetl.data.store import cache_root
     from facetl.inspection import inspect_dataset
 
+    _one_target(args.target, "inspect")
     samples = load_samples(args.data, args.images, args.target)
     summary = inspect_dataset(samples, args.out, cache_root(args.cache_dir), progress=True)
     print(f"{summary['images']} images in {len(summary['classes'])} classes:")

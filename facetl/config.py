@@ -32,7 +32,7 @@ class TrainConfig:
     # data
     data: str | None = None              # class-folder root, CSV table or list_attr_celeba.txt
     images: str | None = None            # image folder for a table
-    target: str | None = None            # attribute column for a table
+    target: str | None = None            # attribute column for a table; COL1,COL2,... or all: a multi-attribute model
     positive: str | None = None          # positive class name (two classes)
     split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
     split_file: str | None = None        # reuse this split.csv (sweeps share one split)
@@ -152,6 +152,8 @@ class TrainConfig:
             problems += group_spec_problems(self.split_by)
         if self.groups is not None:
             problems += group_spec_problems(self.groups, "groups")
+        if self.multi_attribute:
+            problems += multi_attribute_problems(self)
         if self.folds is not None and self.split_file:
             problems.append("folds: each fold makes its own split; it cannot be combined with split_file")
         if not 0 <= self.dropout < 1:
@@ -166,11 +168,45 @@ class TrainConfig:
         return FaceAlignment(min_face=self.min_face, multi_face=self.multi_face, landmarks=self.landmarks)
 
     @property
+    def multi_attribute(self) -> bool:
+        """--target COL1,COL2 or --target all: one model, one sigmoid output per attribute."""
+        return self.target is not None and ("," in self.target or self.target.strip() == "all")
+
+    @property
+    def targets(self) -> list[str] | None:
+        """The attribute columns of a multi-attribute run (None for all: every binary column of the table)."""
+        if not self.multi_attribute or self.target.strip() == "all":
+            return None
+        return [t.strip() for t in self.target.split(",") if t.strip()]
+
+    @property
     def augmentations(self) -> list[str]:
         return [a for a in self.augment or [] if a != "none"]
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def multi_attribute_problems(config: TrainConfig) -> list[str]:
+    """What a multi-attribute run (--target COL1,COL2 or all) cannot do yet, each said once."""
+    problems = []
+    targets = config.targets
+    if targets is not None and len(targets) < 2:
+        problems.append(f"target: {config.target!r} lists one column; name two or more (Smiling,Male) or one without "
+                        "a comma")
+    if targets is not None and len(set(targets)) < len(targets):
+        problems.append(f"target: {config.target!r} names a column twice")
+    for key, value, why in (("balance", "sampler", "balanced batches are per class, and an image has K labels; use "
+                                                   "--balance loss (a pos_weight per attribute)"),
+                            ("calibrate", "temperature", "one temperature per attribute is not implemented"),
+                            ("positive", None, "each attribute's positive class is its value 1"),
+                            ("groups", None, "metrics per group are for single-target runs"),
+                            ("folds", None, "cross-validation is for single-target runs; use a split")):
+        given = getattr(config, key)
+        if given is not None and (value is None or given == value):
+            problems.append(f"{key}: {given} does not apply to a multi-attribute run (--target {config.target}): "
+                            f"{why}")
+    return problems
 
 
 def group_spec_problems(split_by: str, key: str = "split_by") -> list[str]:

@@ -12,7 +12,7 @@ from facetl.data.prepare import check_unchanged
 from facetl.data.split import load_split
 from facetl.data.store import cache_root, open_image_store
 from facetl.errors import FacetlError
-from facetl.evaluate.metrics import decide
+from facetl.evaluate.metrics import decide, decide_attributes
 from facetl.evaluate.report import SplitResult, write_evaluation
 from facetl.explain import gradcam_gallery
 from facetl.progress import progress_bar
@@ -36,7 +36,8 @@ def evaluate_run(folder: str | Path, split: str = "test", runtime: Runtime | Non
         raise FacetlError(problems[0])
     group_of = load_groups(config.data, config.images, config.target, group_by) if group_by else None
     runtime = runtime or Runtime.for_inference()
-    samples, assignment = load_split(run.folder / "split.csv", data_root(config), run.class_names)
+    samples, assignment = load_split(run.folder / "split.csv", data_root(config), run.class_names,
+                                    record.multi_attribute)
     check_unchanged(samples, run.folder / "split.csv", allow_changed_data)
     index = np.flatnonzero(assignment == split)
     if len(index) == 0:
@@ -52,7 +53,8 @@ def evaluate_run(folder: str | Path, split: str = "test", runtime: Runtime | Non
     probs = split_probabilities(run, store.images, runtime, tta, config.batch_size * 2, split, progress)
     out = run.folder / f"eval-{split}"
     names = [samples.paths[i] for i in index]
-    write_gradcam_gallery(run, store.images, labels, probs, names, out / "gradcam.png", runtime)
+    if not record.multi_attribute:  # the gallery shows one decision per image
+        write_gradcam_gallery(run, store.images, labels, probs, names, out / "gradcam.png", runtime)
     split_groups = [group_of.get(n, "(none)") for n in names] if group_of is not None else None
     metrics = write_evaluation(out, SplitResult(split, labels, probs, store.images, names, split_groups, group_by),
                                record, run.history, config.to_dict(), tta)
@@ -72,10 +74,22 @@ def split_probabilities(run: LoadedRun, images: np.ndarray, runtime: Runtime, tt
 def write_predictions(path: Path, names: list[str], labels: np.ndarray, probs: np.ndarray, run: LoadedRun) -> None:
     """Every image's true label, the run's decision and each class's probability, as predict's CSV has them."""
     classes = run.class_names
+    if run.record.multi_attribute:
+        return write_attribute_predictions(path, names, labels, probs, run)
     decided = decide(probs, run.record.threshold)
     atomic_write_csv(path, ["path", "true_label", "label"] + [f"p_{name}" for name in classes],
                      [[name, classes[y], classes[k], *(f"{q:.6f}" for q in p)]
                       for name, y, k, p in zip(names, labels, decided, probs)])
+
+
+def write_attribute_predictions(path: Path, names: list[str], labels: np.ndarray, probs: np.ndarray,
+                                run: LoadedRun) -> None:
+    """Multi-attribute: per attribute the true value (empty where missing), the run's 0/1 and its probability."""
+    decided = decide_attributes(probs, run.record.thresholds)
+    header = ["path"] + [f"{kind}{a}" for a in run.class_names for kind in ("true_", "", "p_")]
+    rows = [[name, *(cell for y, d, q in zip(true, said, p) for cell in ("" if y < 0 else int(y), int(d), f"{q:.6f}"))]
+            for name, true, said, p in zip(names, labels, decided, probs)]
+    atomic_write_csv(path, header, rows)
 
 
 def training_pictures(folder: Path, config, record, model, history: list[dict], split: SplitResult,

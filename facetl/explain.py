@@ -64,13 +64,11 @@ def run_targets(run: LoadedRun) -> list[Target]:
     """One target per class, in the run's class order (so target k goes with probability column k).
 
     - two classes, one logit (sigmoid): class 1 is `logit`, class 0 is `-logit`;
-    - N classes, N logits (softmax): class k is logit k.
-    A multi-attribute run (N sigmoid outputs, one per attribute) would be one more case here: attribute k
-    is `Target(name_k, k, +1)` (and its absence `Target("not " + name_k, k, -1)`), picked with
-    `--class ATTRIBUTE`; nothing else in this module depends on how scores are made from logits.
+    - N classes, N logits (softmax): class k is logit k;
+    - a multi-attribute run, K sigmoid outputs: attribute k is logit k (`--class ATTRIBUTE` picks it).
     """
     names = run.class_names
-    if run.model.outputs == 1:
+    if run.model.outputs == 1 and not run.record.multi_attribute:
         return [Target(names[0], 0, -1.0), Target(names[1], 0, 1.0)]
     return [Target(name, k) for k, name in enumerate(names)]
 
@@ -85,7 +83,9 @@ def target_scores(logits: torch.Tensor, targets: Sequence[Target]) -> torch.Tens
 def target_index(run: LoadedRun, name: str) -> int:
     names = [t.name for t in run_targets(run)]
     if name not in names:
-        raise FacetlError(f"unknown class {name!r}; this run's classes are: {', '.join(names)}")
+        kind = "attribute" if run.record.multi_attribute else "class"
+        raise FacetlError(f"unknown {kind} {name!r}; this run's {kind}{'s' if kind == 'class' else 's'} are: "
+                          f"{', '.join(names)}")
     return names.index(name)
 
 
@@ -161,8 +161,10 @@ def _grad_cam(run: LoadedRun, images: np.ndarray, runtime: Runtime, layer_name: 
         shape = tuple(activation.shape) if isinstance(activation, torch.Tensor) else type(activation).__name__
         raise FacetlError(f"layer {layer_name} gives {shape}, not a (batch, channels, height, width) feature map; "
                           "Grad-CAM needs a convolutional stage")
-    probs = probabilities(logits, run.record.temperature).cpu().numpy()
-    chosen = [int(k) for k in (decide(probs, run.record.threshold) if targets is None else targets)]
+    probs = probabilities(logits, run.record.temperature, run.record.multi_attribute).cpu().numpy()
+    # by default each image's decision; multi-attribute, its most probable attribute
+    predicted = probs.argmax(1) if run.record.multi_attribute else decide(probs, run.record.threshold)
+    chosen = [int(k) for k in (predicted if targets is None else targets)]
 
     from captum.attr import LayerAttribution, LayerGradCam
 
@@ -250,6 +252,7 @@ def explain(run: LoadedRun, files: Sequence[Path], out: Path, runtime: Runtime, 
         print(f"warning: skipped {path}: {why}", file=sys.stderr)
     where = dict(zip(files, pairs))
     names = [t.name for t in run_targets(run)]
+    said = "most probable" if run.record.multi_attribute else "predicted"
     bar = progress_bar(total=len(kept), desc="explaining", unit="img", enabled=progress and len(kept) > ONE_LINE_EACH)
     written = []
     for start in range(0, len(kept), BATCH):
@@ -258,7 +261,7 @@ def explain(run: LoadedRun, files: Sequence[Path], out: Path, runtime: Runtime, 
         asked = grad_cam(run, batch, runtime, layer_name, [extra] * len(batch)) if extra is not None else None
         for i, f in enumerate(batch_files):
             cam_png, features_png = where[f]
-            panels = [_Panel(f"predicted {names[predicted.targets[i]]}", predicted.maps[i],
+            panels = [_Panel(f"{said} {names[predicted.targets[i]]}", predicted.maps[i],
                              predicted.probs[i, predicted.targets[i]])]
             if asked is not None:
                 panels.append(_Panel(f"--class {names[extra]}", asked.maps[i], asked.probs[i, extra]))
@@ -268,7 +271,7 @@ def explain(run: LoadedRun, files: Sequence[Path], out: Path, runtime: Runtime, 
                               f"{short_name(str(f), 48)}: {layer_name}")
             written += [cam_png, features_png]
             if bar.disable:
-                log(f"wrote {cam_png} and {features_png.name} (predicted {names[predicted.targets[i]]} "
+                log(f"wrote {cam_png} and {features_png.name} ({said} {names[predicted.targets[i]]} "
                     f"{predicted.probs[i, predicted.targets[i]]:.2f})")
             bar.update(1)
     bar.close()

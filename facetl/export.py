@@ -111,6 +111,9 @@ def export_onnx(run_folder: str | Path, out: str | Path | None = None, overwrite
     """A finished run's best checkpoint -> a checked ONNX file (default RUN/model.onnx); returns its path."""
     run_folder = Path(run_folder)
     run = load_run(run_folder)  # first: "not a run" is the clearer message when RUN itself is wrong
+    if run.record.multi_attribute:
+        raise FacetlError(f"{run_folder} is a multi-attribute run; ONNX export is for single-target runs so far "
+                          "(use facetl predict on the run)")
     out = _check_out(Path(out) if out else run_folder / "model.onnx", overwrite)
     metadata = onnx_metadata(run.record.preprocessing, run.class_names, run.record.title, run.config.backbone,
                              run.record.threshold, run.record.temperature)

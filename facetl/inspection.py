@@ -13,6 +13,7 @@ from facetl.data.samples import Samples
 from facetl.data.split import duplicate_groups
 from facetl.data.store import open_image_store
 from facetl.evaluate.plots import image_grid, plot_class_balance
+from facetl.errors import FacetlError
 from facetl.runfolder import atomic_write_csv, atomic_write_json, prepare_run_folder
 
 PREVIEW_SIZE = 96
@@ -20,6 +21,8 @@ PREVIEW_SIZE = 96
 
 def inspect_dataset(samples: Samples, out: str | Path, cache_dir: Path | None, seed: int = 0,
                     progress: bool = True) -> dict:
+    if samples.multi_attribute:  # before the folder is made: nothing is left behind
+        raise FacetlError("facetl inspect takes one --target column; inspect the attributes one at a time")
     out = prepare_run_folder(out)
     store = open_image_store(samples.files(), PREVIEW_SIZE, cache_dir, progress=progress)
     counts = samples.counts()

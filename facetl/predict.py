@@ -20,7 +20,7 @@ from facetl.data.faces import faces_in_photos
 from facetl.data.folders import find_images
 from facetl.data.images import UnreadableImage, decode_image, read_photo
 from facetl.errors import FacetlError
-from facetl.evaluate.metrics import decide
+from facetl.evaluate.metrics import decide, decide_attributes
 from facetl.export import OnnxClassifier
 from facetl.preprocessing import FaceAlignment, Preprocessing
 from facetl.run import LoadedRun, load_run
@@ -38,6 +38,7 @@ class Prediction:
     face: int | None = None                      # face number in the photo (face runs only)
     box: tuple[float, float, float, float] | None = None
     score: float | None = None                   # the detector's confidence
+    decided: list[int] | None = None             # multi-attribute: 0/1 per attribute, by the run's thresholds
     note: str = ""
 
 
@@ -76,6 +77,14 @@ class TorchClassifier:
     def threshold(self) -> float | None:
         return self.run.record.threshold
 
+    @property
+    def multi_attribute(self) -> bool:
+        return self.run.record.multi_attribute
+
+    @property
+    def thresholds(self) -> list[float] | None:
+        return self.run.record.thresholds
+
     def classify(self, images: np.ndarray) -> np.ndarray:
         return self.run.classify(images, self.runtime)
 
@@ -108,6 +117,7 @@ class Predictions:
     skipped: list[tuple[str, str]]               # (path, why it could not be read)
     class_names: list[str]
     faces: bool                                  # whether faces were looked for
+    multi_attribute: bool = False                # class_names are attributes, each with its own probability
 
 
 def predict(classifier: TorchClassifier | OnnxClassifier, inputs: list[str], faces: str = "auto",
@@ -124,12 +134,17 @@ def predict(classifier: TorchClassifier | OnnxClassifier, inputs: list[str], fac
     no_face = [p.path for p in predictions if p.note]
     if no_face:
         print(f"warning: no face found in {len(no_face)} photo(s) (first: {no_face[0]})", file=sys.stderr)
-    return Predictions(predictions, skipped, classifier.class_names, alignment is not None)
+    return Predictions(predictions, skipped, classifier.class_names, alignment is not None,
+                       getattr(classifier, "multi_attribute", False))
 
 
 def _labelled(classifier, path: str, probs: np.ndarray, **face) -> Prediction:
     """The run's decision (its threshold for two classes), with every class's probability."""
     class_names = classifier.class_names
+    if getattr(classifier, "multi_attribute", False):  # label: the attributes it has, joined by +
+        decided = decide_attributes(probs[None], classifier.thresholds)[0]
+        label = "+".join(n for n, d in zip(class_names, decided) if d) or "none"
+        return Prediction(path, label, None, [float(p) for p in probs], decided=[int(d) for d in decided], **face)
     k = int(decide(probs[None], classifier.threshold)[0])
     return Prediction(path, class_names[k], float(probs[k]), [float(p) for p in probs], **face)
 
@@ -176,7 +191,10 @@ def crop_colour(crop: np.ndarray, colour: str) -> np.ndarray:
 
 
 def prediction_table(result: Predictions) -> tuple[list[str], list[list]]:
-    """CSV header and rows: the face columns only when faces were looked for, and every class's probability."""
+    """CSV header and rows: the face columns only when faces were looked for, and every class's probability;
+    multi-attribute, per attribute its probability and the run's 0/1 (by that attribute's threshold)."""
+    if result.multi_attribute:
+        return _attribute_table(result)
     classes = len(result.class_names)
     header = ["path"] + (["face", "x", "y", "w", "h", "detection_score"] if result.faces else []) + [
         "label", "probability"] + [f"p_{name}" for name in result.class_names]
@@ -189,6 +207,21 @@ def prediction_table(result: Predictions) -> tuple[list[str], list[list]]:
         probability = "" if p.probability is None else f"{p.probability:.6f}"
         probs = [f"{q:.6f}" for q in p.probs] if p.probs else [""] * classes
         rows.append([p.path, *face, p.label or p.note, probability, *probs])
+    return header, rows
+
+
+def _attribute_table(result: Predictions) -> tuple[list[str], list[list]]:
+    names = result.class_names
+    header = ["path"] + (["face", "x", "y", "w", "h", "detection_score"] if result.faces else []) + ["label"] + [
+        f"p_{n}" for n in names] + list(names)
+    rows = []
+    for p in result.rows:
+        face = []
+        if result.faces:
+            box = [f"{v:.1f}" for v in p.box] if p.box else ["", "", "", ""]
+            face = ["" if p.face is None else p.face, *box, "" if p.score is None else f"{p.score:.4f}"]
+        probs = [f"{q:.6f}" for q in p.probs] if p.probs else [""] * len(names)
+        rows.append([p.path, *face, p.label or p.note, *probs, *(p.decided or [""] * len(names))])
     return header, rows
 
 
@@ -208,6 +241,10 @@ def annotate(predictions: list[Prediction], folder: Path, overwrite: bool = Fals
     return written
 
 
+def _caption(p: Prediction) -> str:
+    return p.label if p.probability is None else f"{p.label} {p.probability:.2f}"  # multi-attribute: the label
+
+
 def _annotated_png(source: Path, rows: list[Prediction]) -> bytes:
     image = Image.fromarray(read_photo(source))
     draw = ImageDraw.Draw(image)
@@ -215,11 +252,11 @@ def _annotated_png(source: Path, rows: list[Prediction]) -> bytes:
     font = ImageFont.load_default(size=max(12, round(max(image.size) / 45)))
     for p in rows:
         if p.box is None:
-            draw.text((6, 6), p.note or f"{p.label} {p.probability:.2f}", fill=(255, 60, 60), font=font)
+            draw.text((6, 6), p.note or _caption(p), fill=(255, 60, 60), font=font)
             continue
         x, y, w, h = p.box
         draw.rectangle((x, y, x + w, y + h), outline=(40, 220, 60), width=width)
-        text = f"{p.label} {p.probability:.2f}"
+        text = _caption(p)
         box = draw.textbbox((x, y), text, font=font)
         top = max(0, y - (box[3] - box[1]) - 4)
         draw.rectangle((x, top, x + box[2] - box[0] + 6, top + box[3] - box[1] + 4), fill=(40, 220, 60))

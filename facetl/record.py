@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from facetl.preprocessing import Preprocessing
 
 WEIGHT_KINDS = ("imagenet", "none", "file", "run")
+TASKS = ("classes", "multi-attribute")  # one class per image (sigmoid or softmax) | one sigmoid per attribute
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,12 @@ class RunRecord:
     stopped_after: int | None = None                      # --patience stopped training after this epoch
     temperature: float = 1.0               # logits are divided by it before sigmoid/softmax, wherever the run is used
     calibration: Calibration | None = None  # how the temperature was fitted (None: --calibrate none, or an old run)
+    task: str = "classes"                  # classes | multi-attribute (class_names are then the attributes)
+    thresholds: list[float] | None = None  # multi-attribute: each attribute's threshold on its probability
+
+    @property
+    def multi_attribute(self) -> bool:
+        return self.task == "multi-attribute"
 
     def to_dict(self) -> dict:
         values = dataclasses.asdict(self)

@@ -17,7 +17,8 @@ def run_row(name: str, folder: Path) -> dict:
     return {"run": name, **{k: metrics.get(k) for k in ("accuracy", "precision", "recall", "f1", "roc_auc")},
             "val_acc": best.get("val_acc"), "train_seconds": record.train_seconds,
             "trainable_params": record.trainable_params, "pretraining": record.weights.describe(),
-            "pretrained": record.weights.pretrained, "recipe": _recipe(folder), "report": str(folder / "report.md")}
+            "pretrained": record.weights.pretrained, "recipe": _recipe(folder), "report": str(folder / "report.md"),
+            "attributes": len(record.class_names) if record.multi_attribute else None}
 
 
 def _recipe(folder: Path) -> str:

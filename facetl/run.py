@@ -52,7 +52,7 @@ class LoadedRun:
         z = source.prepare(to_float(images, runtime.device))
         with runtime.precision.autocast():
             logits = self.model.forward_suffix(z, self.record.cut).float()
-            return probabilities(logits, self.record.temperature).cpu().numpy()
+            return probabilities(logits, self.record.temperature, self.record.multi_attribute).cpu().numpy()
 
 
 def load_run(folder: str | Path, device: torch.device | None = None) -> LoadedRun:

@@ -90,5 +90,8 @@ def results_table(rows: list[dict], best: int) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Metrics on each run's test split; 'best' is the highest validation accuracy at the selected "
               "epoch (the test split does not choose).", ""]
+    if any(r.get("attributes") for r in rows):
+        lines[-1:] = ["Multi-attribute runs: each metric is the mean over the attributes (metrics.json has each "
+                      "attribute's), and val acc is over every observed (image, attribute) label.", ""]
     lines += [f"- {r['run']}: {r['report']}" for r in rows]
     return "\n".join(lines) + "\n"

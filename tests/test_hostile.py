@@ -66,6 +66,8 @@ def world(tmp_path_factory) -> dict[str, str]:
     bad_values.write_text("filename,Smiling\n00.jpg,1\n01.jpg,2\n")
     ghost = root / "ghost.csv"
     ghost.write_text("filename,Smiling\n00.jpg,1\n01.jpg,-1\nghost.jpg,1\n")
+    multi_bad = root / "multi_bad.csv"
+    multi_bad.write_text("filename,Smiling,Young\n00.jpg,1,1\n01.jpg,-1,yes\n")
     header_only = root / "header_only.csv"
     header_only.write_text("filename,Smiling\n")
     empty_class = root / "empty_class"
@@ -278,6 +280,25 @@ CASES = [
      ["scheduler", "step", "onecycle"]),
     (T + ["--augment", "flip,shift:500"], ["augment", "shift:500", "0 to 90"]),
     (["explode"], ["explode"]),
+    # --- train: several attributes at once (--target COL1,COL2 or all)
+    (["train", "--data", "{table}", "--target", "Smiling,Bald", "--images", "{data}/smile", "--out", "{new}"],
+     ["'Bald' not found", "Smiling"]),
+    (["train", "--data", "{table}", "--target", "Smiling,Male", "--images", "{data}/smile", "--out", "{new}"],
+     ["Male has a single value"]),
+    (["train", "--data", "{multi_bad}", "--target", "Smiling,Young", "--images", "{data}/smile", "--out", "{new}"],
+     ["Young=", "'yes'"]),
+    (["train", "--data", "{bad_values}", "--target", "all", "--images", "{data}/smile", "--out", "{new}"],
+     ["--target all", "no column of 1/0/-1"]),
+    (T + ["--target", "Smiling,Male"], ["--target Smiling,Male is for attribute tables", "class folders"]),
+    (T + ["--target", "Smiling,"], ["lists one column"]),
+    (T + ["--target", "Smiling,Smiling"], ["names a column twice"]),
+    (T + ["--target", "Smiling,Male", "--balance", "sampler"], ["balance: sampler", "multi-attribute", "loss"]),
+    (T + ["--target", "all", "--calibrate", "temperature"], ["calibrate: temperature", "multi-attribute"]),
+    (T + ["--target", "Smiling,Male", "--positive", "Smiling"], ["positive", "multi-attribute"]),
+    (T + ["--target", "Smiling,Male", "--folds", "3"], ["folds", "multi-attribute"]),
+    (["inspect", "--data", "{table}", "--target", "Smiling,Male", "--images", "{data}/smile", "--out", "{new}"],
+     ["takes one --target column"]),
+    (["faces", "{data}", "--out", "{new}", "--target", "all"], ["takes one --target column"]),
 ]
 
 

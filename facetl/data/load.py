@@ -6,7 +6,7 @@ from pathlib import Path
 
 from facetl.data.folders import read_class_folders
 from facetl.data.samples import Samples
-from facetl.data.tables import read_attribute_table
+from facetl.data.tables import read_attribute_columns, read_attribute_table
 from facetl.errors import FacetlError
 
 
@@ -23,7 +23,8 @@ def load_samples(data: str, images: str | None = None, target: str | None = None
     by_path = group is not None and group.startswith("path:")
     if path.is_dir():
         if target:
-            raise FacetlError("--target is for attribute tables; the data is a folder of class folders")
+            raise FacetlError(f"--target {target} is for attribute tables; the data is a folder of class folders "
+                              "(its class is the folder)")
         if group and not by_path:
             raise FacetlError(f"{flag} {group}: the data is a folder of class folders, which has no columns; "
                               "use a table, or --split-by path:REGEX (its first group, found in each file's path)")
@@ -31,8 +32,12 @@ def load_samples(data: str, images: str | None = None, target: str | None = None
     else:
         if not target:
             raise FacetlError(f"{path} is a table: name the attribute to learn with --target (e.g. Smiling)")
-        samples = read_attribute_table(path, target, Path(images).expanduser() if images else None,
-                                       None if by_path else group, flag)
+        image_dir = Path(images).expanduser() if images else None
+        if "," in target or target.strip() == "all":  # TrainConfig.targets, read the same way
+            targets = None if target.strip() == "all" else [t.strip() for t in target.split(",") if t.strip()]
+            samples = read_attribute_columns(path, targets, image_dir, None if by_path else group, flag)
+        else:
+            samples = read_attribute_table(path, target, image_dir, None if by_path else group, flag)
     if by_path:
         samples = _groups_from_paths(samples, group, flag)
     if group:
@@ -71,6 +76,8 @@ def _put_positive_last(samples: Samples, positive: str | None) -> Samples:
     if positive is None:
         return samples
     names = samples.class_names
+    if samples.multi_attribute:
+        raise FacetlError("--positive does not apply to a multi-attribute run: each attribute's positive is its value 1")
     if positive not in names:
         raise FacetlError(f"--positive {positive!r} is not a class; classes are: {', '.join(names)}")
     if len(names) != 2:

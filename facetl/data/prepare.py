@@ -80,7 +80,8 @@ def prepare_data(config, samples: Samples, preprocessing: Preprocessing, folder:
     split_file = folder / "split.csv" if (folder / "split.csv").is_file() else (
         Path(config.split_file) if getattr(config, "split_file", None) else None)
     if split_file is not None:
-        split_samples, split_assignment = load_split(split_file, samples.root, samples.class_names)
+        split_samples, split_assignment = load_split(split_file, samples.root, samples.class_names,
+                                                     samples.multi_attribute)
         check_unchanged(split_samples, split_file)
         base, assignment = split_over_store_files(config, samples, split_samples, split_assignment)
         store = open_store_together(base.files(), preprocessing, store_dir, config.workers, progress, group)
@@ -119,7 +120,7 @@ def prepare_data(config, samples: Samples, preprocessing: Preprocessing, folder:
         log(note)
     keep &= duplicate_keep
     kept = np.flatnonzero(keep)
-    if len(np.unique(samples.labels[kept])) < 2:
+    if not samples.multi_attribute and len(np.unique(samples.labels[kept])) < 2:
         raise FacetlError("fewer than two classes have readable images; nothing to learn")
     assignment = np.full(len(samples), "", dtype=object)
     assignment[kept] = make_split(samples.take(kept), [store.hashes[i] for i in kept], config.split, config.seed)
@@ -176,6 +177,8 @@ def check_unchanged(samples: Samples, split_file: Path, allow_changed: bool = Fa
 def check_classes_per_split(samples: Samples, assignment: np.ndarray, log) -> None:
     """Images per class in each split, in the log. A class with no training image cannot be learnt: an
     error. One missing from validation or test leaves its metrics undefined: a warning."""
+    if samples.multi_attribute:
+        return check_attributes_per_split(samples, assignment, log)
     for split in ("train", "val", "test"):
         counts = np.bincount(samples.labels[assignment == split], minlength=len(samples.class_names))
         if split == "train" or len(samples.class_names) <= 6:
@@ -187,6 +190,23 @@ def check_classes_per_split(samples: Samples, assignment: np.ndarray, log) -> No
         if missing and (assignment == split).any():
             log(f"warning: class(es) {', '.join(missing[:5])} have no {split} image; their {split} metrics are "
                 "undefined")
+
+
+def check_attributes_per_split(samples: Samples, assignment: np.ndarray, log) -> None:
+    """Multi-attribute: positives/labelled per attribute in each split. An attribute whose training images are
+    all one value cannot be learnt: an error; one in validation or test leaves its metrics there undefined."""
+    for split in ("train", "val", "test"):
+        labels = samples.labels[assignment == split]
+        positives, labelled = (labels == 1).sum(0), (labels >= 0).sum(0)
+        log(f"  {split}: " + ", ".join(f"{n} {p}/{m}" for n, p, m in zip(samples.class_names, positives, labelled)
+                                       )[:400] + " (with the attribute / labelled)")
+        single = [n for n, p, m in zip(samples.class_names, positives, labelled) if p == 0 or p == m]
+        if single and split == "train":
+            raise FacetlError(f"attribute(s) {', '.join(single[:5])} have a single value in the training split; add "
+                              "images or change --split")
+        if single and (assignment == split).any():
+            log(f"warning: attribute(s) {', '.join(single[:5])} have a single value in the {split} split; their "
+                f"{split} balanced accuracy and ROC-AUC are undefined")
 
 
 def _counts(assignment: np.ndarray) -> str:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 
-from facetl.data.samples import Samples
+from facetl.data.samples import Samples, strata
 from facetl.errors import FacetlError
 from facetl.runfolder import atomic_write_csv
 
@@ -40,7 +40,7 @@ def duplicate_groups(samples: Samples, hashes: list[str]) -> list[list[int]]:
 
 
 def conflicting_groups(samples: Samples, hashes: list[str]) -> list[list[int]]:
-    return [g for g in duplicate_groups(samples, hashes) if len(set(samples.labels[g].tolist())) > 1]
+    return [g for g in duplicate_groups(samples, hashes) if len({label_text(samples, i) for i in g}) > 1]
 
 
 def apply_duplicate_policy(samples: Samples, hashes: list[str], policy: str) -> tuple[np.ndarray, str]:
@@ -95,7 +95,8 @@ def _identical_files(samples: Samples, hashes: list[str]) -> tuple[list[list[int
             group_of[key] = len(groups)
             groups.append([])
         groups[group_of[key]].append(i)
-    return groups, np.array([samples.labels[g[0]] for g in groups], dtype=np.int64)
+    labels = strata(samples)
+    return groups, np.array([labels[g[0]] for g in groups], dtype=np.int64)
 
 
 def _cut(ids: np.ndarray, labels: np.ndarray, fraction_kept: float, seed: int, too_few: str):
@@ -146,12 +147,12 @@ def _grouped_split(samples: Samples, hashes: list[str], fractions: list[float], 
     if len(np.unique(ids)) < needed:
         raise FacetlError(f"too few groups to split: {len(np.unique(ids))} group(s) cannot fill train, validation"
                           f"{' and test' if test_f > 0 else ''} with every group wholly in one split")
-    index = np.arange(len(samples))
+    index, labels = np.arange(len(samples)), strata(samples)
     if test_f > 0:
-        rest, test = _group_cut(index, samples.labels, ids, test_f, seed)
+        rest, test = _group_cut(index, labels, ids, test_f, seed)
     else:
         rest, test = index, np.array([], dtype=np.int64)
-    train, val = _group_cut(rest, samples.labels, ids, val_f / (train_f + val_f), seed)
+    train, val = _group_cut(rest, labels, ids, val_f / (train_f + val_f), seed)
     assignment = np.empty(len(samples), dtype=object)
     assignment[train], assignment[val], assignment[test] = "train", "val", "test"
     return assignment
@@ -234,14 +235,14 @@ def _can_stratify(labels: np.ndarray) -> bool:
 def split_hash(samples: Samples) -> str:
     """A fingerprint of the file list and labels the split was made from."""
     digest = hashlib.sha256()
-    for path, label in zip(samples.paths, samples.labels):
-        digest.update(f"{path}\0{samples.class_names[label]}\n".encode())
+    for i, path in enumerate(samples.paths):
+        digest.update(f"{path}\0{label_text(samples, i)}\n".encode())
     return digest.hexdigest()[:16]
 
 
 def save_split(path: Path, samples: Samples, assignment: np.ndarray) -> None:
     """path,label,split per file, then group when the split was by group (older readers ignore it)."""
-    rows = [(p, samples.class_names[l], s) for p, l, s in zip(samples.paths, samples.labels, assignment)]
+    rows = [(p, label_text(samples, i), s) for i, (p, s) in enumerate(zip(samples.paths, assignment))]
     if samples.groups is None:
         atomic_write_csv(path, ["path", "label", "split"], rows)
     else:
@@ -249,11 +250,22 @@ def save_split(path: Path, samples: Samples, assignment: np.ndarray) -> None:
                          [row + (g,) for row, g in zip(rows, samples.groups)])
 
 
-def load_split(path: Path, root: Path, class_names: list[str]) -> tuple[Samples, np.ndarray]:
+def label_text(samples: Samples, i: int) -> str:
+    """File i's label as split.csv writes it: the class name; multi-attribute, one character per attribute in
+    class order, 1, 0 or - for a missing value (10- : the first attribute, not the second, the third unknown)."""
+    if samples.multi_attribute:
+        return "".join("-" if v < 0 else str(int(v)) for v in samples.labels[i])
+    return samples.class_names[samples.labels[i]]
+
+
+def load_split(path: Path, root: Path, class_names: list[str], multi_attribute: bool = False
+               ) -> tuple[Samples, np.ndarray]:
     if not path.is_file():
         raise FacetlError(f"split file not found: {path}")
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
+    if multi_attribute:
+        return _load_attribute_split(path, root, class_names, rows)
     unknown = {r["label"] for r in rows} - set(class_names)
     if unknown:
         raise FacetlError(f"{path} names classes not in the run: {', '.join(sorted(unknown))}")
@@ -262,3 +274,14 @@ def load_split(path: Path, root: Path, class_names: list[str]) -> tuple[Samples,
     samples = Samples(root, [r["path"] for r in rows], np.array([index[r["label"]] for r in rows], dtype=np.int64),
                       class_names, groups)
     return samples, np.array([r["split"] for r in rows], dtype=object)
+
+
+def _load_attribute_split(path: Path, root: Path, names: list[str], rows: list[dict]) -> tuple[Samples, np.ndarray]:
+    value = {"1": 1, "0": 0, "-": -1}
+    bad = next((r["label"] for r in rows if len(r["label"]) != len(names) or set(r["label"]) - set(value)), None)
+    if bad is not None:
+        raise FacetlError(f"{path} has the label {bad!r}, not one of 1/0/- per attribute of the run ({len(names)})")
+    labels = np.array([[value[c] for c in r["label"]] for r in rows], dtype=np.int8).reshape(len(rows), len(names))
+    groups = [r.get("group") or "" for r in rows] if rows and "group" in rows[0] else None
+    return Samples(root, [r["path"] for r in rows], labels, names, groups), \
+        np.array([r["split"] for r in rows], dtype=object)

@@ -1,6 +1,8 @@
 """Attribute tables: a CelebA30k-style CSV or CelebA's own `list_attr_celeba.txt`.
 
-Both become Samples with two classes, `not_<target>` (value -1 or 0) and `<target>` (value 1).
+Both become Samples with two classes, `not_<target>` (value -1 or 0) and `<target>` (value 1); or, for a
+multi-attribute run (`--target Smiling,Male` or `all`), Samples whose labels are one 0/1 column per attribute,
+-1 where a row has no value for it (masked in the loss and the metrics, not dropped).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from facetl.data.samples import Samples
 from facetl.errors import FacetlError
 
 FILENAME_COLUMNS = ("filename", "file", "image", "image_id", "path")
+BINARY_VALUES = {"1": 1, "-1": 0, "0": 0, "1.0": 1, "-1.0": 0, "0.0": 0}
 
 
 def read_table(path: Path) -> tuple[list[str], list[str], list[list[str]]]:
@@ -86,7 +89,7 @@ def read_attribute_table(path: Path, target: str, images: Path | None, group: st
         if value == "" or not name:
             missing_value += 1
             continue
-        label = {"1": 1, "-1": 0, "0": 0, "1.0": 1, "-1.0": 0, "0.0": 0}.get(value)
+        label = BINARY_VALUES.get(value)
         if label is None:
             raise FacetlError(f"{path}: row {number} ({name}) has {target}={value!r}; "
                               "attribute values must be 1, 0 or -1")
@@ -111,6 +114,59 @@ def read_attribute_table(path: Path, target: str, images: Path | None, group: st
     if len(np.unique(labels)) < 2:
         raise FacetlError(f"{target} has a single value in {path.name}; nothing to learn")
     return Samples(images, paths, labels, [f"not_{target}", target], groups if group_column is not None else None)
+
+
+def read_attribute_columns(path: Path, targets: list[str] | None, images: Path | None, group: str | None = None,
+                           flag: str = "--split-by") -> Samples:
+    """Samples of several attributes at once (`targets`; None: every column whose values are all 1/0/-1 or
+    empty, the group column aside): labels (N, K) int8, 1/0 per attribute and -1 where the value is empty.
+    A row with no value for any of them is left out; one attribute's missing value only masks that one."""
+    names, files, rows = read_table(path)
+    group_column = _column(path, names, group, f"{flag} ") if group else None
+    if targets is None:
+        columns = [i for i, name in enumerate(names) if i != group_column
+                   and all(row[i] in BINARY_VALUES or row[i] == "" for row in rows)]
+        if not columns:
+            raise FacetlError(f"--target all: {path.name} has no column of 1/0/-1 values")
+    else:
+        columns = [_column(path, names, t, "") for t in targets]
+    images = images or path.parent
+    if not images.is_dir():
+        raise FacetlError(f"image folder not found: {images} (give it with --images DIR)")
+    paths, labels, groups, unlabelled, seen = [], [], [], 0, set()
+    for number, (name, row) in enumerate(zip(files, rows), start=1):
+        values = [row[c] for c in columns]
+        if not name or all(v == "" for v in values):
+            unlabelled += 1
+            continue
+        bad = next((c for c, v in zip(columns, values) if v != "" and v not in BINARY_VALUES), None)
+        if bad is not None:
+            raise FacetlError(f"{path}: row {number} ({name}) has {names[bad]}={row[bad]!r}; attribute values must "
+                              "be 1, 0 or -1 (or empty for a missing value)")
+        if name in seen:
+            warnings.warn(f"{path.name}: {name} is listed more than once; using its first row")
+            continue
+        if group_column is not None and not row[group_column]:
+            raise FacetlError(f"{path}: row {number} ({name}) has no {group} value; {flag} needs every "
+                              "file's group")
+        seen.add(name)
+        paths.append(name)
+        labels.append([BINARY_VALUES.get(v, -1) for v in values])
+        groups.append(row[group_column] if group_column is not None else "")
+    if unlabelled:
+        warnings.warn(f"{path.name}: skipped {unlabelled} row(s) with no file name or no value of any target")
+    absent = [p for p in paths if not (images / p).is_file()]
+    if absent:
+        more = f" and {len(absent) - 1} more" if len(absent) > 1 else ""
+        raise FacetlError(f"image named in {path.name} not found: {images / absent[0]}{more}")
+    labels = np.asarray(labels, dtype=np.int8).reshape(len(paths), len(columns))
+    single = [names[c] for k, c in enumerate(columns) if len(np.unique(labels[:, k][labels[:, k] >= 0])) < 2]
+    if single:
+        raise FacetlError(f"{', '.join(single)} {'has' if len(single) == 1 else 'have'} a single value in "
+                          f"{path.name}; nothing to learn" + ("; name the columns to learn with --target COL1,COL2"
+                                                               if targets is None else ""))
+    return Samples(images, paths, labels, [names[c] for c in columns],
+                   groups if group_column is not None else None)
 
 
 def _column(path: Path, names: list[str], column: str, flag: str) -> int:

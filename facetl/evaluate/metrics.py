@@ -246,3 +246,44 @@ def group_metrics(labels: np.ndarray, probs: np.ndarray, groups: list[str], thre
         low, high = min(scored, key=lambda r: r[key]), max(scored, key=lambda r: r[key])
         gaps[key] = {"gap": high[key] - low[key], "lowest": low["group"], "highest": high["group"]}
     return {"per_group": rows, "gaps": gaps, "gap_min_images": min_images, "groups_in_gaps": len(large)}
+
+
+# --- multi-attribute runs: one sigmoid per attribute, labels (N, K) with -1 where a value is missing
+
+ATTRIBUTE_METRICS = ("accuracy", "balanced_accuracy", "precision", "recall", "f1", "roc_auc", "base_rate", "ece")
+
+
+def _attribute(labels: np.ndarray, probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Attribute k's observed labels and its probabilities as a two-class run's [1 - p, p]."""
+    observed = labels[:, k] >= 0
+    p = probs[observed, k].astype(np.float64)
+    return labels[observed, k].astype(np.int64), np.stack([1 - p, p], axis=1)
+
+
+def decide_attributes(probs: np.ndarray, thresholds: list[float] | None) -> np.ndarray:
+    """(N, K) 0/1: attribute k when its probability reaches thresholds[k] (None: 0.5 each)."""
+    return (probs >= np.asarray(thresholds if thresholds is not None else 0.5)).astype(np.int64)
+
+
+def choose_thresholds(labels: np.ndarray, probs: np.ndarray, rule: str) -> list[float]:
+    """Each attribute's threshold by `rule` (choose_threshold), on its observed (validation) labels."""
+    return [choose_threshold(*_attribute(labels, probs, k), rule) for k in range(labels.shape[1])]
+
+
+def attribute_metrics(labels: np.ndarray, probs: np.ndarray, names: list[str],
+                      thresholds: list[float] | None = None) -> dict:
+    """classification_metrics of each attribute over the images that have its value (plus its ECE), and at the
+    top level the mean of each over the attributes (over those where it is defined): what a sweep compares."""
+    per = {}
+    for k, name in enumerate(names):
+        y, p = _attribute(labels, probs, k)
+        metrics = classification_metrics(y, p, thresholds[k] if thresholds is not None else None) if len(y) else {
+            "n_images": 0}
+        metrics["ece"] = expected_calibration_error(y, p)
+        per[name] = metrics
+    means = {}
+    for key in ATTRIBUTE_METRICS:
+        values = [m.get(key) for m in per.values()]
+        values = [v for v in values if v is not None and np.isfinite(v)]
+        means[key] = float(np.mean(values)) if values else None
+    return {**means, "n_images": int(len(labels)), "attributes": per, "mean_over": "attributes"}

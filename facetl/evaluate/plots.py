@@ -285,3 +285,37 @@ def plot_class_balance(counts: dict[str, int], path: Path) -> Figure:
         ax.text(i, v, str(v), ha="center", va="bottom", fontsize=7)
     ax.set(ylabel="images", title="images per class")
     return _save(fig, path)
+
+
+ATTRIBUTE_BARS = (("balanced_accuracy", "balanced accuracy", "tab:blue"), ("f1", "F1", "tab:green"),
+                  ("roc_auc", "ROC-AUC", "tab:orange"))
+
+
+def plot_attribute_metrics(metrics: dict, path: Path, title: str = "") -> Figure:
+    """A multi-attribute run: balanced accuracy, F1 and ROC-AUC of each attribute as grouped horizontal bars, its
+    base rate as a black tick, and the means over the attributes in the legend. A metric undefined for an
+    attribute (one value in the split) has no bar."""
+    names = list(metrics["attributes"])
+    per = metrics["attributes"]
+    fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.42 * len(names) * len(ATTRIBUTE_BARS) / 2))
+    height = 0.8 / len(ATTRIBUTE_BARS)
+    for j, (key, label, colour) in enumerate(ATTRIBUTE_BARS):
+        values = [per[n].get(key) for n in names]
+        ys = [y - 0.4 + height * (j + 0.5) for y in range(len(names))]
+        mean = metrics.get(key)
+        ax.barh([y for y, v in zip(ys, values) if v is not None], [v for v in values if v is not None],
+                height=height, color=colour, label=f"{label} (mean {mean:.3f})" if mean is not None else label)
+        for y, v in zip(ys, values):
+            if v is not None:
+                ax.text(v + 0.01, y, f"{v:.2f}", va="center", fontsize=6)
+    base = [per[n].get("base_rate") for n in names]
+    ax.scatter([b for b in base if b is not None], [y for y, b in enumerate(base) if b is not None], marker="|",
+               s=300, color="k", zorder=3, label="base rate (share with the attribute)")
+    ax.axvline(0.5, color="grey", ls="--", lw=0.8)
+    ax.set_yticks(range(len(names)), [clip(n, 28) for n in names], fontsize=8)
+    ax.invert_yaxis()
+    ax.set(xlim=(0, 1.12), xlabel=f"{metrics.get('split', '')} split, each attribute over the images that have "
+                                  "its value",
+           title=title or "metrics per attribute")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.6 / max(len(names), 1)), ncol=2)
+    return _save(fig, path)

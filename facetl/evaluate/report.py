@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from facetl.evaluate.metrics import (CALIBRATION_BINS, GROUP_METRICS, classification_metrics,
+from facetl.evaluate.metrics import (ATTRIBUTE_METRICS, CALIBRATION_BINS, GROUP_METRICS, attribute_metrics,
+                                     classification_metrics,
                                      expected_calibration_error, group_metrics, per_class_auc, val_loss_jumps)
-from facetl.evaluate.plots import (plot_confusion, plot_curves, plot_errors, plot_precision_recall, plot_reliability,
-                                   plot_roc)
+from facetl.evaluate.plots import (plot_attribute_metrics, plot_confusion, plot_curves, plot_errors,
+                                   plot_precision_recall, plot_reliability, plot_roc)
 from facetl.record import RunRecord
 from facetl.runfolder import atomic_write_csv, atomic_write_json, atomic_write_text
 
@@ -40,6 +41,8 @@ def write_evaluation(folder: Path, result: SplitResult, record: RunRecord, histo
     """Compute metrics on a split and write metrics.json, plots and report.md into `folder`. `tta`: the
     test-time augmentation the probabilities were computed with (recorded, not applied here)."""
     folder.mkdir(parents=True, exist_ok=True)
+    if record.multi_attribute:
+        return write_attribute_evaluation(folder, result, record, history, config, tta)
     class_names = record.class_names
     metrics = classification_metrics(result.labels, result.probs, record.threshold)
     metrics["threshold_rule"] = record.threshold_rule
@@ -81,6 +84,73 @@ def write_evaluation(folder: Path, result: SplitResult, record: RunRecord, histo
     return metrics
 
 
+def _run_facts(record: RunRecord, split: str, tta: str) -> dict:
+    return {"split": split, "tta": tta, "class_names": record.class_names, "train_seconds": record.train_seconds,
+            "trainable_params": record.trainable_params, "best_epoch": record.best_epoch,
+            "pretraining": record.weights.describe(), "pretrained": record.weights.pretrained}
+
+
+def write_attribute_evaluation(folder: Path, result: SplitResult, record: RunRecord, history: list[dict],
+                               config: dict, tta: str = "none") -> dict:
+    """A multi-attribute run: metrics per attribute and their means (metrics.json; the means at the top level,
+    where a single-target run has its own, so sweeps and results tables read both alike), attributes.png,
+    and report.md with the table."""
+    metrics = attribute_metrics(result.labels, result.probs, record.class_names, record.thresholds)
+    metrics.update(_run_facts(record, result.split, tta), task=record.task, thresholds=record.thresholds,
+                   threshold_rule=record.threshold_rule, ece_bins=CALIBRATION_BINS)
+    if history:
+        plot_curves(history, folder / "curves.png", title=record.title, best_epoch=record.best_epoch,
+                    select=config.get("select"))
+    plot_attribute_metrics(metrics, folder / "attributes.png", f"{record.title}: {result.split} split")
+    atomic_write_json(folder / "metrics.json", metrics)
+    atomic_write_text(folder / "report.md", render_attribute_report(metrics, record, config, history))
+    return metrics
+
+
+ATTRIBUTE_HEADER = ["attribute", "images", "base rate", "threshold", "accuracy", "balanced acc", "precision",
+                    "recall", "F1", "ROC-AUC", "ECE"]
+ATTRIBUTE_KEYS = ["n_images", "base_rate", "threshold", "accuracy", "balanced_accuracy", "precision", "recall",
+                  "f1", "roc_auc", "ece"]
+
+
+def attribute_table(metrics: dict) -> list[str]:
+    """The per-attribute table (markdown), its last row the means over the attributes."""
+    lines = ["| " + " | ".join(ATTRIBUTE_HEADER) + " |", "|" + "---|" * len(ATTRIBUTE_HEADER)]
+    for name, m in metrics["attributes"].items():
+        lines.append(f"| {name} | " + " | ".join(_fmt(m.get(k)) for k in ATTRIBUTE_KEYS) + " |")
+    lines.append("| **mean** | | " + " | ".join(f"**{_fmt(metrics.get(k))}**" if k in ATTRIBUTE_METRICS else ""
+                                               for k in ATTRIBUTE_KEYS[1:]) + " |")
+    return lines
+
+
+def render_attribute_report(metrics: dict, record: RunRecord, config: dict, history: list[dict]) -> str:
+    rule = record.threshold_rule or "0.5"
+    why = {"f1": "each chosen on the validation split to maximise that attribute's F1",
+           "balanced": "each chosen on the validation split to maximise that attribute's balanced accuracy"
+           }.get(rule, "fixed (--threshold)")
+    lines = [*header_lines(record, config),
+             f"## Metrics per attribute on the {metrics['split']} split ({metrics['n_images']} images)", "",
+             f"One model, one sigmoid output per attribute ({len(record.class_names)}). Each attribute is scored on "
+             "the images that have its value (a missing value is left out of that attribute only); the last row is "
+             f"the mean over the attributes. Thresholds: {why}. A base rate far from 0.5 makes accuracy look good: "
+             "balanced accuracy of 0.5 is chance.", "", *attribute_table(metrics), "",
+             "![metrics per attribute](attributes.png)", ""]
+    if metrics.get("tta", "none") != "none":
+        lines += [f"Test-time augmentation, tta: {metrics['tta']}: each image's probabilities are the mean of the "
+                  "image's and its mirror image's.", ""]
+    if history:
+        lines += ["## Training", "", "![curves](curves.png)", "",
+                  "Accuracy in training and validation is over every observed (image, attribute) label at 0.5.", "",
+                  "| epoch | train loss | train acc | val loss | val acc | lr | trains | seconds |",
+                  "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {h['epoch']} | {h['train_loss']:.4f} | {h['train_acc']:.4f} | {h['val_loss']:.4f} | "
+                  f"{h['val_acc']:.4f} | {_fmt_lr(h.get('lr'))} | {h.get('strategy') or config.get('strategy')} | "
+                  f"{h['seconds']:.1f} |" for h in history]
+        lines.append("")
+    lines += ["## Configuration", "", "```yaml", yaml.safe_dump(config, sort_keys=False).rstrip(), "```", ""]
+    return "\n".join(lines)
+
+
 def write_groups_csv(path: Path, groups: dict) -> None:
     """One row per group, then the largest gap of each metric (over groups of at least gap_min_images)."""
     rows = [[r[c] for c in GROUP_COLUMNS] for r in groups["per_group"]]
@@ -117,20 +187,7 @@ def _fmt_lr(value) -> str:
 
 def render_report(metrics: dict, record: RunRecord, config: dict, history: list[dict],
                   gradcam: bool = False) -> str:
-    lines = [f"# {record.title}", ""]
-    lines += [f"**Backbone weights:** {record.weights.describe()}  ",
-              f"**Strategy:** {config.get('strategy')} — {record.trainable_params:,} trainable of "
-              f"{record.total_params:,} parameters  ",
-              f"**Preprocessing:** {record.preprocessing.describe()}  ",
-              f"**Best epoch:** {record.best_epoch} (selected by {config.get('select')})"
-              + (f"; stopped early after epoch {record.stopped_after} (--patience {config.get('patience')})"
-                 if record.stopped_after else "") + "  ",
-              f"**Optimisation:** {_optimisation(config)}  ",
-              *([f"**Recipe:** {line.removeprefix('recipe ')}  " for line in record.recipe]),
-              f"**Training time:** {record.train_seconds or 0:.1f} s ({record.trained_with.describe()})  ",
-              *(["**Wall time:** " + ", ".join(f"{k} {v:.1f} s" for k, v in record.wall_seconds.items()) + "  "]
-                if record.wall_seconds else []),
-              f"**Data path:** {record.data_path_note}", ""]
+    lines = header_lines(record, config)
     lines += [f"## Metrics on the {metrics['split']} split ({metrics['n_images']} images)", "",
               "| accuracy | balanced accuracy | precision | recall | F1 | ROC-AUC |", "|---|---|---|---|---|---|",
               "| " + " | ".join(_fmt(metrics.get(k)) for k in ("accuracy", "balanced_accuracy", "precision", "recall",
@@ -168,6 +225,24 @@ def render_report(metrics: dict, record: RunRecord, config: dict, history: list[
     lines += ["## Configuration", "", "```yaml"]
     lines += [yaml.safe_dump(config, sort_keys=False).rstrip(), "```", ""]
     return "\n".join(lines)
+
+
+def header_lines(record: RunRecord, config: dict) -> list[str]:
+    """The run in a few lines: weights, strategy, preprocessing, best epoch, optimisation, recipe, time."""
+    return [f"# {record.title}", "",
+            f"**Backbone weights:** {record.weights.describe()}  ",
+            f"**Strategy:** {config.get('strategy')} — {record.trainable_params:,} trainable of "
+            f"{record.total_params:,} parameters  ",
+            f"**Preprocessing:** {record.preprocessing.describe()}  ",
+            f"**Best epoch:** {record.best_epoch} (selected by {config.get('select')})"
+            + (f"; stopped early after epoch {record.stopped_after} (--patience {config.get('patience')})"
+               if record.stopped_after else "") + "  ",
+            f"**Optimisation:** {_optimisation(config)}  ",
+            *([f"**Recipe:** {line.removeprefix('recipe ')}  " for line in record.recipe]),
+            f"**Training time:** {record.train_seconds or 0:.1f} s ({record.trained_with.describe()})  ",
+            *(["**Wall time:** " + ", ".join(f"{k} {v:.1f} s" for k, v in record.wall_seconds.items()) + "  "]
+              if record.wall_seconds else []),
+            f"**Data path:** {record.data_path_note}", ""]
 
 
 def calibration_lines(metrics: dict) -> list[str]:

@@ -139,7 +139,8 @@ def check_input_size(backbone: nn.Module, size: int) -> None:
 
 
 def _assemble(config, backbone, img_size: int, num_classes: int) -> FaceClassifier:
-    outputs = 1 if num_classes == 2 else num_classes
+    # a multi-attribute run has one sigmoid output per attribute, even for two of them
+    outputs = num_classes if config.multi_attribute else 1 if num_classes == 2 else num_classes
     head = build_head(config.head, backbone, img_size, outputs, config.dropout)
     return FaceClassifier(backbone, head, outputs)
 

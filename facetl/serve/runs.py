@@ -67,6 +67,9 @@ def open_runs(paths: list[str], engine: str, runtime: Runtime, threads: int | No
         name = _unique(path.stem if path.suffix == ".onnx" else path.resolve().name, names)
         names.add(name)
         classifier = open_classifier(path, engine, runtime, threads)
+        if getattr(classifier, "multi_attribute", False):
+            raise FacetlError(f"{path} is a multi-attribute run; facetl serve answers single-target runs so far "
+                              "(use facetl predict on it)")
         runs.append(ServedRun(model_card(name, path, classifier, engine), classifier))
     return runs
 

@@ -31,8 +31,8 @@ from facetl.data.features import FeatureRequest, FrozenPart, ImageSource, open_f
 from facetl.data.load import load_groups
 from facetl.data.prepare import PreparedData, prepare_data, read_samples
 from facetl.errors import FacetlError
-from facetl.evaluate.metrics import (choose_threshold, expected_calibration_error, fit_temperature,
-                                     negative_log_likelihood, scaled_probabilities)
+from facetl.evaluate.metrics import (choose_threshold, choose_thresholds, expected_calibration_error,
+                                     fit_temperature, negative_log_likelihood, scaled_probabilities)
 from facetl.evaluate.plots import plot_lr_find
 from facetl.evaluate.report import SplitResult, write_evaluation
 from facetl.models import BuiltModel, TrainablePart, build_model
@@ -45,7 +45,8 @@ from facetl.train.batchnorm import precise_bn_wanted, recompute_batchnorm
 from facetl.train.checkpoints import CheckpointWriter, read_resume_point
 from facetl.train.ema import WeightAverage
 from facetl.train.lrfind import range_test
-from facetl.train.loop import Evaluator, NonFiniteLoss, Optimisation, balanced_order, class_weights, train_one_epoch
+from facetl.train.loop import (Evaluator, NonFiniteLoss, Optimisation, accuracy, balanced_order, class_weights,
+                               train_one_epoch)
 from facetl.train.optim import (carry_state, describe_groups, make_optimizer, parameter_groups,
                                 set_learning_rates)
 from facetl.train.recipe import complete_recipe
@@ -205,7 +206,7 @@ def set_up(config: TrainConfig, ctx: RunContext, resume: bool) -> Setup:
                           "new --out")
     try:
         samples = read_samples(config)
-        if len(samples.class_names) > 2 and config.threshold != "0.5":
+        if len(samples.class_names) > 2 and config.threshold != "0.5" and not samples.multi_attribute:
             raise FacetlError(f"--threshold {config.threshold} applies to two classes; this data has "
                               f"{len(samples.class_names)}, decided by the most probable class")
         torch.manual_seed(config.seed)
@@ -383,6 +384,9 @@ def _balance_note(config: TrainConfig, setup: Setup, weights: torch.Tensor | Non
     if config.balance == "sampler":
         return "balance: every class equally likely in each epoch's draws (--balance sampler, with replacement)"
     values = ", ".join(f"{v:.3g}" for v in weights.tolist())
+    if setup.data.samples.multi_attribute:
+        return "balance: class-weighted loss, pos_weight per attribute " + ", ".join(
+            f"{name} {v:.3g}" for name, v in zip(setup.data.class_names, weights.tolist())) + " (--balance loss)"
     kind = f"pos_weight {values} for {setup.data.class_names[1]}" if len(setup.data.class_names) == 2 else \
         f"class weights {values}"
     return f"balance: class-weighted loss, {kind} (--balance loss)"
@@ -392,12 +396,15 @@ def _new_record(config: TrainConfig, setup: Setup, data_note: str, runtime: Runt
     built = setup.built
     title = f"{config.backbone} {config.strategy} on {Path(config.data).name}" + (
         f" ({config.target})" if config.target else "")
-    two = len(setup.data.class_names) == 2
-    fixed = float(config.threshold) if two and config.threshold not in THRESHOLD_RULES else None
+    multi = setup.data.samples.multi_attribute
+    two = len(setup.data.class_names) == 2 and not multi
+    fixed = float(config.threshold) if config.threshold not in THRESHOLD_RULES else None
     return RunRecord(title, built.weights, built.preprocessing, setup.data.class_names, built.plan.cut,
                      built.plan.trainable_params, built.plan.total_params, data_note,
                      runtime.used(built.plan.cut > 0), datetime.now().isoformat(timespec="seconds"),
-                     threshold=fixed, threshold_rule=config.threshold if two else None, recipe=setup.recipe)
+                     threshold=fixed if two else None, threshold_rule=config.threshold if two or multi else None,
+                     recipe=setup.recipe, task="multi-attribute" if multi else "classes",
+                     thresholds=[fixed or 0.5] * len(setup.data.class_names) if multi else None)
 
 
 def _evaluator(config: TrainConfig, setup: Setup, source, runtime: Runtime) -> Evaluator:
@@ -411,8 +418,8 @@ def evaluate_split(evaluator: Evaluator, index: np.ndarray, desc: str, ctx: RunC
     mine = group.shard(index)
     result = evaluator(mine, desc, ctx.progress)
     probs, loss_sum = group.gather_in_order(len(index), result["probs"], result["loss"] * len(mine))
-    accuracy = float((probs.argmax(1) == evaluator.labels[index]).mean()) if len(index) else float("nan")
-    return {"loss": loss_sum / max(len(index), 1), "acc": accuracy, "probs": probs}
+    right = accuracy(probs, evaluator.labels[index]) if len(index) else float("nan")
+    return {"loss": loss_sum / max(len(index), 1), "acc": right, "probs": probs}
 
 
 # 3. epochs, each seeded by (seed, epoch) so a resumed run draws what an uninterrupted one would
@@ -547,10 +554,17 @@ def final_evaluation(config: TrainConfig, setup: Setup, source, state: TrainingS
         ctx.log(state.record.calibration.describe())
     if state.record.threshold_rule in THRESHOLD_RULES:  # chosen on validation, with the best epoch's weights
         val = evaluate_split(evaluator, data.index("val"), "validate", ctx)
-        state.record.threshold = choose_threshold(data.labels[data.index("val")], val["probs"],
-                                                  state.record.threshold_rule)
-        ctx.log(f"threshold {state.record.threshold:.4f}: maximises {state.record.threshold_rule.replace('f1', 'F1')}"
-                f"{' accuracy' if state.record.threshold_rule == 'balanced' else ''} on the validation split")
+        if state.record.multi_attribute:
+            state.record.thresholds = choose_thresholds(data.labels[data.index("val")], val["probs"],
+                                                        state.record.threshold_rule)
+            ctx.log("thresholds (each maximises " + {"f1": "F1", "balanced": "balanced accuracy"}[state.record.threshold_rule] +
+                    " on the validation split): " + ", ".join(
+                        f"{n} {t:.4f}" for n, t in zip(data.class_names, state.record.thresholds)))
+        else:
+            state.record.threshold = choose_threshold(data.labels[data.index("val")], val["probs"],
+                                                      state.record.threshold_rule)
+            ctx.log(f"threshold {state.record.threshold:.4f}: maximises {state.record.threshold_rule.replace('f1', 'F1')}"
+                    f"{' accuracy' if state.record.threshold_rule == 'balanced' else ''} on the validation split")
     if ctx.main and (state.record.threshold_rule in THRESHOLD_RULES or config.calibrate != "none"):
         atomic_torch_save(ctx.folder / "best.pt", {**best, "record": state.record.to_dict()})  # what predict reads
     final_split, final_index = ("test", data.index("test")) if len(data.index("test")) else ("val", data.index("val"))
@@ -561,13 +575,14 @@ def final_evaluation(config: TrainConfig, setup: Setup, source, state: TrainingS
     split = SplitResult(final_split, data.labels[final_index], result["probs"],
                         StoreRows(data.store.images, final_index), [data.samples.paths[i] for i in final_index],
                         final_groups(config, data, final_index), config.groups)
-    if ctx.pictures is not None:
+    if ctx.pictures is not None and not state.record.multi_attribute:  # the gallery shows one decision per image
         ctx.pictures(ctx.folder, config, state.record, model, state.history, split, ctx.runtime)
     metrics = write_evaluation(ctx.folder, split, state.record, state.history, config.to_dict())
     ctx.log(f"{final_split}: accuracy {metrics['accuracy']:.4f}  balanced {metrics['balanced_accuracy']:.4f}  "
             f"F1 {metrics['f1']:.4f}  ROC-AUC "
             f"{metrics['roc_auc'] if metrics['roc_auc'] is None else round(metrics['roc_auc'], 4)}  "
-            f"ECE {metrics['ece']:.4f}  train {state.train_seconds:.1f}s  report {ctx.folder / 'report.md'}")
+            f"ECE {metrics['ece'] if metrics['ece'] is None else round(metrics['ece'], 4)}"
+            + ("  (means over the attributes)" if state.record.multi_attribute else "") + f"  train {state.train_seconds:.1f}s  report {ctx.folder / 'report.md'}")
     return RunResult(ctx.folder, metrics, state.history, state.record)
 
 

@@ -18,16 +18,33 @@ def loss_fn(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | 
             smoothing: float = 0.0) -> torch.Tensor:
     """BCE-with-logits on one logit for two classes, cross-entropy on N logits otherwise. `weights`
     (--balance loss): the positive class's weight (pos_weight) for one logit, one weight per class for N.
-    `smoothing` (--label-smoothing, training only): targets move that far towards uniform."""
+    `smoothing` (--label-smoothing, training only): targets move that far towards uniform.
+    Multi-attribute labels (B, K) with -1 for a missing value: see `masked_bce`."""
+    if labels.dim() == 2:
+        return masked_bce(logits, labels, weights, smoothing)
     if logits.shape[1] == 1:
         target = labels.float() * (1 - smoothing) + smoothing / 2
         return F.binary_cross_entropy_with_logits(logits[:, 0], target, pos_weight=weights)
     return F.cross_entropy(logits, labels, weight=weights, label_smoothing=smoothing)
 
 
+def masked_bce(logits: torch.Tensor, labels: torch.Tensor, pos_weight: torch.Tensor | None = None,
+               smoothing: float = 0.0) -> torch.Tensor:
+    """Multi-attribute: BCE-with-logits of K logits against (B, K) labels, averaged over the observed entries; a
+    label of -1 (missing) contributes neither loss nor gradient. `pos_weight`: one per attribute."""
+    observed = labels >= 0
+    target = labels.clamp_min(0).float() * (1 - smoothing) + smoothing / 2
+    loss = F.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight, reduction="none")
+    return (loss * observed).sum() / observed.sum().clamp_min(1)
+
+
 def class_weights(labels: np.ndarray, classes: int, device: torch.device) -> torch.Tensor:
     """Weights that make every class count as much as the others in the loss, from the training labels:
-    negatives/positives as pos_weight for two classes, n / (classes * n_c) per class otherwise."""
+    negatives/positives as pos_weight for two classes, n / (classes * n_c) per class otherwise; multi-attribute
+    (labels (N, K)), each attribute's negatives/positives over its observed values."""
+    if labels.ndim == 2:
+        positives, negatives = (labels == 1).sum(0), (labels == 0).sum(0)
+        return torch.tensor(negatives / np.maximum(positives, 1), dtype=torch.float32, device=device)
     counts = np.bincount(labels, minlength=classes).astype(np.float64)
     if classes == 2:
         weights = [counts[0] / max(counts[1], 1)]
@@ -45,15 +62,27 @@ def balanced_order(index: np.ndarray, labels: np.ndarray, seed: int, epoch: int)
     return index[rng.choice(len(index), size=len(index), replace=True, p=p / p.sum())]
 
 
-def probabilities(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def probabilities(logits: torch.Tensor, temperature: float = 1.0, multi_attribute: bool = False) -> torch.Tensor:
     """(B, classes) probabilities; a single logit becomes [1 - p, p]. `temperature`: the run's calibration
-    (--calibrate), which divides the logits first."""
+    (--calibrate), which divides the logits first. Multi-attribute: (B, K), each attribute's own sigmoid."""
     if temperature != 1.0:
         logits = logits / temperature
+    if multi_attribute:
+        return torch.sigmoid(logits)
     if logits.shape[1] == 1:
         p = torch.sigmoid(logits[:, 0])
         return torch.stack([1 - p, p], dim=1)
     return torch.softmax(logits, dim=1)
+
+
+def accuracy(probs, labels) -> float:
+    """Share of right answers: of images (the most probable class); multi-attribute, of observed (image,
+    attribute) labels at probability 0.5. Takes numpy arrays or tensors."""
+    if labels.ndim == 2:
+        observed = labels >= 0
+        return float((((probs >= 0.5) == (labels == 1)) & observed).sum() / max(int(observed.sum()), 1))
+    return float((probs.argmax(1) == labels).float().mean() if isinstance(probs, torch.Tensor)
+                 else (probs.argmax(1) == labels).mean())
 
 
 @dataclass
@@ -90,7 +119,8 @@ def train_one_epoch(opt: Optimisation, source, labels: np.ndarray, order: np.nda
         if opt.ema is not None:
             opt.ema.update(opt.model)
         total_loss += loss.item() * len(batch)
-        correct += int((probabilities(logits.detach()).argmax(1) == y).sum())
+        p = probabilities(logits.detach(), multi_attribute=y.dim() == 2)
+        correct += accuracy(p, y) * len(batch) if y.dim() == 2 else int((p.argmax(1) == y).sum())
         seen += len(batch)
     return {"loss_sum": total_loss, "correct": correct, "seen": seen, "lr": float(np.mean(lrs)) if lrs else None}
 
@@ -134,11 +164,11 @@ class Evaluator:
             with self.precision.autocast():
                 logits = self.model.forward_suffix(z, self.cut).float()
             total_loss += loss_fn(logits, y, self.class_weights).item() * len(batch)
-            probs.append(probabilities(logits, self.temperature).cpu().numpy())
+            probs.append(probabilities(logits, self.temperature, self.labels.ndim == 2).cpu().numpy())
             raw.append(logits.cpu().numpy())
         probs = np.concatenate(probs) if probs else np.zeros((0, 2))
-        accuracy = float((probs.argmax(1) == self.labels[index]).mean()) if len(index) else float("nan")
-        return {"loss": total_loss / max(len(index), 1), "acc": accuracy, "probs": probs,
+        right = accuracy(probs, self.labels[index]) if len(index) else float("nan")
+        return {"loss": total_loss / max(len(index), 1), "acc": right, "probs": probs,
                 "logits": np.concatenate(raw) if raw else np.zeros((0, probs.shape[1]), dtype=np.float32)}
 
 
