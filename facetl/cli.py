@@ -322,27 +322,31 @@ def _add_tools(sub) -> None:
     export.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
 
     demo = sub.add_parser("demo", help="transfer learning shown: a MobileNetV2 smile detector on SMILEsmileD from "
-                                        "ImageNet weights (study 4: frozen vs last-block) or, offline, from a "
-                                        "backbone it first trains to tell men from women in celebrity_faces "
-                                        "(frozen vs last-block vs gradual)")
+                                        "ImageNet weights (study 4: frozen vs last-block) or, offline, a backbone "
+                                        "it first trains to tell men from women on half the people of "
+                                        "celebrity_faces, transferred to telling the other half apart (frozen vs "
+                                        "last-block vs gradual)")
     demo.add_argument("--out", default="runs/demo", help="folder for the runs and results.md: the runs go in "
                                                          "OUT/imagenet or OUT/faces (default runs/demo)")
     demo.add_argument("--source", choices=["auto", "imagenet", "faces"], default="auto",
                       help="starting weights: imagenet (study 4), faces (pretrain on the gender of celebrity_faces "
                            "first), or auto: ImageNet when cached or downloadable, else faces (default auto)")
+    demo.add_argument("--data", metavar="DIR",
+                      help="class folders to transfer to (default: SMILEsmileD with ImageNet; offline, the "
+                           "celebrities the pretraining did not see)")
     demo.add_argument("--epochs", type=whole_number(*RANGE["epochs"]),
-                      help="epochs per smile run (default: study 4's 10 with ImageNet, "
-                           "configs/demo_smile_transfer.yaml's otherwise)")
+                      help="epochs per transfer run (default: study 4's 10 with ImageNet, "
+                           "configs/demo_identity_transfer.yaml's otherwise)")
     demo.add_argument("--limit", type=whole_number(*RANGE["limit"]),
-                      help="smile images to use (default: all with ImageNet, configs/demo_smile_transfer.yaml's "
+                      help="images to transfer to (default: all with ImageNet, configs/demo_identity_transfer.yaml's "
                            "otherwise)")
     demo.add_argument("--pretrain-epochs", type=whole_number(*RANGE["epochs"]),
                       help="epochs of the pretraining on faces (default: configs/demo_pretrain_gender.yaml's)")
     demo.add_argument("--pretrain-limit", type=whole_number(*RANGE["limit"]),
                       help="face images to pretrain on (default: configs/demo_pretrain_gender.yaml's)")
     demo.add_argument("--pretrain-data", metavar="DIR",
-                      help="class folders to pretrain on instead (default: celebrity_faces by gender, as "
-                           "configs/demo_pretrain_gender.yaml says)")
+                      help="class folders to pretrain on instead (default: half the people of celebrity_faces by "
+                           "gender, as configs/demo_pretrain_gender.yaml says)")
 
 
 def _add_serve(sub) -> None:
@@ -709,8 +713,9 @@ def cmd_demo(args) -> int:
     from facetl.demo import DemoOptions, run_demo
     from facetl.evaluation import training_pictures
 
-    options = DemoOptions(Path(args.out), args.source, args.epochs, args.limit, args.pretrain_epochs,
-                          args.pretrain_limit, Path(args.pretrain_data) if args.pretrain_data else None)
+    options = DemoOptions(Path(args.out), args.source, args.epochs, args.limit,
+                          Path(args.data) if args.data else None, args.pretrain_epochs, args.pretrain_limit,
+                          Path(args.pretrain_data) if args.pretrain_data else None)
     result = run_demo(options, pictures=training_pictures, progress=sys.stderr.isatty())
     print()
     print(result.table)

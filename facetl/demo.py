@@ -2,11 +2,15 @@
 
 With ImageNet weights (cached, or downloadable) it is study 4 as written: MobileNetV2 on SMILEsmileD, frozen
 against last-block. Without them (offline) a frozen random backbone can only answer the majority class, which
-shows nothing about transfer. So the demo first makes a pretrained backbone from data that is here: a
-MobileNetV2 trained from random initialisation to tell men from women in celebrity_faces
-(configs/demo_pretrain_gender.yaml). It then transfers that run (`--weights RUN`, which passes on its image
-size and colour) to smiles three ways: frozen, last-block and gradual unfreezing
-(configs/demo_smile_transfer.yaml; the training keys left out are the recipe's, facetl/train/recipe.py).
+shows nothing about transfer. So the demo first makes a pretrained backbone from data that is here, and
+transfers it to a task it has not seen, on people it has not seen:
+- the celebrities of celebrity_faces are split in two halves, half the men and half the women each
+  (`share_people`);
+- a MobileNetV2 learns from random initialisation to tell men from women on the first half
+  (configs/demo_pretrain_gender.yaml);
+- that run (`--weights RUN`, which passes on its image size and colour) learns to tell apart the people of
+  the second half, study 3's task, three ways: frozen, last-block and gradual unfreezing
+  (configs/demo_identity_transfer.yaml; the training keys left out are the recipe's, facetl/train/recipe.py).
 
 Every table starts with the majority class, the score of a model that learnt nothing, and names the weights.
 Runs live under OUT/imagenet/ or OUT/faces/. A finished run is reused only when its config.yaml (the resolved
@@ -15,8 +19,11 @@ otherwise the demo says why and trains into a new folder beside it (NAME-2, NAME
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,11 +32,12 @@ from facetl.config import TrainConfig, build_config, load_yaml
 from facetl.data.download import smiles_dataset
 from facetl.data.prepare import read_samples
 from facetl.data.store import cache_root
+from facetl.data.tables import read_table
 from facetl.errors import FacetlError
 from facetl.models.factory import create_backbone
 from facetl.models.weights import WeightsUnavailable
 from facetl.record import StartingWeights
-from facetl.runfolder import atomic_write_text, prepare_run_folder
+from facetl.runfolder import atomic_write_bytes, atomic_write_text, prepare_run_folder
 from facetl.sweep import sweep
 from facetl.train.fit import fit
 from facetl.train.recipe import complete_recipe
@@ -37,7 +45,7 @@ from facetl.train.recipe import complete_recipe
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 STUDY4 = CONFIGS / "study4_smile_mobilenetv2.yaml"
 PRETRAIN = CONFIGS / "demo_pretrain_gender.yaml"
-TRANSFER = CONFIGS / "demo_smile_transfer.yaml"
+TRANSFER = CONFIGS / "demo_identity_transfer.yaml"
 ARMS = {"imagenet": ["frozen", "last-block"], "faces": ["frozen", "last-block", "gradual"]}
 # keys that change where or how fast a run is made, not what it learns
 IGNORED = {"out", "split_file", "workers", "cache_dir", "cache"}
@@ -49,11 +57,14 @@ CLEAR = 0.05
 class DemoOptions:
     out: Path
     source: str = "auto"                    # auto | imagenet | faces
-    epochs: int | None = None               # epochs per smile run (None: the config's, or the recipe's)
-    limit: int | None = None                # smile images (None: the config's)
+    epochs: int | None = None               # epochs per transfer run (None: the config's, or the recipe's)
+    limit: int | None = None                # images to transfer to (None: the config's)
+    data: Path | None = None                # class folders to transfer to (None: SMILEsmileD with ImageNet,
+                                            # else the people the pretraining did not see)
     pretrain_epochs: int | None = None      # None: configs/demo_pretrain_gender.yaml's
     pretrain_limit: int | None = None       # face images to pretrain on (None: the pretraining config's)
-    pretrain_data: Path | None = None       # class folders to pretrain on (None: the pretraining config's data)
+    pretrain_data: Path | None = None       # class folders to pretrain on (None: half the people of the
+                                            # pretraining config's table)
 
 
 @dataclass
@@ -67,26 +78,32 @@ class DemoResult:
 
 def run_demo(options: DemoOptions, pictures=None, progress: bool = True, log=print) -> DemoResult:
     began, seconds = time.perf_counter(), {}
+    if options.data is not None and not Path(options.data).is_dir():  # before any training
+        raise FacetlError(f"--data {options.data}: not a folder of class folders")
     source, why_not = _choose_source(options, log)
     out = Path(options.out)
     if source == "imagenet":
-        smile = _smile_config(STUDY4, options, {"weights": "imagenet"})
-        weights = f"ImageNet: {smile.backbone}'s published ImageNet weights, {_imagenet_file(smile.backbone)}"
+        data = options.data or smiles_dataset(cache_root())
+        target = _target_config(STUDY4, options, {"weights": "imagenet"}, data)
+        weights = f"ImageNet: {target.backbone}'s published ImageNet weights, {_imagenet_file(target.backbone)}"
+        task, people = "transfer" if options.data else "smile", ""
     else:
-        pretrain = _pretrain_config(options)
+        pretrain_values, data, people = _faces_data(options, out / "faces", log)
+        pretrain = _sized(pretrain_values, options.pretrain_epochs, options.pretrain_limit)
         log(f"pretraining the backbone on {_task(pretrain)} instead of ImageNet ({why_not})")
         t0 = time.perf_counter()
         folder = _fit_or_reuse(pretrain, out / "faces" / "pretrain", pictures, progress, log)
         seconds["pretraining on faces"] = time.perf_counter() - t0
         weights = _pretraining_words(folder, pretrain, why_not)
-        smile = _smile_config(TRANSFER, options, {"weights": str(folder.resolve())})
+        target = _target_config(TRANSFER, options, {"weights": str(folder.resolve())}, data)
+        task = "identity" if not options.data else "transfer"
     t0 = time.perf_counter()
-    folder = _sweep_folder(smile, ARMS[source], out / source / "smile", log)
-    rows = sweep(smile, {"strategy": ARMS[source]}, folder, progress=progress, log=log, pictures=pictures)
-    seconds["smile: " + ", ".join(ARMS[source])] = time.perf_counter() - t0
+    folder = _sweep_folder(target, ARMS[source], out / source / task, log)
+    rows = sweep(target, {"strategy": ARMS[source]}, folder, progress=progress, log=log, pictures=pictures)
+    seconds[f"{task}: " + ", ".join(ARMS[source])] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - began
     rows = [{**r, **_more(folder / r["run"])} for r in rows]
-    table = demo_table(rows, weights)
+    table = demo_table(rows, weights, Path(target.data), people)
     atomic_write_text(prepare_run_folder(out) / "results.md", table)
     return DemoResult(source, weights, rows, table, seconds)
 
@@ -112,23 +129,76 @@ def _imagenet_file(backbone: str) -> str:
     return f"as torchvision and timm cache them (torch hub: {Path(get_dir()) / 'checkpoints'})"
 
 
-def _smile_config(path: Path, options: DemoOptions, values: dict) -> TrainConfig:
-    values = {**(load_yaml(path) if path.is_file() else {}), **values}
-    values["data"] = str(smiles_dataset(cache_root()).resolve())
+def _target_config(path: Path, options: DemoOptions, values: dict, data: Path) -> TrainConfig:
+    values = {**(load_yaml(path) if path.is_file() else {}), **values, "data": str(Path(data).resolve())}
     return _sized(values, options.epochs, options.limit)
 
 
-def _pretrain_config(options: DemoOptions) -> TrainConfig:
+def _faces_data(options: DemoOptions, folder: Path, log) -> tuple[dict, Path, str]:
+    """What to pretrain on (config values), the class folders to transfer to, and in words who is in which.
+
+    By default both come from the pretraining config's table, split by person (`share_people`); --pretrain-data
+    and --data replace either side."""
     values = load_yaml(PRETRAIN)
-    if options.pretrain_data:  # class folders instead of the config's table
+    if options.pretrain_data:
         values.update({"data": str(options.pretrain_data), "images": None, "target": None})
     for key in ("data", "images"):
         if values.get(key):
             if not Path(values[key]).exists():
-                raise FacetlError(f"no face data to pretrain on at {values[key]}: pass --pretrain-data DIR (class "
-                                  "folders), put ../shared/datasets in place, or make the ImageNet weights available")
+                raise FacetlError(f"no face data to pretrain on at {values[key]}: pass --pretrain-data DIR and "
+                                  "--data DIR (class folders), put ../shared/datasets in place, or make the "
+                                  "ImageNet weights available")
             values[key] = str(Path(values[key]).resolve())
-    return _sized(values, options.pretrain_epochs, options.pretrain_limit)
+    if options.pretrain_data and options.data:
+        return values, Path(options.data), ""
+    table = Path(values["data"]) if not options.pretrain_data else Path(load_yaml(PRETRAIN)["data"]).resolve()
+    images = Path(load_yaml(PRETRAIN).get("images") or table.parent).resolve()
+    pretrain_table, identities, people = share_people(table, images, values.get("target") or "Male", folder)
+    log(people)
+    if not options.pretrain_data:
+        values["data"] = str(pretrain_table)
+    return values, Path(options.data or identities), people
+
+
+def share_people(table: Path, images: Path, attribute: str, folder: Path) -> tuple[Path, Path, str]:
+    """Split the people of `table` (its `identity` column) in two halves with no person in both: alternately by
+    name within each value of `attribute`, so that each half has as many men as women. Writes the first half's
+    rows as FOLDER/pretrain-people.csv (a table like the original) and the second half as class folders of
+    links, FOLDER/identity-people/PERSON/FILE -> the image. Rewritten only when they would change, so that a
+    rerun's runs find their data as it was."""
+    if not table.is_file():
+        raise FacetlError(f"no face data to pretrain on at {table}: pass --pretrain-data DIR and --data DIR")
+    names, files, rows = read_table(table)
+    for column in ("identity", attribute):
+        if column not in names:
+            raise FacetlError(f"{table} has no {column} column, which the demo splits people by")
+    who, value = names.index("identity"), names.index(attribute)
+    person_value = {row[who]: row[value] for row in rows if row[who]}
+    first: set[str] = set()
+    for v in sorted(set(person_value.values())):
+        first.update(sorted(p for p in person_value if person_value[p] == v)[::2])
+    second = sorted(set(person_value) - first)
+
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["filename", *names])
+    writer.writerows([f, *row] for f, row in zip(files, rows) if row[who] in first)
+    folder.mkdir(parents=True, exist_ok=True)
+    pretrain_table = folder / "pretrain-people.csv"
+    if not pretrain_table.is_file() or pretrain_table.read_text() != text.getvalue():
+        atomic_write_bytes(pretrain_table, text.getvalue().encode())
+    identities = folder / "identity-people"
+    for f, row in zip(files, rows):
+        if row[who] in second:
+            link = identities / row[who] / f.replace("/", "_")
+            if not link.is_symlink():
+                link.parent.mkdir(parents=True, exist_ok=True)
+                os.symlink(images / f, link)
+    count = {v: sum(person_value[p] == v for p in first) for v in person_value.values()}
+    return pretrain_table, identities, (
+        f"people: the pretraining sees {len(first)} of the {len(person_value)} people in {table.name} "
+        f"({', '.join(f'{n} with {attribute}={v}' for v, n in sorted(count.items()))}); the identity runs tell "
+        f"apart the other {len(second)} ({', '.join(second)}): no person is in both")
 
 
 def _sized(values: dict, epochs: int | None, limit: int | None) -> TrainConfig:
@@ -242,44 +312,50 @@ def _more(folder: Path) -> dict:
     metrics = json.loads((folder / "metrics.json").read_text())
     config = load_yaml(folder / "config.yaml")
     trains = config["strategy"] if config["strategy"] != "gradual" else f"gradual {config.get('unfreeze')}"
-    return {"balanced_accuracy": metrics.get("balanced_accuracy"), "base_rate": metrics.get("base_rate"),
-            "n_images": metrics.get("n_images"), "classes": json.loads((folder / "run.json").read_text())[
-                "class_names"], "trains": trains}
+    return {"balanced_accuracy": metrics.get("balanced_accuracy"), "trains": trains, "folder": str(folder)}
 
 
-def demo_table(rows: list[dict], weights: str) -> str:
+def majority(run: Path) -> tuple[str, float, int, int]:
+    """The test split's most common class, its share, the number of classes, and the test images: what a model
+    that learnt nothing scores (every run of a demo shares one split)."""
+    with open(run / "split.csv", newline="", encoding="utf-8") as f:
+        labels = [row["label"] for row in csv.DictReader(f) if row["split"] == "test"]
+    classes = json.loads((run / "run.json").read_text())["class_names"]
+    top = max(classes, key=labels.count)
+    return top, labels.count(top) / max(len(labels), 1), len(classes), len(labels)
+
+
+def demo_table(rows: list[dict], weights: str, data: Path, people: str = "") -> str:
     """The majority class, then every arm: test metrics and what it cost; then what the numbers say."""
     def cell(value, digits: str = ".3f") -> str:
         return "n/a" if value is None else format(value, digits)
 
-    first = rows[0]
-    base = first["base_rate"]
-    majority = max(range(len(first["classes"])), key=lambda i: [1 - base, base][i]) if base is not None else 0
+    top, share, classes, images = majority(Path(rows[0]["folder"]))
+    chance = 1 / classes
     header = ["run", "what trains", "accuracy", "balanced acc", "ROC-AUC", "trainable params", "train s",
               "starting weights"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-             f"| majority class | nothing: always '{first['classes'][majority]}' | "
-             f"{cell(None if base is None else max(base, 1 - base))} | 0.500 | 0.500 | 0 | 0 | none |"]
+             f"| majority class | nothing: always '{top}' | {share:.3f} | {chance:.3f} | 0.500 | 0 | 0 | none |"]
     for r in rows:
         lines.append("| " + " | ".join([r["run"], r["trains"], cell(r["accuracy"]), cell(r["balanced_accuracy"]),
                                         cell(r["roc_auc"]), cell(r["trainable_params"], ","),
                                         cell(r["train_seconds"], ".0f"), r["pretraining"]]) + " |")
-    lines += ["", f"Test split: {first['n_images']} SMILEsmileD images, the same for every run "
-                  f"({cell(base)} '{first['classes'][-1]}'). Balanced accuracy is the mean recall of the two "
-                  "classes: 0.500 for any model that answers one class.",
-              f"Starting weights of every run: {weights}.", ""]
-    lines += verdict(rows)
+    lines += ["", f"Test split: {images:,} images of {data.name} in {classes} classes, the same for every run "
+                  f"(the most common, '{top}', is {share:.3f} of them). Balanced accuracy is the mean recall of the "
+                  f"{classes} classes: {chance:.3f} for any model that answers one class.",
+              f"Starting weights of every run: {weights}."] + ([people[0].upper() + people[1:] + "."] if people else [])
+    lines += [""] + verdict(rows, chance)
     lines += [""] + [f"- {r['run']}: {r['report']}" for r in rows]
     return "\n".join(lines) + "\n"
 
 
-def verdict(rows: list[dict]) -> list[str]:
+def verdict(rows: list[dict], chance: float = 0.5) -> list[str]:
     """What the table shows, in words, by balanced accuracy; 'clearly' means by at least CLEAR."""
     score = {r["run"].removeprefix("strategy-"): r["balanced_accuracy"] for r in rows}
     frozen = score.get("frozen")
     if frozen is None:
         return []
-    above = frozen - 0.5
+    above = frozen - chance
     lines = [f"- frozen features {'carry' if above >= CLEAR else 'do NOT clearly carry'} signal: balanced accuracy "
              f"{frozen:.3f}, {above:+.3f} against the majority class"]
     for arm in ("last-block", "gradual"):

@@ -299,6 +299,8 @@ CASES = [
     (["inspect", "--data", "{table}", "--target", "Smiling,Male", "--images", "{data}/smile", "--out", "{new}"],
      ["takes one --target column"]),
     (["faces", "{data}", "--out", "{new}", "--target", "all"], ["takes one --target column"]),
+    (["demo", "--source", "faces", "--pretrain-data", "{data}", "--data", "{root}/nope", "--out", "{new}"],
+     ["--data", "nope", "not a folder of class folders"]),
 ]
 
 
