@@ -100,7 +100,8 @@ def prepare_data(config, samples: Samples, preprocessing: Preprocessing, folder:
         return PreparedData(base, store, assignment, cache_dir)
 
     samples = stratified_limit(samples, config.limit, config.seed)
-    log(f"data: {len(samples)} images in {len(samples.class_names)} classes "
+    kinds = "attributes, images with each" if samples.multi_attribute else "classes"
+    log(f"data: {len(samples)} images, {len(samples.class_names)} {kinds} "
         f"({', '.join(f'{k} {v}' for k, v in samples.counts().items())})"[:400])
     store = open_store_together(samples.files(), preprocessing, store_dir, config.workers, progress, group)
     keep = store.readable()

@@ -317,5 +317,7 @@ def plot_attribute_metrics(metrics: dict, path: Path, title: str = "") -> Figure
     ax.set(xlim=(0, 1.12), xlabel=f"{metrics.get('split', '')} split, each attribute over the images that have "
                                   "its value",
            title=title or "metrics per attribute")
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.6 / max(len(names), 1)), ncol=2)
+    # under the x label, at the same distance in inches whatever the number of attributes
+    below = 0.5 / (ax.get_position().height * fig.get_figheight())
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -below), ncol=2, frameon=False)
     return _save(fig, path)
