@@ -91,11 +91,32 @@ def target_index(run: LoadedRun, name: str) -> int:
 
 # --- where: a layer of the backbone -------------------------------------------------------------------
 
+# a smaller map has no "where" to show: at 32 px MobileNetV2's last stage is 1x1 and its Grad-CAM one colour
+SMALLEST_MAP = 4
+
+
 def default_layer(run: LoadedRun) -> str:
     """The last frozen stage when the run froze part of the backbone (what the trained part was given),
-    else the last stage."""
+    else the last stage; or, where that stage's map is smaller than SMALLEST_MAP on a side at the run's
+    image size, the deepest stage before it whose map is not."""
     stages, cut = len(run.model.backbone.features), run.record.cut
-    return f"features.{(cut if 0 < cut < stages else stages) - 1}"
+    last = (cut if 0 < cut < stages else stages) - 1
+    sides = map_sides(run.model.backbone.features, run.record.preprocessing.size)
+    return f"features.{next((k for k in range(last, -1, -1) if sides[k] >= SMALLEST_MAP), last)}"
+
+
+def map_sides(features: nn.Sequential, size: int) -> list[int]:
+    """The shorter side of each stage's output map for a size x size input (one forward of a blank image)."""
+    first = next(m for m in features.modules() if isinstance(m, nn.Conv2d))
+    x = torch.zeros(1, first.in_channels, size, size, device=first.weight.device, dtype=first.weight.dtype)
+    was_training, sides = features.training, []
+    features.eval()  # a train-mode pass would move batch-norm statistics
+    with torch.inference_mode():
+        for stage in features:
+            x = stage(x)
+            sides.append(min(x.shape[-2:]) if x.dim() == 4 else 0)
+    features.train(was_training)
+    return sides
 
 
 def resolve_layer(run: LoadedRun, name: str | None) -> tuple[str, nn.Module]:
@@ -383,7 +404,8 @@ def gradcam_gallery(run: LoadedRun, images: Sequence, labels: np.ndarray, probs:
                          f"pred {clip(class_names[predicted[i]], 14)} {confidence[i]:.2f}", fontsize=7,
                          color="black" if row == 0 else "tab:red")
             k += 1
-    fig.suptitle(f"Grad-CAM of the predicted class at {layer_name}: the most confident of {len(labels)} images",
+    side = "" if cams is None else f" ({cams.raw.shape[1]}x{cams.raw.shape[2]})"
+    fig.suptitle(f"Grad-CAM of the predicted class at {layer_name}{side}: the most confident of {len(labels)} images",
                  fontsize=10)
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ from facetl.data.folders import find_images
 from facetl.data.images import decode_image
 from facetl.errors import FacetlError
 from facetl.evaluation import evaluate_run, write_gradcam_gallery
-from facetl.explain import default_layer, grad_cam, output_stems, resolve_layer, run_targets
+from facetl.explain import default_layer, grad_cam, map_sides, output_stems, resolve_layer, run_targets
 from facetl.run import load_run
 from facetl.runtime import Runtime
 
@@ -157,7 +157,9 @@ def test_existing_output_is_refused_without_overwrite(runs, photos, tmp_path, ca
 
 def test_a_24_class_run_explains_its_prediction_and_another_person(runs, tmp_path):
     run = load_run(runs["identity"])
-    assert len(run.class_names) == 24 and default_layer(run) == "features.18"
+    # a full run's last stage, features.18, is 2x2 at 64 px: the default steps back to the last 4x4 stage
+    assert len(run.class_names) == 24 and default_layer(run) == "features.13"
+    assert map_sides(run.model.backbone.features, 64)[13:] == [4, 2, 2, 2, 2, 2]
     folder = tmp_path / "photos"  # a folder, as a user gives one: two photos of the fourth person
     folder.mkdir()
     for image in find_images(runs["identity"].parent / "celebrities" / run.class_names[3])[:2]:

@@ -12,6 +12,7 @@ from PIL import Image
 
 from facetl.config import TrainConfig
 from facetl.train.fit import fit
+from facetl.train.loop import batch_bounds
 from facetl.sweep import sweep
 
 DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
@@ -227,3 +228,18 @@ def test_a_sweep_decodes_its_data_once_even_when_duplicates_were_dropped(tiny_fo
     assert len(stores) == 1
     paths = [line.split(",")[0] for line in (tmp_path / "grid" / "lr-1e-4" / "split.csv").read_text().splitlines()]
     assert "no_smile/copy.jpg" not in paths and "smile/03.jpg" not in paths and len(paths) == 1 + 19
+
+
+@needs_smiles
+def test_a_last_training_batch_of_one_image_joins_the_batch_before(tmp_path):
+    """At 32 px MobileNetV2's last stages are 1x1, and batch norm cannot train on a single such image: the one
+    left over at the end of an epoch (128 training images in batches of 127) used to stop the run with a
+    traceback (a 5-fold run met it on its second fold). It now trains in the batch before it."""
+    assert batch_bounds(128, 127) == [(0, 128)]
+    assert batch_bounds(129, 64) == [(0, 64), (64, 129)] and batch_bounds(130, 64) == [(0, 64), (64, 128), (128, 130)]
+    assert batch_bounds(1, 64) == [(0, 1)]
+    config = small(tmp_path, "odd", batch_size=127, epochs=1, precise_bn="off")
+    fit(config, progress=False, quiet=True)
+    with open(tmp_path / "odd" / "split.csv", newline="") as f:
+        assert sum(row["split"] == "train" for row in csv.DictReader(f)) == 128
+    assert json.loads((tmp_path / "odd" / "metrics.json").read_text())["n_images"] > 0

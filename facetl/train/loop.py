@@ -108,14 +108,14 @@ def train_one_epoch(opt: Optimisation, source, labels: np.ndarray, order: np.nda
     opt.model.eval()  # the frozen prefix computes as it did for the feature cache (no dropout, no drop-path)
     opt.part.train()  # safe: frozen batch-norm layers were replaced by ones that a .train() call cannot unfreeze
     total_loss, correct, seen, lrs = 0.0, 0, 0, []
-    batches = range(0, len(order), opt.batch_size)
-    for start in progress_bar(batches, desc=desc, unit="batch", enabled=progress, summary=False):
+    for number, (start, stop) in enumerate(progress_bar(batch_bounds(len(order), opt.batch_size), desc=desc,
+                                                        unit="batch", enabled=progress, summary=False), start=1):
         if opt.schedule is not None:
             lrs.append(opt.schedule(start / max(len(order), 1)))
-        batch = order[start:start + opt.batch_size]
+        batch = order[start:stop]
         z = source.batch(batch, generator)
         y = torch.as_tensor(labels[batch], device=z.device)
-        loss, logits = train_step(opt, z, y, start // opt.batch_size + 1)
+        loss, logits = train_step(opt, z, y, number)
         if opt.ema is not None:
             opt.ema.update(opt.model)
         total_loss += loss.item() * len(batch)
@@ -123,6 +123,16 @@ def train_one_epoch(opt: Optimisation, source, labels: np.ndarray, order: np.nda
         correct += accuracy(p, y) * len(batch) if y.dim() == 2 else int((p.argmax(1) == y).sum())
         seen += len(batch)
     return {"loss_sum": total_loss, "correct": correct, "seen": seen, "lr": float(np.mean(lrs)) if lrs else None}
+
+
+def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """(start, stop) of each training batch over n images. A last batch of one image joins the one before it:
+    batch norm cannot normalise a single image whose map is 1x1 (MobileNetV2's last stages at 32 px), and one
+    image would be a step on a very noisy gradient anyway."""
+    bounds = [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
 
 
 def train_step(opt: Optimisation, z: torch.Tensor, y: torch.Tensor, number: int = 1):
