@@ -156,8 +156,9 @@ def main() -> None:
     smile = {"data": args.smiles, "backbone": "mobilenet_v2", "weights": "none", "strategy": "full", "img_size": 64,
              "colour": "grey", "device": args.device}
     source = out / "smile-defaults"
-    arms = SMILE_ARMS if "A" in args.only else SMILE_ARMS[:1]
-    say("## A. Smile from scratch: SMILEsmileD, MobileNetV2 64 px grey, no pretraining", "", *header)
+    arms = SMILE_ARMS if "A" in args.only else SMILE_ARMS[:1] if "B" in args.only else []  # B's source is A's first
+    if arms:
+        say("## A. Smile from scratch: SMILEsmileD, MobileNetV2 64 px grey, no pretraining", "", *header)
     for i, (name, key, values) in enumerate(arms):
         arm(name, lambda: train(out, {**smile, **values, "name": f"smile-{key}"}, args.quick), say)
         if i == 0 and "B" in args.only:  # the smile model is the source: transfer next, the slow arms later

@@ -42,7 +42,8 @@ def evaluate_run(folder: str | Path, split: str = "test", runtime: Runtime | Non
     index = np.flatnonzero(assignment == split)
     if len(index) == 0:
         raise FacetlError(f"the {split} split of {run.folder} is empty")
-    files = [samples.files()[i] for i in index]
+    every_file = samples.files()  # once: building it per index was quadratic (minutes on all of SMILEsmileD)
+    files = [every_file[i] for i in index]
     prep = record.preprocessing
     store = open_image_store(files, prep.size, cache_root(config.cache_dir) if config.cache else None,
                              config.workers, progress, prep.colour, prep.faces)
