@@ -44,7 +44,10 @@ def test_the_recipe_fits_the_situation_and_leaves_given_keys_alone():
     assert "rotate:10" in scratch.augment and "no pretraining" in lines[0]
     frozen = TrainConfig(data="x", weights="imagenet", strategy="frozen")
     complete_recipe(frozen, StartingWeights("imagenet"), 10_000)
-    assert (frozen.lr, frozen.augment, frozen.lr_decay) == (1e-3, ["flip"], 1.0)  # flip keeps the feature cache
+    assert (frozen.lr, frozen.augment, frozen.lr_decay, frozen.epochs) == (3e-3, ["flip"], 1.0, 30)  # flip: cached
+    jittered = TrainConfig(data="x", weights="imagenet", strategy="frozen", augment=["flip", "jitter"])
+    complete_recipe(jittered, StartingWeights("imagenet"), 10_000)
+    assert jittered.epochs == 10  # every epoch recomputes the frozen part
     tuned = TrainConfig(data="x", weights="imagenet", strategy="gradual", lr=3e-4, epochs=12)
     complete_recipe(tuned, StartingWeights("imagenet"), 10_000)
     assert (tuned.lr, tuned.epochs, tuned.lr_decay) == (3e-4, 12, 0.5)
