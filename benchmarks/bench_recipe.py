@@ -202,10 +202,18 @@ def identity(args, out: Path, say) -> None:
             continue
         first = first or result["folder"]
         if key == "frozen":
-            probe = linear_probe(result["folder"], result["folder"])
-            say(f"| logistic regression on the same frozen features (C={probe['C']:g}, chosen on validation) | "
-                f"{probe['accuracy']:.4f} | {probe['balanced_accuracy']:.4f} | {probe['roc_auc']:.4f} | sklearn "
-                f"lbfgs | - | - |")
+            probe_row(result["folder"], say)
+
+
+def probe_row(frozen_run: Path, say) -> None:
+    """The row of a logistic regression on a frozen run's own features; a failure is a row saying why."""
+    try:
+        probe = linear_probe(frozen_run, frozen_run)
+    except Exception as exc:  # noqa: BLE001 - a benchmark reports every arm it can
+        say(f"| logistic regression on the frozen features | failed: {type(exc).__name__}: {exc} |")
+        return
+    say(f"| logistic regression on the same frozen features (C={probe['C']:g}, chosen on validation) | "
+        f"{probe['accuracy']:.4f} | {probe['balanced_accuracy']:.4f} | {probe['roc_auc']:.4f} | sklearn lbfgs | - | - |")
 
 
 def transfer(args, out: Path, source: Path, say, arms, heading: bool = True) -> None:
@@ -225,14 +233,7 @@ def transfer(args, out: Path, source: Path, say, arms, heading: bool = True) -> 
             continue
         first = first or result["folder"]
         if key == "frozen":
-            try:
-                probe = linear_probe(result["folder"], result["folder"])
-            except Exception as exc:  # noqa: BLE001
-                say(f"| logistic regression on the frozen features | failed: {type(exc).__name__}: {exc} |")
-                continue
-            say(f"| logistic regression on the same frozen features (C={probe['C']:g}, chosen on validation) | "
-                f"{probe['accuracy']:.4f} | {probe['balanced_accuracy']:.4f} | {probe['roc_auc']:.4f} | sklearn "
-                f"lbfgs | - | - |")
+            probe_row(result["folder"], say)
 
 
 if __name__ == "__main__":

@@ -75,45 +75,9 @@ def _read_csv(path: Path, text: str) -> tuple[list[str], list[str], list[list[st
 def read_attribute_table(path: Path, target: str, images: Path | None, group: str | None = None,
                          flag: str = "--split-by") -> Samples:
     """Samples of `target`; with `group` (a column such as identity) each file's group comes from that column
-    (`flag`: the option that named it, for messages)."""
-    names, files, rows = read_table(path)
-    column = _column(path, names, target, "")
-    group_column = _column(path, names, group, f"{flag} ") if group else None
-    images = images or path.parent
-    if not images.is_dir():
-        raise FacetlError(f"image folder not found: {images} (give it with --images DIR)")
-
-    paths, labels, groups, missing_value, seen = [], [], [], 0, set()
-    for number, (name, row) in enumerate(zip(files, rows), start=1):
-        value = row[column]
-        if value == "" or not name:
-            missing_value += 1
-            continue
-        label = BINARY_VALUES.get(value)
-        if label is None:
-            raise FacetlError(f"{path}: row {number} ({name}) has {target}={value!r}; "
-                              "attribute values must be 1, 0 or -1")
-        if name in seen:
-            warnings.warn(f"{path.name}: {name} is listed more than once; using its first row")
-            continue
-        if group_column is not None and not row[group_column]:
-            raise FacetlError(f"{path}: row {number} ({name}) has no {group} value; {flag} needs every "
-                              "file's group")
-        seen.add(name)
-        paths.append(name)
-        labels.append(label)
-        groups.append(row[group_column] if group_column is not None else "")
-    if missing_value:
-        warnings.warn(f"{path.name}: skipped {missing_value} row(s) with no file name or no {target} value")
-
-    absent = [p for p in paths if not (images / p).is_file()]
-    if absent:
-        more = f" and {len(absent) - 1} more" if len(absent) > 1 else ""
-        raise FacetlError(f"image named in {path.name} not found: {images / absent[0]}{more}")
-    labels = np.asarray(labels, dtype=np.int64)
-    if len(np.unique(labels)) < 2:
-        raise FacetlError(f"{target} has a single value in {path.name}; nothing to learn")
-    return Samples(images, paths, labels, [f"not_{target}", target], groups if group_column is not None else None)
+    (`flag`: the option that named it, for messages). A row without a `target` value is left out."""
+    one = read_attribute_columns(path, [target], images, group, flag)
+    return Samples(one.root, one.paths, one.labels[:, 0].astype(np.int64), [f"not_{target}", target], one.groups)
 
 
 def read_attribute_columns(path: Path, targets: list[str] | None, images: Path | None, group: str | None = None,
@@ -154,7 +118,8 @@ def read_attribute_columns(path: Path, targets: list[str] | None, images: Path |
         labels.append([BINARY_VALUES.get(v, -1) for v in values])
         groups.append(row[group_column] if group_column is not None else "")
     if unlabelled:
-        warnings.warn(f"{path.name}: skipped {unlabelled} row(s) with no file name or no value of any target")
+        what = f"no {names[columns[0]]} value" if len(columns) == 1 else "no value of any target"
+        warnings.warn(f"{path.name}: skipped {unlabelled} row(s) with no file name or {what}")
     absent = [p for p in paths if not (images / p).is_file()]
     if absent:
         more = f" and {len(absent) - 1} more" if len(absent) > 1 else ""
