@@ -196,30 +196,33 @@ def prediction_table(result: Predictions) -> tuple[list[str], list[list]]:
     if result.multi_attribute:
         return _attribute_table(result)
     classes = len(result.class_names)
-    header = ["path"] + (["face", "x", "y", "w", "h", "detection_score"] if result.faces else []) + [
+    header = ["path"] + (FACE_COLUMNS if result.faces else []) + [
         "label", "probability"] + [f"p_{name}" for name in result.class_names]
     rows = []
     for p in result.rows:
-        face = []
-        if result.faces:
-            box = [f"{v:.1f}" for v in p.box] if p.box else ["", "", "", ""]
-            face = ["" if p.face is None else p.face, *box, "" if p.score is None else f"{p.score:.4f}"]
+        face = _face_cells(p) if result.faces else []
         probability = "" if p.probability is None else f"{p.probability:.6f}"
         probs = [f"{q:.6f}" for q in p.probs] if p.probs else [""] * classes
         rows.append([p.path, *face, p.label or p.note, probability, *probs])
     return header, rows
 
 
+FACE_COLUMNS = ["face", "x", "y", "w", "h", "detection_score"]
+
+
+def _face_cells(p) -> list:
+    """A prediction's FACE_COLUMNS: which face, its box and its detection score (empty where none was found)."""
+    box = [f"{v:.1f}" for v in p.box] if p.box else ["", "", "", ""]
+    return ["" if p.face is None else p.face, *box, "" if p.score is None else f"{p.score:.4f}"]
+
+
 def _attribute_table(result: Predictions) -> tuple[list[str], list[list]]:
     names = result.class_names
-    header = ["path"] + (["face", "x", "y", "w", "h", "detection_score"] if result.faces else []) + ["label"] + [
+    header = ["path"] + (FACE_COLUMNS if result.faces else []) + ["label"] + [
         f"p_{n}" for n in names] + list(names)
     rows = []
     for p in result.rows:
-        face = []
-        if result.faces:
-            box = [f"{v:.1f}" for v in p.box] if p.box else ["", "", "", ""]
-            face = ["" if p.face is None else p.face, *box, "" if p.score is None else f"{p.score:.4f}"]
+        face = _face_cells(p) if result.faces else []
         probs = [f"{q:.6f}" for q in p.probs] if p.probs else [""] * len(names)
         rows.append([p.path, *face, p.label or p.note, *probs, *(p.decided or [""] * len(names))])
     return header, rows

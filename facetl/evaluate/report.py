@@ -141,11 +141,7 @@ def render_attribute_report(metrics: dict, record: RunRecord, config: dict, hist
     if history:
         lines += ["## Training", "", "![curves](curves.png)", "",
                   "Accuracy in training and validation is over every observed (image, attribute) label at 0.5.", "",
-                  "| epoch | train loss | train acc | val loss | val acc | lr | trains | seconds |",
-                  "|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {h['epoch']} | {h['train_loss']:.4f} | {h['train_acc']:.4f} | {h['val_loss']:.4f} | "
-                  f"{h['val_acc']:.4f} | {_fmt_lr(h.get('lr'))} | {h.get('strategy') or config.get('strategy')} | "
-                  f"{h['seconds']:.1f} |" for h in history]
+                  *history_table(history, config)]
         lines.append("")
     lines += ["## Configuration", "", "```yaml", yaml.safe_dump(config, sort_keys=False).rstrip(), "```", ""]
     return "\n".join(lines)
@@ -198,12 +194,7 @@ def render_report(metrics: dict, record: RunRecord, config: dict, history: list[
         lines += [f"Test-time augmentation, tta: {metrics['tta']}: each image's class probabilities are the mean "
                   "of the image's and its mirror image's.", ""]
     if history:
-        lines += ["## Training", "", "![curves](curves.png)", "",
-                  "| epoch | train loss | train acc | val loss | val acc | lr | trains | seconds |",
-                  "|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {h['epoch']} | {h['train_loss']:.4f} | {h['train_acc']:.4f} | {h['val_loss']:.4f} | "
-                  f"{h['val_acc']:.4f} | {_fmt_lr(h.get('lr'))} | {h.get('strategy') or config.get('strategy')} | "
-                  f"{h['seconds']:.1f} |" for h in history]
+        lines += ["## Training", "", "![curves](curves.png)", "", *history_table(history, config)]
         lines.append("")
         jumps = val_loss_jumps(history, JUMP_FACTOR)
         if jumps:
@@ -313,3 +304,12 @@ def mistakes_sentence(metrics: dict) -> str:
         return f"None of the {metrics['n_images']} images was misclassified."
     return (f"{wrong} of {metrics['n_images']} images were misclassified; the gallery shows the most confident "
             "of them, each with its file, true label, and the predicted label with its probability.")
+
+
+def history_table(history: list[dict], config: dict) -> list[str]:
+    """The per-epoch table of a report's Training section."""
+    return ["| epoch | train loss | train acc | val loss | val acc | lr | trains | seconds |",
+            "|---|---|---|---|---|---|---|---|"] + [
+        f"| {h['epoch']} | {h['train_loss']:.4f} | {h['train_acc']:.4f} | {h['val_loss']:.4f} | "
+        f"{h['val_acc']:.4f} | {_fmt_lr(h.get('lr'))} | {h.get('strategy') or config.get('strategy')} | "
+        f"{h['seconds']:.1f} |" for h in history]
