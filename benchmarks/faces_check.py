@@ -27,9 +27,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from facetl.data.faces import align_face, alignment_transform, faces_in_photo, template_points
+from facetl.data.faces import align_face, alignment_transform, faces_in_photo, faces_in_photos, template_points
 from facetl.data.faces.composite import PastedFace, box_iou, match_faces, random_composite
 from facetl.data.faces.detect import create_detector
+from facetl.predict import crop_colour
 from facetl.preprocessing import FaceAlignment
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "celebrity_faces"
@@ -99,7 +100,6 @@ def label_agreement(run_folder: Path, composites: list[Composite], landmarks: st
                     true_landmarks: bool = False) -> dict:
     """The share of pasted faces whose label predicted from the photo (detected, aligned as `facetl predict`
     aligns) equals the label predicted from the crop itself (prepared as training prepared it)."""
-    from facetl.data.images import decode_image
     from facetl.predict import TorchClassifier, face_alignment_for
     from facetl.run import load_run
     from facetl.runtime import Runtime
@@ -111,26 +111,40 @@ def label_agreement(run_folder: Path, composites: list[Composite], landmarks: st
     if landmarks:
         alignment = dataclasses.replace(alignment, landmarks=landmarks)
     detector = create_detector(alignment.detector, alignment.detect_side)
-    same = missed = 0
+    same = compared = missed = uncut = 0
     for item in composites:
         found = [f for f in faces_in_photo(item.photo, alignment, prep.size, multi_face="all",
                                            detector=detector).faces if f.used]
         matches = match_faces(item.truth, [f.face.box for f in found])
-        crops = np.stack([decode_image(item.crop_paths[t.source], prep.size, prep.colour)[0] for t in item.truth])
-        from_crops = run.classify(crops, runtime).argmax(1)
-        hits = [(k, m) for k, m in enumerate(matches) if m is not None]
-        missed += len(matches) - len(hits)
-        if hits:
-            aligned = np.stack([found[m].crop if not true_landmarks else
-                                align_face(item.photo, item.truth[k].landmarks, prep.size, alignment.template,
-                                           alignment.scale) for k, m in hits])
-            if prep.colour == "grey":
-                aligned = np.repeat(aligned.mean(axis=3, keepdims=True).round().astype(np.uint8), 3, axis=3)
-            from_photo = run.classify(aligned, runtime).argmax(1)
-            same += int(sum(from_crops[k] == label for (k, _), label in zip(hits, from_photo)))
-    compared = sum(len(c.truth) for c in composites) - missed
+        missed += sum(m is None for m in matches)
+        crops = {k: crop_as_trained(item.crop_paths[t.source], prep) for k, t in enumerate(item.truth)}
+        crops = {k: crop for k, crop in crops.items() if crop is not None}
+        uncut += len(item.truth) - len(crops)
+        hits = [(k, m) for k, m in enumerate(matches) if m is not None and k in crops]
+        if not hits:
+            continue
+        from_crops = run.classify(np.stack([crops[k] for k, _ in hits]), runtime).argmax(1)
+        aligned = [found[m].crop if not true_landmarks else
+                   align_face(item.photo, item.truth[k].landmarks, prep.size, alignment.template, alignment.scale)
+                   for k, m in hits]
+        from_photo = run.classify(np.stack([crop_colour(a, prep.colour) for a in aligned]), runtime).argmax(1)
+        same += int((from_crops == from_photo).sum())
+        compared += len(hits)
     return {"faces": compared, "agree": same, "agreement": same / max(compared, 1), "not_found": missed,
-            "landmarks": "true" if true_landmarks else alignment.landmarks}
+            "crop_without_face": uncut, "landmarks": "true" if true_landmarks else alignment.landmarks}
+
+
+def crop_as_trained(path: Path, prep) -> np.ndarray | None:
+    """The crop file as the run's training store holds it: decoded, or for a `--faces detect` run its face
+    found and aligned (None when the detector finds no usable face in it, as training would skip it)."""
+    from facetl.data.images import decode_image
+
+    if prep.faces is None:
+        return decode_image(path, prep.size, prep.colour)[0]
+    used = next(faces_in_photos([path], prep.faces, prep.size)).used
+    if not used:
+        return None
+    return crop_colour(used[0].crop, prep.colour)
 
 
 def training_files(run_folder: Path) -> set[str]:
@@ -189,7 +203,9 @@ def main() -> None:
             agreement = label_agreement(args.run, composites, args.landmarks, true)
             print(f"\ncrop/photo label agreement of {args.run} (landmarks: {agreement['landmarks']}): "
                   f"{agreement['agree']} of {agreement['faces']} faces ({agreement['agreement']:.3f}; goal >= 0.95); "
-                  f"{agreement['not_found']} pasted faces not found")
+                  f"{agreement['not_found']} pasted faces not found"
+                  + (f", {agreement['crop_without_face']} crops in which training finds no face"
+                     if agreement['crop_without_face'] else ""))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import argparse
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 import os
 import shutil
 import subprocess
@@ -54,7 +54,8 @@ FLAG_HELP = {
     "weight_decay": "weight decay (decoupled for adamw; never on biases and norm layers)",
     "lr_decay": "discriminative LRs: each earlier backbone block's LR is the next one's times this (0 to 1)",
     "warmup": "epochs of linear LR warm-up at the start of each stage (cosine and none schedules)",
-    "unfreeze": "with --strategy gradual: EPOCH:STRATEGY,... e.g. 1:frozen,3:last-block,6:full",
+    "unfreeze": "with --strategy gradual: EPOCH:STRATEGY,... e.g. 1:frozen,3:last-block,6:full "
+                "(left out: 1:frozen,2:full, the new head for one epoch, then everything)",
     "label_smoothing": "move training targets this far towards uniform (0 to 0.5)",
     "patience": "early stopping: stop after N epochs without a better selection score (in the last stage)",
     "ema": "keep an exponential moving average of the weights with this decay (e.g. 0.999) and evaluate it",
@@ -202,9 +203,16 @@ def examples_epilog(command: str, short: int = 70) -> str:
                                        f"  {line}\n      # {why}" for line, why in EXAMPLES[command])
 
 
+def installed_version() -> str:
+    try:
+        return version("facetl")
+    except PackageNotFoundError:  # `python -m facetl` from a source tree on PYTHONPATH: every command still runs
+        return "(not installed: run from its source tree)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="facetl", description="Transfer learning of face classifiers.")
-    parser.add_argument("--version", action="version", version=f"facetl {version('facetl')}")
+    parser.add_argument("--version", action="version", version=f"facetl {installed_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for add in (_add_training, _add_run_users, _add_explain, _add_data_tools, _add_tools, _add_serve):
         add(sub)

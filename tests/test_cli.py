@@ -223,6 +223,19 @@ def test_version(capsys):
     assert done.value.code == 0 and capsys.readouterr().out.startswith("facetl ")
 
 
+def test_commands_run_from_a_source_tree_that_is_not_installed(monkeypatch, capsys):
+    import facetl.cli as cli
+
+    def not_installed(name):
+        raise cli.PackageNotFoundError(name)
+
+    monkeypatch.setattr(cli, "version", not_installed)  # as `python -m facetl` with the tree on PYTHONPATH
+    assert main(["backbones"]) == 0
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and "not installed" in capsys.readouterr().out
+
+
 def subcommands() -> dict:
     import argparse
 

@@ -156,6 +156,10 @@ def test_evaluate_refuses_data_that_changed_since_the_split(tmp_path, capsys):
     assert main(["evaluate", str(run)]) == 2
     assert "the data changed since" in capsys.readouterr().err
     assert main(["evaluate", str(run), "--allow-changed-data"]) == 0
+    # training on the same split: one line naming what train can do (it has no --allow-changed-data)
+    assert main(["train", "--data", str(data), "--weights", "none", "--img-size", "32", "--epochs", "1",
+                 "--strategy", "full", "--split-file", str(run / "split.csv"), "--out", str(tmp_path / "again")]) == 2
+    assert "leave out --split-file" in capsys.readouterr().err
     changed.unlink()
     assert main(["evaluate", str(run), "--allow-changed-data"]) == 2
     assert f"{test_file} is gone" in capsys.readouterr().err

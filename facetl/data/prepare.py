@@ -82,7 +82,9 @@ def prepare_data(config, samples: Samples, preprocessing: Preprocessing, folder:
     if split_file is not None:
         split_samples, split_assignment = load_split(split_file, samples.root, samples.class_names,
                                                      samples.multi_attribute)
-        check_unchanged(split_samples, split_file)
+        check_unchanged(split_samples, split_file, remedy=(
+            "resuming needs the data the run started with" if split_file.parent == folder else
+            "leave out --split-file to make a new split of the data as it is now"))
         base, assignment = split_over_store_files(config, samples, split_samples, split_assignment)
         store = open_store_together(base.files(), preprocessing, store_dir, config.workers, progress, group)
         broken = [i for i in np.flatnonzero(assignment != "") if i in store.errors]
@@ -158,8 +160,10 @@ def split_over_store_files(config, samples: Samples, split: Samples, split_assig
     return base, assignment
 
 
-def check_unchanged(samples: Samples, split_file: Path, allow_changed: bool = False) -> None:
-    """Refuse data whose files changed (gone, or different size or time) since the split was made."""
+def check_unchanged(samples: Samples, split_file: Path, allow_changed: bool = False,
+                    remedy: str = "pass --allow-changed-data to use it anyway") -> None:
+    """Refuse data whose files changed (gone, or different size or time) since the split was made; `remedy`
+    ends the message with what the user can do about it in the command at hand."""
     missing = [p for p in samples.files() if not p.is_file()]
     if missing:
         raise FacetlError(f"the data changed since {split_file} was made: {missing[0]} is gone"
@@ -172,7 +176,7 @@ def check_unchanged(samples: Samples, split_file: Path, allow_changed: bool = Fa
     recorded = json.loads(meta.read_text()).get("files_key")
     if recorded and recorded != files_key(samples.files(), root=samples.root):
         raise FacetlError(f"the data changed since {split_file} was made (a file's size or modification time "
-                          "differs); pass --allow-changed-data to use it anyway")
+                          f"differs); {remedy}")
 
 
 def check_classes_per_split(samples: Samples, assignment: np.ndarray, log) -> None:
