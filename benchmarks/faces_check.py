@@ -10,7 +10,8 @@ error and false detections, by face size.
 
 With `--run RUN` (a run trained on celebrity_faces crops, e.g. gender from celebrity_faces_attributes.csv)
 it also prints how often the run's label for a face found in the photo equals its label for the crop
-itself: the train/predict consistency that alignment is for (goal >= 0.95). Only files outside the run's
+itself, prepared as the run's training prepared it (decoded, or for a `--faces detect` run found and
+aligned): the train/predict consistency that alignment is for (goal >= 0.95). Only files outside the run's
 train and validation splits are pasted. `--landmarks` compares where the alignment's landmarks come from
 (FaceAlignment.landmarks; default: what a new run uses); `--true-landmarks` also aligns every found face
 with its true landmarks, the ceiling of any landmark method.
