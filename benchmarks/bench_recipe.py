@@ -18,8 +18,9 @@ C. Transfer between face tasks on people the source never saw (the offline demo'
         --out /tmp/recipe [--quick] [--only A,B,C]
 
 --quick: 600 images, 2 epochs per arm, to check that it runs (its figures mean nothing). Every arm is an
-ordinary run folder under --out (report.md, curves.png, lr per epoch in history.csv); finished arms are
-reused when the script is run again. Tables go to stdout and --out/results.md as each arm finishes.
+ordinary run folder under --out (report.md, curves.png, lr per epoch in history.csv); a finished arm is
+reused when the script is run again, if it was trained as the arm would be now (else that arm's row says
+so, and nothing is overwritten). Tables go to stdout and --out/results.md as each arm finishes.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from facetl.config import build_config
+from facetl.demo import difference
 from facetl.train.fit import fit
 
 STUDIES = {"optimizer": "adam", "lr": 1e-4, "epochs": 10, "scheduler": "none", "augment": "none", "weight_decay": 0,
@@ -52,15 +54,16 @@ TRANSFER_ARMS = [("frozen", "frozen", {"strategy": "frozen"}),
 
 def train(out: Path, values: dict, quick: bool) -> dict:
     folder = out / values["name"]
-    if (folder / "metrics.json").is_file():
-        metrics = json.loads((folder / "metrics.json").read_text())
-        return {"folder": folder, **metrics, "reused": True}
     settings = {k: v for k, v in values.items() if k != "name"}
     if quick:
         settings.update({"limit": 600, "epochs": 2})
-        if settings.get("strategy") == "gradual":
-            settings["unfreeze"] = "1:frozen,2:full"
     config = build_config({**settings, "out": str(folder)})
+    if (folder / "metrics.json").is_file():  # reused only if trained as this arm would be (recipes change)
+        why = difference(folder, config)
+        if why is not None:
+            raise RuntimeError(f"{folder} was trained otherwise ({why}): remove it or give another --out")
+        metrics = json.loads((folder / "metrics.json").read_text())
+        return {"folder": folder, **metrics, "reused": True}
     began = time.perf_counter()
     result = fit(config, progress=False, quiet=True)
     return {"folder": folder, **result.metrics, "wall": time.perf_counter() - began}
@@ -71,7 +74,7 @@ def row(name: str, result: dict) -> str:
     epochs = len((result["folder"] / "history.csv").read_text().strip().splitlines()) - 1
     return (f"| {name} | {result['accuracy']:.4f} | {result['balanced_accuracy']:.4f} | {result['roc_auc']:.4f} | "
             f"{config.get('optimizer')} {float(config.get('lr')):.2g} {config.get('scheduler')} | {epochs} | "
-            f"{result.get('wall', float('nan')):.0f} |")
+            f"{format(result['wall'], '.0f') if 'wall' in result else 'reused'} |")
 
 
 def arm(name: str, run, say) -> dict | None:
