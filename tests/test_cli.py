@@ -224,7 +224,7 @@ def test_version(capsys):
 
 
 def test_commands_run_from_a_source_tree_that_is_not_installed(monkeypatch, capsys):
-    import facetl.cli as cli
+    from facetl import cli
 
     def not_installed(name):
         raise cli.PackageNotFoundError(name)
