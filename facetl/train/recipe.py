@@ -12,8 +12,8 @@ undertrained after 10 epochs at 1e-4. So the recipe depends on where the weights
 | pretrained, fine-tuned / gradual | AdamW, wd 0.01  | 1e-3    | 0.5      | one-cycle| 10 (gradual 12)| flip, jitter       |
 
 Gradual unfreezing with no --unfreeze: the head alone for one epoch, then everything, each stage a one-cycle
-(fastai's fine_tune). Measured (README, bench_recipe B and C): head, last block, then all from half-way lost
-1.7 and 7 points of balanced accuracy to full fine-tuning; head-then-all tied with it.
+(fastai's fine_tune). Measured (README, bench_recipe C): head, last block, then all from half-way lost 7 points
+of balanced accuracy to full fine-tuning; head-then-all tied with it.
 Every choice is logged with its reason and written to the run's config.yaml; a flag or config key overrides it.
 Study configs set every key, so they keep the studies' exact recipes.
 """
