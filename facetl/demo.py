@@ -225,6 +225,9 @@ def resolved(config: TrainConfig) -> dict:
     else:
         images = len(read_samples(config).paths) * config.split[0]
     complete_recipe(config, starting, round(images))
+    for key in ("data", "images"):  # fit writes them absolute (train/fit.py record_data_paths)
+        if getattr(config, key):
+            setattr(config, key, str(Path(getattr(config, key)).expanduser().resolve()))
     return {k: v for k, v in config.to_dict().items() if k not in IGNORED}
 
 

@@ -3,6 +3,7 @@ has the majority class and every arm, a rerun reuses a run only when its resolve
 one the demo would train now, and the people it pretrains on are never the people it transfers to."""
 from __future__ import annotations
 
+import os
 import urllib.error
 from pathlib import Path
 
@@ -64,7 +65,8 @@ def test_offline_demo_pretrains_on_faces_names_the_weights_and_reuses_only_ident
     trained = {p: p.stat().st_mtime_ns for p in out.rglob("best.pt")}
     assert len(trained) == 4
 
-    again = demo(capsys, out, people, others)
+    # the same data given as relative paths (as `make demo` gives its own): still the same configuration
+    again = demo(capsys, out, Path(os.path.relpath(people)), Path(os.path.relpath(others)))
     assert f"reusing finished run {pretrained} (same resolved configuration)" in again
     for arm in ("frozen", "last-block", "gradual"):
         assert f"reusing finished run {out / 'faces' / 'transfer' / f'strategy-{arm}'} (same" in again
@@ -125,3 +127,17 @@ def test_the_people_pretrained_on_are_never_the_people_transferred_to(tmp_path):
     table.write_text(table.read_text().replace("hal/2.jpg,hal,1\n", ""))
     share_people(table, images, "Male", tmp_path / "demo")
     assert "hal/2.jpg" not in pretrain.read_text()
+
+
+def test_a_rerun_from_a_relative_out_reuses_the_pretraining_on_shared_faces(tmp_path, capsys, offline):
+    # `make demo` writes runs/demo, a relative folder: the pretraining table under it is a relative path,
+    # while the finished run's config.yaml holds it absolute; the two are the same data
+    others = folder_dataset(tmp_path / "others", classes=("dee", "eve", "fay"), per_class=12)
+    out = Path(os.path.relpath(tmp_path / "demo"))
+    args = ("demo", "--out", str(out), "--pretrain-limit", "40", "--pretrain-epochs", "1", "--data", str(others),
+            "--limit", "36", "--epochs", "1", "--source", "faces")
+    assert in_process(capsys, *args).returncode == 0
+    again = in_process(capsys, *args)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"reusing finished run {out / 'faces' / 'pretrain'} (same resolved configuration)" in again.stdout
+    assert not (out / "faces" / "pretrain-2").exists()
