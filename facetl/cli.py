@@ -11,7 +11,8 @@ import warnings
 from datetime import datetime
 from pathlib import Path
 
-from facetl.config import BOUNDS, FIELDS, STRATEGY_HELP, TrainConfig, build_config, load_yaml, with_old_recipe
+from facetl.config import (BOUNDS, FIELDS, RECIPE_KEYS, STRATEGY_HELP, TrainConfig, build_config, load_yaml,
+                           with_old_recipe)
 from facetl.errors import FacetlError
 from facetl.tta import TTA_HELP, TTA_MODES
 from facetl.preprocessing import LANDMARK_SOURCES
@@ -113,8 +114,6 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 DEFAULTS = TrainConfig()
-# keys the training recipe fills when they are left out (facetl/train/recipe.py)
-RECIPE_KEYS = ("lr", "epochs", "optimizer", "weight_decay", "lr_decay", "scheduler", "augment", "unfreeze")
 
 
 NONE_MEANS = {"warmup": "0", "patience": "off", "ema": "off"}

@@ -272,6 +272,16 @@ def _is_probability(text: str) -> bool:
         return False
 
 
+# the training keys the recipe fills when they are left out (facetl/train/recipe.py)
+RECIPE_KEYS = ("optimizer", "weight_decay", "lr", "epochs", "augment", "lr_decay", "scheduler", "unfreeze")
+# The word `none` given for a key whose unset value (None) means "the recipe or the backbone decides": what it
+# means when a user says it. A YAML null leaves the key unset; the word is an explicit value and wins.
+NONE_WORD = {"augment": [], "weight_decay": 0.0, "lr_decay": 1.0, "warmup": 0.0, "normalize": [0.0, 1.0]}
+# keys whose unset value already means none, off or no override: the word and null are the same thing (lr and
+# epochs are left: `none` is no learning rate or epoch count, and leaving them out asks the recipe)
+NONE_IS_UNSET = ("limit", "folds", "patience", "ema", "img_size", "workers")
+
+
 def coerce(key: str, value):
     """Convert a YAML or command-line value to the type of `key`; raise ValueError with a reason."""
     if key == "lr" and isinstance(value, str) and value.strip().lower() == "auto":
@@ -280,7 +290,13 @@ def coerce(key: str, value):
     args = typing.get_args(hint)
     optional = type(None) in args
     base = next((a for a in args if a is not type(None)), hint) if args and typing.get_origin(hint) is not list else hint
-    if value is None or (isinstance(value, str) and value.lower() in ("null", "none") and optional and base is not str):
+    if isinstance(value, str) and value.strip().lower() in ("null", "none") and optional and base is not str:
+        if key in NONE_WORD:
+            return list(NONE_WORD[key]) if isinstance(NONE_WORD[key], list) else NONE_WORD[key]
+        if key not in NONE_IS_UNSET:
+            raise ValueError(f"{value.strip()!r} is not a value here; leave it out for the default")
+        return None
+    if value is None:
         if optional:
             return None
         raise ValueError("may not be empty")

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 import facetl.train.fit as fit_module
-from facetl.cli import main
-from facetl.config import TrainConfig, build_config, load_yaml, with_old_recipe
+from commandline import in_process, one_line_error
+from facetl.cli import build_parser, config_from_args, main
+from facetl.config import RECIPE_KEYS, TrainConfig, build_config, load_yaml, with_old_recipe
 from facetl.errors import FacetlError
 from facetl.models import build_model
 from facetl.record import StartingWeights
@@ -54,8 +55,31 @@ def test_the_recipe_fits_the_situation_and_leaves_given_keys_alone():
     assert [(s.first_epoch, s.strategy) for s in stages(tuned)] == [(1, "frozen"), (2, "full")]  # fastai's fine_tune
     for study in sorted((REPO / "configs").glob("study*.yaml")):  # the studies keep their exact recipes
         config = build_config({"data": "x", **load_yaml(study)})
-        assert complete_recipe(config, StartingWeights("imagenet"), 24_000) == [], study.name
+        lines = complete_recipe(config, StartingWeights("imagenet"), 24_000)
+        assert len(lines) == 1 and lines[0].startswith("given, so the recipe keeps them: optimizer adam"), study.name
         assert (config.optimizer, config.scheduler, config.weight_decay) == ("adam", "none", 0)
+
+
+@pytest.mark.parametrize("flag, key, value", [("--augment", "augment", []), ("--weight-decay", "weight_decay", 0.0),
+                                              ("--lr-decay", "lr_decay", 1.0), ("--normalize", "normalize", [0.0, 1.0])])
+def test_the_word_none_is_a_given_value_that_the_recipe_keeps(flag, key, value):
+    """`--augment none` once read as 'not given', so the recipe added flip, jitter and rotate: a frozen run then
+    recomputed its backbone every batch. The word is a value, it wins, and the log says it was given."""
+    config = config_from_args(build_parser().parse_args(["train", "--data", "x", flag, "none"]))
+    assert getattr(config, key) == value
+    lines = complete_recipe(config, StartingWeights("imagenet"), 1_000)
+    assert getattr(config, key) == value
+    if key in RECIPE_KEYS:
+        assert f"{key} {'none' if value == [] else f'{value:g}'}" in lines[0] and lines[0].startswith("given")
+    frozen = config_from_args(build_parser().parse_args(["train", "--data", "x", "--augment", "none"]))
+    complete_recipe(frozen, StartingWeights("imagenet"), 1_000)
+    assert frozen.augmentations == [] and frozen.epochs == 30  # features cached: no jitter to recompute them
+
+
+@pytest.mark.parametrize("flag", ["--lr", "--epochs"])
+def test_none_for_a_number_the_recipe_chooses_is_refused_not_read_as_unset(flag, capsys):
+    result = in_process(capsys, "train", "--data", "x", flag, "none")
+    one_line_error(result, flag[2:], "'none' is not a value")
 
 
 def test_schedules_rise_and_fall_within_each_stage():
@@ -192,7 +216,7 @@ def test_stages_that_freeze_again_are_refused_before_training(tmp_path):
 def test_a_config_yaml_from_before_the_recipe_reruns_with_the_optimiser_it_trained_with():
     old = {"data": "x", "lr": 1e-4, "epochs": 10, "scheduler": "none", "precise_bn": "auto", "augment": []}
     config = build_config(with_old_recipe(old))
-    assert complete_recipe(config, StartingWeights("imagenet"), 1000) == []
+    assert not any(line.startswith("recipe") for line in complete_recipe(config, StartingWeights("imagenet"), 1000))
     assert (config.optimizer, config.weight_decay, config.lr_decay) == ("adam", 0.0, 1.0)
     handwritten = build_config(with_old_recipe({"data": "x", "lr": 1e-3}))  # not a run's file: the recipe fills
     assert handwritten.optimizer is None

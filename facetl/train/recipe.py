@@ -19,7 +19,7 @@ Study configs set every key, so they keep the studies' exact recipes.
 """
 from __future__ import annotations
 
-from facetl.config import TrainConfig
+from facetl.config import RECIPE_KEYS, TrainConfig
 from facetl.record import StartingWeights
 
 
@@ -30,6 +30,7 @@ def complete_recipe(config: TrainConfig, weights: StartingWeights, train_images:
     situation = ("no pretraining" if not pretrained else
                  f"{weights.describe()}, {'frozen backbone' if not tuned else config.strategy + ' fine-tuning'}")
     chosen: list[str] = []
+    given = [f"{key} {_show(getattr(config, key))}" for key in RECIPE_KEYS if getattr(config, key) is not None]
 
     def choose(key: str, value, why: str) -> None:
         if getattr(config, key) is None:
@@ -62,15 +63,16 @@ def complete_recipe(config: TrainConfig, weights: StartingWeights, train_images:
     if config.strategy == "gradual" and config.unfreeze is None:
         config.unfreeze = "1:frozen,2:full" if config.epochs > 1 else "1:frozen"
         chosen.append(f"unfreeze {config.unfreeze} (the new head for one epoch, then everything)")
-    if not chosen:
-        return []
-    return [f"recipe for {situation}, {train_images:,} training images: " + "; ".join(chosen)
-            + " (a flag or config key overrides any of these)"]
+    lines = [f"given, so the recipe keeps them: {', '.join(given)}"] if given else []
+    if chosen:
+        lines.append(f"recipe for {situation}, {train_images:,} training images: " + "; ".join(chosen)
+                     + " (a flag or config key overrides any of these)")
+    return lines
 
 
 def _show(value) -> str:
     if isinstance(value, list):
-        return "+".join(value)
+        return "+".join(a for a in value if a != "none") or "none"
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
