@@ -18,7 +18,7 @@ WIDTH = "100"  # argparse wraps help to $COLUMNS; a fixed width keeps the page t
 INTRO = """# Command reference
 
 Generated from the command line's own `--help` when the site is built (`docs/gen_reference.py`), so it
-lists every command and option as the installed version has them. Each command's help ends with
+lists every command and option as this version of facetl has them. Each command's help ends with
 examples that work from the repository root; the [guides](index.md#guides) explain when to use which.
 """
 
