@@ -248,12 +248,18 @@ def subcommands() -> dict:
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
+def documentation() -> str:
+    """README.md and the hand-written pages of the docs site (the generated reference would prove nothing)."""
+    pages = [README, *sorted((README.parent / "docs").glob("*.md"))]
+    return "\n".join(page.read_text() for page in pages)
+
+
 def example_lines(text: str) -> list[str]:
     return [line.split("  #")[0].strip() for line in text.splitlines() if line.strip().startswith("facetl ")]
 
 
 def test_every_command_help_ends_with_examples_that_the_readme_shows():
-    readme = " ".join(README.read_text().split())
+    readme = " ".join(documentation().split())
     for name, command in subcommands().items():
         epilog = command.epilog or ""
         examples = example_lines(epilog)
@@ -262,13 +268,13 @@ def test_every_command_help_ends_with_examples_that_the_readme_shows():
         assert help_text.rstrip().endswith(epilog.rstrip()), f"facetl {name} --help: examples are not at the end"
         assert all(example in help_text for example in examples), f"facetl {name}: examples were rewrapped"
         missing = [e for e in examples if " ".join(e.split()) not in readme]
-        assert not missing, f"facetl {name} --help examples missing from README.md: {missing}"
+        assert not missing, f"facetl {name} --help examples missing from README.md and docs/: {missing}"
 
 
-# `--flags` the README shows that belong to no facetl command: torchrun's and the benchmark scripts'
+# `--flags` the README and docs/ show that belong to no facetl command: torchrun's, the benchmark scripts' and mkdocs's
 NOT_FACETL_FLAGS = {"--nnodes", "--nproc-per-node", "--rdzv-backend", "--rdzv-endpoint", "--rdzv-id",
                     "--markdown", "--quick", "--run", "--smiles", "--celebrity", "--photos", "--true-landmarks",
-                    "--only"}
+                    "--only", "--strict"}
 FLAG = r"(?<![\w-])--[a-z][a-z0-9-]*"
 
 
@@ -278,15 +284,15 @@ def test_readme_documents_every_train_flag_and_no_flag_that_does_not_exist():
     commands = subcommands()
     flags = {name: {o for a in c._actions for o in a.option_strings if o.startswith("--")} - {"--help"}
              for name, c in commands.items()}
-    readme = README.read_text()
+    readme = documentation()
     mentioned = set(re.findall(FLAG, readme))
     undocumented = sorted(flags["train"] - mentioned)
-    assert not undocumented, f"facetl train flags that README.md does not mention: {undocumented}"
+    assert not undocumented, f"facetl train flags that README.md and docs/ do not mention: {undocumented}"
     known = set().union(*flags.values()) | NOT_FACETL_FLAGS | {"--help"}
-    assert not mentioned - known, f"README.md mentions flags no command has: {sorted(mentioned - known)}"
+    assert not mentioned - known, f"README.md or docs/ mention flags no command has: {sorted(mentioned - known)}"
     # on a `facetl train` command line (code block, or inline code), every flag is a train flag
     joined = readme.replace("\\\n", " ")
     train_lines = [m.group(1) for m in re.finditer(r"facetl train([^`\n#]*)", joined)]
     assert len(train_lines) > 5
     wrong = sorted({f for line in train_lines for f in re.findall(FLAG, line)} - flags["train"])
-    assert not wrong, f"README.md gives `facetl train` flags it does not have: {wrong}"
+    assert not wrong, f"README.md or docs/ give `facetl train` flags it does not have: {wrong}"
