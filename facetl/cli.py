@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 from importlib.metadata import PackageNotFoundError, version
 import os
-import shutil
 import subprocess
 import sys
 import warnings
@@ -645,20 +644,17 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_cache(args) -> int:
-    from facetl.data.integrity import remove_stale_builds
+    from facetl.data.integrity import CACHE_KINDS, cache_entries, clear_cache, remove_stale_builds
     from facetl.data.store import cache_root
 
     root = cache_root(args.cache_dir)
-    for kind in ("images", "features"):
-        remove_stale_builds(root / kind)  # left by killed runs
-    entries = [p for kind in ("images", "features") for p in sorted((root / kind).glob("*"))
-               if p.is_dir() and ".building-" not in p.name and (p / "meta.json").is_file()]
     if args.action == "clear":
-        for kind in ("images", "features"):
-            shutil.rmtree(root / kind, ignore_errors=True)
-        print(f"cleared {len(entries)} cache entries in {root}")
+        print(f"cleared {clear_cache(root)} cache entries in {root}")
         return 0
+    for kind in CACHE_KINDS:
+        remove_stale_builds(root / kind)  # left by killed runs
     total = 0
+    entries = cache_entries(root)
     for entry in entries:
         size = sum(f.stat().st_size for f in entry.rglob("*") if f.is_file())
         total += size

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import io
 import json
 import os
 import time
@@ -37,7 +36,7 @@ from facetl.errors import FacetlError
 from facetl.models.factory import create_backbone
 from facetl.models.weights import WeightsUnavailable
 from facetl.record import StartingWeights
-from facetl.runfolder import atomic_write_bytes, atomic_write_text, prepare_run_folder
+from facetl.runfolder import atomic_write_bytes, atomic_write_text, csv_text, prepare_run_folder
 from facetl.sweep import sweep
 from facetl.train.fit import fit
 from facetl.train.recipe import complete_recipe
@@ -179,14 +178,11 @@ def share_people(table: Path, images: Path, attribute: str, folder: Path) -> tup
         first.update(sorted(p for p in person_value if person_value[p] == v)[::2])
     second = sorted(set(person_value) - first)
 
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["filename", *names])
-    writer.writerows([f, *row] for f, row in zip(files, rows) if row[who] in first)
+    text = csv_text(["filename", *names], ([f, *row] for f, row in zip(files, rows) if row[who] in first))
     folder.mkdir(parents=True, exist_ok=True)
     pretrain_table = folder / "pretrain-people.csv"
-    if not pretrain_table.is_file() or pretrain_table.read_text() != text.getvalue():
-        atomic_write_bytes(pretrain_table, text.getvalue().encode())
+    if not pretrain_table.is_file() or pretrain_table.read_text() != text:
+        atomic_write_bytes(pretrain_table, text.encode())
     identities = folder / "identity-people"
     for f, row in zip(files, rows):
         if row[who] in second:

@@ -114,7 +114,7 @@ def export_onnx(run_folder: str | Path, out: str | Path | None = None, overwrite
     if run.record.multi_attribute:
         raise FacetlError(f"{run_folder} is a multi-attribute run; ONNX export is for single-target runs so far "
                           "(use facetl predict on the run)")
-    out = _check_out(Path(out) if out else run_folder / "model.onnx", overwrite)
+    out = _check_out(Path(out) if out else run_folder / "model.onnx", overwrite, run_folder)
     metadata = onnx_metadata(run.record.preprocessing, run.class_names, run.record.title, run.config.backbone,
                              run.record.threshold, run.record.temperature)
     proto = onnx_model(run.model.float().eval(), run.record.preprocessing, metadata, run.record.temperature)
@@ -133,10 +133,14 @@ def export_run(run_folder: str | Path, fmt: str = "onnx", out: str | Path | None
     return export_onnx(run_folder, out, overwrite)
 
 
-def _check_out(out: Path, overwrite: bool) -> Path:
+def _check_out(out: Path, overwrite: bool, run_folder: Path) -> Path:
     """Refuse before the export, which takes seconds to a minute, not after it."""
     if out.is_dir():
         raise FacetlError(f"{out} is a folder; give a file name such as {out / 'model.onnx'}")
+    if out.exists() and out.suffix.lower() != ".onnx" and out.resolve().is_relative_to(run_folder.resolve()):
+        # --overwrite replaces an earlier export, never the run itself (its best.pt, config, reports)
+        raise FacetlError(f"{out} is one of the run's own files; export writes an .onnx file, e.g. "
+                          f"{run_folder / 'model.onnx'}")
     if out.exists() and not overwrite:
         raise FacetlError(f"{out} exists; pass --overwrite to replace it")
     if not out.parent.is_dir():
@@ -170,6 +174,7 @@ class OnnxClassifier:
         self.session = _open_session(self.path, threads)
         self.metadata = _facetl_metadata(self.session, self.path)
         self.class_names, self.preprocessing = _read_contract(self.metadata, self.path)
+        _check_graph(self.session, len(self.class_names), self.preprocessing.size, self.path)
 
     @property
     def title(self) -> str:
@@ -192,7 +197,10 @@ class OnnxClassifier:
                               f"got {getattr(images, 'dtype', type(images).__name__)} {shape}")
         if len(images) == 0:
             return np.zeros((0, len(self.class_names)), dtype=np.float32)
-        return self.session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(images)})[0]
+        probs = self.session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(images)})[0]
+        if not np.isfinite(probs).all():  # never hand out a NaN as an answer
+            raise FacetlError(f"{self.path}: the model's output is not a number (NaN or inf) for these images")
+        return probs
 
 
 def session_options(threads: int | None = None):
@@ -233,6 +241,26 @@ def _facetl_metadata(session, path: Path) -> dict[str, str]:
         raise FacetlError(f"{path} uses facetl ONNX format {metadata['facetl.format']}; this facetl reads "
                           f"format {FORMAT_VERSION}")
     return {k: v for k, v in metadata.items() if k.startswith("facetl.")}
+
+
+def _check_graph(session, classes: int, size: int, path: Path) -> None:
+    """The graph takes and gives what the metadata promises: facetl metadata on a foreign graph would
+    otherwise fail at the first photo, inside ONNX Runtime."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    def fits(shape, wanted) -> bool:  # a named (dynamic) axis fits any size
+        return len(shape) == len(wanted) and all(w is None or not isinstance(d, int) or d == w
+                                                 for d, w in zip(shape, wanted))
+    if [i.name for i in inputs] != [INPUT_NAME] or inputs[0].type != "tensor(uint8)" \
+            or not fits(inputs[0].shape, (None, size, size, 3)):
+        found = ", ".join(f"{i.name} {i.type} {i.shape}" for i in inputs)
+        raise FacetlError(f"{path}: its graph does not take {INPUT_NAME} uint8 (batch, {size}, {size}, 3) as its "
+                          f"facetl metadata says (it takes {found}); it is not a facetl export")
+    if OUTPUT_NAME not in [o.name for o in outputs]:
+        raise FacetlError(f"{path}: its graph has no {OUTPUT_NAME} output; it is not a facetl export")
+    output = next(o for o in outputs if o.name == OUTPUT_NAME)
+    if output.type != "tensor(float)" or not fits(output.shape, (None, classes)):
+        raise FacetlError(f"{path}: its {OUTPUT_NAME} output is {output.type} {output.shape}, not float32 "
+                          f"(batch, {classes}) for its {classes} classes; it is not a facetl export")
 
 
 def _read_contract(metadata: dict[str, str], path: Path) -> tuple[list[str], Preprocessing]:

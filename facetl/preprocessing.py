@@ -8,9 +8,11 @@ prediction exactly as the training images were.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 COLOURS = ("rgb", "grey")
+MAX_SIZE = 4096  # a side beyond this is a damaged record, not a model (the --img-size flag stops at 2048)
 # Where the five landmarks a crop is aligned with come from (FaceAlignment.landmarks)
 LANDMARK_SOURCES = ("detector", "refined")
 
@@ -56,12 +58,27 @@ class Preprocessing:
         return {"size": self.size, "mean": list(self.mean), "std": list(self.std), "colour": self.colour,
                 "faces": self.faces.to_dict() if self.faces else None}
 
+    def __post_init__(self) -> None:
+        # a saved record is read back through here: a damaged one fails naming its field, not on every image
+        if isinstance(self.size, bool) or not isinstance(self.size, int) or not 1 <= self.size <= MAX_SIZE:
+            raise ValueError(f"preprocessing.size: {self.size!r} is not a size from 1 to {MAX_SIZE} pixels")
+        for name, values in (("mean", self.mean), ("std", self.std)):
+            if len(values) != 3 or not all(math.isfinite(v) for v in values):
+                raise ValueError(f"preprocessing.{name}: {list(values)} is not three finite numbers")
+        if not all(v > 0 for v in self.std):
+            raise ValueError(f"preprocessing.std: {list(self.std)} has a value that is not above 0")
+        if self.colour not in COLOURS:
+            raise ValueError(f"preprocessing.colour: {self.colour!r} is not one of {', '.join(COLOURS)}")
+
     @classmethod
     def from_dict(cls, values: dict) -> "Preprocessing":
         faces = values.get("faces")
-        return cls(int(values["size"]), tuple(float(v) for v in values["mean"]),
-                   tuple(float(v) for v in values["std"]), values.get("colour", "rgb"),
-                   FaceAlignment.from_dict(faces) if faces else None)
+        if not isinstance(faces, (dict, type(None))):
+            raise ValueError(f"preprocessing.faces: {faces!r} is not a record")
+        size = values["size"]
+        return cls(int(size) if isinstance(size, str) and size.isdigit() else size,
+                   tuple(float(v) for v in values["mean"]), tuple(float(v) for v in values["std"]),
+                   values.get("colour", "rgb"), FaceAlignment.from_dict(faces) if faces else None)
 
     def describe(self) -> str:
         mean = ", ".join(f"{v:.3f}" for v in self.mean)

@@ -7,8 +7,10 @@ these fields; no decision is ever taken by comparing display strings.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
+from facetl.errors import FacetlError
 from facetl.preprocessing import Preprocessing
 
 WEIGHT_KINDS = ("imagenet", "none", "file", "run")
@@ -108,6 +110,35 @@ class RunRecord:
         return values
 
     @classmethod
+    def read(cls, values, source) -> "RunRecord":
+        """A saved record, checked field by field: a damaged or crafted one is one line naming the field."""
+        try:
+            if not isinstance(values, dict):
+                raise ValueError(f"it is a {type(values).__name__}, not a mapping")
+            return cls.from_dict(values)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            text = f"{exc.args[0]} is missing" if isinstance(exc, KeyError) else str(exc).splitlines()[0][:200]
+            raise FacetlError(f"{source} has a damaged run record: {text}") from None
+
+    def __post_init__(self) -> None:
+        names = self.class_names
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ValueError(f"class_names: {names!r} is not a list of names")
+        if len(names) < (1 if self.multi_attribute else 2):
+            raise ValueError(f"class_names: {names!r} has {len(names)} class; a classifier tells apart two or more")
+        if self.task not in TASKS:
+            raise ValueError(f"task: {self.task!r} is not one of {', '.join(TASKS)}")
+        if not _number(self.temperature) or not 0 < self.temperature < math.inf:
+            raise ValueError(f"temperature: {self.temperature!r} is not a positive number")
+        if self.threshold is not None and not (_number(self.threshold) and 0 <= self.threshold <= 1):
+            raise ValueError(f"threshold: {self.threshold!r} is not a probability")
+        if self.thresholds is not None and (not isinstance(self.thresholds, list) or len(self.thresholds) != len(names)
+                                            or not all(_number(t) and 0 <= t <= 1 for t in self.thresholds)):
+            raise ValueError(f"thresholds: {self.thresholds!r} is not one probability per attribute")
+        if not isinstance(self.cut, int) or isinstance(self.cut, bool) or self.cut < 0:
+            raise ValueError(f"cut: {self.cut!r} is not a layer index")
+
+    @classmethod
     def from_dict(cls, values: dict) -> "RunRecord":
         values = dict(values)
         values["weights"] = StartingWeights(**values["weights"])
@@ -117,3 +148,7 @@ class RunRecord:
             values["calibration"] = Calibration(**values["calibration"])
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -21,7 +21,7 @@ from facetl.data.features import FrozenPart, ImageSource
 from facetl.errors import FacetlError
 from facetl.models import FaceClassifier, rebuild_model
 from facetl.record import RunRecord
-from facetl.runfolder import read_torch_file
+from facetl.runfolder import checkpoint_weights, read_torch_file
 from facetl.runtime import Runtime
 from facetl.train.loop import probabilities
 
@@ -32,11 +32,17 @@ class LoadedRun:
     config: TrainConfig
     record: RunRecord
     model: FaceClassifier
-    history: list[dict]
+    saved_history: list[dict]     # best.pt's own, up to the best epoch
 
     @property
     def class_names(self) -> list[str]:
         return self.record.class_names
+
+    @property
+    def history(self) -> list[dict]:
+        """Every finished epoch, read when asked for: predict and export do not need it, so a damaged
+        history.csv stops only what uses it (a report), with one line naming the file."""
+        return read_history(self.folder) or self.saved_history
 
     def image_source(self, images: np.ndarray | None, runtime: Runtime) -> ImageSource:
         """Batches of store rows -> the trainable part's input, split where training split the model."""
@@ -52,7 +58,11 @@ class LoadedRun:
         z = source.prepare(to_float(images, runtime.device))
         with runtime.precision.autocast():
             logits = self.model.forward_suffix(z, self.record.cut).float()
-            return probabilities(logits, self.record.temperature, self.record.multi_attribute).cpu().numpy()
+            probs = probabilities(logits, self.record.temperature, self.record.multi_attribute).cpu().numpy()
+        if not np.isfinite(probs).all():  # finite weights can still overflow: never hand out a NaN as an answer
+            raise FacetlError(f"{self.folder / 'best.pt'}: the model's output is not a number (NaN or inf) for "
+                              "these images; the run's weights cannot be used")
+        return probs
 
 
 def load_run(folder: str | Path, device: torch.device | None = None) -> LoadedRun:
@@ -64,19 +74,23 @@ def load_run(folder: str | Path, device: torch.device | None = None) -> LoadedRu
     checkpoint = read_torch_file(path, "checkpoint ")
     if not isinstance(checkpoint, dict) or not {"model", "config", "record"} <= set(checkpoint):
         raise FacetlError(f"{path} is not a facetl checkpoint of this version (no run record); retrain the run")
-    config = build_config(checkpoint["config"])
+    if not isinstance(checkpoint["config"], dict):
+        raise FacetlError(f"{path}: its config is a {type(checkpoint['config']).__name__}, not a mapping")
     try:
-        record = RunRecord.from_dict(checkpoint["record"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise FacetlError(f"{path} has a damaged run record ({exc})") from None
+        config = build_config(checkpoint["config"])
+    except FacetlError as exc:
+        raise FacetlError(f"{path}: its {exc}") from None
+    record = RunRecord.read(checkpoint["record"], path)
+    state = checkpoint_weights(checkpoint["model"], path)
     model, _ = rebuild_model(config, record)
     try:
-        model.load_state_dict(checkpoint["model"])
+        model.load_state_dict(state)
     except RuntimeError as exc:
         raise FacetlError(f"{path}: its weights do not fit the model its config describes "
                           f"({str(exc).splitlines()[0][:160]})") from None
     model.to(device or torch.device("cpu")).eval()
-    return LoadedRun(folder, config, record, model, read_history(folder) or list(checkpoint.get("history", [])))
+    history = checkpoint.get("history", [])
+    return LoadedRun(folder, config, record, model, list(history) if isinstance(history, list) else [])
 
 
 def read_history(folder: Path) -> list[dict]:
@@ -85,7 +99,14 @@ def read_history(folder: Path) -> list[dict]:
     if not path.is_file():
         return []
     with open(path, newline="", encoding="utf-8") as f:
-        return [{k: _history_value(k, v) for k, v in row.items()} for row in csv.DictReader(f)]
+        rows = []
+        for line, row in enumerate(csv.DictReader(f), start=2):
+            try:
+                rows.append({k: _history_value(k, v) for k, v in row.items()})
+            except (TypeError, ValueError, AttributeError):
+                raise FacetlError(f"{path} line {line} is not an epoch's row ({', '.join(map(str, row.values()))[:80]});"
+                                  " the file is damaged") from None
+        return rows
 
 
 def _history_value(column: str, text: str):
@@ -101,7 +122,14 @@ def locate_data(config: TrainConfig, folder: Path, data: str | None = None, imag
     run moved with its data, or as given (--data, --images). A message names every path it tried."""
     relative = {}
     if (folder / "data_paths.json").is_file():
-        relative = json.loads((folder / "data_paths.json").read_text())
+        try:
+            relative = json.loads((folder / "data_paths.json").read_text(encoding="utf-8"))
+        except (ValueError, OSError) as exc:
+            raise FacetlError(f"{folder / 'data_paths.json'} is damaged ({str(exc)[:120]}); give the data with "
+                              "--data (and --images)") from None
+        if not isinstance(relative, dict) or not all(isinstance(v, str) for v in relative.values()):
+            raise FacetlError(f"{folder / 'data_paths.json'} is damaged (not a mapping of names to paths); give "
+                              "the data with --data (and --images)")
     changes = {}
     for key, given in (("data", data), ("images", images)):
         recorded = getattr(config, key)

@@ -46,12 +46,49 @@ def atomic_write_json(path: str | Path, value) -> None:
     atomic_write_text(path, json.dumps(value, indent=2) + "\n")
 
 
-def atomic_write_csv(path: str | Path, header: list[str], rows) -> None:
+# A cell starting with one of these is a formula to a spreadsheet (`=cmd|' /C calc'!A0` runs a program).
+# OWASP's advice: prefix such text with a single quote, which spreadsheets show but do not evaluate.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_cell(value):
+    """A CSV cell no spreadsheet will run: text (not a number) starting a formula gets a leading quote; text
+    already starting with a quote and such a character, or two quotes, gets one more, so `plain_cell` undoes it."""
+    if not isinstance(value, str) or not value:
+        return value
+    if value.startswith(FORMULA_START) and not _is_number(value):
+        return "'" + value
+    if value[0] == "'" and value[1:2] and value[1:2] in (*FORMULA_START, "'"):
+        return "'" + value
+    return value
+
+
+def plain_cell(text: str) -> str:
+    """A cell as written before `spreadsheet_cell` (for facetl's own CSVs read back: tables, split.csv)."""
+    if text[:1] == "'" and text[1:2] and text[1:2] in (*FORMULA_START, "'"):
+        return text[1:]
+    return text
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def csv_text(header: list[str], rows) -> str:
+    """Every CSV facetl writes goes through here: spreadsheet-safe cells, one line ending."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    atomic_write_text(path, buffer.getvalue())
+    writer.writerow([spreadsheet_cell(c) for c in header])
+    writer.writerows([spreadsheet_cell(c) for c in row] for row in rows)
+    return buffer.getvalue()
+
+
+def atomic_write_csv(path: str | Path, header: list[str], rows) -> None:
+    atomic_write_text(path, csv_text(header, rows))
 
 
 def atomic_torch_save(path: str | Path, obj) -> None:
@@ -66,6 +103,9 @@ def read_torch_file(path: str | Path, what: str = ""):
     `weights_only=True` refuses anything a pickle could run, so a tampered checkpoint or weights file
     is data or nothing; a broken or foreign file becomes one clear FacetlError naming it.
     """
+    foreign = _not_a_torch_file(path)
+    if foreign:
+        raise FacetlError(f"cannot read {what}{path}: it is {foreign}, not a PyTorch file")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -73,6 +113,41 @@ def read_torch_file(path: str | Path, what: str = ""):
         if "Weights only load failed" in str(exc) or "Unsupported global" in str(exc):
             reason = "it holds Python objects, not only tensors and plain values (refused: loading it could run code)"
         raise FacetlError(f"cannot read {what}{path}: {reason}") from None
+
+
+def _not_a_torch_file(path: str | Path) -> str | None:
+    """What a file is when its first bytes say it is not torch.save's (a zip archive, or an older pickle):
+    an exported model, a photo or a text renamed .pt would otherwise be blamed on Python objects."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError:
+        return None  # torch.load names the problem
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"\x80"):
+        return None
+    known = {b"\xff\xd8\xff": "a JPEG image", b"\x89PNG": "a PNG image", b"GIF8": "a GIF image",
+             b"\x08": "an ONNX model (facetl export's output; facetl predict and serve read it as MODEL.onnx)"}
+    for magic, kind in known.items():
+        if head.startswith(magic):
+            return kind
+    if not head:
+        return "empty"
+    if all(32 <= b < 127 or b in b"\t\r\n" for b in head):
+        return "text"
+    return f"something else (it starts with bytes {head[:8].hex(' ')})"
+
+
+def checkpoint_weights(state, path: str | Path) -> dict:
+    """The model's state dict of a checkpoint, checked: tensors only, and none holding NaN or inf. One rule for
+    every file facetl takes weights from (a run's best.pt and last.pt, --weights): a diverged or damaged file
+    would otherwise answer NaN for every image."""
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise FacetlError(f"{path} does not hold a state dict of tensors")
+    broken = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:
+        raise FacetlError(f"{path}: {len(broken)} tensor(s) hold NaN or inf (first: {broken[0]}); the file is "
+                          "damaged or comes from a run that diverged")
+    return state
 
 
 def prepare_run_folder(path: str | Path) -> Path:

@@ -9,6 +9,7 @@ A folder still being built carries its builder's pid, so one left by a killed pr
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import zlib
 from pathlib import Path
@@ -16,6 +17,8 @@ from pathlib import Path
 from facetl.runfolder import process_alive
 
 CHUNK = 1 << 24
+CACHE_KINDS = ("images", "features")      # <cache>/images/<key>: decoded stores; features/<key>: frozen features
+ENTRY_NAME = re.compile(r"[0-9a-f]{24}")  # a key: the first 24 hex digits of a SHA-256 (store.py, features.py)
 
 
 def file_digest(path: Path) -> dict:
@@ -54,3 +57,21 @@ def remove_stale_builds(parent: Path) -> None:
         pid = folder.name.split(".building-", 1)[1].split("-", 1)[0]
         if pid.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def cache_entries(root: Path) -> list[Path]:
+    """The entries facetl made in a cache folder: a key-named folder with the meta.json written last. Anything
+    else there (a user's folder, a file, a half-copied entry) is not facetl's and is never listed or removed."""
+    return [entry for kind in CACHE_KINDS if (root / kind).is_dir() for entry in sorted((root / kind).iterdir())
+            if ENTRY_NAME.fullmatch(entry.name) and entry.is_dir() and not entry.is_symlink()
+            and (entry / "meta.json").is_file()]
+
+
+def clear_cache(root: Path) -> int:
+    """Remove facetl's entries (and builds left by killed runs) from a cache folder; return how many entries."""
+    for kind in CACHE_KINDS:
+        remove_stale_builds(root / kind)
+    entries = cache_entries(root)
+    for entry in entries:
+        shutil.rmtree(entry)
+    return len(entries)

@@ -25,7 +25,7 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train
 
 from facetl.data.samples import Samples, strata
 from facetl.errors import FacetlError
-from facetl.runfolder import atomic_write_csv
+from facetl.runfolder import atomic_write_csv, plain_cell
 
 SPLITS = ("train", "val", "test")
 
@@ -263,7 +263,7 @@ def load_split(path: Path, root: Path, class_names: list[str], multi_attribute: 
     if not path.is_file():
         raise FacetlError(f"split file not found: {path}")
     with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
+        rows = [{k: plain_cell(v) if isinstance(v, str) else v for k, v in row.items()} for row in csv.DictReader(f)]
     if multi_attribute:
         return _load_attribute_split(path, root, class_names, rows)
     unknown = {r["label"] for r in rows} - set(class_names)

@@ -15,6 +15,7 @@ import numpy as np
 
 from facetl.data.samples import Samples
 from facetl.errors import FacetlError
+from facetl.runfolder import plain_cell
 
 FILENAME_COLUMNS = ("filename", "file", "image", "image_id", "path")
 BINARY_VALUES = {"1": 1, "-1": 0, "0": 0, "1.0": 1, "-1.0": 0, "0.0": 0}
@@ -67,8 +68,8 @@ def _read_csv(path: Path, text: str) -> tuple[list[str], list[str], list[list[st
     files, rows = [], []
     for number, record in enumerate(records[1:], start=2):
         record = record + [""] * (len(header) - len(record))
-        files.append(record[file_col].strip())
-        rows.append([v.strip() for i, v in enumerate(record[: len(header)]) if i != file_col])
+        files.append(plain_cell(record[file_col].strip()))  # a table facetl wrote: spreadsheet-safe cells
+        rows.append([plain_cell(v.strip()) for i, v in enumerate(record[: len(header)]) if i != file_col])
     return names, files, rows
 
 

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from facetl.errors import FacetlError
 from facetl.record import RunRecord
-from facetl.runfolder import read_torch_file
+from facetl.runfolder import checkpoint_weights, read_torch_file
 
 
 class WeightsUnavailable(FacetlError):
@@ -72,17 +71,12 @@ def read_weights(path: str | Path) -> tuple[dict, RunRecord | None]:
     state = read_torch_file(path, "weights file ")
     record = None
     if isinstance(state, dict) and isinstance(state.get("record"), dict):
-        record = RunRecord.from_dict(state["record"])
+        record = RunRecord.read(state["record"], path)
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]  # facetl checkpoint
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
-    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise FacetlError(f"{path} does not hold a state dict of tensors")
-    broken = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if broken:
-        raise FacetlError(f"{path}: {len(broken)} tensor(s) hold NaN or inf (first: {broken[0]}); the file is "
-                          "damaged or comes from a run that diverged")
+    state = checkpoint_weights(state, path)
     return state, record
 
 

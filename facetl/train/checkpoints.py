@@ -19,7 +19,7 @@ from pathlib import Path
 from torch import nn
 
 from facetl.errors import FacetlError
-from facetl.runfolder import atomic_torch_save, read_torch_file
+from facetl.runfolder import atomic_torch_save, checkpoint_weights, read_torch_file
 
 FROZEN, LAST, BEST = "frozen.pt", "last.pt", "best.pt"
 
@@ -78,7 +78,7 @@ def read_resume_point(folder: Path) -> dict:
     model = checkpoint["model"]
     if "frozen" in checkpoint:
         model = {**_referenced(folder, checkpoint["frozen"], path), **model}
-    checkpoint["model"] = model
+    checkpoint["model"] = checkpoint_weights(model, path)
     return checkpoint
 
 
