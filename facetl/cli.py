@@ -15,7 +15,7 @@ from facetl.config import (BOUNDS, FIELDS, RECIPE_KEYS, STRATEGY_HELP, TrainConf
 from facetl.errors import FacetlError
 from facetl.tta import TTA_HELP, TTA_MODES
 from facetl.preprocessing import LANDMARK_SOURCES
-from facetl.runfolder import atomic_write_csv
+from facetl.runfolder import atomic_write_csv, data_folder, refuse_output_inside
 
 # One line of help per configuration key, with its unit or choices; the default is added from TrainConfig,
 # once (a test checks that every option of every command has help).
@@ -477,8 +477,10 @@ def launch_torchrun(args, config: TrainConfig) -> int:
     """Check the input here (one clear line on bad input), then run this same command under torchrun."""
     from facetl.data.prepare import read_samples
     from facetl.models.factory import create_backbone
+    from facetl.train.fit import refuse_out_inside_data
 
     config.check()
+    refuse_out_inside_data(config, config.out or _default_out(config))
     read_samples(config)
     create_backbone(config.backbone, "none")
     if not config.out:
@@ -584,11 +586,19 @@ def cmd_predict(args) -> int:
 
 
 def _check_writable_output(out: Path, run: Path, overwrite: bool) -> None:
-    """Refuse before any work: a run folder's own files are never written, others only when asked."""
+    """Refuse before any work: a run folder's own files are never written, others only when asked, and a CSV
+    that could not be written is said now, not after the predictions are made."""
     if out.resolve().parent == run.resolve():
         raise FacetlError(f"--out {out} is inside the run folder {run}; write predictions elsewhere")
+    if out.is_dir():
+        raise FacetlError(f"--out {out} is a folder; give the CSV file's name (e.g. {out / 'predictions.csv'})")
     if out.exists() and not overwrite:
         raise FacetlError(f"--out {out} exists; pass --overwrite to replace it")
+    folder = out.parent
+    if not folder.is_dir():
+        raise FacetlError(f"--out {out}: its folder {folder} does not exist; create it or choose another --out")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise FacetlError(f"--out {out}: its folder {folder} is not writable; choose another --out")
 
 
 def _print_predictions(result) -> None:
@@ -629,6 +639,7 @@ def cmd_inspect(args) -> int:
     from facetl.inspection import inspect_dataset
 
     _one_target(args.target, "inspect")
+    refuse_output_inside(args.out, [data_folder(args.data)])
     samples = load_samples(args.data, args.images, args.target)
     summary = inspect_dataset(samples, args.out, cache_root(args.cache_dir), progress=True)
     print(f"{summary['images']} images in {len(summary['classes'])} classes:")
@@ -693,13 +704,15 @@ def cmd_explain(args) -> int:
     from facetl.run import load_run
     from facetl.runtime import Runtime
 
+    refuse_output_inside(args.out, [p for p in args.images if Path(p).expanduser().is_dir()], "input folder")
     files = collect_images(args.images)
     run = load_run(args.run)
     result = explain(run, files, Path(args.out), Runtime.for_inference(args.device, args.precision),
                      args.class_name, args.layer, args.overwrite, progress=True)
-    if not result.written:
-        raise FacetlError("none of the images could be read")
-    print(f"explained {len(result.written) // 2} image(s) at {result.layer} in {args.out}")
+    if not result.explained:
+        first = f"; the first: {result.skipped[0][0]}: {result.skipped[0][1]}" if result.skipped else ""
+        raise FacetlError(f"none of the images could be explained{first}")
+    print(f"explained {result.explained} image(s) at {result.layer} in {args.out}")
     return 1 if result.skipped else 0
 
 

@@ -137,8 +137,8 @@ class TrainConfig:
                                 f" to {high})")
         if self.ema is not None and not 0 < self.ema < 1:
             problems.append(f"ema: {self.ema} must be a decay between 0 and 1 (e.g. 0.999)")
-        if self.normalize is not None and len(self.normalize) not in (2, 6):
-            problems.append("normalize: give MEAN,STD or three means and three stds")
+        if self.normalize is not None:
+            problems += normalize_problems(self.normalize)
         for key, low, high in BOUNDS:
             value = getattr(self, key)
             if value is None or isinstance(value, str):
@@ -206,6 +206,20 @@ def multi_attribute_problems(config: TrainConfig) -> list[str]:
         if given is not None and (value is None or given == value):
             problems.append(f"{key}: {given} does not apply to a multi-attribute run (--target {config.target}): "
                             f"{why}")
+    return problems
+
+
+def normalize_problems(values: list[float]) -> list[str]:
+    """MEAN,STD or three means then three stds: finite means, stds finite and above 0 (images are divided by them)."""
+    if len(values) not in (2, 6):
+        return ["normalize: give MEAN,STD or three means and three stds"]
+    half = len(values) // 2
+    means, stds = values[:half], values[half:]
+    problems = []
+    if not all(math.isfinite(m) for m in means):
+        problems.append(f"normalize: the means {means} must be finite numbers")
+    if not all(math.isfinite(s) and s > 0 for s in stds):
+        problems.append(f"normalize: the stds {stds} must be finite numbers above 0 (each image is divided by them)")
     return problems
 
 

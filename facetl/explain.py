@@ -15,6 +15,7 @@ Nothing here knows about the command line: `facetl explain` (cli.py) collects th
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import sys
 from collections.abc import Callable, Sequence
@@ -225,20 +226,34 @@ def prepare_files(run: LoadedRun, files: Sequence[Path]) -> tuple[list[Path], li
     return kept, arrays, skipped
 
 
+# the bytes of a stem in an output name: '.features.png' and a '-N' must still fit a file name (NAME_MAX 255)
+STEM_BYTES = 200
+
+
 def output_stems(files: Sequence[Path]) -> list[str]:
-    """Each file's stem; files that share one get their folder's name in front (`positives7_12`), then a number."""
+    """Each file's stem; files that share one get their folder's name in front (`positives7_12`), then a number.
+    A stem too long for a file name once the suffixes are added is cut, with a hash of the whole to keep it apart."""
     counts: dict[str, int] = {}
     for f in files:
         counts[f.stem] = counts.get(f.stem, 0) + 1
     stems, used = [], set()
     for f in files:
-        stem = f.stem if counts[f.stem] == 1 else f"{f.parent.name}_{f.stem}"
+        stem = short_stem(f.stem if counts[f.stem] == 1 else f"{f.parent.name}_{f.stem}")
         unique, n = stem, 2
         while unique in used:
             unique, n = f"{stem}-{n}", n + 1
         used.add(unique)
         stems.append(unique)
     return stems
+
+
+def short_stem(stem: str, limit: int = STEM_BYTES) -> str:
+    """`stem` when it fits `limit` bytes (names are bytes on disk), else its start and 8 hex digits of its hash."""
+    if len(stem.encode()) <= limit:
+        return stem
+    digest = hashlib.sha256(stem.encode()).hexdigest()[:8]
+    head = stem.encode()[:limit - 9].decode(errors="ignore")  # never half a character
+    return f"{head}-{digest}"
 
 
 # --- facetl explain --------------------------------------------------------------------------------------
@@ -248,25 +263,20 @@ class Explained:
     written: list[Path]
     skipped: list[tuple[str, str]]
     layer: str
+    explained: int = 0           # images with both pictures written
 
 
 def explain(run: LoadedRun, files: Sequence[Path], out: Path, runtime: Runtime, class_name: str | None = None,
             layer: str | None = None, overwrite: bool = False, progress: bool = False,
             log: Callable[[str], None] = print) -> Explained:
     """For each file: OUT/<stem>.gradcam.png (the image, Grad-CAM of the predicted class and of `class_name`)
-    and OUT/<stem>.features.png (the top channels of `layer`). Every refusal comes before any work."""
+    and OUT/<stem>.features.png (the top channels of `layer`). Every refusal comes before any work; an image
+    whose pictures cannot be written is skipped with a warning, and the others are kept."""
     out, files = Path(out), list(dict.fromkeys(Path(f) for f in files))
     extra = target_index(run, class_name) if class_name is not None else None
     layer_name, _ = resolve_layer(run, layer)
-    if out.exists() and out.resolve() == run.folder.resolve():
-        raise FacetlError(f"--out {out} is the run folder; write explanations elsewhere (e.g. {out / 'explain'})")
-    stems = output_stems(files)
-    pairs = [(out / f"{s}.gradcam.png", out / f"{s}.features.png") for s in stems]
-    existing = [p for pair in pairs for p in pair if p.exists()]
-    if existing and not overwrite:
-        more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
-        raise FacetlError(f"{existing[0]}{more} exist; pass --overwrite to replace them or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
+    pairs = [(out / f"{s}.gradcam.png", out / f"{s}.features.png") for s in output_stems(files)]
+    _prepare_out(out, run, pairs, overwrite)
 
     kept, arrays, skipped = prepare_files(run, files)
     for path, why in skipped:
@@ -274,8 +284,9 @@ def explain(run: LoadedRun, files: Sequence[Path], out: Path, runtime: Runtime, 
     where = dict(zip(files, pairs))
     names = [t.name for t in run_targets(run)]
     said = "most probable" if run.record.multi_attribute else "predicted"
-    bar = progress_bar(total=len(kept), desc="explaining", unit="img", enabled=progress and len(kept) > ONE_LINE_EACH)
-    written = []
+    one_line_each = not (progress and len(kept) > ONE_LINE_EACH)
+    bar = progress_bar(total=len(kept), desc="explaining", unit="img", enabled=not one_line_each)
+    result = Explained([], skipped, layer_name)
     for start in range(0, len(kept), BATCH):
         batch_files, batch = kept[start:start + BATCH], np.stack(arrays[start:start + BATCH])
         predicted = grad_cam(run, batch, runtime, layer_name, keep_activations=True)
@@ -287,16 +298,40 @@ def explain(run: LoadedRun, files: Sequence[Path], out: Path, runtime: Runtime, 
             if asked is not None:
                 panels.append(_Panel(f"--class {names[extra]}", asked.maps[i], asked.probs[i, extra]))
             title = f"{short_name(str(f), 48)}: Grad-CAM at {layer_name} ({predicted.raw.shape[1]}x{predicted.raw.shape[2]})"
-            plot_gradcam(batch[i], panels, cam_png, title)
-            plot_feature_maps(batch[i], predicted.activations[i], features_png,
-                              f"{short_name(str(f), 48)}: {layer_name}")
-            written += [cam_png, features_png]
-            if bar.disable:
-                log(f"wrote {cam_png} and {features_png.name} ({said} {names[predicted.targets[i]]} "
-                    f"{predicted.probs[i, predicted.targets[i]]:.2f})")
+            try:
+                plot_gradcam(batch[i], panels, cam_png, title)
+                result.written.append(cam_png)
+                plot_feature_maps(batch[i], predicted.activations[i], features_png,
+                                  f"{short_name(str(f), 48)}: {layer_name}")
+                result.written.append(features_png)
+            except OSError as exc:  # this image's pictures only: what is written stays, the rest go on
+                why = f"cannot write its pictures in {out}: {exc.strerror or exc}"
+                skipped.append((str(f), why))
+                print(f"warning: skipped {f}: {why}", file=sys.stderr)
+            else:
+                result.explained += 1
+                if one_line_each:
+                    log(f"wrote {cam_png} and {features_png.name} ({said} {names[predicted.targets[i]]} "
+                        f"{predicted.probs[i, predicted.targets[i]]:.2f})")
             bar.update(1)
     bar.close()
-    return Explained(written, skipped, layer_name)
+    return result
+
+
+def _prepare_out(out: Path, run: LoadedRun, pairs: list[tuple[Path, Path]], overwrite: bool) -> None:
+    """Refuse the run folder, a file, existing pictures (without --overwrite) and a folder that cannot be made."""
+    if out.exists() and out.resolve() == run.folder.resolve():
+        raise FacetlError(f"--out {out} is the run folder; write explanations elsewhere (e.g. {out / 'explain'})")
+    if out.exists() and not out.is_dir():
+        raise FacetlError(f"--out {out} is a file, not a folder; choose a folder for the pictures")
+    existing = [p for pair in pairs for p in pair if p.exists()]
+    if existing and not overwrite:
+        more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
+        raise FacetlError(f"{existing[0]}{more} exist; pass --overwrite to replace them or choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FacetlError(f"--out {out}: cannot make the folder: {exc.strerror or exc}") from None
 
 
 # --- the pictures -----------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from facetl.models.classifier import build_model
 from facetl.results import cell, run_row
 from facetl.runfolder import atomic_write_csv, atomic_write_text, prepare_run_folder
 from facetl.sweep import run_name
-from facetl.train.fit import default_out, fit
+from facetl.train.fit import default_out, fit, refuse_out_inside_data
 
 # the metrics averaged over folds, as (results.csv column, results.md header)
 METRICS = [("accuracy", "accuracy"), ("balanced_accuracy", "balanced acc"), ("precision", "precision"),
@@ -70,6 +70,7 @@ def cross_validate(config: TrainConfig, progress: bool = True, log=print, pictur
     if not config.folds:
         raise FacetlError("cross_validate needs folds (2 or more)")
     out = Path(config.out or default_out(config))
+    refuse_out_inside_data(config, out)
     folds = make_fold_splits(config, log, progress)  # bad data is refused before OUT exists
     out = prepare_run_folder(out)
     rows = []
@@ -155,6 +156,7 @@ def sweep_folds(base: TrainConfig, grid: dict[str, list[str]], out: str | Path, 
     configs = [(run_name(c), build_config(c, base)) for c in combos]
     for _, config in configs:
         config.check()
+        refuse_out_inside_data(config, out)
     out = Path(out)
     rows = []
     for number, (name, config) in enumerate(configs, start=1):

@@ -19,7 +19,8 @@ from facetl.errors import FacetlError
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # the temporary name is capped: a legal 250-byte name plus mkstemp's additions would pass NAME_MAX (255)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:100]}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -161,6 +162,27 @@ def prepare_run_folder(path: str | Path) -> Path:
     except OSError as exc:
         raise FacetlError(f"cannot write to output folder {path}: {exc.strerror or exc}") from None
     return path
+
+
+def data_folder(data: str | Path | None) -> Path | None:
+    """The folder whose images a dataset is: a class-folder root, where every image found is read, so a run
+    written inside it would become training data. A table names its files, so nothing written beside them
+    is read (None); so is data that is not there (reading it says so, in its own words)."""
+    path = Path(data).expanduser() if data is not None else None
+    return path if path is not None and path.is_dir() else None
+
+
+def refuse_output_inside(out: str | Path, folders, what: str = "data folder", flag: str = "--out") -> None:
+    """The one rule every command follows: its output is never inside a folder it reads, or the next run would
+    read this one's output (a run's plots as training images, explanations as images to explain). Call it
+    before any work and before any folder is made."""
+    target = Path(out).expanduser().resolve()
+    for folder in folders:
+        if folder is None:
+            continue
+        root = Path(folder).expanduser().resolve()
+        if target == root or root in target.parents:
+            raise FacetlError(f"{flag} {out} is inside the {what} {folder}; choose a folder outside it")
 
 
 class RunLock:

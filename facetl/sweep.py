@@ -13,7 +13,7 @@ from facetl.config import FIELDS, TrainConfig, build_config
 from facetl.errors import FacetlError
 from facetl.results import cell, run_row
 from facetl.runfolder import atomic_write_csv, atomic_write_text, prepare_run_folder
-from facetl.train.fit import fit
+from facetl.train.fit import fit, refuse_out_inside_data
 
 COLUMNS = ["run", "accuracy", "precision", "recall", "f1", "roc_auc", "val_acc", "train_seconds",
            "trainable_params", "pretraining", "recipe", "report"]
@@ -45,6 +45,7 @@ def sweep(base: TrainConfig, grid: dict[str, list[str]], out: str | Path, progre
     configs = [(run_name(c), build_config(c, base)) for c in combos]
     for _, config in configs:
         config.check()  # every combination is valid before the first one starts, or a folder is made
+        refuse_out_inside_data(config, out)
     created = not Path(out).exists()
     out = prepare_run_folder(out)
     try:

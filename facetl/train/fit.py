@@ -39,7 +39,7 @@ from facetl.models import BuiltModel, TrainablePart, build_model
 from facetl.models.strategies import apply_strategy, first_trainable_layer
 from facetl.record import Calibration, RunRecord
 from facetl.runfolder import (RunLock, atomic_torch_save, atomic_write_csv, atomic_write_json, atomic_write_text,
-                              prepare_run_folder, read_torch_file)
+                              data_folder, prepare_run_folder, read_torch_file, refuse_output_inside)
 from facetl.runtime import Runtime
 from facetl.train.batchnorm import precise_bn_wanted, recompute_batchnorm
 from facetl.train.checkpoints import CheckpointWriter, read_resume_point
@@ -139,6 +139,12 @@ def default_out(config: TrainConfig) -> str:
     return f"runs/{config.backbone}-{config.strategy.replace(':', '')}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
+def refuse_out_inside_data(config: TrainConfig, out: str | Path) -> None:
+    """A run (or a sweep's or folds' folder of runs) inside its data: its plots would be the next run's images."""
+    refuse_output_inside(out, [data_folder(config.data)],
+                         flag="--out" if config.out else "the default --out")
+
+
 def fit(config: TrainConfig, resume: bool = False, progress: bool = True, quiet: bool = False,
         pictures: Callable | None = None, only_find_lr: bool = False) -> RunResult:
     """Train one run into config.out. `pictures(folder, config, record, model, history, split, runtime)`, when
@@ -152,6 +158,7 @@ def fit(config: TrainConfig, resume: bool = False, progress: bool = True, quiet:
             shared = [out]
             torch.distributed.broadcast_object_list(shared, src=0)
             out = shared[0]
+        refuse_out_inside_data(config, out)
         created = not Path(out).exists()
         folder = prepare_run_folder(out)
         config.out = str(folder)
