@@ -48,7 +48,8 @@ class ServeOptions:
     def check(self) -> None:
         problems = []
         if not 0 < self.header_timeout <= 3600:
-            problems.append(f"--header-timeout must be more than 0 and at most 3600 seconds, not {self.header_timeout:g}")
+            problems.append(f"--header-timeout must be more than 0 and at most 3600 seconds, "
+                            f"not {self.header_timeout:g}")
         if self.max_connections is not None and self.max_connections < 1:
             problems.append(f"--max-connections must be at least 1, not {self.max_connections}")
         for name in self.allowed_hosts:
