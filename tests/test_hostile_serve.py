@@ -245,6 +245,8 @@ def test_head_is_get_without_a_body_and_a_bad_content_length_is_json(server):
                 reply += piece
         head, _, body = reply.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200") and body == b"", (path, reply[:300])
+    api = httpx.get(f"{server.url}/openapi.json").json()  # one operation per path: no duplicate-id warning
+    assert list(api["paths"]["/healthz"]) == ["get"]
     for length in ("abc", "-1", "12, 13"):
         status, headers, body = server.exchange(
             f"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {length}\r\n\r\n".encode())
@@ -295,4 +297,4 @@ def test_sigterm_stops_both_servers_with_no_traceback(server, strict_server):
     for served in (server, strict_server):
         assert served.stop() == 0
         log = served.log.read_text()
-        assert "facetl serve: stopped" in log and "Traceback" not in log, log[-3000:]
+        assert "facetl serve: stopped" in log and "Traceback" not in log and "Warning" not in log, log[-3000:]
