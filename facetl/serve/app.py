@@ -10,8 +10,9 @@ GET /openapi.json the API's description. FastAPI's /docs and /redoc pages are sw
 Every refused request is a JSON `{"error": "..."}` with a 4xx (or 503) code; a run that answers NaN is
 a 500 naming it. A request whose Host header names another server is refused (400): a web page
 elsewhere could otherwise point a name it controls at 127.0.0.1 (DNS rebinding) and read the answers,
-model cards and their paths included. An upload is held in memory only: python-multipart's streaming parser fills a bytearray (Starlette's UploadFile would spool
-large files to disk), and it is decoded from those bytes.
+model cards and their paths included. An upload is held in memory only: python-multipart's streaming
+parser fills a bytearray (Starlette's UploadFile would spool large files to disk), and it is decoded
+from those bytes.
 
 Scheduling: one worker thread decodes and reads every photo, in arrival order. The detector is not
 thread-safe and torch's thread count is process-wide, and two photos at once on a small CPU would only
