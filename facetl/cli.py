@@ -373,6 +373,15 @@ def _add_serve(sub) -> None:
                             "more helps large models on an idle machine)")
     serve.add_argument("--min-face", type=whole_number(*RANGE["min_face"]), metavar="PIXELS",
                        help="smallest face side that counts, in photo pixels (default: the runs' smallest, or 20)")
+    serve.add_argument("--header-timeout", type=float, default=10.0, metavar="SECONDS",
+                       help="a connection that has not sent a whole request head in this time is closed (default 10)")
+    serve.add_argument("--max-connections", type=whole_number(1, 1_000_000), metavar="N",
+                       help="open connections at most; a new one beyond closes the one that has waited longest "
+                            "for its client (default 256, fewer when ulimit -n is low)")
+    serve.add_argument("--allowed-hosts", type=lambda text: tuple(n.strip() for n in text.split(",")), default=(),
+                       metavar="NAMES", help="comma-separated host names requests may address besides 127.0.0.1, "
+                                              "localhost and --host (e.g. myserver.lan; '*': any; "
+                                              "other names get 400: no DNS rebinding)")
     add_runtime_flags(serve)
 
 
@@ -745,7 +754,8 @@ def cmd_serve(args) -> int:
     from facetl.serve import ServeOptions, serve
 
     return serve(args.runs, ServeOptions(args.host, args.port, args.engine, args.max_upload_mb, args.device,
-                                         args.precision, args.threads, args.min_face))
+                                         args.precision, args.threads, args.min_face, args.header_timeout,
+                                         args.max_connections, args.allowed_hosts))
 
 
 COMMANDS = {"faces": cmd_faces, "train": cmd_train, "evaluate": cmd_evaluate, "sweep": cmd_sweep, "predict": cmd_predict,

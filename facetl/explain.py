@@ -85,7 +85,7 @@ def target_index(run: LoadedRun, name: str) -> int:
     names = [t.name for t in run_targets(run)]
     if name not in names:
         kind = "attribute" if run.record.multi_attribute else "class"
-        raise FacetlError(f"unknown {kind} {name!r}; this run's {kind}{'s' if kind == 'class' else 's'} are: "
+        raise FacetlError(f"unknown {kind} {name!r}; this run's {kind}{'es' if kind == 'class' else 's'} are: "
                           f"{', '.join(names)}")
     return names.index(name)
 

@@ -27,7 +27,7 @@ from torch import nn
 
 import facetl
 from facetl.data.augment import normalize
-from facetl.errors import FacetlError
+from facetl.errors import FacetlError, NotANumber
 from facetl.preprocessing import Preprocessing
 from facetl.run import load_run
 from facetl.runfolder import atomic_write_bytes
@@ -199,7 +199,7 @@ class OnnxClassifier:
             return np.zeros((0, len(self.class_names)), dtype=np.float32)
         probs = self.session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(images)})[0]
         if not np.isfinite(probs).all():  # never hand out a NaN as an answer
-            raise FacetlError(f"{self.path}: the model's output is not a number (NaN or inf) for these images")
+            raise NotANumber(f"{self.path}: the model's output is not a number (NaN or inf) for these images")
         return probs
 
 

@@ -18,7 +18,7 @@ import torch
 from facetl.config import TrainConfig, build_config
 from facetl.data.augment import BatchAugment, to_float
 from facetl.data.features import FrozenPart, ImageSource
-from facetl.errors import FacetlError
+from facetl.errors import FacetlError, NotANumber
 from facetl.models import FaceClassifier, rebuild_model
 from facetl.record import RunRecord
 from facetl.runfolder import checkpoint_weights, read_torch_file
@@ -60,7 +60,7 @@ class LoadedRun:
             logits = self.model.forward_suffix(z, self.record.cut).float()
             probs = probabilities(logits, self.record.temperature, self.record.multi_attribute).cpu().numpy()
         if not np.isfinite(probs).all():  # finite weights can still overflow: never hand out a NaN as an answer
-            raise FacetlError(f"{self.folder / 'best.pt'}: the model's output is not a number (NaN or inf) for "
+            raise NotANumber(f"{self.folder / 'best.pt'}: the model's output is not a number (NaN or inf) for "
                               "these images; the run's weights cannot be used")
         return probs
 

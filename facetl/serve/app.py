@@ -1,15 +1,18 @@
 """The HTTP side of `facetl serve`: one page, a small JSON API, and the limits that keep bad uploads out.
 
-GET /             the page (page.html: plain HTML, CSS and JS, nothing loaded from elsewhere)
+GET|HEAD /        the page (page.html: plain HTML, CSS and JS, nothing loaded from elsewhere)
 POST /api/predict a photo as the multipart field `image` -> every face with every run's answer
 GET /api/models   the model card of every run
-GET /healthz      liveness, and how many requests are waiting
+GET|HEAD /healthz liveness, and how many requests are waiting
 GET /openapi.json the API's description. FastAPI's /docs and /redoc pages are switched off: they load
                   their scripts from a CDN, which a server on a closed network cannot reach.
 
-Every refused request is a JSON `{"error": "..."}` with a 4xx (or 503) code. An upload is held in
-memory only: python-multipart's streaming parser fills a bytearray (Starlette's UploadFile would spool
-large files to disk), and it is decoded from those bytes.
+Every refused request is a JSON `{"error": "..."}` with a 4xx (or 503) code; a run that answers NaN is
+a 500 naming it. A request whose Host header names another server is refused (400): a web page
+elsewhere could otherwise point a name it controls at 127.0.0.1 (DNS rebinding) and read the answers,
+model cards and their paths included. An upload is held in memory only: python-multipart's streaming
+parser fills a bytearray (Starlette's UploadFile would spool large files to disk), and it is decoded
+from those bytes.
 
 Scheduling: one worker thread decodes and reads every photo, in arrival order. The detector is not
 thread-safe and torch's thread count is process-wide, and two photos at once on a small CPU would only
@@ -32,13 +35,15 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image, UnidentifiedImageError
-from python_multipart.exceptions import MultipartParseError
+from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import ClientDisconnect
 
 from facetl.data.images import MAX_PIXELS, UnreadableImage
-from facetl.serve.reader import PhotoAnswer, PhotoReader
+from facetl.serve.reader import NonFiniteAnswer, PhotoAnswer, PhotoReader
 from facetl.serve.runs import ModelCard
 
 FIELD = "image"
@@ -81,8 +86,10 @@ UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-dat
     "properties": {FIELD: {"type": "string", "format": "binary", "description": "a photo (JPEG, PNG, WebP, ...)"}}}}}}}
 
 
-def create_app(reader: PhotoReader, limits: Limits = Limits(), threads: int = 1) -> FastAPI:
-    """The app around an opened reader. `threads`: torch's threads in the worker that runs the models."""
+def create_app(reader: PhotoReader, limits: Limits = Limits(), threads: int = 1,
+               allowed_hosts: list[str] | None = None) -> FastAPI:
+    """The app around an opened reader. `threads`: torch's threads in the worker that runs the models;
+    `allowed_hosts`: the names a request's Host header may give (None: any)."""
     worker = ThreadPoolExecutor(1, thread_name_prefix="facetl-serve", initializer=_set_torch_threads,
                                 initargs=(threads,))
     worker.submit(reader.warm_up).result()
@@ -99,8 +106,10 @@ def create_app(reader: PhotoReader, limits: Limits = Limits(), threads: int = 1)
                   description="Faces in a photo, each labelled by every served run. POST a photo as the "
                               f"multipart field `{FIELD}` to /api/predict.")
     _add_error_handlers(app)
+    if allowed_hosts is not None:
+        app.add_middleware(_HostCheck, allowed_hosts=allowed_hosts)
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
         return HTMLResponse(page, headers={"Content-Security-Policy": PAGE_POLICY, "Cache-Control": "no-cache",
                                            "X-Content-Type-Options": "nosniff"})
@@ -112,6 +121,9 @@ def create_app(reader: PhotoReader, limits: Limits = Limits(), threads: int = 1)
     @app.get("/healthz", response_model=Health)
     async def healthz() -> Health:
         return Health("ok", [card.name for card in cards], waiting)
+
+    # HEAD as GET without the body; a route of its own, so the API description has one operation per path
+    app.add_api_route("/healthz", healthz, methods=["HEAD"], response_model=Health, include_in_schema=False)
 
     @app.post("/api/predict", response_model=PhotoAnswer, responses=ERRORS, openapi_extra=UPLOAD_BODY)
     async def predict(request: Request) -> PhotoAnswer:
@@ -134,6 +146,8 @@ def create_app(reader: PhotoReader, limits: Limits = Limits(), threads: int = 1)
                 return await asyncio.get_running_loop().run_in_executor(worker, job)
             except UnreadableImage as exc:
                 raise ApiError(422, f"cannot read the image: {exc}") from None
+            except NonFiniteAnswer as exc:
+                raise ApiError(500, str(exc)) from None
         finally:
             waiting -= 1
 
@@ -182,7 +196,10 @@ async def _read_image_field(request: Request, limits: Limits) -> bytes:
             raise ApiError(400, "bad Content-Length header")
         if int(length) > limit:
             raise ApiError(413, _too_big(limit))
-    form = _FormField(params[b"boundary"], FIELD)
+    try:
+        form = _FormField(params[b"boundary"], FIELD)
+    except FormParserError as exc:  # e.g. a boundary longer than python-multipart allows
+        raise ApiError(400, f"malformed multipart body: {exc}") from None
 
     async def receive() -> None:
         received = 0
@@ -198,7 +215,7 @@ async def _read_image_field(request: Request, limits: Limits) -> bytes:
         raise ApiError(408, f"the upload took longer than {limits.upload_seconds:.0f} s") from None
     except ClientDisconnect:
         raise ApiError(400, "the client went away during the upload") from None
-    except MultipartParseError as exc:
+    except FormParserError as exc:
         raise ApiError(400, f"malformed multipart body: {exc}") from None
     if form.data is None:
         raise ApiError(422, f"no '{FIELD}' field in the form: send the photo as the multipart field '{FIELD}'")
@@ -207,6 +224,39 @@ async def _read_image_field(request: Request, limits: Limits) -> bytes:
     if not form.data:
         raise ApiError(422, f"the '{FIELD}' field is empty")
     return bytes(form.data)
+
+
+class _HostCheck:
+    """Starlette's TrustedHostMiddleware decides whether a request's Host is allowed; a refusal is answered
+    as JSON like every other error (Starlette's own answer is plain text)."""
+
+    _PASSED = "facetl.host_allowed"
+
+    def __init__(self, app, allowed_hosts: list[str]):
+        self.app = app
+        self.allowed = allowed_hosts
+        self.verdict = TrustedHostMiddleware(self._mark, allowed_hosts=allowed_hosts, www_redirect=False)
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        await self.verdict(scope, receive, _discard)  # a refusal's plain text goes nowhere
+        if scope.pop(self._PASSED, False):
+            await self.app(scope, receive, send)
+            return
+        host = Headers(scope=scope).get("host")
+        named = f"host {host[:100]!r}" if host else "no Host header"
+        message = (f"{named}: this server answers requests for {', '.join(self.allowed)} only "
+                   "(facetl serve --allowed-hosts adds names)")
+        await JSONResponse({"error": message}, 400)(scope, receive, send)
+
+    async def _mark(self, scope, receive, send) -> None:
+        scope[self._PASSED] = True
+
+
+async def _discard(message) -> None:
+    pass
 
 
 def _too_big(limit: int) -> str:

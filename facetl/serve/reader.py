@@ -4,7 +4,9 @@ Serving always works on whole photos, as `facetl predict --faces detect` does: a
 found in photos cuts them with its recorded FaceAlignment, a run trained on crops with the default one
 (`face_alignment_for`). Faces are found once per photo, with the most permissive `min_face` and
 `min_score` among the runs, then each run aligns every face as its own record says (landmarks, template,
-scale, size) and answers; runs whose records cut the same crop share it.
+scale, size) and answers; runs whose records cut the same crop share it. A run whose answer is not a
+number (NaN or infinite, from broken weights) fails the photo with NonFiniteAnswer naming it, rather than
+answering a probability of null.
 """
 from __future__ import annotations
 
@@ -15,13 +17,30 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from facetl.data.faces import LANDMARKS, PhotoFace, align_face, aligned_landmarks, detector_for, faces_in_photo
+from facetl.data.faces import (
+    LANDMARKS,
+    PhotoFace,
+    align_face,
+    aligned_landmarks,
+    detector_for,
+    faces_in_photo,
+)
 from facetl.data.faces.composite import background
 from facetl.data.images import MAX_PIXELS, photo_from_bytes
+from facetl.errors import NotANumber
 from facetl.evaluate.metrics import decide
 from facetl.predict import crop_colour, face_alignment_for
 from facetl.preprocessing import FaceAlignment
 from facetl.serve.runs import ServedRun
+
+
+class NonFiniteAnswer(Exception):
+    """A run answered with a probability that is not a finite number."""
+
+    def __init__(self, run: str):
+        super().__init__(f"run '{run}' answered with a probability that is not a number (NaN or infinite): "
+                         "its model is broken (check or retrain it; serve the other runs without it)")
+        self.run = run
 
 
 @dataclass(frozen=True)
@@ -90,7 +109,10 @@ class PhotoReader:
         self.read(background(320, 240))
         for run in self.runs:
             size = run.classifier.preprocessing.size
-            run.classifier.classify(np.zeros((1, size, size, 3), dtype=np.uint8))
+            try:
+                run.classifier.classify(np.zeros((1, size, size, 3), dtype=np.uint8))
+            except NotANumber:
+                pass  # a broken run is served as one: each photo's answer is a 500 naming it
 
     def read_bytes(self, data: bytes, max_pixels: int = MAX_PIXELS) -> PhotoAnswer:
         """An uploaded file: UnreadableImage when it cannot be decoded."""
@@ -123,7 +145,11 @@ class PhotoReader:
                     cuts[cut] = [align_face(image, points, size, alignment.template, alignment.scale)
                                  for points in marks[alignment.landmarks]]
                 crops = np.stack([crop_colour(crop, run.classifier.preprocessing.colour) for crop in cuts[cut]])
-                for answer, probs in zip(answers, run.classifier.classify(crops)):
+                try:
+                    outputs = run.classifier.classify(crops)  # refuses NaN or inf itself (NotANumber)
+                except NotANumber:
+                    raise NonFiniteAnswer(run.name) from None
+                for answer, probs in zip(answers, outputs):
                     answer[run.name] = _answer(run.classifier, probs)
         classified = time.perf_counter()
         shown = marks.get(self.alignments[0].landmarks, marks[self.detection.landmarks])  # the first run's

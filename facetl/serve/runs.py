@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,6 +118,11 @@ def _metrics(folder: Path | None) -> TestMetrics | None:
         if not isinstance(values, dict):
             return None
         return TestMetrics(split=str(values.get("split", "test")), images=int(values["n_images"]),
-                           **{k: None if values.get(k) is None else float(values[k]) for k in CARD_METRICS})
+                           **{k: _finite(values.get(k)) for k in CARD_METRICS})
     except (OSError, KeyError, TypeError, ValueError):
         return None
+
+
+def _finite(value) -> float | None:
+    """A metric as a number, or None when missing or NaN (JSON has no NaN: it would fail the whole card)."""
+    return None if value is None or not math.isfinite(float(value)) else float(value)
