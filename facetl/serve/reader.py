@@ -17,14 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from facetl.data.faces import (
-    LANDMARKS,
-    PhotoFace,
-    align_face,
-    aligned_landmarks,
-    detector_for,
-    faces_in_photo,
-)
+from facetl.data.faces import LANDMARKS, PhotoFace, align_face, aligned_landmarks, detector_for, faces_in_photo
 from facetl.data.faces.composite import background
 from facetl.data.images import MAX_PIXELS, photo_from_bytes
 from facetl.errors import NotANumber
