@@ -36,7 +36,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from facetl.export import ExportedClassifier, OnnxClassifier, onnx_metadata, onnx_model, usable_cores  # noqa: E402
+from facetl.export import ExportedClassifier, onnx_metadata, onnx_model  # noqa: E402
+from facetl.inference.onnx import OnnxClassifier, usable_cores  # noqa: E402
 from facetl.models.classifier import FaceClassifier  # noqa: E402
 from facetl.models.factory import create_backbone  # noqa: E402
 from facetl.models.heads import build_head  # noqa: E402

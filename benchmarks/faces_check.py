@@ -101,8 +101,9 @@ def label_agreement(run_folder: Path, composites: list[Composite], landmarks: st
                     true_landmarks: bool = False) -> dict:
     """The share of pasted faces whose label predicted from the photo (detected, aligned as `facetl predict`
     aligns) equals the label predicted from the crop itself (prepared as training prepared it)."""
-    from facetl.predict import TorchClassifier, face_alignment_for
-    from facetl.run import load_run
+    from facetl.inference.classifiers import TorchClassifier
+    from facetl.predict import face_alignment_for
+    from facetl.inference.run import load_run
     from facetl.runtime import Runtime
 
     run = load_run(run_folder)

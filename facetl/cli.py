@@ -419,7 +419,7 @@ def cmd_train(args) -> int:
         run = Path(args.resume)
         if not (run / "config.yaml").is_file():
             raise FacetlError(f"nothing to resume: {run} has no config.yaml")
-        from facetl.run import locate_data
+        from facetl.inference.run import locate_data
 
         values = load_yaml(run / "config.yaml")
         values.setdefault("landmarks", "detector")  # a run from before the setting aligned with the detector's
@@ -573,7 +573,8 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from facetl.predict import annotate, open_classifier, predict, prediction_table
+    from facetl.inference.classifiers import open_classifier
+    from facetl.predict import annotate, predict, prediction_table
     from facetl.runtime import Runtime
 
     out = Path(args.out) if args.out else None
@@ -710,7 +711,7 @@ def cmd_backbones(args) -> int:
 def cmd_explain(args) -> int:
     from facetl.explain import explain
     from facetl.predict import collect_images
-    from facetl.run import load_run
+    from facetl.inference.run import load_run
     from facetl.runtime import Runtime
 
     refuse_output_inside(args.out, [p for p in args.images if Path(p).expanduser().is_dir()], "input folder")

@@ -12,11 +12,11 @@ from facetl.data.prepare import check_unchanged
 from facetl.data.split import load_split
 from facetl.data.store import cache_root, open_image_store
 from facetl.errors import FacetlError
-from facetl.evaluate.metrics import decide, decide_attributes
 from facetl.evaluate.report import SplitResult, write_evaluation
 from facetl.explain import gradcam_gallery
+from facetl.inference.decision import Decision
+from facetl.inference.run import LoadedRun, load_run, locate_data
 from facetl.progress import progress_bar
-from facetl.run import LoadedRun, load_run, locate_data
 from facetl.runfolder import atomic_write_csv
 from facetl.runtime import Runtime
 from facetl.tta import with_tta
@@ -77,7 +77,7 @@ def write_predictions(path: Path, names: list[str], labels: np.ndarray, probs: n
     classes = run.class_names
     if run.record.multi_attribute:
         return write_attribute_predictions(path, names, labels, probs, run)
-    decided = decide(probs, run.record.threshold)
+    decided = Decision.of(run.record).decide(probs)
     atomic_write_csv(path, ["path", "true_label", "label"] + [f"p_{name}" for name in classes],
                      [[name, classes[y], classes[k], *(f"{q:.6f}" for q in p)]
                       for name, y, k, p in zip(names, labels, decided, probs)])
@@ -86,7 +86,7 @@ def write_predictions(path: Path, names: list[str], labels: np.ndarray, probs: n
 def write_attribute_predictions(path: Path, names: list[str], labels: np.ndarray, probs: np.ndarray,
                                 run: LoadedRun) -> None:
     """Multi-attribute: per attribute the true value (empty where missing), the run's 0/1 and its probability."""
-    decided = decide_attributes(probs, run.record.thresholds)
+    decided = Decision.of(run.record).decide(probs)
     header = ["path"] + [f"{kind}{a}" for a in run.class_names for kind in ("true_", "", "p_")]
     rows = [[name, *(cell for y, d, q in zip(true, said, p) for cell in ("" if y < 0 else int(y), int(d), f"{q:.6f}"))]
             for name, true, said, p in zip(names, labels, decided, probs)]

@@ -35,13 +35,13 @@ from torch import nn
 from facetl.data.augment import normalize, to_float
 from facetl.data.images import UnreadableImage, decode_image
 from facetl.errors import FacetlError
-from facetl.evaluate.metrics import decide
 from facetl.evaluate.plots import clip, short_name
-from facetl.run import LoadedRun
+from facetl.inference.decision import Decision
+from facetl.inference.run import LoadedRun
+from facetl.models.outputs import probabilities
+from facetl.progress import progress_bar
 from facetl.runfolder import atomic_write_bytes
 from facetl.runtime import Runtime
-from facetl.train.loop import probabilities
-from facetl.progress import progress_bar
 
 TOP_CHANNELS = 16      # feature-map grid: channels with the highest mean activation
 BATCH = 16             # images per forward/backward: bounds memory on a CPU
@@ -185,7 +185,7 @@ def _grad_cam(run: LoadedRun, images: np.ndarray, runtime: Runtime, layer_name: 
                           "Grad-CAM needs a convolutional stage")
     probs = probabilities(logits, run.record.temperature, run.record.multi_attribute).cpu().numpy()
     # by default each image's decision; multi-attribute, its most probable attribute
-    predicted = probs.argmax(1) if run.record.multi_attribute else decide(probs, run.record.threshold)
+    predicted = probs.argmax(1) if run.record.multi_attribute else Decision.of(run.record).decide(probs)
     chosen = [int(k) for k in (predicted if targets is None else targets)]
 
     from captum.attr import LayerAttribution, LayerGradCam
@@ -412,7 +412,7 @@ def gradcam_gallery(run: LoadedRun, images: Sequence, labels: np.ndarray, probs:
     wrong images. Only those images are read from `images` (it may be a lazy view of a large store), and
     they take one forward and one backward pass together."""
     runtime = runtime or Runtime.for_inference("cpu")
-    predicted = decide(probs, run.record.threshold)
+    predicted = Decision.of(run.record).decide(probs)
     confidence = probs[np.arange(len(probs)), predicted]
     rows = []
     for label, mask in (("most confident right", predicted == labels), ("most confident wrong", predicted != labels)):

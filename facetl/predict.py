@@ -20,12 +20,9 @@ from facetl.data.faces import faces_in_photos
 from facetl.data.folders import find_images
 from facetl.data.images import UnreadableImage, decode_image, read_photo
 from facetl.errors import FacetlError
-from facetl.evaluate.metrics import decide, decide_attributes
-from facetl.export import OnnxClassifier
-from facetl.preprocessing import FaceAlignment, Preprocessing
-from facetl.run import LoadedRun, load_run
+from facetl.inference.classifiers import Classifier
+from facetl.preprocessing import FaceAlignment
 from facetl.runfolder import atomic_write_bytes
-from facetl.runtime import Runtime
 from facetl.tta import with_tta
 
 
@@ -58,50 +55,6 @@ def collect_images(inputs: list[str]) -> list[Path]:
     return files
 
 
-@dataclass
-class TorchClassifier:
-    """A reopened run on this machine's device and precision, with the contract OnnxClassifier offers."""
-
-    run: LoadedRun
-    runtime: Runtime
-
-    @property
-    def class_names(self) -> list[str]:
-        return self.run.class_names
-
-    @property
-    def preprocessing(self) -> Preprocessing:
-        return self.run.record.preprocessing
-
-    @property
-    def threshold(self) -> float | None:
-        return self.run.record.threshold
-
-    @property
-    def multi_attribute(self) -> bool:
-        return self.run.record.multi_attribute
-
-    @property
-    def thresholds(self) -> list[float] | None:
-        return self.run.record.thresholds
-
-    def classify(self, images: np.ndarray) -> np.ndarray:
-        return self.run.classify(images, self.runtime)
-
-
-def open_classifier(run: str | Path, engine: str, runtime: Runtime,
-                    threads: int | None = None) -> TorchClassifier | OnnxClassifier:
-    """engine torch: the run's best.pt; engine onnx: RUN/model.onnx (made by facetl export) or a .onnx file.
-
-    `threads`: ONNX Runtime's threads per operator (None: one per usable core); torch's are the caller's."""
-    if engine == "torch":
-        return TorchClassifier(load_run(run), runtime)
-    path = Path(run) if str(run).endswith(".onnx") else Path(run) / "model.onnx"
-    if not path.is_file():
-        raise FacetlError(f"{path} not found: make it with `facetl export {run}` (or give the .onnx file)")
-    return OnnxClassifier(path, threads)
-
-
 def face_alignment_for(classifier, faces: str, min_face: int | None) -> FaceAlignment | None:
     """auto: what the run was trained with; detect: find faces even in a run trained on crops; none: never."""
     trained = classifier.preprocessing.faces
@@ -120,7 +73,7 @@ class Predictions:
     multi_attribute: bool = False                # class_names are attributes, each with its own probability
 
 
-def predict(classifier: TorchClassifier | OnnxClassifier, inputs: list[str], faces: str = "auto",
+def predict(classifier: Classifier, inputs: list[str], faces: str = "auto",
             min_face: int | None = None, batch_size: int = 64, tta: str = "none") -> Predictions:
     """`tta` flip: each image's (or aligned face's) probabilities are averaged with its mirror image's."""
     files = collect_images(inputs)
@@ -135,18 +88,13 @@ def predict(classifier: TorchClassifier | OnnxClassifier, inputs: list[str], fac
     if no_face:
         print(f"warning: no face found in {len(no_face)} photo(s) (first: {no_face[0]})", file=sys.stderr)
     return Predictions(predictions, skipped, classifier.class_names, alignment is not None,
-                       getattr(classifier, "multi_attribute", False))
+                       classifier.decision.multi_attribute)
 
 
-def _labelled(classifier, path: str, probs: np.ndarray, **face) -> Prediction:
-    """The run's decision (its threshold for two classes), with every class's probability."""
-    class_names = classifier.class_names
-    if getattr(classifier, "multi_attribute", False):  # label: the attributes it has, joined by +
-        decided = decide_attributes(probs[None], classifier.thresholds)[0]
-        label = "+".join(n for n, d in zip(class_names, decided) if d) or "none"
-        return Prediction(path, label, None, [float(p) for p in probs], decided=[int(d) for d in decided], **face)
-    k = int(decide(probs[None], classifier.threshold)[0])
-    return Prediction(path, class_names[k], float(probs[k]), [float(p) for p in probs], **face)
+def _labelled(classifier: Classifier, path: str, probs: np.ndarray, **face) -> Prediction:
+    """The run's decision, with every class's (or attribute's) probability."""
+    label, probability, decided = classifier.decision.label(probs)
+    return Prediction(path, label, probability, [float(p) for p in probs], decided=decided, **face)
 
 
 def _predict_crops(classifier, files: list[Path], batch_size: int, tta: str):

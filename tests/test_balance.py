@@ -17,7 +17,7 @@ import torch
 from facetl.cli import main
 from facetl.evaluate.metrics import choose_threshold, classification_metrics, decide
 from facetl.export import onnx_metadata
-from facetl.run import load_run
+from facetl.inference.run import load_run
 from facetl.train.loop import balanced_order, class_weights
 
 SMILES = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "SMILEsmileD" / "SMILEs"

@@ -22,7 +22,7 @@ from facetl.data.images import decode_image
 from facetl.errors import FacetlError
 from facetl.evaluation import evaluate_run, write_gradcam_gallery
 from facetl.explain import default_layer, grad_cam, map_sides, output_stems, resolve_layer, run_targets
-from facetl.run import load_run
+from facetl.inference.run import load_run
 from facetl.runtime import Runtime
 
 SIZE = 64

@@ -16,8 +16,9 @@ from facetl.cli import main
 from facetl.data.folders import find_images
 from facetl.data.images import decode_image
 from facetl.errors import FacetlError
-from facetl.export import OnnxClassifier, export_onnx
-from facetl.run import load_run
+from facetl.export import export_onnx
+from facetl.inference.onnx import OnnxClassifier
+from facetl.inference.run import load_run
 from facetl.runtime import Runtime
 
 PARITY_IMAGES = 200

@@ -12,7 +12,7 @@ from PIL import Image
 from facetl.cli import main
 from facetl.data.faces.composite import background, match_faces, paste_faces
 from facetl.preprocessing import FaceAlignment
-from facetl.run import load_run
+from facetl.inference.run import load_run
 
 
 def people_by_gender(root: Path) -> dict[str, list[Path]]:
@@ -72,7 +72,8 @@ def test_a_run_recorded_before_landmark_refinement_still_cuts_faces_as_it_was_tr
     import torch
 
     from facetl.data.faces import align_face, create_detector, faces_in_photo
-    from facetl.predict import TorchClassifier, predict
+    from facetl.inference.classifiers import TorchClassifier
+    from facetl.predict import predict
     from facetl.runtime import Runtime
 
     assert load_run(face_run).record.preprocessing.faces.landmarks == "refined"  # a new run refines

@@ -193,7 +193,7 @@ def test_a_short_run_from_scratch_does_not_collapse_in_eval_mode(shared_path, tm
     from sklearn.metrics import roc_auc_score
 
     from facetl.data.images import decode_image
-    from facetl.run import load_run
+    from facetl.inference.run import load_run
     from facetl.runtime import Runtime
 
     smiles = shared_path("SMILEsmileD/SMILEs")

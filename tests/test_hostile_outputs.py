@@ -15,7 +15,6 @@ The runs here are tiny (24 images of 24 px, one epoch at 32 px) and trained once
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
 import sys
 from pathlib import Path

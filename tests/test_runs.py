@@ -14,7 +14,7 @@ import torch
 from commandline import facetl, one_line_error
 from facetl.cli import main
 from facetl.record import RunRecord
-from facetl.run import load_run
+from facetl.inference.run import load_run
 
 SMILES = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "SMILEsmileD" / "SMILEs"
 

@@ -387,8 +387,11 @@ class RecordingClassifier:
     def __init__(self, landmarks: str, size: int = 48):
         from facetl.preprocessing import FaceAlignment, Preprocessing
 
+        from facetl.inference.decision import Decision
+
         self.preprocessing = Preprocessing(size, (0.5,) * 3, (0.5,) * 3, faces=FaceAlignment(landmarks=landmarks))
-        self.class_names, self.threshold, self.crops = ["no", "yes"], 0.5, []
+        self.class_names, self.crops = ["no", "yes"], []
+        self.title, self.decision = "recording", Decision(self.class_names, 0.5)
 
     def classify(self, crops: np.ndarray) -> np.ndarray:
         self.crops.append(crops.copy())

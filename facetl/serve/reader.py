@@ -21,7 +21,6 @@ from facetl.data.faces import LANDMARKS, PhotoFace, align_face, aligned_landmark
 from facetl.data.faces.composite import background
 from facetl.data.images import MAX_PIXELS, photo_from_bytes
 from facetl.errors import NotANumber
-from facetl.evaluate.metrics import decide
 from facetl.predict import crop_colour, face_alignment_for
 from facetl.preprocessing import FaceAlignment
 from facetl.serve.runs import ServedRun
@@ -163,8 +162,8 @@ class PhotoReader:
 def _answer(classifier, probs: np.ndarray) -> RunAnswer:
     """The run's decision (its threshold for two classes), as predict makes it."""
     class_names = classifier.class_names
-    k = int(decide(probs[None], classifier.threshold)[0])
-    return RunAnswer(class_names[k], round(float(probs[k]), 6),
+    label, probability, _ = classifier.decision.label(probs)
+    return RunAnswer(label, round(probability, 6),
                      {name: round(float(p), 6) for name, p in zip(class_names, probs)})
 
 

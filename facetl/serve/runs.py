@@ -7,8 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from facetl.errors import FacetlError
-from facetl.export import OnnxClassifier
-from facetl.predict import TorchClassifier, open_classifier
+from facetl.inference.classifiers import Classifier, TorchClassifier, open_classifier
 from facetl.preprocessing import FaceAlignment
 from facetl.record import RunRecord
 from facetl.runtime import Runtime
@@ -48,7 +47,7 @@ class ModelCard:
 @dataclass(frozen=True)
 class ServedRun:
     card: ModelCard
-    classifier: TorchClassifier | OnnxClassifier
+    classifier: Classifier
 
     @property
     def name(self) -> str:
@@ -68,7 +67,7 @@ def open_runs(paths: list[str], engine: str, runtime: Runtime, threads: int | No
         name = _unique(path.stem if path.suffix == ".onnx" else path.resolve().name, names)
         names.add(name)
         classifier = open_classifier(path, engine, runtime, threads)
-        if getattr(classifier, "multi_attribute", False):
+        if classifier.decision.multi_attribute:
             raise FacetlError(f"{path} is a multi-attribute run; facetl serve answers single-target runs so far "
                               "(use facetl predict on it)")
         runs.append(ServedRun(model_card(name, path, classifier, engine), classifier))
@@ -82,7 +81,7 @@ def _unique(name: str, taken: set[str]) -> str:
     return candidate
 
 
-def model_card(name: str, path: Path, classifier: TorchClassifier | OnnxClassifier, engine: str) -> ModelCard:
+def model_card(name: str, path: Path, classifier: Classifier, engine: str) -> ModelCard:
     """What the page shows about a run: from its record (best.pt, or run.json beside an exported model),
     else from the ONNX metadata; test metrics from the run folder's metrics.json."""
     folder = path if path.is_dir() else None
@@ -98,7 +97,7 @@ def model_card(name: str, path: Path, classifier: TorchClassifier | OnnxClassifi
         faces = ("trained on face crops; served on faces found by MTCNN and aligned by their "
                  f"{FaceAlignment().landmarks} landmarks to the ArcFace template")
     return ModelCard(name=name, path=str(path), engine=engine,
-                     title=record.title if record else getattr(classifier, "title", "") or name,
+                     title=record.title if record else classifier.title or name,
                      backbone=backbone, classes=list(classifier.class_names),
                      pretraining=record.weights.describe() if record else "", image_size=prep.size,
                      colour=prep.colour, faces=faces, trained=record.created if record else "",

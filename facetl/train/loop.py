@@ -10,8 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from facetl.errors import FacetlError
-from facetl.runtime import Precision
+from facetl.models.outputs import probabilities
 from facetl.progress import progress_bar
+from facetl.runtime import Precision
 
 
 def loss_fn(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None,
@@ -60,19 +61,6 @@ def balanced_order(index: np.ndarray, labels: np.ndarray, seed: int, epoch: int)
     p = 1.0 / counts[labels[index]]
     rng = np.random.default_rng([seed, epoch])
     return index[rng.choice(len(index), size=len(index), replace=True, p=p / p.sum())]
-
-
-def probabilities(logits: torch.Tensor, temperature: float = 1.0, multi_attribute: bool = False) -> torch.Tensor:
-    """(B, classes) probabilities; a single logit becomes [1 - p, p]. `temperature`: the run's calibration
-    (--calibrate), which divides the logits first. Multi-attribute: (B, K), each attribute's own sigmoid."""
-    if temperature != 1.0:
-        logits = logits / temperature
-    if multi_attribute:
-        return torch.sigmoid(logits)
-    if logits.shape[1] == 1:
-        p = torch.sigmoid(logits[:, 0])
-        return torch.stack([1 - p, p], dim=1)
-    return torch.softmax(logits, dim=1)
 
 
 def accuracy(probs, labels) -> float:

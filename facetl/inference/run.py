@@ -20,10 +20,10 @@ from facetl.data.augment import BatchAugment, to_float
 from facetl.data.features import FrozenPart, ImageSource
 from facetl.errors import FacetlError, NotANumber
 from facetl.models import FaceClassifier, rebuild_model
+from facetl.models.outputs import probabilities
 from facetl.record import RunRecord
 from facetl.runfolder import checkpoint_weights, read_torch_file
 from facetl.runtime import Runtime
-from facetl.train.loop import probabilities
 
 
 @dataclass
