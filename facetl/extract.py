@@ -134,7 +134,11 @@ def _resume_or_begin(out: Path, plan: dict) -> dict[str, list[list]]:
     if changed:
         raise FacetlError(f"--out {out} holds an unfinished `facetl faces` of other data or settings ("
                           f"{', '.join(changed)} differ); rerun the command that began it, or choose a new folder")
-    return _read_journal(out / JOURNAL)
+    done = _read_journal(out / JOURNAL)
+    # the journal again as only what is kept, so the photo done again is not listed twice
+    rows = [FACES_CSV_HEADER] + [row for photo in done.values() for row in photo]
+    atomic_write_bytes(out / JOURNAL, _csv_text(rows).encode("utf-8"))
+    return done
 
 
 def _read_journal(path: Path) -> dict[str, list[list]]:
