@@ -74,8 +74,9 @@ def changed(before: dict[str, str], after: dict[str, str]) -> list[str]:
 
 
 def crop_files(out: Path) -> list[str]:
-    return sorted(p.relative_to(out).as_posix() for p in out.rglob("*")
-                  if p.is_file() and p.name not in OWN_FILES and p.suffix != ".csv")
+    """Every file in OUT but its own files at the top (faces.*, the copied table)."""
+    return sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and not (
+        p.parent == out and (p.name in OWN_FILES or p.suffix == ".csv")))
 
 
 def faces_rows(out: Path) -> list[dict]:
