@@ -385,6 +385,12 @@ def _add_serve(sub) -> None:
     add_runtime_flags(serve)
 
 
+# What an interrupted command keeps, and how to go on; a command not listed keeps nothing worth saying.
+INTERRUPTED = {"train": "finished epochs are kept (facetl train --resume RUN)",
+               "sweep": "finished runs are kept; the same command goes on from there",
+               "faces": "the crops made so far are kept; the same command goes on from there"}
+
+
 def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"
     parser = build_parser()
@@ -399,8 +405,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"facetl {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"facetl {args.command}: interrupted; finished epochs are kept (facetl train --resume RUN)",
-              file=sys.stderr)
+        kept = INTERRUPTED.get(args.command)
+        print(f"facetl {args.command}: interrupted" + (f"; {kept}" if kept else ""), file=sys.stderr)
         return 130
     except MemoryError:
         print(f"facetl {args.command}: error: out of memory; try a smaller --batch-size or --img-size",
@@ -574,23 +580,28 @@ def cmd_sweep(args) -> int:
 
 def cmd_predict(args) -> int:
     from facetl.inference.classifiers import open_classifier
-    from facetl.predict import annotate, predict, prediction_table
+    from facetl.outputs import refuse_inside_inputs
+    from facetl.predict import plan_annotations, predict, prediction_table, write_annotations
     from facetl.runtime import Runtime
 
     out = Path(args.out) if args.out else None
     if out is not None:
         _check_writable_output(out, Path(args.run), args.overwrite)
+    if args.annotate:  # a rerun on the same folders would label its own annotated images
+        refuse_inside_inputs(Path(args.annotate), [Path(i).expanduser() for i in args.images
+                                                   if Path(i).expanduser().is_dir()], "--annotate")
     classifier = open_classifier(args.run, args.engine, Runtime.for_inference(args.device, args.precision))
     result = predict(classifier, args.images, args.faces, args.min_face, tta=args.tta)
     if not result.rows:
         raise FacetlError("none of the images could be read")
+    annotations = plan_annotations(result.rows, Path(args.annotate), args.overwrite) if args.annotate else []
     if out is not None:
         atomic_write_csv(out, *prediction_table(result))
         print(f"wrote {len(result.rows)} predictions to {out}")
     else:
         _print_predictions(result)
     if args.annotate:
-        written = annotate(result.rows, Path(args.annotate), args.overwrite)
+        written = write_annotations(annotations)
         print(f"annotated {len(written)} photo(s) in {args.annotate}")
     return 1 if result.skipped else 0
 
@@ -631,6 +642,9 @@ def cmd_faces(args) -> int:
     _one_target(args.target, "faces")
     summary = extract_faces(args.data, args.out, args.images, args.target, alignment, args.size,
                             progress=True)
+    if summary.get("unreadable"):
+        print(f"warning: {summary['unreadable']} photo(s) could not be read and were skipped (faces.csv says why)",
+              file=sys.stderr)
     print(f"{summary['crops']} face crops from {summary['photos']} photos in {summary['out']}")
     print(f"every face found, used or why not: {Path(summary['out']) / 'faces.csv'}; "
           f"look first: {Path(summary['out']) / 'faces.png'}")

@@ -6,13 +6,22 @@ crop dataset. Next to the crops: `faces.csv` (every face found, with box, score,
 why not; photos without a face are rows that say so), `faces.png` (a contact sheet of sampled photos with
 their boxes and landmarks, used faces green and rejected ones red, and their aligned crops) and
 `faces.json` (the counts and the settings).
+
+Crops are written only inside OUT, whatever the data names (outputs.py): an absolute table row or one with
+`..` is read where it points and its crop goes under OUT/_root or OUT/_up; a crop that is neither JPEG nor
+PNG keeps its extension in its name (`x.gif.png`), so no two photos share a crop. While it works, OUT holds
+`faces.unfinished.json` (what is being cut) and `faces.unfinished.csv` (the faces.csv rows of every photo
+done, one photo at a time): a killed or interrupted run, rerun the same way, goes on from there.
 """
 from __future__ import annotations
 
+import csv
+import hashlib
 import io
+import json
 import time
 from collections import Counter
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -23,12 +32,17 @@ from facetl.data.load import load_samples
 from facetl.data.samples import Samples
 from facetl.data.tables import read_table
 from facetl.errors import FacetlError
+from facetl.outputs import contained_name, inside, refuse_inside_inputs, unique_names
 from facetl.preprocessing import FaceAlignment
-from facetl.runfolder import atomic_write_bytes, atomic_write_csv, atomic_write_json
+from facetl.runfolder import RunLock, atomic_write_bytes, atomic_write_csv, atomic_write_json
 from facetl.progress import progress_bar
 
 SHEET_PHOTOS = 12
 _USED_COLOUR, _REJECTED_COLOUR = (40, 220, 60), (235, 40, 40)
+PLAN, JOURNAL = "faces.unfinished.json", "faces.unfinished.csv"
+OUTPUT_FILES = ("faces.csv", "faces.png", "faces.json", PLAN, JOURNAL, ".lock")
+CROP_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG"}
+_STATUS = FACES_CSV_HEADER.index("status")
 
 
 def extract_faces(data: str | Path, out: str | Path, images: str | Path | None = None, target: str | None = None,
@@ -37,37 +51,65 @@ def extract_faces(data: str | Path, out: str | Path, images: str | Path | None =
     """Detect and align the faces of every photo of `data` into OUT; return the counts written to faces.json."""
     start = time.perf_counter()
     samples = load_samples(str(data), str(images) if images else None, target)
-    out = _prepare_out(Path(out), samples.root)
-    detector = detector_for(alignment)
-    sheet_sources = _sheet_sample(samples, seed)
-    rows, counts, sheet, kept = [], Counter(), {}, {}
-    results = faces_in_photos(samples.files(), alignment, size, detector=detector)
-    for relative, result in progress_bar(zip(samples.paths, results), total=len(samples), unit="photo",
-                                         desc="faces", enabled=progress, leave=True):
-        crop_name = _write_crop(out, relative, result)
-        if crop_name:
-            kept[relative] = crop_name
-        rows.extend(face_rows(relative, result, crop_name))
-        _count(counts, result)
-        if relative in sheet_sources:
-            sheet[relative] = result
-    if target:
-        _write_table(Path(data), out, kept)
-    atomic_write_csv(out / "faces.csv", FACES_CSV_HEADER, rows)
-    atomic_write_bytes(out / "faces.png", _contact_sheet([sheet[s] for s in sorted(sheet)]))
-    summary = {"photos": len(samples), **{k: counts[k] for k in sorted(counts)}, "crops": len(kept),
-               "out": str(out), "size": size, "alignment": alignment.to_dict(),
-               "seconds": round(time.perf_counter() - start, 1)}
-    atomic_write_json(out / "faces.json", summary)
+    table_copy = _table_copy_name(Path(data)) if target else None
+    names = crop_names(samples.paths, [*OUTPUT_FILES, *([table_copy] if table_copy else [])])
+    plan = _plan(data, images, target, alignment, size, samples)
+    out = _open_out(Path(out), samples.root)
+    with RunLock(out):
+        done = _resume_or_begin(out, plan)
+        detector = detector_for(alignment)
+        sheet_sources = _sheet_sample(samples, seed)
+        sheet = _detect_all(samples, names, done, out, alignment, size, detector, sheet_sources, progress)
+        missing = sorted(sheet_sources - set(sheet))  # sampled photos done by an earlier, interrupted run
+        sheet.update(zip(missing, faces_in_photos([samples.root / p for p in missing], alignment, size,
+                                                  detector=detector)))
+        rows = [row for p in samples.paths for row in done[p]]
+        if table_copy:
+            _write_table(Path(data), out / table_copy, _crops(done))
+        atomic_write_csv(out / "faces.csv", FACES_CSV_HEADER, rows)
+        atomic_write_bytes(out / "faces.png", _contact_sheet([sheet[s] for s in sorted(sheet)]))
+        counts = _counts(done.values())
+        summary = {"photos": len(samples), **{k: counts[k] for k in sorted(counts)}, "crops": len(_crops(done)),
+                   "out": str(out), "size": size, "alignment": alignment.to_dict(),
+                   "seconds": round(time.perf_counter() - start, 1)}
+        atomic_write_json(out / "faces.json", summary)
+        (out / JOURNAL).unlink(missing_ok=True)
+        (out / PLAN).unlink(missing_ok=True)  # last: until now, a rerun finishes the job
     return summary
 
 
-def _prepare_out(out: Path, root: Path) -> Path:
-    """A new or empty folder outside the data: nothing is overwritten, and a rerun does not read its output."""
-    out, root = out.expanduser().resolve(), root.resolve()
-    if out == root or root in out.parents:
-        raise FacetlError(f"--out {out} is inside the data folder {root}; choose a folder outside it")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+def crop_names(paths: list[str], reserved: list[str]) -> list[str]:
+    """Each photo's crop name inside OUT: its relative path, made safe (outputs.contained_name); a format other
+    than JPEG or PNG is written as PNG with the original extension kept (x.gif -> x.gif.png); then distinct
+    from each other and from OUT's own files."""
+    wanted = []
+    for path in paths:
+        name = contained_name(path)
+        wanted.append(name if PurePosixPath(name).suffix.lower() in CROP_FORMATS else name + ".png")
+    return unique_names(wanted, reserved)
+
+
+def _table_copy_name(table: Path) -> str:
+    name = f"{table.stem}.csv"
+    return f"{table.stem}-table.csv" if name.casefold() in {f.casefold() for f in OUTPUT_FILES} else name
+
+
+def _plan(data, images, target, alignment: FaceAlignment, size: int, samples: Samples) -> dict:
+    """What a run cuts: a rerun into an unfinished OUT continues only when this is the same."""
+    listing = hashlib.sha256("\n".join(samples.paths).encode("utf-8", "surrogatepass")).hexdigest()
+    return {"command": "facetl faces", "data": str(Path(data).expanduser().resolve()),
+            "images": str(Path(images).expanduser().resolve()) if images else None, "target": target,
+            "size": size, "alignment": alignment.to_dict(), "photos": len(samples), "photo_list_sha256": listing}
+
+
+def _open_out(out: Path, root: Path) -> Path:
+    """OUT made, outside the data (a rerun must not read its output); a folder holding anything but an
+    unfinished run's files is refused before anything is written."""
+    out = out.expanduser().resolve()
+    refuse_inside_inputs(out, [root], "--out", "data folder")
+    if out.exists() and not out.is_dir():
+        raise FacetlError(f"--out {out} exists and is not a folder; choose a new or empty folder")
+    if out.is_dir() and not (out / PLAN).is_file() and any(p.name != ".lock" for p in out.iterdir()):
         raise FacetlError(f"--out {out} already exists and is not empty; choose a new or empty folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -76,46 +118,125 @@ def _prepare_out(out: Path, root: Path) -> Path:
     return out
 
 
+def _resume_or_begin(out: Path, plan: dict) -> dict[str, list[list]]:
+    """The faces.csv rows of the photos an earlier run of the same plan finished (none for a new OUT)."""
+    if not (out / PLAN).is_file():
+        if any(p.name != ".lock" for p in out.iterdir()):  # filled while we waited for the lock
+            raise FacetlError(f"--out {out} already exists and is not empty; choose a new or empty folder")
+        atomic_write_json(out / PLAN, plan)
+        atomic_write_bytes(out / JOURNAL, _csv_text([FACES_CSV_HEADER]).encode("utf-8"))
+        return {}
+    try:
+        earlier = json.loads((out / PLAN).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise FacetlError(f"{out / PLAN} cannot be read ({exc}); choose a new --out folder") from None
+    changed = [key for key in plan if earlier.get(key) != plan[key]] if isinstance(earlier, dict) else ["all"]
+    if changed:
+        raise FacetlError(f"--out {out} holds an unfinished `facetl faces` of other data or settings ("
+                          f"{', '.join(changed)} differ); rerun the command that began it, or choose a new folder")
+    done = _read_journal(out / JOURNAL)
+    # the journal again as only what is kept, so the photo done again is not listed twice
+    rows = [FACES_CSV_HEADER] + [row for photo in done.values() for row in photo]
+    atomic_write_bytes(out / JOURNAL, _csv_text(rows).encode("utf-8"))
+    return done
+
+
+def _read_journal(path: Path) -> dict[str, list[list]]:
+    """The journal's rows by photo, less the last photo's: its rows may be cut short, so it is done again."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FacetlError(f"{path} cannot be read ({exc}); choose a new --out folder") from None
+    if not text.endswith("\n"):
+        text = text[:text.rfind("\n") + 1]  # a line cut off by a kill
+    done: dict[str, list[list]] = {}
+    for row in list(csv.reader(io.StringIO(text)))[1:]:
+        if len(row) == len(FACES_CSV_HEADER):
+            done.setdefault(row[0], []).append(row)
+    if done:
+        done.pop(next(reversed(done)))
+    return done
+
+
+def _detect_all(samples: Samples, names: list[str], done: dict[str, list[list]], out: Path,
+                alignment: FaceAlignment, size: int, detector, sheet_sources: set[str],
+                progress: bool) -> dict[str, PhotoFaces]:
+    """Every photo not done yet: its crop, then its rows in the journal (and in `done`); return the
+    sampled photos' results for the contact sheet."""
+    todo = [i for i, p in enumerate(samples.paths) if p not in done]
+    results = faces_in_photos([samples.root / samples.paths[i] for i in todo], alignment, size, detector=detector)
+    sheet = {}
+    with open(out / JOURNAL, "a", encoding="utf-8", newline="") as journal:
+        for i, result in progress_bar(zip(todo, results), total=len(todo), unit="photo", desc="faces",
+                                      enabled=progress, leave=True):
+            relative = samples.paths[i]
+            rows = face_rows(relative, result, _write_crop(out, names[i], result))
+            journal.write(_csv_text(rows))
+            journal.flush()
+            done[relative] = rows
+            if relative in sheet_sources:
+                sheet[relative] = result
+    return sheet
+
+
+def _csv_text(rows) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    return buffer.getvalue()
+
+
+def _crops(done: dict[str, list[list]]) -> dict[str, str]:
+    """photo -> its crop's name, for the photos that gave one."""
+    return {source: row[-1] for source, rows in done.items() for row in rows if row[_STATUS] == "used" and row[-1]}
+
+
+def _counts(photos) -> Counter:
+    """faces.json's counts, from the faces.csv rows of each photo (those of an earlier run included)."""
+    counts = Counter(faces_found=0)
+    for rows in photos:
+        if rows[0][1] == "":  # no face column: the photo's one row says why
+            counts["unreadable" if str(rows[0][_STATUS]).startswith("unreadable") else "no_face"] += 1
+            continue
+        counts["faces_found"] += len(rows)
+        for row in rows:
+            counts["faces_" + str(row[_STATUS]).replace(" ", "_")] += 1
+        if not any(row[_STATUS] == "used" for row in rows):
+            counts["no_face_used"] += 1
+    return counts
+
+
 def _sheet_sample(samples: Samples, seed: int) -> set[str]:
     rng = np.random.default_rng(seed)
     picked = rng.choice(len(samples), size=min(SHEET_PHOTOS, len(samples)), replace=False)
     return {samples.paths[i] for i in picked}
 
 
-def _write_crop(out: Path, relative: str, result: PhotoFaces) -> str | None:
-    """Write the photo's used crop at the photo's relative path; return that path (None: no crop)."""
+def _write_crop(out: Path, name: str, result: PhotoFaces) -> str | None:
+    """Write the photo's used crop as OUT/name; return the name (None: no crop)."""
     used = result.used
     if not used:
         return None
     # the training rules (largest | skip | error) leave at most one used face per photo
-    name = Path(relative)
-    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG"}.get(name.suffix.lower())
-    if fmt is None:  # other formats become PNG: lossless, and every reader takes it
-        name, fmt = name.with_suffix(".png"), "PNG"
+    fmt = CROP_FORMATS.get(PurePosixPath(name).suffix.lower(), "PNG")
     buffer = io.BytesIO()
     Image.fromarray(used[0].crop).save(buffer, fmt, **({"quality": 95} if fmt == "JPEG" else {}))
-    (out / name).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out / name, buffer.getvalue())
-    return name.as_posix()
+    target = inside(out, name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(target, buffer.getvalue())
+    return name
 
 
-def _count(counts: Counter, result: PhotoFaces) -> None:
-    if result.error:
-        counts["unreadable"] += 1
-    elif not result.faces:
-        counts["no_face"] += 1
-    elif not result.used:
-        counts["no_face_used"] += 1
-    counts["faces_found"] += len(result.faces)
-    for face in result.faces:
-        counts["faces_" + face.status.replace(" ", "_")] += 1
-
-
-def _write_table(table: Path, out: Path, kept: dict[str, str]) -> None:
+def _write_table(table: Path, target: Path, kept: dict[str, str]) -> None:
     """The table's rows for the photos that gave a crop, as a CSV naming the crops, in OUT."""
     names, files, rows = read_table(table)
-    body = [[kept[f], *row] for f, row in zip(files, rows) if f in kept]
-    atomic_write_csv(out / f"{table.stem}.csv", ["filename", *names], body)
+    body, seen = [], set()
+    for f, row in zip(files, rows):
+        if f in kept and f not in seen:  # a file listed twice was cut once (its first row, as training reads it)
+            seen.add(f)
+            body.append([kept[f], *row])
+    atomic_write_csv(target, ["filename", *names], body)
 
 
 def _contact_sheet(results: list[PhotoFaces], tile: int = 256) -> bytes:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import os
 import sys
+from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -21,6 +23,7 @@ from facetl.data.folders import find_images
 from facetl.data.images import UnreadableImage, decode_image, read_photo
 from facetl.errors import FacetlError
 from facetl.inference.classifiers import Classifier
+from facetl.outputs import inside, mirrored_names, unique_names
 from facetl.preprocessing import FaceAlignment
 from facetl.runfolder import atomic_write_bytes
 from facetl.tta import with_tta
@@ -48,7 +51,7 @@ def collect_images(inputs: list[str]) -> list[Path]:
             if not found:
                 raise FacetlError(f"no images found in folder {path}")
             files.extend(found)
-        elif path.is_file():
+        elif path.exists():  # a file; anything else (a pipe, a device) is skipped with a warning when read
             files.append(path)
         else:
             raise FacetlError(f"image or folder not found: {path}")
@@ -176,18 +179,48 @@ def _attribute_table(result: Predictions) -> tuple[list[str], list[list]]:
     return header, rows
 
 
-def annotate(predictions: list[Prediction], folder: Path, overwrite: bool = False) -> list[Path]:
-    """Each photo with its faces boxed and labelled, as FOLDER/<name>.annotated.png."""
-    folder.mkdir(parents=True, exist_ok=True)
+def annotation_names(sources: list[str]) -> list[str]:
+    """Each photo's annotated image inside DIR: its path below the folder all the photos share, as
+    NAME.annotated.png (a/x.jpg and b/x.jpg stay apart as a/x... and b/x...); photos that differ only in
+    their extension keep it (x.jpg.annotated.png, x.png.annotated.png). Distinct photos, distinct files."""
+    mirrored = mirrored_names(sources)
+    plain = [PurePosixPath(m).with_suffix("").as_posix() + ".annotated.png" for m in mirrored]
+    clashes = Counter(name.casefold() for name in plain)
+    return unique_names([m + ".annotated.png" if clashes[p.casefold()] > 1 else p for m, p in zip(mirrored, plain)])
+
+
+def plan_annotations(predictions: list[Prediction], folder: Path,
+                     overwrite: bool = False) -> list[tuple[Path, list[Prediction], Path]]:
+    """(photo, its rows, where its annotated image goes), every target checked before anything is written:
+    inside FOLDER, not an existing file unless `overwrite`, never one of the photos themselves."""
     by_photo: dict[str, list[Prediction]] = {}
     for p in predictions:
         by_photo.setdefault(p.path, []).append(p)
+    sources = list(by_photo)
+    targets = [inside(folder, name) for name in annotation_names(sources)]
+    existing = [t for t in targets if t.exists() or t.is_symlink()]
+    if existing and not overwrite:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise FacetlError(f"{existing[0]} exists{more}; pass --overwrite to replace it or choose another "
+                          "--annotate folder")
+    photos = {os.path.realpath(s) for s in sources}
+    hit = next((t for t in targets if os.path.realpath(t) in photos), None)
+    if hit is not None:
+        raise FacetlError(f"--annotate would write {hit}, which is one of the photos; choose another folder")
+    return [(Path(s), by_photo[s], t) for s, t in zip(sources, targets)]
+
+
+def annotate(predictions: list[Prediction], folder: Path, overwrite: bool = False) -> list[Path]:
+    """Each photo with its faces boxed and labelled, in FOLDER as annotation_names says; the files written."""
+    plan = plan_annotations(predictions, folder, overwrite)
+    return write_annotations(plan)
+
+
+def write_annotations(plan: list[tuple[Path, list[Prediction], Path]]) -> list[Path]:
     written = []
-    for source, rows in by_photo.items():
-        target = folder / f"{Path(source).stem}.annotated.png"
-        if target.exists() and not overwrite:
-            raise FacetlError(f"{target} exists; pass --overwrite to replace it or choose another --annotate folder")
-        atomic_write_bytes(target, _annotated_png(Path(source), rows))
+    for source, rows, target in plan:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(target, _annotated_png(source, rows))
         written.append(target)
     return written
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import warnings
 from io import BytesIO
 from pathlib import Path
@@ -42,7 +43,7 @@ def _read_bytes(path: Path, max_pixels: int) -> bytes:
     """The file's bytes, once its size and its image header (pixel count) have passed: a bomb or a huge
     file is refused after reading a few kilobytes, not after reading it whole."""
     try:
-        with open(path, "rb") as f:
+        with _open_regular_file(path) as f:
             size = os.fstat(f.fileno()).st_size
             if size == 0:
                 raise UnreadableImage("empty file")
@@ -54,6 +55,26 @@ def _read_bytes(path: Path, max_pixels: int) -> bytes:
             return f.read()
     except OSError as exc:
         raise UnreadableImage(exc.strerror or str(exc)) from None
+
+
+def _open_regular_file(path: Path) -> BinaryIO:
+    """The file open for reading, or UnreadableImage when it is not a regular file: a named pipe would block
+    the read forever and a device (/dev/zero) never ends. Opened without blocking, then checked, so that a
+    pipe is refused rather than waited on."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = ("a named pipe" if stat.S_ISFIFO(mode) else "a folder" if stat.S_ISDIR(mode) else
+                    "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode)
+                    else "a special file")
+            raise UnreadableImage(f"not a regular file ({kind})")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _decode(data: bytes | BinaryIO, max_pixels: int, prepare: Callable[[Image.Image], np.ndarray | None]):
