@@ -145,8 +145,8 @@ def add_runtime_flags(parser: argparse.ArgumentParser) -> None:
 
 
 SMILES = "../shared/datasets/SMILEsmileD/SMILEs"
-# Two or three commands that work, ending each subcommand's --help; every one is also in README.md (a test
-# checks both), run from the repository root, and they build on each other: train makes runs/smile first.
+# Two or three commands that work, ending each subcommand's --help; every one is also in the README or a docs
+# page (a test checks both), run from the repository root, and they build on each other: train makes runs/smile first.
 EXAMPLES = {
     "train": [(f"facetl train --data {SMILES} --backbone mobilenet_v2 --weights auto --strategy last-block "
                "--out runs/smile", "a smile detector; ImageNet weights when they can be had"),

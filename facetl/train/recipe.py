@@ -12,8 +12,8 @@ undertrained after 10 epochs at 1e-4. So the recipe depends on where the weights
 | pretrained, fine-tuned / gradual | AdamW, wd 0.01  | 1e-3    | 0.5      | one-cycle| 10 (gradual 12)| flip, jitter       |
 
 Gradual unfreezing with no --unfreeze: the head alone for one epoch, then everything, each stage a one-cycle
-(fastai's fine_tune). Measured (README, bench_recipe C): head, last block, then all from half-way lost 7 points
-of balanced accuracy to full fine-tuning; head-then-all tied with it.
+(fastai's fine_tune). Measured (docs/benchmarks.md, bench_recipe C): head, last block, then all from half-way
+lost 7 points of balanced accuracy to full fine-tuning; head-then-all tied with it.
 Every choice is logged with its reason and written to the run's config.yaml; a flag or config key overrides it.
 Study configs set every key, so they keep the studies' exact recipes.
 """
@@ -48,7 +48,7 @@ def complete_recipe(config: TrainConfig, weights: StartingWeights, train_images:
     elif not tuned:
         choose("augment", ["flip"], "flipped features are cached; jitter would recompute the frozen part")
         cached = set(config.augment) <= {"flip"}
-        # measured (README, bench_recipe C): 1e-3 for 10 epochs left a linear head 3.5 points of balanced
+        # measured (docs/benchmarks.md, bench_recipe C): 1e-3 for 10 epochs left a linear head 3.5 points of balanced
         # accuracy under a logistic regression on the same features; 3e-3 for 30 epochs matched it
         choose("lr", 3e-3, "a new head on fixed features: larger steps than fine-tuning")
         choose("epochs", 30 if cached else 10, "cached features make an epoch cost little" if cached else
