@@ -2,7 +2,7 @@
 
 What it measures, per case (backbone, image size) and batch size (1 and 32): images per second through
 the whole classifier, from a uint8 (batch, size, size, 3) batch to (batch, classes) probabilities.
-  pytorch       `facetl.export.ExportedClassifier` (the same operations as `LoadedRun.classify`: scale,
+  pytorch       `facetl.commands.export.ExportedClassifier` (the same operations as `LoadedRun.classify`: scale,
                 normalise, the model on a channels_last batch, sigmoid) in fp32 under inference_mode;
   onnxruntime   the same module exported by facetl (`onnx_model`) and run by `OnnxClassifier`, with the
                 session options `facetl predict --engine onnx` uses.
@@ -36,7 +36,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from facetl.export import ExportedClassifier, onnx_metadata, onnx_model  # noqa: E402
+from facetl.commands.export import ExportedClassifier, onnx_metadata, onnx_model  # noqa: E402
 from facetl.inference.onnx import OnnxClassifier, usable_cores  # noqa: E402
 from facetl.models.classifier import FaceClassifier  # noqa: E402
 from facetl.models.factory import create_backbone  # noqa: E402

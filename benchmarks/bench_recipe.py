@@ -9,7 +9,7 @@ B. Transfer between face tasks: the defaults run of A as `--weights RUN`, to gen
    same task from scratch.
 C. Transfer between face tasks on people the source never saw (the offline demo's task, on a bigger budget:
    every image of the other half and the recipe's epochs): the demo's gender run on half the celebrities
-   (facetl/demo.py share_people, configs/demo_pretrain_gender.yaml) to telling the other 12 apart, the same
+   (facetl/commands/demo.py share_people, configs/demo_pretrain_gender.yaml) to telling the other 12 apart, the same
    arms as B plus gradual unfreezing in three stages (head, last block, everything: the recipe's default
    until this benchmark showed head-then-everything, fastai's fine_tune, doing better).
 
@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from facetl.config import build_config
-from facetl.demo import difference
+from facetl.commands.demo import difference
 from facetl.train.fit import fit
 
 STUDIES = {"optimizer": "adam", "lr": 1e-4, "epochs": 10, "scheduler": "none", "augment": "none", "weight_decay": 0,
@@ -178,7 +178,7 @@ def main() -> None:
 
 def identity(args, out: Path, say) -> None:
     from facetl.config import load_yaml
-    from facetl.demo import PRETRAIN, share_people
+    from facetl.commands.demo import PRETRAIN, share_people
 
     table, images = Path(args.celebrity).resolve(), Path(args.images).resolve()
     pretrain_table, people, words = share_people(table, images, "Male", out / "people")

@@ -31,7 +31,7 @@ from PIL import Image
 from facetl.data.faces import align_face, alignment_transform, faces_in_photo, faces_in_photos, template_points
 from facetl.data.faces.composite import PastedFace, box_iou, match_faces, random_composite
 from facetl.data.faces.detect import create_detector
-from facetl.predict import crop_colour
+from facetl.commands.predict import crop_colour
 from facetl.preprocessing import FaceAlignment
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "celebrity_faces"
@@ -102,7 +102,7 @@ def label_agreement(run_folder: Path, composites: list[Composite], landmarks: st
     """The share of pasted faces whose label predicted from the photo (detected, aligned as `facetl predict`
     aligns) equals the label predicted from the crop itself (prepared as training prepared it)."""
     from facetl.inference.classifiers import TorchClassifier
-    from facetl.predict import face_alignment_for
+    from facetl.commands.predict import face_alignment_for
     from facetl.inference.run import load_run
     from facetl.runtime import Runtime
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from facetl.config import (BOUNDS, FIELDS, RECIPE_KEYS, STRATEGY_HELP, TrainConfig, build_config, load_yaml,
                            with_old_recipe)
 from facetl.errors import FacetlError
-from facetl.tta import TTA_HELP, TTA_MODES
+from facetl.inference.tta import TTA_HELP, TTA_MODES
 from facetl.preprocessing import LANDMARK_SOURCES
 from facetl.runfolder import atomic_write_csv, data_folder, refuse_output_inside
 
@@ -440,7 +440,7 @@ def cmd_train(args) -> int:
             return 0
     else:
         config = config_from_args(args)
-    from facetl.evaluation import training_pictures
+    from facetl.commands.evaluate import training_pictures
 
     if config.folds and not args.resume:
         return cmd_folds(args, config, training_pictures)
@@ -469,7 +469,7 @@ def cmd_lr_find(args) -> int:
 
 
 def cmd_folds(args, config: TrainConfig, pictures) -> int:
-    from facetl.folds import cross_validate
+    from facetl.commands.folds import cross_validate
 
     if args.nproc > 1:
         raise FacetlError("--folds trains its folds one after another in this process; drop --nproc")
@@ -536,7 +536,7 @@ def _oom_guard(run, batch_size: int):
 
 
 def cmd_evaluate(args) -> int:
-    from facetl.evaluation import evaluate_run
+    from facetl.commands.evaluate import evaluate_run
     from facetl.runtime import Runtime
 
     metrics, out = evaluate_run(args.run, args.split, Runtime.for_inference(args.device, args.precision),
@@ -561,15 +561,15 @@ def _num(value) -> str:
 
 
 def cmd_sweep(args) -> int:
-    from facetl.evaluation import training_pictures
-    from facetl.sweep import parse_grid, sweep
+    from facetl.commands.evaluate import training_pictures
+    from facetl.commands.sweep import parse_grid, sweep
 
     config = config_from_args(args)
     if not config.out:
         raise FacetlError("sweep needs --out DIR for its runs and results table")
     grid = parse_grid(args.grid)
     if config.folds:
-        from facetl.folds import sweep_folds
+        from facetl.commands.folds import sweep_folds
 
         sweep_folds(config, grid, config.out, progress=True, pictures=training_pictures)
     else:
@@ -581,7 +581,7 @@ def cmd_sweep(args) -> int:
 def cmd_predict(args) -> int:
     from facetl.inference.classifiers import open_classifier
     from facetl.outputs import refuse_inside_inputs
-    from facetl.predict import plan_annotations, predict, prediction_table, write_annotations
+    from facetl.commands.predict import plan_annotations, predict, prediction_table, write_annotations
     from facetl.runtime import Runtime
 
     out = Path(args.out) if args.out else None
@@ -635,7 +635,7 @@ def _print_predictions(result) -> None:
 
 
 def cmd_faces(args) -> int:
-    from facetl.extract import extract_faces
+    from facetl.commands.faces import extract_faces
     from facetl.preprocessing import FaceAlignment
 
     alignment = FaceAlignment(min_face=args.min_face, multi_face=args.multi_face, landmarks=args.landmarks)
@@ -660,7 +660,7 @@ def _one_target(target: str | None, command: str) -> None:
 def cmd_inspect(args) -> int:
     from facetl.data.load import load_samples
     from facetl.data.store import cache_root
-    from facetl.inspection import inspect_dataset
+    from facetl.commands.inspect import inspect_dataset
 
     _one_target(args.target, "inspect")
     refuse_output_inside(args.out, [data_folder(args.data)])
@@ -723,8 +723,8 @@ def cmd_backbones(args) -> int:
 
 
 def cmd_explain(args) -> int:
-    from facetl.explain import explain
-    from facetl.predict import collect_images
+    from facetl.commands.explain import explain
+    from facetl.commands.predict import collect_images
     from facetl.inference.run import load_run
     from facetl.runtime import Runtime
 
@@ -741,7 +741,7 @@ def cmd_explain(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from facetl.export import export_run
+    from facetl.commands.export import export_run
 
     out = export_run(args.run, args.format, args.out, args.overwrite)
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB): input uint8 (batch, H, W, 3) RGB, "
@@ -750,8 +750,8 @@ def cmd_export(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from facetl.demo import DemoOptions, run_demo
-    from facetl.evaluation import training_pictures
+    from facetl.commands.demo import DemoOptions, run_demo
+    from facetl.commands.evaluate import training_pictures
 
     options = DemoOptions(Path(args.out), args.source, args.epochs, args.limit,
                           Path(args.data) if args.data else None, args.pretrain_epochs, args.pretrain_limit,

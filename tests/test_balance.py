@@ -16,7 +16,7 @@ import torch
 
 from facetl.cli import main
 from facetl.evaluate.metrics import choose_threshold, classification_metrics, decide
-from facetl.export import onnx_metadata
+from facetl.commands.export import onnx_metadata
 from facetl.inference.run import load_run
 from facetl.train.loop import balanced_order, class_weights
 

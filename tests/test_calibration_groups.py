@@ -148,7 +148,7 @@ def overconfident_run(tmp_path_factory) -> dict:
 
 
 def test_an_overconfident_run_is_softened_and_every_use_of_it_applies_t(overconfident_run, tmp_path):
-    from facetl.export import export_onnx
+    from facetl.commands.export import export_onnx
     from facetl.inference.onnx import OnnxClassifier
     from facetl.inference.run import load_run
     from facetl.runtime import Runtime

@@ -12,7 +12,7 @@ import torch
 from torchvision.models import MobileNet_V2_Weights, mobilenet_v2
 
 from commandline import in_process, one_line_error
-from facetl.demo import share_people
+from facetl.commands.demo import share_people
 from test_cli import folder_dataset
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -20,8 +20,8 @@ from facetl.cli import main
 from facetl.data.folders import find_images
 from facetl.data.images import decode_image
 from facetl.errors import FacetlError
-from facetl.evaluation import evaluate_run, write_gradcam_gallery
-from facetl.explain import default_layer, grad_cam, map_sides, output_stems, resolve_layer, run_targets
+from facetl.commands.evaluate import evaluate_run, write_gradcam_gallery
+from facetl.commands.explain import default_layer, grad_cam, map_sides, output_stems, resolve_layer, run_targets
 from facetl.inference.run import load_run
 from facetl.runtime import Runtime
 
@@ -186,7 +186,7 @@ def test_evaluate_writes_the_gradcam_gallery_and_the_report_shows_it(runs, when)
 
 
 def test_a_failing_gallery_is_one_warning_and_leaves_no_file(runs, tmp_path, monkeypatch):
-    import facetl.evaluation
+    import facetl.commands.evaluate
 
     path = tmp_path / "gradcam.png"
     path.write_bytes(b"from an earlier evaluation")
@@ -194,7 +194,7 @@ def test_a_failing_gallery_is_one_warning_and_leaves_no_file(runs, tmp_path, mon
     def broken(*args, **kwargs):
         raise RuntimeError("no gradients today\nsecond line")
 
-    monkeypatch.setattr(facetl.evaluation, "gradcam_gallery", broken)
+    monkeypatch.setattr(facetl.commands.evaluate, "gradcam_gallery", broken)
     with pytest.warns(UserWarning, match="no gradients today") as caught:
         write_gradcam_gallery(load_run(runs["smile"]), np.zeros((2, SIZE, SIZE, 3), np.uint8), np.array([0, 1]),
                               np.array([[0.9, 0.1], [0.2, 0.8]]), ["a", "b"], path, CPU)

@@ -16,7 +16,7 @@ from facetl.cli import main
 from facetl.data.folders import find_images
 from facetl.data.images import decode_image
 from facetl.errors import FacetlError
-from facetl.export import export_onnx
+from facetl.commands.export import export_onnx
 from facetl.inference.onnx import OnnxClassifier
 from facetl.inference.run import load_run
 from facetl.runtime import Runtime

@@ -190,7 +190,7 @@ def test_unknown_detector_and_bad_settings_are_one_line():
 
 
 def test_extract_faces_end_to_end(tmp_path, astronaut, celebrity_crops, detector):
-    from facetl.extract import FACES_CSV_HEADER, extract_faces
+    from facetl.commands.faces import FACES_CSV_HEADER, extract_faces
 
     data = tmp_path / "photos"
     (data / "astro").mkdir(parents=True)

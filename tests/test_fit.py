@@ -13,7 +13,7 @@ from PIL import Image
 from facetl.config import TrainConfig
 from facetl.train.fit import fit
 from facetl.train.loop import batch_bounds
-from facetl.sweep import sweep
+from facetl.commands.sweep import sweep
 
 DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 SMILES = DATASETS / "SMILEsmileD" / "SMILEs"

@@ -143,11 +143,11 @@ def test_explain_picks_an_attribute_and_export_refuses_in_one_line(run, table, t
     image = next(table[1].iterdir())
     assert main(["explain", str(run), str(image), "--class", "Male", "--out", str(tmp_path / "ex")]) == 0
     assert (tmp_path / "ex" / f"{image.stem}.gradcam.png").is_file()
-    from facetl.export import export_run
+    from facetl.commands.export import export_run
 
     with pytest.raises(FacetlError, match="multi-attribute"):
         export_run(run)
-    from facetl.explain import target_index
+    from facetl.commands.explain import target_index
     from facetl.inference.run import load_run
 
     with pytest.raises(FacetlError, match="attributes are: Smiling, Male, Young"):

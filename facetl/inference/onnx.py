@@ -1,6 +1,6 @@
 """Running a model that `facetl export` wrote, on ONNX Runtime on the CPU, with no torch and no training code.
 
-The file's contract (see facetl/export.py, which writes it): input `images`, uint8 (batch, size, size, 3) RGB;
+The file's contract (see facetl/commands/export.py, which writes it): input `images`, uint8 (batch, size, size, 3) RGB;
 output `probabilities`, float32 (batch, classes); everything needed to prepare a photo in its `facetl.*`
 metadata. `OnnxClassifier` checks the graph against that metadata when it opens the file, so a foreign
 graph is refused then rather than at the first photo.

@@ -21,7 +21,7 @@ from facetl.data.faces import LANDMARKS, PhotoFace, align_face, aligned_landmark
 from facetl.data.faces.composite import background
 from facetl.data.images import MAX_PIXELS, photo_from_bytes
 from facetl.errors import NotANumber
-from facetl.predict import crop_colour, face_alignment_for
+from facetl.commands.predict import crop_colour, face_alignment_for
 from facetl.preprocessing import FaceAlignment
 from facetl.serve.runs import ServedRun
 

@@ -148,7 +148,7 @@ def refuse_out_inside_data(config: TrainConfig, out: str | Path) -> None:
 def fit(config: TrainConfig, resume: bool = False, progress: bool = True, quiet: bool = False,
         pictures: Callable | None = None, only_find_lr: bool = False) -> RunResult:
     """Train one run into config.out. `pictures(folder, config, record, model, history, split, runtime)`, when
-    given, draws extra pictures of the final split before its report is written (facetl.evaluation's Grad-CAM).
+    given, draws extra pictures of the final split before its report is written (facetl.commands.evaluate's Grad-CAM).
     `only_find_lr`: stop after the LR range test (facetl lr-find); metrics then hold {"suggested_lr": ...}."""
     config.check()
     runtime = Runtime.for_training(config.device, config.precision)

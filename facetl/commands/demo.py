@@ -37,7 +37,7 @@ from facetl.models.factory import create_backbone
 from facetl.models.weights import WeightsUnavailable
 from facetl.record import StartingWeights
 from facetl.runfolder import atomic_write_bytes, atomic_write_text, csv_text, prepare_run_folder
-from facetl.sweep import sweep
+from facetl.commands.sweep import sweep
 from facetl.train.fit import fit
 from facetl.train.recipe import complete_recipe
 

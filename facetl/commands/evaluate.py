@@ -13,20 +13,20 @@ from facetl.data.split import load_split
 from facetl.data.store import cache_root, open_image_store
 from facetl.errors import FacetlError
 from facetl.evaluate.report import SplitResult, write_evaluation
-from facetl.explain import gradcam_gallery
+from facetl.commands.explain import gradcam_gallery
 from facetl.inference.decision import Decision
 from facetl.inference.run import LoadedRun, load_run, locate_data
 from facetl.progress import progress_bar
 from facetl.runfolder import atomic_write_csv
 from facetl.runtime import Runtime
-from facetl.tta import with_tta
+from facetl.inference.tta import with_tta
 
 
 def evaluate_run(folder: str | Path, split: str = "test", runtime: Runtime | None = None, progress: bool = True,
                  allow_changed_data: bool = False, data: str | None = None,
                  images: str | None = None, tta: str = "none", groups: str | None = None) -> tuple[dict, Path]:
     """Evaluate the best checkpoint on `split`; results go in RUN/eval-SPLIT/, beside the training-time ones.
-    `tta` flip: each image's probabilities are averaged with its mirror image's (facetl.run.with_tta).
+    `tta` flip: each image's probabilities are averaged with its mirror image's (facetl.inference.run.with_tta).
     `groups` (a column or path:REGEX) adds metrics per group; by default, the run's own --groups."""
     run = load_run(folder)
     config, record = locate_data(run.config, run.folder, data, images), run.record

@@ -26,7 +26,7 @@ from facetl.inference.classifiers import Classifier
 from facetl.outputs import inside, mirrored_names, unique_names
 from facetl.preprocessing import FaceAlignment
 from facetl.runfolder import atomic_write_bytes
-from facetl.tta import with_tta
+from facetl.inference.tta import with_tta
 
 
 @dataclass

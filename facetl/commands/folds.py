@@ -23,9 +23,9 @@ from facetl.data.samples import Samples, stratified_limit
 from facetl.data.split import apply_duplicate_policy, group_counts, make_folds
 from facetl.errors import FacetlError
 from facetl.models.classifier import build_model
-from facetl.results import cell, run_row
+from facetl.evaluate.results import cell, run_row
 from facetl.runfolder import atomic_write_csv, atomic_write_text, prepare_run_folder
-from facetl.sweep import run_name
+from facetl.commands.sweep import run_name
 from facetl.train.fit import default_out, fit, refuse_out_inside_data
 
 # the metrics averaged over folds, as (results.csv column, results.md header)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from facetl.config import FIELDS, TrainConfig, build_config
 from facetl.errors import FacetlError
-from facetl.results import cell, run_row
+from facetl.evaluate.results import cell, run_row
 from facetl.runfolder import atomic_write_csv, atomic_write_text, prepare_run_folder
 from facetl.train.fit import fit, refuse_out_inside_data
 
