@@ -68,13 +68,18 @@ METRICS: tuple[Metric, ...] = (
 )
 
 
+def metric_table() -> tuple[Metric, ...]:
+    """METRICS as it is now: every user reads it at call time, so the table is the only list there is."""
+    return METRICS
+
+
 def summary_metrics() -> list[Metric]:
-    """The metrics of the tables that sum a run up (read at call time, so the table is the only list)."""
+    """The metrics of the tables that sum a run up."""
     return [m for m in METRICS if m.summary]
 
 
-def group_metric_keys() -> list[str]:
-    return [m.key for m in METRICS if m.per_group]
+def group_metrics_shown() -> list[Metric]:
+    return [m for m in METRICS if m.per_group]
 
 
 def metric_line(metrics: dict) -> str:
@@ -283,15 +288,14 @@ def group_metrics(labels: np.ndarray, probs: np.ndarray, groups: list[str], thre
     groups = np.asarray(groups, dtype=object)
     predicted = decide(probs, threshold)
     binary = probs.shape[1] == 2
-    keys = group_metric_keys()
+    keys = [m.key for m in group_metrics_shown()]
     rows = []
     for name in sorted(set(groups.tolist()), key=str):
         inside = groups == name
         y, p = labels[inside], predicted[inside]
         row = {"group": str(name), "n": int(inside.sum()), "base_rate": float(np.mean(y == 1)) if binary else None}
-        for m in METRICS:
-            if m.per_group:
-                row[m.key] = (_group_f1 if m.key == "f1" else m.compute)(y, p, probs[inside])
+        for m in group_metrics_shown():
+            row[m.key] = (_group_f1 if m.key == "f1" else m.compute)(y, p, probs[inside])
         rows.append(row)
     large = [r for r in rows if r["n"] >= min_images]
     gaps = {}

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from facetl.evaluate.metrics import (CALIBRATION_BINS, METRICS, attribute_mean_keys, attribute_metrics,
-                                     classification_metrics, group_metric_keys, group_metrics, per_class_auc,
-                                     summary_metrics, val_loss_jumps)
+from facetl.evaluate.metrics import (CALIBRATION_BINS, attribute_mean_keys, attribute_metrics,
+                                     classification_metrics, group_metrics, group_metrics_shown, metric_table,
+                                     per_class_auc, summary_metrics, val_loss_jumps)
 from facetl.evaluate.plots import (plot_attribute_metrics, plot_confusion, plot_curves, plot_errors,
                                    plot_precision_recall, plot_reliability, plot_roc)
 from facetl.record import RunRecord
@@ -107,8 +107,8 @@ def write_attribute_evaluation(folder: Path, result: SplitResult, record: RunRec
 
 def attribute_table(metrics: dict) -> list[str]:
     """The per-attribute table (markdown): every metric of the table; its last row the means over the attributes."""
-    header = ["attribute", "images", "base rate", "threshold", *(m.label for m in METRICS)]
-    keys = ["n_images", "base_rate", "threshold", *(m.key for m in METRICS)]
+    header = ["attribute", "images", "base rate", "threshold", *(m.label for m in metric_table())]
+    keys = ["n_images", "base_rate", "threshold", *(m.key for m in metric_table())]
     averaged = attribute_mean_keys()
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, m in metrics["attributes"].items():
@@ -144,7 +144,7 @@ def render_attribute_report(metrics: dict, record: RunRecord, config: dict, hist
 
 def write_groups_csv(path: Path, groups: dict) -> None:
     """One row per group, then the largest gap of each metric (over groups of at least gap_min_images)."""
-    columns = ["group", "n", "base_rate", *group_metric_keys()]
+    columns = ["group", "n", "base_rate", *(m.key for m in group_metrics_shown())]
     rows = [[r[c] for c in columns] for r in groups["per_group"]]
     gaps = groups["gaps"]
     rows.append(["largest gap", "", ""] + [gaps[k]["gap"] if gaps[k] else None for k in columns[3:]])
@@ -250,7 +250,7 @@ def group_lines(groups: dict) -> list[str]:
     """The per-group table (largest groups first when there are many) and the largest gaps."""
     rows = sorted(groups["per_group"], key=lambda r: -r["n"])
     shown = rows[:GROUPS_SHOWN]
-    metrics = [m for m in METRICS if m.per_group]
+    metrics = group_metrics_shown()
     header = ["group", "images", "base rate", *(m.label for m in metrics)]
     lines = [f"## Per group ({groups['by']})", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join([r["group"], str(r["n"]), _fmt(r["base_rate"])] + [m.format(r[m.key]) for m in metrics])
