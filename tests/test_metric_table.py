@@ -126,3 +126,28 @@ def test_the_sweep_and_the_model_card_show_balanced_accuracy_as_the_folds_do(run
     assert float(row["balanced_accuracy"]) == pytest.approx(metrics["balanced_accuracy"])
     assert "balanced acc" in header((runs["sweep"] / "results.md").read_text(), "run")
     assert "balanced acc" in header((runs["folds"] / "results.md").read_text(), "fold")
+
+
+# ---- one module reads a run folder: a damaged file is one line naming it, wherever it is read
+
+@pytest.mark.parametrize("name, damage, words", [
+    ("metrics.json", "{not json", ["metrics.json", "damaged"]),
+    ("history.csv", None, ["history.csv", "line 3"]),
+    ("run.json", "[]", ["run.json", "damaged run record"]),
+], ids=["metrics", "history", "record"])
+def test_a_sweep_rerun_over_a_damaged_run_file_is_one_line_naming_it(runs, tmp_path, capsys, name, damage, words):
+    import shutil
+
+    from commandline import one_line_error
+
+    sweep = tmp_path / "sweep"
+    shutil.copytree(runs["sweep"], sweep)
+    path = sweep / "lr-1e-3" / name
+    if damage is None:
+        with open(path, "a") as f:
+            f.write("x,y,z\n")
+    else:
+        path.write_text(damage)
+    result = in_process(capsys, "sweep", "--data", str(runs["data"]), "--weights", "none", "--img-size", "32",
+                        "--strategy", "full", "--epochs", "1", "--grid", "lr=1e-3", "--out", str(sweep))
+    one_line_error(result, *words)
