@@ -29,7 +29,6 @@ from facetl.sweep import run_name
 from facetl.train.fit import default_out, fit, refuse_out_inside_data
 
 
-
 def averaged() -> list[tuple[str, str]]:
     """What is averaged over folds, as (results.csv column, results.md header): the metrics that sum a run up
     (the metric table's) and the validation accuracy at the selected epoch."""
