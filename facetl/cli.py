@@ -433,7 +433,9 @@ def cmd_train(args) -> int:
         config.out = str(run)
         if hasattr(args, "epochs"):  # --resume RUN --epochs N extends a finished or running run
             config = build_config({"epochs": args.epochs}, config)
-        done = _finished_epochs(run)
+        from facetl.runreader import epochs_recorded
+
+        done = epochs_recorded(run)
         if (run / "metrics.json").is_file() and done >= config.epochs:
             print(f"{run} is finished ({done} of {config.epochs} epochs); nothing to resume. To train it further, "
                   f"pass --epochs N with N > {done}")
@@ -479,13 +481,6 @@ def cmd_folds(args, config: TrainConfig, pictures) -> int:
     _oom_guard(lambda: cross_validate(config, progress=True, pictures=pictures), config.batch_size)
     print((Path(config.out) / "results.md").read_text())
     return 0
-
-
-def _finished_epochs(run: Path) -> int:
-    history = run / "history.csv"
-    if not history.is_file():
-        return 0
-    return max(0, len([line for line in history.read_text().splitlines() if line.strip()]) - 1)
 
 
 def launch_torchrun(args, config: TrainConfig) -> int:
@@ -549,15 +544,11 @@ def cmd_evaluate(args) -> int:
         print("\n".join(attribute_table(metrics)))
         print(f"report: {out / 'report.md'}")
         return 0
-    print(f"{args.split}{tta}: accuracy {metrics['accuracy']:.4f}  precision {metrics['precision']:.4f}  recall "
-          f"{metrics['recall']:.4f}  F1 {metrics['f1']:.4f}  ROC-AUC {_num(metrics['roc_auc'])}  "
-          f"ECE {_num(metrics['ece'])}  ({metrics['n_images']} images)")
+    from facetl.evaluate.metrics import metric_line
+
+    print(f"{args.split}{tta}: {metric_line(metrics)}  ({metrics['n_images']} images)")
     print(f"report: {out / 'report.md'}")
     return 0
-
-
-def _num(value) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
 
 
 def cmd_sweep(args) -> int:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from facetl.models.weights import WeightsUnavailable
 from facetl.record import StartingWeights
 from facetl.runfolder import atomic_write_bytes, atomic_write_text, csv_text, prepare_run_folder
 from facetl.commands.sweep import sweep
+from facetl.runreader import read_metrics, read_record
 from facetl.train.fit import fit
 from facetl.train.recipe import complete_recipe
 
@@ -246,7 +246,7 @@ def difference(folder: Path, config: TrainConfig) -> str | None:
 
 
 def _created(folder: Path) -> str:
-    return json.loads((folder / "run.json").read_text()).get("created", "")
+    return read_record(folder).created
 
 
 def _fresh(base: Path, fits) -> Path:
@@ -295,20 +295,20 @@ def _sweep_folder(base_config: TrainConfig, strategies: list[str], base: Path, l
 
 
 def _pretraining_words(folder: Path, config: TrainConfig, why_not: str) -> str:
-    record = json.loads((folder / "run.json").read_text())
-    metrics = json.loads((folder / "metrics.json").read_text())
-    prep = record["preprocessing"]
+    record = read_record(folder)
+    metrics = read_metrics(folder)
+    prep = record.preprocessing
     with open(folder / "split.csv") as f:
         images = sum(1 for _ in f) - 1
     epochs = f"{config.epochs} epoch" + ("s" if config.epochs != 1 else "")
     return (f"{config.backbone} trained by this demo from random initialisation on {_task(config)}: classes "
-            f"{', '.join(record['class_names'])}, {images:,} images, {epochs}, {prep['size']} px "
-            f"{prep.get('colour', 'rgb')}, test accuracy {metrics['accuracy']:.3f}; run folder {folder}; "
+            f"{', '.join(record.class_names)}, {images:,} images, {epochs}, {prep.size} px "
+            f"{prep.colour}, test accuracy {metrics['accuracy']:.3f}; run folder {folder}; "
             f"not ImageNet ({why_not})")
 
 
 def _more(folder: Path) -> dict:
-    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics = read_metrics(folder)
     config = load_yaml(folder / "config.yaml")
     trains = config["strategy"] if config["strategy"] != "gradual" else f"gradual {config.get('unfreeze')}"
     return {"balanced_accuracy": metrics.get("balanced_accuracy"), "trains": trains, "folder": str(folder)}
@@ -319,7 +319,7 @@ def majority(run: Path) -> tuple[str, float, int, int]:
     that learnt nothing scores (every run of a demo shares one split)."""
     with open(run / "split.csv", newline="", encoding="utf-8") as f:
         labels = [row["label"] for row in csv.DictReader(f) if row["split"] == "test"]
-    classes = json.loads((run / "run.json").read_text())["class_names"]
+    classes = read_record(run).class_names
     top = max(classes, key=labels.count)
     return top, labels.count(top) / max(len(labels), 1), len(classes), len(labels)
 

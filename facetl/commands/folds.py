@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,15 +21,18 @@ from facetl.data.prepare import cache_folder, open_store_together, read_samples,
 from facetl.data.samples import Samples, stratified_limit
 from facetl.data.split import apply_duplicate_policy, group_counts, make_folds
 from facetl.errors import FacetlError
+from facetl.evaluate.metrics import summary_metrics
 from facetl.models.classifier import build_model
 from facetl.evaluate.results import cell, run_row
 from facetl.runfolder import atomic_write_csv, atomic_write_text, prepare_run_folder
 from facetl.commands.sweep import run_name
 from facetl.train.fit import default_out, fit, refuse_out_inside_data
 
-# the metrics averaged over folds, as (results.csv column, results.md header)
-METRICS = [("accuracy", "accuracy"), ("balanced_accuracy", "balanced acc"), ("precision", "precision"),
-           ("recall", "recall"), ("f1", "F1"), ("roc_auc", "ROC-AUC"), ("val_acc", "val acc")]
+
+def averaged() -> list[tuple[str, str]]:
+    """What is averaged over folds, as (results.csv column, results.md header): the metrics that sum a run up
+    (the metric table's) and the validation accuracy at the selected epoch."""
+    return [(m.key, m.label) for m in summary_metrics()] + [("val_acc", "val acc")]
 
 
 @dataclass
@@ -89,21 +91,15 @@ def cross_validate(config: TrainConfig, progress: bool = True, log=print, pictur
             log(f"  finished earlier: {folder / 'metrics.json'}")
         else:
             fit(fold_config, resume=(folder / "last.pt").is_file(), progress=progress, pictures=pictures)
-        rows.append(fold_row(name, folder))
+        rows.append(run_row(name, folder))
         write_fold_results(out, rows, config)
     return summary(rows)
-
-
-def fold_row(name: str, folder: Path) -> dict:
-    metrics = json.loads((folder / "metrics.json").read_text())
-    return {**run_row(name, folder), "balanced_accuracy": metrics.get("balanced_accuracy"),
-            "test_images": metrics.get("n_images")}
 
 
 def summary(rows: list[dict]) -> dict:
     """Mean and sample standard deviation (n - 1) over folds of every metric; None where a fold has none."""
     result = {"folds": len(rows)}
-    for key, _ in METRICS:
+    for key, _ in averaged():
         values = [r[key] for r in rows]
         if any(v is None for v in values):
             result[key], result[key + "_std"] = None, None
@@ -114,8 +110,8 @@ def summary(rows: list[dict]) -> dict:
 
 
 def _metrics_shown(rows: list[dict]) -> list[tuple[str, str]]:
-    """Balanced accuracy only when the runs' metrics.json have it."""
-    return [(k, h) for k, h in METRICS if k != "balanced_accuracy" or any(r.get(k) is not None for r in rows)]
+    """What some fold has (runs from before balanced accuracy have none)."""
+    return [(k, h) for k, h in averaged() if any(r.get(k) is not None for r in rows)]
 
 
 def _mean_std(mean, std) -> str:
@@ -168,7 +164,7 @@ def sweep_folds(base: TrainConfig, grid: dict[str, list[str]], out: str | Path, 
 
 
 def _write_sweep_results(out: Path, rows: list[dict], base: TrainConfig) -> None:
-    shown = [(k, h) for k, h in METRICS if any(r.get(k) is not None for r in rows)]
+    shown = _metrics_shown(rows)
     columns = ["run"] + [c for k, _ in shown for c in (k, k + "_std")] + ["results"]
     atomic_write_csv(out / "results.csv", columns, [[r.get(c) for c in columns] for r in rows])
     header = ["run"] + [h for _, h in shown]

@@ -11,12 +11,19 @@ from pathlib import Path
 
 from facetl.config import FIELDS, TrainConfig, build_config
 from facetl.errors import FacetlError
+from facetl.evaluate.metrics import summary_metrics
 from facetl.evaluate.results import cell, run_row
 from facetl.runfolder import atomic_write_csv, atomic_write_text, prepare_run_folder
 from facetl.train.fit import fit, refuse_out_inside_data
 
-COLUMNS = ["run", "accuracy", "precision", "recall", "f1", "roc_auc", "val_acc", "train_seconds",
-           "trainable_params", "pretraining", "recipe", "report"]
+# results.csv: run, the metrics that sum a run up (the metric table's), then these
+COLUMNS_AFTER_METRICS = ["val_acc", "train_seconds", "trainable_params", "pretraining", "recipe", "report"]
+HEADERS_AFTER_METRICS = ["val acc", "train s", "trainable params", "pretraining",
+                         "optimiser, peak LR, schedule, epochs"]
+
+
+def columns() -> list[str]:
+    return ["run", *(m.key for m in summary_metrics()), *COLUMNS_AFTER_METRICS]
 
 
 def parse_grid(items: list[str]) -> dict[str, list[str]]:
@@ -76,18 +83,18 @@ def _sweep(configs: list[tuple[str, TrainConfig]], out: Path, progress: bool, lo
 
 def write_results(out: Path, rows: list[dict]) -> None:
     best = max(range(len(rows)), key=lambda i: rows[i]["val_acc"] or 0)
-    atomic_write_csv(out / "results.csv", COLUMNS + ["best"],
-                     [[r[c] for c in COLUMNS] + [i == best] for i, r in enumerate(rows)])
+    atomic_write_csv(out / "results.csv", columns() + ["best"],
+                     [[r[c] for c in columns()] + [i == best] for i, r in enumerate(rows)])
     atomic_write_text(out / "results.md", results_table(rows, best))
 
 
 def results_table(rows: list[dict], best: int) -> str:
-    header = ["run", "accuracy", "precision", "recall", "F1", "ROC-AUC", "val acc", "train s", "trainable params",
-              "pretraining", "optimiser, peak LR, schedule, epochs"]
+    metrics = summary_metrics()
+    header = ["run", *(m.label for m in metrics), *HEADERS_AFTER_METRICS]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for i, r in enumerate(rows):
         name = f"**{r['run']}** (best)" if i == best else r["run"]
-        cells = [name] + [cell(r[c], c) for c in COLUMNS[1:-1]]
+        cells = [name] + [m.format(r[m.key]) for m in metrics] + [cell(r[c], c) for c in COLUMNS_AFTER_METRICS[:-1]]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Metrics on each run's test split; 'best' is the highest validation accuracy at the selected "
               "epoch (the test split does not choose).", ""]

@@ -1,11 +1,90 @@
-"""Classification metrics from labels and predicted probabilities (pure functions, via scikit-learn)."""
+"""Classification metrics from labels and predicted probabilities (pure functions, via scikit-learn).
+
+METRICS is the one table of the numbers a run is judged by: metrics.json, report.md, the sweep's and the
+folds' results, serve's model cards and the line at the end of training all read it, so a metric added to
+it is computed, saved and shown everywhere.
+"""
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
-from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score,
-                             precision_recall_fscore_support, roc_auc_score, roc_curve)
+from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score, precision_score,
+                             recall_score, roc_auc_score, roc_curve)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One number a run is judged by, and everything that shows it needs to know."""
+
+    key: str                      # its key in metrics.json and its column in results.csv
+    label: str                    # its column header in tables and its name on the printed line
+    compute: Callable[[np.ndarray, np.ndarray, np.ndarray], float | None] | None = None
+    """(labels, decided labels, probabilities) -> the value (None where undefined); None: not from these"""
+    higher_is_better: bool = True
+    decimals: int = 4
+    summary: bool = True          # in the tables that sum a run up: report.md's, results.md's, the model card
+    per_group: bool = False       # in the per-group table of --groups
+    words: str = ""               # its name in report.md's headline table, when longer than the label
+
+    def format(self, value) -> str:
+        return "n/a" if value is None else f"{value:.{self.decimals}f}"
+
+    @property
+    def title(self) -> str:
+        return self.words or self.label
+
+
+def _averaged(score):
+    """A precision/recall/F1 score of the positive class with two classes, macro over every class with more."""
+    def compute(labels: np.ndarray, predicted: np.ndarray, probs: np.ndarray) -> float:
+        binary = probs.shape[1] == 2
+        return float(score(labels, predicted, average="binary" if binary else "macro", zero_division=0,
+                           labels=None if binary else list(range(probs.shape[1]))))
+    return compute
+
+
+def _balanced_accuracy(labels: np.ndarray, predicted: np.ndarray, probs: np.ndarray) -> float:
+    if not len(labels):
+        return float("nan")
+    with warnings.catch_warnings():  # a class absent from a small split: balanced accuracy still defined
+        warnings.simplefilter("ignore")
+        return float(balanced_accuracy_score(labels, predicted))
+
+
+METRICS: tuple[Metric, ...] = (
+    Metric("accuracy", "accuracy", lambda labels, predicted, probs: float(accuracy_score(labels, predicted)),
+           per_group=True),
+    Metric("balanced_accuracy", "balanced acc", _balanced_accuracy, per_group=True, words="balanced accuracy"),
+    Metric("precision", "precision", _averaged(precision_score)),
+    Metric("recall", "recall", _averaged(recall_score)),
+    Metric("f1", "F1", _averaged(f1_score), per_group=True),
+    Metric("roc_auc", "ROC-AUC", lambda labels, predicted, probs: roc_auc(labels, probs), per_group=True),
+    # ECE has report.md's calibration section rather than a column
+    Metric("ece", "ECE", lambda labels, predicted, probs: expected_calibration_error(labels, probs),
+           higher_is_better=False, summary=False),
+)
+
+
+def metric_table() -> tuple[Metric, ...]:
+    """METRICS as it is now: every user reads it at call time, so the table is the only list there is."""
+    return METRICS
+
+
+def summary_metrics() -> list[Metric]:
+    """The metrics of the tables that sum a run up."""
+    return [m for m in METRICS if m.summary]
+
+
+def group_metrics_shown() -> list[Metric]:
+    return [m for m in METRICS if m.per_group]
+
+
+def metric_line(metrics: dict) -> str:
+    """Every metric of the table on one line: 'accuracy 0.9000  balanced acc 0.8750  ...  ECE 0.0412'."""
+    return "  ".join(f"{m.label} {m.format(metrics.get(m.key))}" for m in METRICS)
 
 
 def decide(probs: np.ndarray, threshold: float | None = None) -> np.ndarray:
@@ -35,7 +114,7 @@ def choose_threshold(labels: np.ndarray, probs: np.ndarray, rule: str) -> float 
 
 
 def classification_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float | None = None) -> dict:
-    """accuracy, balanced accuracy, precision, recall, f1 (binary for two classes, macro otherwise), roc_auc,
+    """Every computed metric of METRICS (precision, recall and F1 binary for two classes, macro otherwise),
     the base rate of the positive class, confusion matrix; labels decided with `threshold` (see decide).
 
     ROC-AUC is macro one-vs-rest for more than two classes, over the classes present in `labels`.
@@ -43,19 +122,8 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, threshold: flo
     classes = probs.shape[1]
     predicted = decide(probs, threshold)
     binary = classes == 2
-    precision, recall, f1, _ = precision_recall_fscore_support(
-        labels, predicted, average="binary" if binary else "macro", zero_division=0,
-        labels=None if binary else list(range(classes)))
-    with warnings.catch_warnings():  # a class absent from a small split: balanced accuracy still defined
-        warnings.simplefilter("ignore")
-        balanced = float(balanced_accuracy_score(labels, predicted)) if len(labels) else float("nan")
     return {
-        "accuracy": float(accuracy_score(labels, predicted)),
-        "balanced_accuracy": balanced,
-        "precision": float(precision),
-        "recall": float(recall),
-        "f1": float(f1),
-        "roc_auc": roc_auc(labels, probs),
+        **{m.key: m.compute(labels, predicted, probs) for m in METRICS if m.compute is not None},
         "threshold": 0.5 if binary and threshold is None else threshold,
         "base_rate": float(np.mean(labels == 1)) if binary and len(labels) else None,
         "confusion_matrix": confusion_matrix(labels, predicted, labels=list(range(classes))).tolist(),
@@ -209,36 +277,29 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
 
 # --- the same metrics per group (--groups): does the model work as well for everyone?
 
-GROUP_METRICS = ("accuracy", "balanced_accuracy", "f1", "roc_auc")
 GAP_MIN_IMAGES = 10  # a group of 2 images scores 0, 0.5 or 1: gaps are taken over groups at least this large
 
 
 def group_metrics(labels: np.ndarray, probs: np.ndarray, groups: list[str], threshold: float | None = None,
                   min_images: int = GAP_MIN_IMAGES) -> dict:
-    """Per value of `groups`: images, base rate, accuracy, balanced accuracy, F1, ROC-AUC (None where a group
-    lacks what the metric needs), and per metric the largest gap between groups of at least `min_images`."""
+    """Per value of `groups`: images, base rate and each per-group metric of METRICS (accuracy, balanced
+    accuracy, F1, ROC-AUC; None where a group lacks what the metric needs), and per metric the largest gap
+    between groups of at least `min_images`."""
     groups = np.asarray(groups, dtype=object)
     predicted = decide(probs, threshold)
     binary = probs.shape[1] == 2
+    keys = [m.key for m in group_metrics_shown()]
     rows = []
     for name in sorted(set(groups.tolist()), key=str):
         inside = groups == name
         y, p = labels[inside], predicted[inside]
-        present = np.unique(y)
-        with warnings.catch_warnings():  # one class in a group: balanced accuracy is that class's recall
-            warnings.simplefilter("ignore")
-            balanced = float(balanced_accuracy_score(y, p))
-        if binary:  # F1 is about the positive class: undefined in a group that has none
-            f1 = float(f1_score(y, p, zero_division=0)) if (y == 1).any() else None
-        else:
-            f1 = float(f1_score(y, p, labels=present.tolist(), average="macro", zero_division=0))
-        rows.append({"group": str(name), "n": int(inside.sum()),
-                     "base_rate": float(np.mean(y == 1)) if binary else None,
-                     "accuracy": float(np.mean(y == p)), "balanced_accuracy": balanced, "f1": f1,
-                     "roc_auc": roc_auc(y, probs[inside])})
+        row = {"group": str(name), "n": int(inside.sum()), "base_rate": float(np.mean(y == 1)) if binary else None}
+        for m in group_metrics_shown():
+            row[m.key] = (_group_f1 if m.key == "f1" else m.compute)(y, p, probs[inside])
+        rows.append(row)
     large = [r for r in rows if r["n"] >= min_images]
     gaps = {}
-    for key in GROUP_METRICS:
+    for key in keys:
         scored = [r for r in large if r[key] is not None]
         if len(scored) < 2:
             gaps[key] = None
@@ -250,7 +311,17 @@ def group_metrics(labels: np.ndarray, probs: np.ndarray, groups: list[str], thre
 
 # --- multi-attribute runs: one sigmoid per attribute, labels (N, K) with -1 where a value is missing
 
-ATTRIBUTE_METRICS = ("accuracy", "balanced_accuracy", "precision", "recall", "f1", "roc_auc", "base_rate", "ece")
+def _group_f1(labels: np.ndarray, predicted: np.ndarray, probs: np.ndarray) -> float | None:
+    """F1 within a group: about the positive class with two classes, so undefined in a group that has none;
+    macro over the classes the group has with more."""
+    if probs.shape[1] == 2:
+        return float(f1_score(labels, predicted, zero_division=0)) if (labels == 1).any() else None
+    return float(f1_score(labels, predicted, labels=np.unique(labels).tolist(), average="macro", zero_division=0))
+
+
+def attribute_mean_keys() -> list[str]:
+    """What a multi-attribute run averages over its attributes: every metric of the table and the base rate."""
+    return [m.key for m in METRICS if m.compute is not None] + ["base_rate"]
 
 
 def _attribute(labels: np.ndarray, probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -272,17 +343,15 @@ def choose_thresholds(labels: np.ndarray, probs: np.ndarray, rule: str) -> list[
 
 def attribute_metrics(labels: np.ndarray, probs: np.ndarray, names: list[str],
                       thresholds: list[float] | None = None) -> dict:
-    """classification_metrics of each attribute over the images that have its value (plus its ECE), and at the
+    """classification_metrics of each attribute over the images that have its value, and at the
     top level the mean of each over the attributes (over those where it is defined): what a sweep compares."""
     per = {}
     for k, name in enumerate(names):
         y, p = _attribute(labels, probs, k)
-        metrics = classification_metrics(y, p, thresholds[k] if thresholds is not None else None) if len(y) else {
-            "n_images": 0}
-        metrics["ece"] = expected_calibration_error(y, p)
-        per[name] = metrics
+        per[name] = classification_metrics(y, p, thresholds[k] if thresholds is not None else None) if len(y) else {
+            **{m.key: None for m in METRICS if m.compute is not None}, "n_images": 0}
     means = {}
-    for key in ATTRIBUTE_METRICS:
+    for key in attribute_mean_keys():
         values = [m.get(key) for m in per.values()]
         values = [v for v in values if v is not None and np.isfinite(v)]
         means[key] = float(np.mean(values)) if values else None

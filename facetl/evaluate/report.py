@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from facetl.evaluate.metrics import (ATTRIBUTE_METRICS, CALIBRATION_BINS, GROUP_METRICS, attribute_metrics,
-                                     classification_metrics,
-                                     expected_calibration_error, group_metrics, per_class_auc, val_loss_jumps)
+from facetl.evaluate.metrics import (CALIBRATION_BINS, attribute_mean_keys, attribute_metrics,
+                                     classification_metrics, group_metrics, group_metrics_shown, metric_table,
+                                     per_class_auc, summary_metrics, val_loss_jumps)
 from facetl.evaluate.plots import (plot_attribute_metrics, plot_confusion, plot_curves, plot_errors,
                                    plot_precision_recall, plot_reliability, plot_roc)
 from facetl.record import RunRecord
@@ -33,7 +33,6 @@ class SplitResult:
 JUMP_FACTOR = 1.5  # a validation loss above 1.5x the best before it is a jump worth a sentence
 WEAKEST_SHOWN = 3  # classes named under a many-class ROC
 GROUPS_SHOWN = 40  # rows of the per-group table in report.md; groups.csv has every group
-GROUP_COLUMNS = ["group", "n", "base_rate", *GROUP_METRICS]
 
 
 def write_evaluation(folder: Path, result: SplitResult, record: RunRecord, history: list[dict],
@@ -56,7 +55,6 @@ def write_evaluation(folder: Path, result: SplitResult, record: RunRecord, histo
         "pretraining": record.weights.describe(),
         "pretrained": record.weights.pretrained,
         "roc_auc_per_class": {class_names[c]: auc for c, auc in per_class_auc(result.labels, result.probs).items()},
-        "ece": expected_calibration_error(result.labels, result.probs),
         "ece_bins": CALIBRATION_BINS,
         "temperature": record.temperature,
         "calibration": record.calibration.describe() if record.calibration else None,
@@ -107,19 +105,16 @@ def write_attribute_evaluation(folder: Path, result: SplitResult, record: RunRec
     return metrics
 
 
-ATTRIBUTE_HEADER = ["attribute", "images", "base rate", "threshold", "accuracy", "balanced acc", "precision",
-                    "recall", "F1", "ROC-AUC", "ECE"]
-ATTRIBUTE_KEYS = ["n_images", "base_rate", "threshold", "accuracy", "balanced_accuracy", "precision", "recall",
-                  "f1", "roc_auc", "ece"]
-
-
 def attribute_table(metrics: dict) -> list[str]:
-    """The per-attribute table (markdown), its last row the means over the attributes."""
-    lines = ["| " + " | ".join(ATTRIBUTE_HEADER) + " |", "|" + "---|" * len(ATTRIBUTE_HEADER)]
+    """The per-attribute table (markdown): every metric of the table; its last row the means over the attributes."""
+    header = ["attribute", "images", "base rate", "threshold", *(m.label for m in metric_table())]
+    keys = ["n_images", "base_rate", "threshold", *(m.key for m in metric_table())]
+    averaged = attribute_mean_keys()
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, m in metrics["attributes"].items():
-        lines.append(f"| {name} | " + " | ".join(_fmt(m.get(k)) for k in ATTRIBUTE_KEYS) + " |")
-    lines.append("| **mean** | | " + " | ".join(f"**{_fmt(metrics.get(k))}**" if k in ATTRIBUTE_METRICS else ""
-                                               for k in ATTRIBUTE_KEYS[1:]) + " |")
+        lines.append(f"| {name} | " + " | ".join(_fmt(m.get(k)) for k in keys) + " |")
+    lines.append("| **mean** | | " + " | ".join(f"**{_fmt(metrics.get(k))}**" if k in averaged else ""
+                                               for k in keys[1:]) + " |")
     return lines
 
 
@@ -149,10 +144,11 @@ def render_attribute_report(metrics: dict, record: RunRecord, config: dict, hist
 
 def write_groups_csv(path: Path, groups: dict) -> None:
     """One row per group, then the largest gap of each metric (over groups of at least gap_min_images)."""
-    rows = [[r[c] for c in GROUP_COLUMNS] for r in groups["per_group"]]
+    columns = ["group", "n", "base_rate", *(m.key for m in group_metrics_shown())]
+    rows = [[r[c] for c in columns] for r in groups["per_group"]]
     gaps = groups["gaps"]
-    rows.append(["largest gap", "", ""] + [gaps[k]["gap"] if gaps[k] else None for k in GROUP_METRICS])
-    atomic_write_csv(path, GROUP_COLUMNS, rows)
+    rows.append(["largest gap", "", ""] + [gaps[k]["gap"] if gaps[k] else None for k in columns[3:]])
+    atomic_write_csv(path, columns, rows)
 
 
 def _fmt(value) -> str:
@@ -183,11 +179,11 @@ def _fmt_lr(value) -> str:
 
 def render_report(metrics: dict, record: RunRecord, config: dict, history: list[dict],
                   gradcam: bool = False) -> str:
+    shown = summary_metrics()
     lines = header_lines(record, config)
     lines += [f"## Metrics on the {metrics['split']} split ({metrics['n_images']} images)", "",
-              "| accuracy | balanced accuracy | precision | recall | F1 | ROC-AUC |", "|---|---|---|---|---|---|",
-              "| " + " | ".join(_fmt(metrics.get(k)) for k in ("accuracy", "balanced_accuracy", "precision", "recall",
-                                                             "f1", "roc_auc")) + " |", ""]
+              "| " + " | ".join(m.title for m in shown) + " |", "|" + "---|" * len(shown),
+              "| " + " | ".join(m.format(metrics.get(m.key)) for m in shown) + " |", ""]
     if len(metrics["class_names"]) == 2:
         lines += [threshold_sentence(metrics), ""]
     if metrics.get("tta", "none") != "none":
@@ -254,13 +250,14 @@ def group_lines(groups: dict) -> list[str]:
     """The per-group table (largest groups first when there are many) and the largest gaps."""
     rows = sorted(groups["per_group"], key=lambda r: -r["n"])
     shown = rows[:GROUPS_SHOWN]
-    header = ["group", "images", "base rate", "accuracy", "balanced acc", "F1", "ROC-AUC"]
+    metrics = group_metrics_shown()
+    header = ["group", "images", "base rate", *(m.label for m in metrics)]
     lines = [f"## Per group ({groups['by']})", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join([r["group"], str(r["n"])] + [_fmt(r[k]) for k in ("base_rate", *GROUP_METRICS)])
+    lines += ["| " + " | ".join([r["group"], str(r["n"]), _fmt(r["base_rate"])] + [m.format(r[m.key]) for m in metrics])
               + " |" for r in sorted(shown, key=lambda r: r["group"])]
     gaps = groups["gaps"]
     lines.append("| **largest gap** | | | " + " | ".join(
-        f"**{g['gap']:.4f}** ({g['lowest']} to {g['highest']})" if g else "n/a" for g in (gaps[k] for k in GROUP_METRICS))
+        f"**{g['gap']:.4f}** ({g['lowest']} to {g['highest']})" if g else "n/a" for g in (gaps[m.key] for m in metrics))
         + " |")
     lines += ["", f"Gaps are over the {groups['groups_in_gaps']} group(s) with at least {groups['gap_min_images']} "
               "images; smaller groups are listed but their scores move in large steps. F1 is n/a in a group "

@@ -6,7 +6,6 @@ training images were. The machine side (device, precision) is chosen by the call
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from facetl.models import FaceClassifier, rebuild_model
 from facetl.models.outputs import probabilities
 from facetl.record import RunRecord
 from facetl.runfolder import checkpoint_weights, read_torch_file
+from facetl.runreader import read_history
 from facetl.runtime import Runtime
 
 
@@ -91,30 +91,6 @@ def load_run(folder: str | Path, device: torch.device | None = None) -> LoadedRu
     model.to(device or torch.device("cpu")).eval()
     history = checkpoint.get("history", [])
     return LoadedRun(folder, config, record, model, list(history) if isinstance(history, list) else [])
-
-
-def read_history(folder: Path) -> list[dict]:
-    """Every finished epoch from history.csv (best.pt's own history stops at the best epoch)."""
-    path = folder / "history.csv"
-    if not path.is_file():
-        return []
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = []
-        for line, row in enumerate(csv.DictReader(f), start=2):
-            try:
-                rows.append({k: _history_value(k, v) for k, v in row.items()})
-            except (TypeError, ValueError, AttributeError):
-                raise FacetlError(f"{path} line {line} is not an epoch's row ({', '.join(map(str, row.values()))[:80]});"
-                                  " the file is damaged") from None
-        return rows
-
-
-def _history_value(column: str, text: str):
-    if column == "epoch":
-        return int(text)
-    if column == "strategy" or text == "":
-        return text or None
-    return float(text)
 
 
 def locate_data(config: TrainConfig, folder: Path, data: str | None = None, images: str | None = None) -> TrainConfig:

@@ -1,30 +1,20 @@
 """The runs a server answers with: each opened once, under a unique name, with its model card."""
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from facetl.errors import FacetlError
+from facetl.evaluate.metrics import summary_metrics
 from facetl.inference.classifiers import Classifier, TorchClassifier, open_classifier
 from facetl.preprocessing import FaceAlignment
 from facetl.record import RunRecord
+from facetl.runreader import read_metrics, read_record
 from facetl.runtime import Runtime
 
-# metrics.json keys shown on a card, in this order
-CARD_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc")
-
-
-@dataclass(frozen=True)
-class TestMetrics:
-    split: str
-    images: int
-    accuracy: float | None
-    precision: float | None
-    recall: float | None
-    f1: float | None
-    roc_auc: float | None         # None when the test split had one class
+# a card's metrics: {"split", "images", and each metric that sums a run up (the metric table's): value or None}
+TestMetrics = dict[str, str | int | float | None]
 
 
 @dataclass(frozen=True)
@@ -106,19 +96,19 @@ def model_card(name: str, path: Path, classifier: Classifier, engine: str) -> Mo
 
 def _record_beside(folder: Path | None) -> RunRecord | None:
     try:
-        return RunRecord.from_dict(json.loads((folder / "run.json").read_text())) if folder else None
-    except (OSError, KeyError, TypeError, ValueError):
+        return read_record(folder) if folder else None
+    except FacetlError:
         return None  # a card without the record is still a card
 
 
 def _metrics(folder: Path | None) -> TestMetrics | None:
     try:
-        values = json.loads((folder / "metrics.json").read_text()) if folder else None
-        if not isinstance(values, dict):
+        values = read_metrics(folder) if folder else None
+        if values is None:
             return None
-        return TestMetrics(split=str(values.get("split", "test")), images=int(values["n_images"]),
-                           **{k: _finite(values.get(k)) for k in CARD_METRICS})
-    except (OSError, KeyError, TypeError, ValueError):
+        return {"split": str(values.get("split", "test")), "images": int(values["n_images"]),
+                **{m.key: _finite(values.get(m.key)) for m in summary_metrics()}}
+    except (FacetlError, KeyError, TypeError, ValueError):
         return None
 
 

@@ -32,7 +32,7 @@ from facetl.data.load import load_groups
 from facetl.data.prepare import PreparedData, prepare_data, read_samples
 from facetl.errors import FacetlError
 from facetl.evaluate.metrics import (choose_threshold, choose_thresholds, expected_calibration_error,
-                                     fit_temperature, negative_log_likelihood, scaled_probabilities)
+                                     fit_temperature, metric_line, negative_log_likelihood, scaled_probabilities)
 from facetl.evaluate.plots import plot_lr_find
 from facetl.evaluate.report import SplitResult, write_evaluation
 from facetl.models import BuiltModel, TrainablePart, build_model
@@ -585,10 +585,7 @@ def final_evaluation(config: TrainConfig, setup: Setup, source, state: TrainingS
     if ctx.pictures is not None and not state.record.multi_attribute:  # the gallery shows one decision per image
         ctx.pictures(ctx.folder, config, state.record, model, state.history, split, ctx.runtime)
     metrics = write_evaluation(ctx.folder, split, state.record, state.history, config.to_dict())
-    ctx.log(f"{final_split}: accuracy {metrics['accuracy']:.4f}  balanced {metrics['balanced_accuracy']:.4f}  "
-            f"F1 {metrics['f1']:.4f}  ROC-AUC "
-            f"{metrics['roc_auc'] if metrics['roc_auc'] is None else round(metrics['roc_auc'], 4)}  "
-            f"ECE {metrics['ece'] if metrics['ece'] is None else round(metrics['ece'], 4)}"
+    ctx.log(f"{final_split}: {metric_line(metrics)}"
             + ("  (means over the attributes)" if state.record.multi_attribute else "") + f"  train {state.train_seconds:.1f}s  report {ctx.folder / 'report.md'}")
     return RunResult(ctx.folder, metrics, state.history, state.record)
 

@@ -1,0 +1,74 @@
+"""Reading a run folder's records: history.csv, metrics.json and run.json.
+
+Every command that looks at what a run did (reports, sweeps, folds, serve's model cards, --resume) reads
+them here, so a damaged file is one line naming it, the same wherever it is read. The model itself
+(best.pt) is facetl.inference.run's.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from facetl.errors import FacetlError
+from facetl.record import RunRecord
+
+
+def read_history(folder: Path) -> list[dict]:
+    """Every finished epoch from history.csv ([] when there is none); a row that is not an epoch's is a
+    FacetlError naming the file and its line."""
+    path = Path(folder) / "history.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = []
+        for line, row in enumerate(csv.DictReader(f), start=2):
+            try:
+                rows.append({k: _history_value(k, v) for k, v in row.items()})
+            except (TypeError, ValueError, AttributeError):
+                cells = ", ".join(map(str, row.values()))[:80]
+                raise FacetlError(f"{path} line {line} is not an epoch's row ({cells}); the file is damaged") from None
+        return rows
+
+
+def _history_value(column: str, text: str):
+    if column == "epoch":
+        return int(text)
+    if column == "strategy" or text == "":
+        return text or None
+    return float(text)
+
+
+def epochs_recorded(folder: Path) -> int:
+    """How many epochs history.csv lists, without reading their values (0 without the file): what --resume
+    compares with --epochs, so a damaged value does not stop a resume that reads its checkpoint instead."""
+    path = Path(folder) / "history.csv"
+    if not path.is_file():
+        return 0
+    lines = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    return max(0, len(lines) - 1)  # less the header
+
+
+def read_metrics(folder: Path) -> dict:
+    """metrics.json: the metrics of the run's last evaluation (FacetlError naming the file when it is missing or
+    is not a JSON mapping)."""
+    path = Path(folder) / "metrics.json"
+    values = _read_json(path)
+    if not isinstance(values, dict):
+        raise FacetlError(f"{path} is damaged (not a mapping of metric names to values)")
+    return values
+
+
+def read_record(folder: Path) -> RunRecord:
+    """run.json: the run's record (FacetlError naming the file when it is missing or damaged)."""
+    path = Path(folder) / "run.json"
+    return RunRecord.read(_read_json(path), path)
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FacetlError(f"{path} not found; is {path.parent} a finished facetl run?") from None
+    except (OSError, ValueError) as exc:
+        raise FacetlError(f"{path} is damaged ({str(exc)[:120]})") from None
