@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from facetl.config import (BEFORE_RECIPE, THRESHOLD_RULES, TrainConfig, dump_yaml, parse_unfreeze,
-                           DATA_PATH_KEYS, with_absolute_paths)
+from facetl.config import (BEFORE_RECIPE, DATA_PATH_KEYS, THRESHOLD_RULES, TrainConfig, dump_yaml, parse_unfreeze,
+                           with_absolute_paths)
 from facetl.data.augment import BatchAugment
 from facetl.data.features import FeatureRequest, FrozenPart, ImageSource, open_feature_source
 from facetl.data.load import load_groups
@@ -233,8 +233,9 @@ def set_up(config: TrainConfig, ctx: RunContext, resume: bool) -> Setup:
         built = build_model(config, len(samples.class_names), ctx.log,
                             strategy=first_strategy(config, checkpoint["epoch"] if checkpoint else 1),
                             class_names=samples.class_names)
-        config, recipe = complete_recipe(config, built.weights, round(len(samples.paths) * config.split[0]
-                                                              if not config.limit else config.limit * config.split[0]))
+        train_images = round(len(samples.paths) * config.split[0] if not config.limit else
+                             config.limit * config.split[0])
+        config, recipe = complete_recipe(config, built.weights, train_images)
         config.check()
         check_stages_unfreeze(config, built)
         data = prepare_data(data_spec(config), samples, built.preprocessing, ctx.folder, ctx.log, ctx.progress,
