@@ -68,8 +68,8 @@ def open_store_together(files: list[Path], preprocessing: Preprocessing, store_d
     return store or open_store(False)
 
 
-def prepare_data(spec: DataSpec, samples: Samples, preprocessing: Preprocessing, folder: Path, log, progress: bool = True,
-                 group=None) -> PreparedData:
+def prepare_data(spec: DataSpec, samples: Samples, preprocessing: Preprocessing, folder: Path, log,
+                 progress: bool = True, group=None) -> PreparedData:
     """Decode, clean and split `samples`; write split.csv (and skipped_images.csv) into the run folder.
 
     Every process computes the same split; only the main one (`group.is_main`) writes files.
