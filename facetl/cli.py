@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from importlib.metadata import PackageNotFoundError, version
 import os
 import subprocess
@@ -429,8 +430,7 @@ def cmd_train(args) -> int:
 
         values = load_yaml(run / "config.yaml")
         values.setdefault("landmarks", "detector")  # a run from before the setting aligned with the detector's
-        config = locate_data(build_config(values), run)
-        config.out = str(run)
+        config = dataclasses.replace(locate_data(build_config(values), run), out=str(run))
         if hasattr(args, "epochs"):  # --resume RUN --epochs N extends a finished or running run
             config = build_config({"epochs": args.epochs}, config)
         from facetl.runreader import epochs_recorded
@@ -459,7 +459,7 @@ def cmd_lr_find(args) -> int:
 
     config = config_from_args(args)
     if config.out is None:
-        config.out = f"runs/lr-find-{config.backbone}-{datetime.now():%Y%m%d-%H%M%S}"
+        config = dataclasses.replace(config, out=f"runs/lr-find-{config.backbone}-{datetime.now():%Y%m%d-%H%M%S}")
     result = fit(config, progress=sys.stderr.isatty(), only_find_lr=True)
     print(f"suggested lr {result.metrics['suggested_lr']:.2g}; plot {result.folder / 'lr_find.png'}, "
           f"values {result.folder / 'lr_find.csv'}")
@@ -477,7 +477,7 @@ def cmd_folds(args, config: TrainConfig, pictures) -> int:
         raise FacetlError("--folds trains its folds one after another in this process; drop --nproc")
     config.check()
     if not config.out:
-        config.out = _default_out(config)
+        config = dataclasses.replace(config, out=_default_out(config))
     _oom_guard(lambda: cross_validate(config, progress=True, pictures=pictures), config.batch_size)
     print((Path(config.out) / "results.md").read_text())
     return 0
@@ -486,15 +486,16 @@ def cmd_folds(args, config: TrainConfig, pictures) -> int:
 def launch_torchrun(args, config: TrainConfig) -> int:
     """Check the input here (one clear line on bad input), then run this same command under torchrun."""
     from facetl.data.prepare import read_samples
-    from facetl.models.factory import create_backbone
+    from facetl.data.spec import data_spec
+    from facetl.models.factory import pretrained_input
     from facetl.train.fit import refuse_out_inside_data
 
     config.check()
     refuse_out_inside_data(config, config.out or _default_out(config))
-    read_samples(config)
-    create_backbone(config.backbone, "none")
+    read_samples(data_spec(config))
+    pretrained_input(config.backbone)  # an unknown backbone is refused here, without building one
     if not config.out:
-        config.out = _default_out(config)
+        config = dataclasses.replace(config, out=_default_out(config))
     argv = _without_option(args.argv, "--nproc") + ([] if args.resume or "--out" in args.argv else
                                                      ["--out", config.out])
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(args.nproc),

@@ -3,6 +3,9 @@
 Every key of `TrainConfig` can come from a YAML file (`--config`) or a flag; flags win. The run folder
 keeps the resolved `config.yaml`, so `facetl train --config RUN/config.yaml --out NEW` reruns it.
 Validation reports every bad key at once, before any work starts.
+
+A TrainConfig is frozen: what resolves it (the recipe, --lr auto, the run folder, absolute data paths) makes a
+new one with `dataclasses.replace`, so a caller's config never changes under it.
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ BOUNDS = (("epochs", 1, 100_000), ("batch_size", 1, 65_536), ("lr", 0, 10.0), ("
 STRATEGY_HELP = "frozen | last-block | from:K (layer index or module name) | full | gradual"
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     # data
     data: str | None = None              # class-folder root, CSV table or list_attr_celeba.txt
@@ -355,20 +358,29 @@ def _scalar(kind, value):
 
 def build_config(values: dict, base: TrainConfig | None = None) -> TrainConfig:
     """Apply `values` on top of `base`, reporting unknown keys and wrong types all at once."""
-    config = dataclasses.replace(base) if base else TrainConfig()
-    problems = []
+    changes, problems = {}, []
     for key, value in values.items():
         name = key.replace("-", "_")
         if name not in FIELDS:
             problems.append(f"{key}: unknown key")
             continue
         try:
-            setattr(config, name, coerce(name, value))
+            changes[name] = coerce(name, value)
         except ValueError as exc:
             problems.append(f"{key}: {exc}")
     if problems:
         raise FacetlError("invalid configuration: " + "; ".join(problems))
-    return config
+    return dataclasses.replace(base or TrainConfig(), **changes)
+
+
+# the keys that name data on disk: a run's config.yaml holds them absolute (train/fit.py record_data_paths)
+DATA_PATH_KEYS = ("data", "images", "split_file")
+
+
+def with_absolute_paths(config: TrainConfig, keys: tuple[str, ...] = DATA_PATH_KEYS) -> TrainConfig:
+    """The config with its data paths absolute, so a run reopened from another directory still finds them."""
+    return dataclasses.replace(config, **{key: str(Path(getattr(config, key)).expanduser().resolve())
+                                          for key in keys if getattr(config, key)})
 
 
 # what runs trained with before the recipe keys existed: a run's config.yaml from then lacks them

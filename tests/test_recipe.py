@@ -40,22 +40,22 @@ def history(folder: Path) -> list[dict]:
 
 def test_the_recipe_fits_the_situation_and_leaves_given_keys_alone():
     scratch = TrainConfig(data="x", weights="none", strategy="full")
-    lines = complete_recipe(scratch, StartingWeights("none"), 10_000)
+    scratch, lines = complete_recipe(scratch, StartingWeights("none"), 10_000)
     assert (scratch.lr, scratch.optimizer, scratch.scheduler, scratch.epochs) == (2e-3, "adamw", "onecycle", 20)
     assert "rotate:10" in scratch.augment and "no pretraining" in lines[0]
     frozen = TrainConfig(data="x", weights="imagenet", strategy="frozen")
-    complete_recipe(frozen, StartingWeights("imagenet"), 10_000)
+    frozen, _ = complete_recipe(frozen, StartingWeights("imagenet"), 10_000)
     assert (frozen.lr, frozen.augment, frozen.lr_decay, frozen.epochs) == (3e-3, ["flip"], 1.0, 30)  # flip: cached
     jittered = TrainConfig(data="x", weights="imagenet", strategy="frozen", augment=["flip", "jitter"])
-    complete_recipe(jittered, StartingWeights("imagenet"), 10_000)
+    jittered, _ = complete_recipe(jittered, StartingWeights("imagenet"), 10_000)
     assert jittered.epochs == 10  # every epoch recomputes the frozen part
     tuned = TrainConfig(data="x", weights="imagenet", strategy="gradual", lr=3e-4, epochs=12)
-    complete_recipe(tuned, StartingWeights("imagenet"), 10_000)
+    tuned, _ = complete_recipe(tuned, StartingWeights("imagenet"), 10_000)
     assert (tuned.lr, tuned.epochs, tuned.lr_decay) == (3e-4, 12, 0.5)
     assert [(s.first_epoch, s.strategy) for s in stages(tuned)] == [(1, "frozen"), (2, "full")]  # fastai's fine_tune
     for study in sorted((REPO / "configs").glob("study*.yaml")):  # the studies keep their exact recipes
         config = build_config({"data": "x", **load_yaml(study)})
-        lines = complete_recipe(config, StartingWeights("imagenet"), 24_000)
+        config, lines = complete_recipe(config, StartingWeights("imagenet"), 24_000)
         assert len(lines) == 1 and lines[0].startswith("given, so the recipe keeps them: optimizer adam"), study.name
         assert (config.optimizer, config.scheduler, config.weight_decay) == ("adam", "none", 0)
 
@@ -67,12 +67,12 @@ def test_the_word_none_is_a_given_value_that_the_recipe_keeps(flag, key, value):
     recomputed its backbone every batch. The word is a value, it wins, and the log says it was given."""
     config = config_from_args(build_parser().parse_args(["train", "--data", "x", flag, "none"]))
     assert getattr(config, key) == value
-    lines = complete_recipe(config, StartingWeights("imagenet"), 1_000)
+    config, lines = complete_recipe(config, StartingWeights("imagenet"), 1_000)
     assert getattr(config, key) == value
     if key in RECIPE_KEYS:
         assert f"{key} {'none' if value == [] else f'{value:g}'}" in lines[0] and lines[0].startswith("given")
     frozen = config_from_args(build_parser().parse_args(["train", "--data", "x", "--augment", "none"]))
-    complete_recipe(frozen, StartingWeights("imagenet"), 1_000)
+    frozen, _ = complete_recipe(frozen, StartingWeights("imagenet"), 1_000)
     assert frozen.augmentations == [] and frozen.epochs == 30  # features cached: no jitter to recompute them
 
 
@@ -216,7 +216,8 @@ def test_stages_that_freeze_again_are_refused_before_training(tmp_path):
 def test_a_config_yaml_from_before_the_recipe_reruns_with_the_optimiser_it_trained_with():
     old = {"data": "x", "lr": 1e-4, "epochs": 10, "scheduler": "none", "precise_bn": "auto", "augment": []}
     config = build_config(with_old_recipe(old))
-    assert not any(line.startswith("recipe") for line in complete_recipe(config, StartingWeights("imagenet"), 1000))
+    config, lines = complete_recipe(config, StartingWeights("imagenet"), 1000)
+    assert not any(line.startswith("recipe") for line in lines)
     assert (config.optimizer, config.weight_decay, config.lr_decay) == ("adam", 0.0, 1.0)
     handwritten = build_config(with_old_recipe({"data": "x", "lr": 1e-3}))  # not a run's file: the recipe fills
     assert handwritten.optimizer is None

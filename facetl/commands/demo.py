@@ -26,9 +26,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from facetl.config import TrainConfig, build_config, load_yaml
+from facetl.config import TrainConfig, build_config, load_yaml, with_absolute_paths
 from facetl.data.download import smiles_dataset
 from facetl.data.prepare import read_samples
+from facetl.data.spec import data_spec
 from facetl.data.store import cache_root
 from facetl.data.tables import read_table
 from facetl.errors import FacetlError
@@ -212,18 +213,15 @@ def _task(config: TrainConfig) -> str:
 
 def resolved(config: TrainConfig) -> dict:
     """The config as `fit` writes it to config.yaml: the keys left out filled by the recipe, as fit fills them."""
-    config = dataclasses.replace(config, split=list(config.split))
     weights = config.weights
     starting = StartingWeights.from_flag(weights, is_run=weights not in ("imagenet", "none")
                                          and Path(weights).is_dir())
     if config.limit:
         images = config.limit * config.split[0]
     else:
-        images = len(read_samples(config).paths) * config.split[0]
-    complete_recipe(config, starting, round(images))
-    for key in ("data", "images"):  # fit writes them absolute (train/fit.py record_data_paths)
-        if getattr(config, key):
-            setattr(config, key, str(Path(getattr(config, key)).expanduser().resolve()))
+        images = len(read_samples(data_spec(config)).paths) * config.split[0]
+    config, _ = complete_recipe(config, starting, round(images))
+    config = with_absolute_paths(config)  # as fit writes them (train/fit.py)
     return {k: v for k, v in config.to_dict().items() if k not in IGNORED}
 
 

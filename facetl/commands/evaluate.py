@@ -9,6 +9,7 @@ import numpy as np
 from facetl.config import group_spec_problems
 from facetl.data.load import data_root, load_groups
 from facetl.data.prepare import check_unchanged
+from facetl.data.spec import data_spec
 from facetl.data.split import load_split
 from facetl.data.store import cache_root, open_image_store
 from facetl.errors import FacetlError
@@ -36,7 +37,7 @@ def evaluate_run(folder: str | Path, split: str = "test", runtime: Runtime | Non
         raise FacetlError(problems[0])
     group_of = load_groups(config.data, config.images, config.target, group_by) if group_by else None
     runtime = runtime or Runtime.for_inference()
-    samples, assignment = load_split(run.folder / "split.csv", data_root(config), run.class_names,
+    samples, assignment = load_split(run.folder / "split.csv", data_root(data_spec(config)), run.class_names,
                                     record.multi_attribute)
     check_unchanged(samples, run.folder / "split.csv", allow_changed_data)
     index = np.flatnonzero(assignment == split)

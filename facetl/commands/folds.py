@@ -19,11 +19,12 @@ import numpy as np
 from facetl.config import TrainConfig, build_config
 from facetl.data.prepare import cache_folder, open_store_together, read_samples, write_split
 from facetl.data.samples import Samples, stratified_limit
+from facetl.data.spec import data_spec
 from facetl.data.split import apply_duplicate_policy, group_counts, make_folds
 from facetl.errors import FacetlError
 from facetl.evaluate.metrics import summary_metrics
-from facetl.models.classifier import build_model
 from facetl.evaluate.results import cell, run_row
+from facetl.models.classifier import resolve_preprocessing
 from facetl.runfolder import atomic_write_csv, atomic_write_text, prepare_run_folder
 from facetl.commands.sweep import run_name
 from facetl.train.fit import default_out, fit, refuse_out_inside_data
@@ -44,9 +45,9 @@ class Folds:
 def make_fold_splits(config: TrainConfig, log=print, progress: bool = True) -> Folds:
     """The K splits of `config`'s data. Decoding through the same store as `fit` knows which files are
     readable and which are identical; the cache keeps it for the folds' runs."""
-    samples = stratified_limit(read_samples(config), config.limit, config.seed)
-    preprocessing = build_model(config, len(samples.class_names), log=lambda message: None).preprocessing
-    cache_dir = cache_folder(config)
+    samples = stratified_limit(read_samples(data_spec(config)), config.limit, config.seed)
+    preprocessing = resolve_preprocessing(config, log=lambda message: None)  # no network built to learn it
+    cache_dir = cache_folder(data_spec(config))
     store = open_store_together(samples.files(), preprocessing, cache_dir if config.cache else None, config.workers,
                                 progress, None)
     keep = store.readable()

@@ -67,9 +67,8 @@ def _sweep(configs: list[tuple[str, TrainConfig]], out: Path, progress: bool, lo
     rows, split_file = [], None
     for number, (name, config) in enumerate(configs, start=1):
         folder = out / name
-        config = dataclasses.replace(config, out=str(folder))
-        if split_file is not None:
-            config.split_file = str(split_file)
+        config = dataclasses.replace(config, out=str(folder), split_file=str(split_file) if split_file is not None
+                                     else config.split_file)
         log(f"[{number}/{len(configs)}] {name}")
         if (folder / "metrics.json").is_file():
             log(f"  finished earlier: {folder / 'metrics.json'}")

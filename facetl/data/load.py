@@ -6,6 +6,7 @@ from pathlib import Path
 
 from facetl.data.folders import read_class_folders
 from facetl.data.samples import Samples
+from facetl.data.spec import DataSpec
 from facetl.data.tables import read_attribute_columns, read_attribute_table
 from facetl.errors import FacetlError
 
@@ -87,9 +88,9 @@ def _put_positive_last(samples: Samples, positive: str | None) -> Samples:
     return Samples(samples.root, samples.paths, 1 - samples.labels, [names[1], names[0]], samples.groups)
 
 
-def data_root(config) -> Path:
+def data_root(spec: DataSpec) -> Path:
     """The folder split.csv paths are relative to: the class-folder root, or a table's image folder."""
-    path = Path(config.data).expanduser()
+    path = Path(spec.data).expanduser()
     if path.is_dir():
         return path
-    return Path(config.images).expanduser() if config.images else path.parent
+    return Path(spec.images).expanduser() if spec.images else path.parent

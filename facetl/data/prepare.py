@@ -1,5 +1,5 @@
-"""From a config to data ready for training: decoded store, unreadable files set aside, duplicates
-handled, split made (or reused from split.csv) and saved."""
+"""From a DataSpec (data/spec.py) to data ready for training: decoded store, unreadable files set aside,
+duplicates handled, split made (or reused from split.csv) and saved."""
 from __future__ import annotations
 
 import tempfile
@@ -11,6 +11,7 @@ import numpy as np
 from facetl.data.faces import FACES_CSV_HEADER
 from facetl.data.load import load_groups, load_samples
 from facetl.data.samples import Samples, stratified_limit
+from facetl.data.spec import DataSpec
 from facetl.data.split import (apply_duplicate_policy, group_counts, load_split, make_split, save_split,
                                 split_hash)
 from facetl.data.store import ImageStore, cache_root, files_key, open_image_store
@@ -38,20 +39,19 @@ class PreparedData:
         return np.flatnonzero(self.assignment == split)
 
 
-def read_samples(config) -> Samples:
-    """The labelled file list named by the config; --groups is checked here too, before any training."""
-    samples = load_samples(config.data, config.images, config.target, config.positive,
-                           getattr(config, "split_by", None))
-    if getattr(config, "groups", None):
-        load_groups(config.data, config.images, config.target, config.groups)
+def read_samples(spec: DataSpec) -> Samples:
+    """The labelled file list the spec names; --groups is checked here too, before any training."""
+    samples = load_samples(spec.data, spec.images, spec.target, spec.positive, spec.split_by)
+    if spec.groups:
+        load_groups(spec.data, spec.images, spec.target, spec.groups)
     return samples
 
 
-def cache_folder(config) -> Path:
+def cache_folder(spec: DataSpec) -> Path:
     """The run's cache folder; with --no-cache a private temporary one."""
-    if not config.cache:
+    if not spec.cache:
         return Path(tempfile.mkdtemp(prefix="facetl-nocache-"))
-    return cache_root(config.cache_dir)
+    return cache_root(spec.cache_dir)
 
 
 def open_store_together(files: list[Path], preprocessing: Preprocessing, store_dir: Path | None,
@@ -68,32 +68,32 @@ def open_store_together(files: list[Path], preprocessing: Preprocessing, store_d
     return store or open_store(False)
 
 
-def prepare_data(config, samples: Samples, preprocessing: Preprocessing, folder: Path, log, progress: bool = True,
-                 group=None) -> PreparedData:
+def prepare_data(spec: DataSpec, samples: Samples, preprocessing: Preprocessing, folder: Path, log,
+                 progress: bool = True, group=None) -> PreparedData:
     """Decode, clean and split `samples`; write split.csv (and skipped_images.csv) into the run folder.
 
     Every process computes the same split; only the main one (`group.is_main`) writes files.
     """
     writes = group is None or group.is_main
-    cache_dir = cache_folder(config)
-    store_dir = cache_dir if config.cache else None
+    cache_dir = cache_folder(spec)
+    store_dir = cache_dir if spec.cache else None
     split_file = folder / "split.csv" if (folder / "split.csv").is_file() else (
-        Path(config.split_file) if getattr(config, "split_file", None) else None)
+        Path(spec.split_file) if spec.split_file else None)
     if split_file is not None:
         split_samples, split_assignment = load_split(split_file, samples.root, samples.class_names,
                                                      samples.multi_attribute)
         check_unchanged(split_samples, split_file, remedy=(
             "resuming needs the data the run started with" if split_file.parent == folder else
             "leave out --split-file to make a new split of the data as it is now"))
-        base, assignment = split_over_store_files(config, samples, split_samples, split_assignment)
-        store = open_store_together(base.files(), preprocessing, store_dir, config.workers, progress, group)
+        base, assignment = split_over_store_files(spec, samples, split_samples, split_assignment)
+        store = open_store_together(base.files(), preprocessing, store_dir, spec.workers, progress, group)
         broken = [i for i in np.flatnonzero(assignment != "") if i in store.errors]
         if broken:
             raise FacetlError(f"{base.files()[broken[0]]} has become unreadable since the split was made: "
                               f"{store.errors[broken[0]]}")
         log(f"split: reused {split_file} ({_counts(assignment)})")
         if split_samples.groups is not None:
-            log(f"split by {getattr(config, 'split_by', None) or 'group'}: "
+            log(f"split by {spec.split_by or 'group'}: "
                 f"{group_counts(split_samples, split_assignment)}")
         if split_file != folder / "split.csv" and writes:
             save_split(folder / "split.csv", split_samples, split_assignment)
@@ -101,11 +101,11 @@ def prepare_data(config, samples: Samples, preprocessing: Preprocessing, folder:
                 (folder / "split.json").write_bytes(split_file.with_suffix(".json").read_bytes())
         return PreparedData(base, store, assignment, cache_dir)
 
-    samples = stratified_limit(samples, config.limit, config.seed)
+    samples = stratified_limit(samples, spec.limit, spec.seed)
     kinds = "attributes, images with each" if samples.multi_attribute else "classes"
     log(f"data: {len(samples)} images, {len(samples.class_names)} {kinds} "
         f"({', '.join(f'{k} {v}' for k, v in samples.counts().items())})"[:400])
-    store = open_store_together(samples.files(), preprocessing, store_dir, config.workers, progress, group)
+    store = open_store_together(samples.files(), preprocessing, store_dir, spec.workers, progress, group)
     keep = store.readable()
     if store.faces is not None and writes:
         atomic_write_csv(folder / "faces.csv", FACES_CSV_HEADER, store.faces)
@@ -118,7 +118,7 @@ def prepare_data(config, samples: Samples, preprocessing: Preprocessing, folder:
             "unreadable image(s)"
         log(f"warning: skipped {len(rows)} {what}, listed in {folder / 'skipped_images.csv'}; "
             f"first: {rows[0][0]} ({rows[0][1]})")
-    duplicate_keep, note = apply_duplicate_policy(samples, store.hashes, config.duplicates)
+    duplicate_keep, note = apply_duplicate_policy(samples, store.hashes, spec.duplicates)
     if note:
         log(note)
     keep &= duplicate_keep
@@ -126,12 +126,12 @@ def prepare_data(config, samples: Samples, preprocessing: Preprocessing, folder:
     if not samples.multi_attribute and len(np.unique(samples.labels[kept])) < 2:
         raise FacetlError("fewer than two classes have readable images; nothing to learn")
     assignment = np.full(len(samples), "", dtype=object)
-    assignment[kept] = make_split(samples.take(kept), [store.hashes[i] for i in kept], config.split, config.seed)
+    assignment[kept] = make_split(samples.take(kept), [store.hashes[i] for i in kept], list(spec.split), spec.seed)
     if writes:
-        write_split(folder, samples.take(kept), assignment[kept], config.seed, config.split)
-    log(f"split: {_counts(assignment)} (seed {config.seed}), saved to {folder / 'split.csv'}")
+        write_split(folder, samples.take(kept), assignment[kept], spec.seed, list(spec.split))
+    log(f"split: {_counts(assignment)} (seed {spec.seed}), saved to {folder / 'split.csv'}")
     if samples.groups is not None:
-        log(f"split by {config.split_by}: {group_counts(samples.take(kept), assignment[kept])}")
+        log(f"split by {spec.split_by}: {group_counts(samples.take(kept), assignment[kept])}")
     check_classes_per_split(samples, assignment, log)
     return PreparedData(samples, store, assignment, cache_dir)
 
@@ -146,11 +146,11 @@ def write_split(folder: Path, samples: Samples, assignment: np.ndarray, seed: in
                                               **extra})
 
 
-def split_over_store_files(config, samples: Samples, split: Samples, split_assignment: np.ndarray
+def split_over_store_files(spec: DataSpec, samples: Samples, split: Samples, split_assignment: np.ndarray
                            ) -> tuple[Samples, np.ndarray]:
     """The file list the split was made from, with the split's assignment on it: its decoded store is the
     one the first run of a sweep made, so a sweep decodes the data once. Another list: the split's own."""
-    base = stratified_limit(samples, config.limit, config.seed)
+    base = stratified_limit(samples, spec.limit, spec.seed)
     index_of = {path: i for i, path in enumerate(base.paths)}
     rows = [index_of.get(path) for path in split.paths]
     if None in rows or not np.array_equal(base.labels[rows], split.labels):

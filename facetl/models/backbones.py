@@ -20,11 +20,12 @@ from facetl.models.weights import load_imagenet_torchvision, load_imagenet_timm,
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_SIZE = 224  # what torchvision's ImageNet weights (every adapter registered here) expect
 
 
 class Backbone(nn.Module):
     def __init__(self, name: str, features: nn.Sequential, block_starts: list[int], channels: int,
-                 flat_pool: nn.Module, mean=IMAGENET_MEAN, std=IMAGENET_STD, input_size: int = 224):
+                 flat_pool: nn.Module, mean=IMAGENET_MEAN, std=IMAGENET_STD, input_size: int = IMAGENET_SIZE):
         super().__init__()
         self.name = name
         self.features = features
@@ -99,6 +100,20 @@ def mobilenet_v2(weights: str) -> Backbone:
                         [0, 2, 4, 7, 14], 1280, nn.AdaptiveAvgPool2d(1))
 
 
+def timm_pretrained_input(name: str) -> tuple[int, tuple, tuple]:
+    """Input size, mean and std of timm model `name`'s pretrained weights, from timm's pretrained config alone
+    (no network built): the numbers TimmBackbone reads off the model it builds."""
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name)
+    return _input_of(cfg.to_dict() if cfg is not None else {})
+
+
+def _input_of(cfg: dict) -> tuple[int, tuple, tuple]:
+    return (cfg.get("input_size", (3, IMAGENET_SIZE, IMAGENET_SIZE))[-1], tuple(cfg.get("mean", IMAGENET_MEAN)),
+            tuple(cfg.get("std", IMAGENET_STD)))
+
+
 class _TimmTrunk(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -118,10 +133,9 @@ class TimmBackbone(Backbone):
             model = load_imagenet_timm(name)
         else:
             model = timm.create_model(name, pretrained=False, num_classes=0)
-        cfg = model.pretrained_cfg
+        size, mean, std = _input_of(model.pretrained_cfg)
         super().__init__(name, nn.Sequential(_TimmTrunk(model)), [0], model.num_features,
-                         nn.AdaptiveAvgPool2d(1), cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD),
-                         cfg.get("input_size", (3, 224, 224))[-1])
+                         nn.AdaptiveAvgPool2d(1), mean, std, size)
         if weights not in ("imagenet", "none"):
             load_state_file(self, weights)
 

@@ -2,7 +2,9 @@
 
 `build_model` decides, in this order: where the weights come from, the preprocessing those weights
 expect (a facetl run passes on its own, flags override with a warning), the head, and what trains.
-`rebuild_model` makes the same structure again from a run's record, for loading its checkpoint.
+`resolve_preprocessing` answers the second question alone, without building a network (timm's
+`resolve_data_config`). `rebuild_model` makes the same structure again from a run's record, for loading its
+checkpoint.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from torch import nn
 
 from facetl.config import parse_unfreeze
 from facetl.errors import FacetlError
-from facetl.models.factory import create_backbone
+from facetl.models.factory import create_backbone, pretrained_input
 from facetl.models.heads import build_head
 from facetl.models.strategies import Plan, apply_strategy
 from facetl.models.weights import WeightsUnavailable, load_backbone_state, read_weights
@@ -67,7 +69,10 @@ def build_model(config, num_classes: int, log=print, strategy: str | None = None
     unfreezing stage's `strategy`), from a TrainConfig. `class_names`, when given, must be the facetl run's
     own for its head to be carried over."""
     start = _starting_point(config, log)
-    preprocessing = resolve_preprocessing(config, start.backbone, start.record, log)
+    backbone = start.backbone
+    preprocessing = _with_flags(config, start.record.preprocessing if start.record else
+                                Preprocessing(backbone.input_size, tuple(backbone.mean), tuple(backbone.std)),
+                                start.record is not None, log)
     check_input_size(start.backbone, preprocessing.size)
     model = _assemble(config, start.backbone, preprocessing.size, num_classes)
     if start.record is not None:
@@ -86,14 +91,25 @@ def rebuild_model(config, record: RunRecord) -> tuple[FaceClassifier, Plan]:
     return model, apply_strategy(model, strategy)
 
 
-def resolve_preprocessing(config, backbone, source_run: RunRecord | None, log=print) -> Preprocessing:
-    """The backbone's pretrained preprocessing, or a facetl run's own when starting from one; flags on top."""
-    default = (source_run.preprocessing if source_run else
-               Preprocessing(backbone.input_size, tuple(backbone.mean), tuple(backbone.std)))
+def resolve_preprocessing(config, log=print) -> Preprocessing:
+    """The preprocessing `build_model(config, ...)` gives its model, without building one: the backbone's
+    pretrained input (from the registry or timm's pretrained config), or, with a facetl run as --weights, the
+    run's own (read from its checkpoint's record); flags on top."""
+    source_run = None
+    if config.weights not in ("imagenet", "none", "auto"):
+        source_run = read_weights(config.weights)[1]
+    if source_run is not None:
+        return _with_flags(config, source_run.preprocessing, True, log)
+    size, mean, std = pretrained_input(config.backbone)
+    return _with_flags(config, Preprocessing(size, mean, std), False, log)
+
+
+def _with_flags(config, default: Preprocessing, from_run: bool, log) -> Preprocessing:
+    """The weights' preprocessing with --img-size, --normalize and --colour on top, and this run's faces."""
     preprocessing, changed = default.with_overrides(config.img_size, config.normalize, config.colour)
     # faces are a property of the new run's data (photos or crops), not of the weights: never inherited
     preprocessing = dataclasses.replace(preprocessing, faces=config.face_alignment())
-    if source_run and changed:
+    if from_run and changed:
         log(f"warning: --weights {config.weights} was trained with {default.describe()}; the flags change its "
             f"{', '.join(changed)} to {preprocessing.describe()}")
     return preprocessing

@@ -1,11 +1,13 @@
 """The one entry point that builds a backbone by name: facetl's adapters first, then any timm model.
 
-Unknown names raise a message listing the valid ones.
+Unknown names raise a message listing the valid ones. `pretrained_input` answers what a backbone's weights
+expect (input size, mean, std) without building it.
 """
 from __future__ import annotations
 
 from facetl.errors import FacetlError
-from facetl.models.backbones import Backbone, TimmBackbone
+from facetl.models.backbones import (IMAGENET_MEAN, IMAGENET_SIZE, IMAGENET_STD, Backbone, TimmBackbone,
+                                     timm_pretrained_input)
 from facetl.models.registry import registered
 
 
@@ -22,5 +24,21 @@ def create_backbone(name: str, weights: str) -> Backbone:
 
     if timm.is_model(name):
         return TimmBackbone(name, weights)
-    raise FacetlError(f"unknown backbone {name!r}; choose {', '.join(list_backbones())} or a timm model name "
-                      f"(list them with: facetl backbones --timm PATTERN)")
+    raise _unknown(name)
+
+
+def pretrained_input(name: str) -> tuple[int, tuple, tuple]:
+    """(input size, mean, std) that backbone `name`'s pretrained weights expect, as `create_backbone(name, ...)`
+    would set them, read from the registry or timm's pretrained config: no network is built."""
+    if name in registered():
+        return IMAGENET_SIZE, IMAGENET_MEAN, IMAGENET_STD
+    import timm
+
+    if timm.is_model(name):
+        return timm_pretrained_input(name)
+    raise _unknown(name)
+
+
+def _unknown(name: str) -> FacetlError:
+    return FacetlError(f"unknown backbone {name!r}; choose {', '.join(list_backbones())} or a timm model name "
+                       f"(list them with: facetl backbones --timm PATTERN)")

@@ -8,6 +8,9 @@ Read top to bottom, a run is four stages, each a function below:
 
 Every epoch is seeded by (seed, epoch), so a resumed run draws the same data order, augmentation
 and dropout as an uninterrupted one.
+
+The config given is never changed: the run folder, the recipe's choices, --lr auto's LR and the absolute data
+paths make new configs, and the resolved one is what config.yaml and `RunResult.config` hold.
 """
 from __future__ import annotations
 
@@ -25,11 +28,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from facetl.config import BEFORE_RECIPE, THRESHOLD_RULES, TrainConfig, dump_yaml, parse_unfreeze
+from facetl.config import (BEFORE_RECIPE, DATA_PATH_KEYS, THRESHOLD_RULES, TrainConfig, dump_yaml, parse_unfreeze,
+                           with_absolute_paths)
 from facetl.data.augment import BatchAugment
 from facetl.data.features import FeatureRequest, FrozenPart, ImageSource, open_feature_source
 from facetl.data.load import load_groups
 from facetl.data.prepare import PreparedData, prepare_data, read_samples
+from facetl.data.spec import data_spec
 from facetl.errors import FacetlError
 from facetl.evaluate.metrics import (choose_threshold, choose_thresholds, expected_calibration_error,
                                      fit_temperature, metric_line, negative_log_likelihood, scaled_probabilities)
@@ -61,6 +66,7 @@ class RunResult:
     metrics: dict
     history: list[dict]
     record: RunRecord
+    config: TrainConfig | None = None  # the resolved configuration the run trained with (its config.yaml)
 
 
 class SetupError(Exception):
@@ -118,6 +124,7 @@ class RunContext:
 
 @dataclass
 class Setup:
+    config: TrainConfig           # resolved: the recipe's choices filled in, data paths absolute
     built: BuiltModel
     data: PreparedData
     checkpoint: dict | None       # the resume point, when resuming
@@ -161,7 +168,7 @@ def fit(config: TrainConfig, resume: bool = False, progress: bool = True, quiet:
         refuse_out_inside_data(config, out)
         created = not Path(out).exists()
         folder = prepare_run_folder(out)
-        config.out = str(folder)
+        config = dataclasses.replace(config, out=str(folder))
         main = runtime.group.is_main
         ctx = RunContext(folder, RunLog(folder / "train.log" if main else None, quiet or not main),
                          progress and main, runtime, pictures)
@@ -181,13 +188,15 @@ def fit(config: TrainConfig, resume: bool = False, progress: bool = True, quiet:
 def _fit(config: TrainConfig, ctx: RunContext, resume: bool, only_find_lr: bool = False) -> RunResult:
     began = time.perf_counter()
     setup = set_up(config, ctx, resume)
+    config = setup.config
     prepared = time.perf_counter()
     source = choose_source(config, setup, ctx)
     if only_find_lr or config.lr == "auto":
         suggested = find_lr(config, setup, source, ctx)
         if only_find_lr:
-            return RunResult(ctx.folder, {"suggested_lr": suggested, **later_stages_lr(config, setup, ctx)}, [], None)
-        config.lr = float(f"{suggested:.2g}")
+            return RunResult(ctx.folder, {"suggested_lr": suggested, **later_stages_lr(config, setup, ctx)}, [], None,
+                             config)
+        config = setup.config = dataclasses.replace(config, lr=float(f"{suggested:.2g}"))
         setup.recipe.append(f"lr {config.lr:g} (--lr auto: the LR range test's steepest descent, lr_find.png)")
         if ctx.main:
             atomic_write_text(ctx.folder / "config.yaml", dump_yaml(config))
@@ -197,7 +206,7 @@ def _fit(config: TrainConfig, ctx: RunContext, resume: bool, only_find_lr: bool 
     state.record.wall_seconds = {"data and model": round(prepared - began, 1),
                                  "frozen features": round(cached - prepared, 1),
                                  "training": round(time.perf_counter() - cached, 1)}
-    result = final_evaluation(config, setup, source, state, ctx)
+    result = dataclasses.replace(final_evaluation(config, setup, source, state, ctx), config=config)
     stages = {**state.record.wall_seconds, "final evaluation": round(time.perf_counter() - began - sum(
         state.record.wall_seconds.values()), 1)}
     ctx.log("wall time: " + ", ".join(f"{k} {v:.1f} s" for k, v in stages.items())
@@ -212,26 +221,28 @@ def set_up(config: TrainConfig, ctx: RunContext, resume: bool) -> Setup:
         raise FacetlError(f"{ctx.folder} already holds a run; continue it with --resume {ctx.folder} or choose a "
                           "new --out")
     try:
-        samples = read_samples(config)
+        samples = read_samples(data_spec(config))
         if len(samples.class_names) > 2 and config.threshold != "0.5" and not samples.multi_attribute:
             raise FacetlError(f"--threshold {config.threshold} applies to two classes; this data has "
                               f"{len(samples.class_names)}, decided by the most probable class")
         torch.manual_seed(config.seed)
         if checkpoint is not None:
-            resumed_recipe(config)
+            config = resumed_recipe(config)
         # a resumed gradual run is rebuilt as its last finished epoch trained, optimiser included; the next epoch
         # then takes its unfreezing step as an uninterrupted run would
         built = build_model(config, len(samples.class_names), ctx.log,
                             strategy=first_strategy(config, checkpoint["epoch"] if checkpoint else 1),
                             class_names=samples.class_names)
-        recipe = complete_recipe(config, built.weights, round(len(samples.paths) * config.split[0]
-                                                              if not config.limit else config.limit * config.split[0]))
+        train_images = round(len(samples.paths) * config.split[0] if not config.limit else
+                             config.limit * config.split[0])
+        config, recipe = complete_recipe(config, built.weights, train_images)
         config.check()
         check_stages_unfreeze(config, built)
-        data = prepare_data(config, samples, built.preprocessing, ctx.folder, ctx.log, ctx.progress,
+        data = prepare_data(data_spec(config), samples, built.preprocessing, ctx.folder, ctx.log, ctx.progress,
                             ctx.runtime.group)
     except FacetlError as exc:
         raise SetupError(exc) from None
+    config = with_absolute_paths(config)
     if ctx.main:
         record_data_paths(config, ctx.folder)
         atomic_write_text(ctx.folder / "config.yaml", dump_yaml(config))
@@ -246,7 +257,7 @@ def set_up(config: TrainConfig, ctx: RunContext, resume: bool) -> Setup:
     ctx.log(f"device {ctx.runtime.used(built.plan.cut > 0).describe()}; preprocessing "
             f"{built.preprocessing.describe()}"
             + (f"; {group.world} processes, batch {config.batch_size} per process" if group.active else ""))
-    return Setup(built, data, checkpoint, recipe)
+    return Setup(config, built, data, checkpoint, recipe)
 
 
 def first_strategy(config: TrainConfig, epoch: int) -> str:
@@ -270,23 +281,18 @@ def check_stages_unfreeze(config: TrainConfig, built: BuiltModel) -> None:
         before = (first, stage.strategy)
 
 
-def resumed_recipe(config: TrainConfig) -> None:
+def resumed_recipe(config: TrainConfig) -> TrainConfig:
     """A run made before these keys existed trained with Adam, no weight decay, one LR: resume it so."""
-    for key, value in {**BEFORE_RECIPE, "scheduler": "none"}.items():
-        if getattr(config, key) is None:
-            setattr(config, key, value)
+    return dataclasses.replace(config, **{key: value for key, value in {**BEFORE_RECIPE, "scheduler": "none"}.items()
+                                          if getattr(config, key) is None})
 
 
 def record_data_paths(config: TrainConfig, folder: Path) -> None:
-    """Data paths absolute in config.yaml, and relative to the run folder in data_paths.json: a run reopened
-    from another directory, or moved together with its data, still finds it (see run.locate_data)."""
-    paths = {}
-    for key in ("data", "images", "split_file"):
-        value = getattr(config, key)
-        if value:
-            absolute = Path(value).expanduser().resolve()
-            setattr(config, key, str(absolute))
-            paths[key] = os.path.relpath(absolute, folder.resolve())
+    """Data paths relative to the run folder in data_paths.json, beside the absolute ones of config.yaml
+    (config.with_absolute_paths): a run reopened from another directory, or moved together with its data, still
+    finds it (see run.locate_data)."""
+    paths = {key: os.path.relpath(getattr(config, key), folder.resolve()) for key in DATA_PATH_KEYS
+             if getattr(config, key)}
     atomic_write_json(folder / "data_paths.json", paths)
 
 

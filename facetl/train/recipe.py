@@ -19,22 +19,30 @@ Study configs set every key, so they keep the studies' exact recipes.
 """
 from __future__ import annotations
 
+import dataclasses
+
 from facetl.config import RECIPE_KEYS, TrainConfig
 from facetl.record import StartingWeights
 
 
-def complete_recipe(config: TrainConfig, weights: StartingWeights, train_images: int) -> list[str]:
-    """Fill every training key left as None; return one line per choice, saying why."""
+def complete_recipe(config: TrainConfig, weights: StartingWeights, train_images: int
+                    ) -> tuple[TrainConfig, list[str]]:
+    """A new config with every training key left as None filled, and one line per choice saying why; the
+    config given is left as it was."""
     pretrained = weights.pretrained
     tuned = config.strategy != "frozen"
     situation = ("no pretraining" if not pretrained else
                  f"{weights.describe()}, {'frozen backbone' if not tuned else config.strategy + ' fine-tuning'}")
     chosen: list[str] = []
     given = [f"{key} {_show(getattr(config, key))}" for key in RECIPE_KEYS if getattr(config, key) is not None]
+    choices: dict = {}
+
+    def now(key: str):
+        return choices.get(key, getattr(config, key))
 
     def choose(key: str, value, why: str) -> None:
-        if getattr(config, key) is None:
-            setattr(config, key, value)
+        if now(key) is None:
+            choices[key] = value
             chosen.append(f"{key} {_show(value)} ({why})")
 
     choose("optimizer", "adamw", "decoupled weight decay")
@@ -47,7 +55,7 @@ def complete_recipe(config: TrainConfig, weights: StartingWeights, train_images:
         choose("augment", ["flip", "jitter", "rotate:10"], "no pretraining: the data must teach invariance")
     elif not tuned:
         choose("augment", ["flip"], "flipped features are cached; jitter would recompute the frozen part")
-        cached = set(config.augment) <= {"flip"}
+        cached = set(now("augment")) <= {"flip"}
         # measured (docs/benchmarks.md, bench_recipe C): 1e-3 for 10 epochs left a linear head 3.5 points of balanced
         # accuracy under a logistic regression on the same features; 3e-3 for 30 epochs matched it
         choose("lr", 3e-3, "a new head on fixed features: larger steps than fine-tuning")
@@ -60,14 +68,14 @@ def complete_recipe(config: TrainConfig, weights: StartingWeights, train_images:
     choose("lr_decay", 0.5 if pretrained and tuned else 1.0,
            "earlier pretrained blocks change less" if pretrained and tuned else "every layer learns alike")
     choose("scheduler", "onecycle", "warm up, then anneal within each stage")
-    if config.strategy == "gradual" and config.unfreeze is None:
-        config.unfreeze = "1:frozen,2:full" if config.epochs > 1 else "1:frozen"
-        chosen.append(f"unfreeze {config.unfreeze} (the new head for one epoch, then everything)")
+    if config.strategy == "gradual":
+        choose("unfreeze", "1:frozen,2:full" if now("epochs") > 1 else "1:frozen",
+               "the new head for one epoch, then everything")
     lines = [f"given, so the recipe keeps them: {', '.join(given)}"] if given else []
     if chosen:
         lines.append(f"recipe for {situation}, {train_images:,} training images: " + "; ".join(chosen)
                      + " (a flag or config key overrides any of these)")
-    return lines
+    return dataclasses.replace(config, **choices), lines
 
 
 def _show(value) -> str:
