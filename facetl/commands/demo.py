@@ -42,7 +42,7 @@ from facetl.runreader import read_metrics, read_record
 from facetl.train.fit import fit
 from facetl.train.recipe import complete_recipe
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"  # the repository's configs/, beside facetl/
 STUDY4 = CONFIGS / "study4_smile_mobilenetv2.yaml"
 PRETRAIN = CONFIGS / "demo_pretrain_gender.yaml"
 TRANSFER = CONFIGS / "demo_identity_transfer.yaml"
