@@ -104,7 +104,8 @@ def linear_probe(run_folder: Path, split_folder: Path) -> dict:
     from facetl.data.load import data_root
     from facetl.data.split import load_split
     from facetl.data.store import cache_root, open_image_store
-    from facetl.inference.run import load_run, locate_data
+    from facetl.inference.run import load_run
+    from facetl.runreader import locate_data
     from facetl.runtime import Runtime
 
     run = load_run(run_folder)

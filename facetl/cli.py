@@ -11,72 +11,12 @@ import warnings
 from datetime import datetime
 from pathlib import Path
 
-from facetl.config import (BOUNDS, FIELDS, RECIPE_KEYS, STRATEGY_HELP, TrainConfig, build_config, load_yaml,
-                           with_old_recipe)
+from facetl.config import BOUNDS, FIELDS, HELP, RECIPE_KEYS, TrainConfig, build_config, load_yaml, with_old_recipe
 from facetl.errors import FacetlError
 from facetl.inference.tta import TTA_HELP, TTA_MODES
 from facetl.preprocessing import LANDMARK_SOURCES
 from facetl.runfolder import atomic_write_csv, data_folder, refuse_output_inside
 
-# One line of help per configuration key, with its unit or choices; the default is added from TrainConfig,
-# once (a test checks that every option of every command has help).
-FLAG_HELP = {
-    "balance": "class imbalance: none, loss (class-weighted loss) or sampler (seeded balanced batches)",
-    "threshold": "two classes: the probability of the second class that decides it (0.5), or f1 or balanced: "
-                 "the threshold that maximises F1 or balanced accuracy on the validation split",
-    "data": "class-folder root, CSV attribute table or list_attr_celeba.txt",
-    "images": "image folder for a table (None: the table's folder)",
-    "target": "attribute column to learn from a table (Smiling, Male, ...)",
-    "positive": "positive class of two (None: second in sorted order; for tables the value 1)",
-    "split": "train,val,test fractions, summing to 1",
-    "split_file": "reuse an existing split.csv",
-    "split_by": "keep each group wholly in one split: a table column (identity) or path:REGEX (its first group)",
-    "folds": "K-fold cross-validation (2 to 100): runs OUT/fold-1..K and OUT/results.md with mean and std",
-    "limit": "use a stratified random subset of this many images",
-    "duplicates": "identical files filed under different labels: keep | drop | error",
-    "img_size": "resize images to N x N pixels (None: the weights' size)",
-    "normalize": "MEAN,STD (or 3 means, 3 stds) instead of the weights' (None)",
-    "colour": "rgb | grey: grey makes every image grey in three channels (None: rgb, or the --weights run's)",
-    "augment": "training augmentation: flip, jitter, rotate[:DEGREES], shift[:PIXELS], scale[:PERCENT], none "
-               "(comma separated; shift and scale make a model tolerate face-alignment error)",
-    "faces": "none: images are face crops | detect: find and align faces in whole photos (MTCNN)",
-    "multi_face": "a training photo with several faces: largest | skip | error",
-    "min_face": "smallest face side that counts, in photo pixels",
-    "landmarks": "the five landmarks faces are aligned with: detector (MTCNN's, as found) | refined (found again "
-                 "on the upright face and its mirror: a quarter less alignment error, 4-17 ms more a photo)",
-    "groups": "final metrics per group too (groups.csv): a table column (identity) or path:REGEX (its first group)",
-    "backbone": "vgg16, vgg19, mobilenet_v2 or any timm model name (facetl backbones)",
-    "weights": "imagenet | none | auto (ImageNet if available, else none) | PATH (state dict or run folder)",
-    "head": "linear | mlp (4096-1024) | vgg (4096-4096)",
-    "strategy": STRATEGY_HELP,
-    "dropout": "dropout probability in the mlp and vgg heads, 0 to <1",
-    "lr": "peak learning rate of the head, or auto (the LR range test picks it; see facetl lr-find)",
-    "optimizer": "adam | adamw | sgd (momentum 0.9, Nesterov)",
-    "weight_decay": "weight decay (decoupled for adamw; never on biases and norm layers)",
-    "lr_decay": "discriminative LRs: each earlier backbone block's LR is the next one's times this (0 to 1)",
-    "warmup": "epochs of linear LR warm-up at the start of each stage (cosine and none schedules)",
-    "unfreeze": "with --strategy gradual: EPOCH:STRATEGY,... e.g. 1:frozen,3:last-block,6:full "
-                "(left out: 1:frozen,2:full, the new head for one epoch, then everything)",
-    "label_smoothing": "move training targets this far towards uniform (0 to 0.5)",
-    "patience": "early stopping: stop after N epochs without a better selection score (in the last stage)",
-    "ema": "keep an exponential moving average of the weights with this decay (e.g. 0.999) and evaluate it",
-    "epochs": "training epochs",
-    "batch_size": "images per step (per process with --nproc)",
-    "seed": "seed of the split, the initial weights and every epoch's draws",
-    "device": "auto | cpu | cuda | mps",
-    "precision": "auto | fp32 | bf16 | fp16",
-    "select": "best epoch by val_loss or val_acc",
-    "scheduler": "learning-rate schedule within each stage: none | cosine | onecycle",
-    "precise_bn": "recompute batch-norm statistics over training images before each validation: auto (only "
-                  "without pretraining) | on | off",
-    "calibrate": "none | temperature: after training, fit one temperature on the validation split's logits "
-                 "(lowest NLL) that every use of the run divides the logits by",
-    "cache": "use the decoded-image and frozen-feature caches",
-    "cache_views": "augmented views stored per training image when augmenting with jitter/rotate",
-    "cache_dir": "cache folder (None: $FACETL_CACHE or ~/.cache/facetl)",
-    "workers": "processes decoding images (None: one per core)",
-    "out": "run folder (None: runs/BACKBONE-STRATEGY-TIME)",
-}
 
 
 class Parser(argparse.ArgumentParser):
@@ -110,7 +50,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             continue
         parser.add_argument(flag, dest=name, default=argparse.SUPPRESS, metavar=name.upper(),
                             nargs="+" if "list" in str(field.type) else None,
-                            help=f"{FLAG_HELP.get(name, '')} (default: {_default(name)})")
+                            help=f"{HELP.get(name, '')} (default: {_default(name)})")
 
 
 DEFAULTS = TrainConfig()
@@ -302,7 +242,7 @@ def _add_data_tools(sub) -> None:
     faces.add_argument("--multi-face", choices=["largest", "skip", "error"], default="largest",
                        help="a photo with several faces: keep the largest (default), skip the photo, or stop")
     faces.add_argument("--landmarks", choices=LANDMARK_SOURCES, default=DEFAULTS.landmarks,
-                       help=f"{FLAG_HELP['landmarks']} (default {DEFAULTS.landmarks})")
+                       help=f"{HELP['landmarks']} (default {DEFAULTS.landmarks})")
 
     inspect = sub.add_parser("inspect", help="class balance, sample grid, unreadable and duplicate files")
     inspect.add_argument("--data", required=True, help="class-folder root or attribute table")
@@ -423,22 +363,12 @@ def cmd_train(args) -> int:
     from facetl.train.fit import fit
 
     if args.resume:
-        run = Path(args.resume)
-        if not (run / "config.yaml").is_file():
-            raise FacetlError(f"nothing to resume: {run} has no config.yaml")
-        from facetl.inference.run import locate_data
+        from facetl.train.resume import nothing_left, resume_config
 
-        values = load_yaml(run / "config.yaml")
-        values.setdefault("landmarks", "detector")  # a run from before the setting aligned with the detector's
-        config = dataclasses.replace(locate_data(build_config(values), run), out=str(run))
-        if hasattr(args, "epochs"):  # --resume RUN --epochs N extends a finished or running run
-            config = build_config({"epochs": args.epochs}, config)
-        from facetl.runreader import epochs_recorded
-
-        done = epochs_recorded(run)
-        if (run / "metrics.json").is_file() and done >= config.epochs:
-            print(f"{run} is finished ({done} of {config.epochs} epochs); nothing to resume. To train it further, "
-                  f"pass --epochs N with N > {done}")
+        config = resume_config(Path(args.resume), getattr(args, "epochs", None))
+        finished = nothing_left(Path(args.resume), config)
+        if finished:
+            print(finished)
             return 0
     else:
         config = config_from_args(args)
@@ -573,12 +503,12 @@ def cmd_sweep(args) -> int:
 def cmd_predict(args) -> int:
     from facetl.inference.classifiers import open_classifier
     from facetl.outputs import refuse_inside_inputs
-    from facetl.commands.predict import plan_annotations, predict, prediction_table, write_annotations
+    from facetl.commands.predict import check_csv_out, plan_annotations, predict, prediction_table, write_annotations
     from facetl.runtime import Runtime
 
     out = Path(args.out) if args.out else None
     if out is not None:
-        _check_writable_output(out, Path(args.run), args.overwrite)
+        check_csv_out(out, Path(args.run), args.overwrite)
     if args.annotate:  # a rerun on the same folders would label its own annotated images
         refuse_inside_inputs(Path(args.annotate), [Path(i).expanduser() for i in args.images
                                                    if Path(i).expanduser().is_dir()], "--annotate")
@@ -596,22 +526,6 @@ def cmd_predict(args) -> int:
         written = write_annotations(annotations)
         print(f"annotated {len(written)} photo(s) in {args.annotate}")
     return 1 if result.skipped else 0
-
-
-def _check_writable_output(out: Path, run: Path, overwrite: bool) -> None:
-    """Refuse before any work: a run folder's own files are never written, others only when asked, and a CSV
-    that could not be written is said now, not after the predictions are made."""
-    if out.resolve().parent == run.resolve():
-        raise FacetlError(f"--out {out} is inside the run folder {run}; write predictions elsewhere")
-    if out.is_dir():
-        raise FacetlError(f"--out {out} is a folder; give the CSV file's name (e.g. {out / 'predictions.csv'})")
-    if out.exists() and not overwrite:
-        raise FacetlError(f"--out {out} exists; pass --overwrite to replace it")
-    folder = out.parent
-    if not folder.is_dir():
-        raise FacetlError(f"--out {out}: its folder {folder} does not exist; create it or choose another --out")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise FacetlError(f"--out {out}: its folder {folder} is not writable; choose another --out")
 
 
 def _print_predictions(result) -> None:

@@ -190,6 +190,67 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+# One line of help per key, with its unit or choices: the command line's --help (the default is added from
+# TrainConfig). A new key is a field above and a line here; the flag follows (a test checks every option has help).
+HELP = {
+    "balance": "class imbalance: none, loss (class-weighted loss) or sampler (seeded balanced batches)",
+    "threshold": "two classes: the probability of the second class that decides it (0.5), or f1 or balanced: "
+                 "the threshold that maximises F1 or balanced accuracy on the validation split",
+    "data": "class-folder root, CSV attribute table or list_attr_celeba.txt",
+    "images": "image folder for a table (None: the table's folder)",
+    "target": "attribute column to learn from a table (Smiling, Male, ...)",
+    "positive": "positive class of two (None: second in sorted order; for tables the value 1)",
+    "split": "train,val,test fractions, summing to 1",
+    "split_file": "reuse an existing split.csv",
+    "split_by": "keep each group wholly in one split: a table column (identity) or path:REGEX (its first group)",
+    "folds": "K-fold cross-validation (2 to 100): runs OUT/fold-1..K and OUT/results.md with mean and std",
+    "limit": "use a stratified random subset of this many images",
+    "duplicates": "identical files filed under different labels: keep | drop | error",
+    "img_size": "resize images to N x N pixels (None: the weights' size)",
+    "normalize": "MEAN,STD (or 3 means, 3 stds) instead of the weights' (None)",
+    "colour": "rgb | grey: grey makes every image grey in three channels (None: rgb, or the --weights run's)",
+    "augment": "training augmentation: flip, jitter, rotate[:DEGREES], shift[:PIXELS], scale[:PERCENT], none "
+               "(comma separated; shift and scale make a model tolerate face-alignment error)",
+    "faces": "none: images are face crops | detect: find and align faces in whole photos (MTCNN)",
+    "multi_face": "a training photo with several faces: largest | skip | error",
+    "min_face": "smallest face side that counts, in photo pixels",
+    "landmarks": "the five landmarks faces are aligned with: detector (MTCNN's, as found) | refined (found again "
+                 "on the upright face and its mirror: a quarter less alignment error, 4-17 ms more a photo)",
+    "groups": "final metrics per group too (groups.csv): a table column (identity) or path:REGEX (its first group)",
+    "backbone": "vgg16, vgg19, mobilenet_v2 or any timm model name (facetl backbones)",
+    "weights": "imagenet | none | auto (ImageNet if available, else none) | PATH (state dict or run folder)",
+    "head": "linear | mlp (4096-1024) | vgg (4096-4096)",
+    "strategy": STRATEGY_HELP,
+    "dropout": "dropout probability in the mlp and vgg heads, 0 to <1",
+    "lr": "peak learning rate of the head, or auto (the LR range test picks it; see facetl lr-find)",
+    "optimizer": "adam | adamw | sgd (momentum 0.9, Nesterov)",
+    "weight_decay": "weight decay (decoupled for adamw; never on biases and norm layers)",
+    "lr_decay": "discriminative LRs: each earlier backbone block's LR is the next one's times this (0 to 1)",
+    "warmup": "epochs of linear LR warm-up at the start of each stage (cosine and none schedules)",
+    "unfreeze": "with --strategy gradual: EPOCH:STRATEGY,... e.g. 1:frozen,3:last-block,6:full "
+                "(left out: 1:frozen,2:full, the new head for one epoch, then everything)",
+    "label_smoothing": "move training targets this far towards uniform (0 to 0.5)",
+    "patience": "early stopping: stop after N epochs without a better selection score (in the last stage)",
+    "ema": "keep an exponential moving average of the weights with this decay (e.g. 0.999) and evaluate it",
+    "epochs": "training epochs",
+    "batch_size": "images per step (per process with --nproc)",
+    "seed": "seed of the split, the initial weights and every epoch's draws",
+    "device": "auto | cpu | cuda | mps",
+    "precision": "auto | fp32 | bf16 | fp16",
+    "select": "best epoch by val_loss or val_acc",
+    "scheduler": "learning-rate schedule within each stage: none | cosine | onecycle",
+    "precise_bn": "recompute batch-norm statistics over training images before each validation: auto (only "
+                  "without pretraining) | on | off",
+    "calibrate": "none | temperature: after training, fit one temperature on the validation split's logits "
+                 "(lowest NLL) that every use of the run divides the logits by",
+    "cache": "use the decoded-image and frozen-feature caches",
+    "cache_views": "augmented views stored per training image when augmenting with jitter/rotate",
+    "cache_dir": "cache folder (None: $FACETL_CACHE or ~/.cache/facetl)",
+    "workers": "processes decoding images (None: one per core)",
+    "out": "run folder (None: runs/BACKBONE-STRATEGY-TIME)",
+}
+
+
 def multi_attribute_problems(config: TrainConfig) -> list[str]:
     """What a multi-attribute run (--target COL1,COL2 or all) cannot do yet, each said once."""
     problems = []

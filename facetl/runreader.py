@@ -1,4 +1,4 @@
-"""Reading a run folder's records: history.csv, metrics.json and run.json.
+"""Reading a run folder's records: history.csv, metrics.json, run.json and where its data is (data_paths.json).
 
 Every command that looks at what a run did (reports, sweeps, folds, serve's model cards, --resume) reads
 them here, so a damaged file is one line naming it, the same wherever it is read. The model itself
@@ -7,9 +7,11 @@ them here, so a damaged file is one line naming it, the same wherever it is read
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
+from facetl.config import TrainConfig
 from facetl.errors import FacetlError
 from facetl.record import RunRecord
 
@@ -72,3 +74,35 @@ def _read_json(path: Path):
         raise FacetlError(f"{path} not found; is {path.parent} a finished facetl run?") from None
     except (OSError, ValueError) as exc:
         raise FacetlError(f"{path} is damaged ({str(exc)[:120]})") from None
+
+
+def locate_data(config: TrainConfig, folder: Path, data: str | None = None, images: str | None = None) -> TrainConfig:
+    """The run's config with data paths that exist here: as recorded, or relative to the run folder when the
+    run moved with its data, or as given (--data, --images). A message names every path it tried."""
+    relative = {}
+    if (folder / "data_paths.json").is_file():
+        try:
+            relative = json.loads((folder / "data_paths.json").read_text(encoding="utf-8"))
+        except (ValueError, OSError) as exc:
+            raise FacetlError(f"{folder / 'data_paths.json'} is damaged ({str(exc)[:120]}); give the data with "
+                              "--data (and --images)") from None
+        if not isinstance(relative, dict) or not all(isinstance(v, str) for v in relative.values()):
+            raise FacetlError(f"{folder / 'data_paths.json'} is damaged (not a mapping of names to paths); give "
+                              "the data with --data (and --images)")
+    changes = {}
+    for key, given in (("data", data), ("images", images)):
+        recorded = getattr(config, key)
+        if given:
+            if not Path(given).expanduser().exists():
+                raise FacetlError(f"--{key} {given}: not found")
+            changes[key] = given
+            continue
+        if not recorded or Path(recorded).expanduser().exists():
+            continue
+        moved = folder / relative[key] if key in relative else None
+        if moved is not None and moved.exists():
+            changes[key] = str(moved.resolve())
+            continue
+        tried = [recorded] + ([str(moved)] if moved is not None else [])
+        raise FacetlError(f"the run's --{key} is not here: tried {' and '.join(tried)}; give it with --{key} PATH")
+    return dataclasses.replace(config, **changes)

@@ -16,7 +16,8 @@ from facetl.errors import FacetlError
 from facetl.evaluate.report import SplitResult, write_evaluation
 from facetl.commands.explain import gradcam_gallery
 from facetl.inference.decision import Decision
-from facetl.inference.run import LoadedRun, load_run, locate_data
+from facetl.inference.run import LoadedRun, load_run
+from facetl.runreader import locate_data
 from facetl.progress import progress_bar
 from facetl.runfolder import atomic_write_csv
 from facetl.runtime import Runtime

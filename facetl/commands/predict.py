@@ -248,3 +248,19 @@ def _annotated_png(source: Path, rows: list[Prediction]) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, "PNG")
     return buffer.getvalue()
+
+
+def check_csv_out(out: Path, run: Path, overwrite: bool) -> None:
+    """Refuse before any work: a run folder's own files are never written, others only when asked, and a CSV
+    that could not be written is said now, not after the predictions are made."""
+    if out.resolve().parent == run.resolve():
+        raise FacetlError(f"--out {out} is inside the run folder {run}; write predictions elsewhere")
+    if out.is_dir():
+        raise FacetlError(f"--out {out} is a folder; give the CSV file's name (e.g. {out / 'predictions.csv'})")
+    if out.exists() and not overwrite:
+        raise FacetlError(f"--out {out} exists; pass --overwrite to replace it")
+    folder = out.parent
+    if not folder.is_dir():
+        raise FacetlError(f"--out {out}: its folder {folder} does not exist; create it or choose another --out")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise FacetlError(f"--out {out}: its folder {folder} is not writable; choose another --out")

@@ -6,8 +6,6 @@ training images were. The machine side (device, precision) is chosen by the call
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,35 +89,3 @@ def load_run(folder: str | Path, device: torch.device | None = None) -> LoadedRu
     model.to(device or torch.device("cpu")).eval()
     history = checkpoint.get("history", [])
     return LoadedRun(folder, config, record, model, list(history) if isinstance(history, list) else [])
-
-
-def locate_data(config: TrainConfig, folder: Path, data: str | None = None, images: str | None = None) -> TrainConfig:
-    """The run's config with data paths that exist here: as recorded, or relative to the run folder when the
-    run moved with its data, or as given (--data, --images). A message names every path it tried."""
-    relative = {}
-    if (folder / "data_paths.json").is_file():
-        try:
-            relative = json.loads((folder / "data_paths.json").read_text(encoding="utf-8"))
-        except (ValueError, OSError) as exc:
-            raise FacetlError(f"{folder / 'data_paths.json'} is damaged ({str(exc)[:120]}); give the data with "
-                              "--data (and --images)") from None
-        if not isinstance(relative, dict) or not all(isinstance(v, str) for v in relative.values()):
-            raise FacetlError(f"{folder / 'data_paths.json'} is damaged (not a mapping of names to paths); give "
-                              "the data with --data (and --images)")
-    changes = {}
-    for key, given in (("data", data), ("images", images)):
-        recorded = getattr(config, key)
-        if given:
-            if not Path(given).expanduser().exists():
-                raise FacetlError(f"--{key} {given}: not found")
-            changes[key] = given
-            continue
-        if not recorded or Path(recorded).expanduser().exists():
-            continue
-        moved = folder / relative[key] if key in relative else None
-        if moved is not None and moved.exists():
-            changes[key] = str(moved.resolve())
-            continue
-        tried = [recorded] + ([str(moved)] if moved is not None else [])
-        raise FacetlError(f"the run's --{key} is not here: tried {' and '.join(tried)}; give it with --{key} PATH")
-    return dataclasses.replace(config, **changes)

@@ -290,7 +290,7 @@ def resumed_recipe(config: TrainConfig) -> TrainConfig:
 def record_data_paths(config: TrainConfig, folder: Path) -> None:
     """Data paths relative to the run folder in data_paths.json, beside the absolute ones of config.yaml
     (config.with_absolute_paths): a run reopened from another directory, or moved together with its data, still
-    finds it (see run.locate_data)."""
+    finds it (see runreader.locate_data)."""
     paths = {key: os.path.relpath(getattr(config, key), folder.resolve()) for key in DATA_PATH_KEYS
              if getattr(config, key)}
     atomic_write_json(folder / "data_paths.json", paths)
