@@ -208,8 +208,11 @@ def test_faces_interrupted_then_rerun_finishes_without_mixing_or_escaping(tmp_pa
             face_photo.rotate(i % 21 - 10).save(photos / name / f"{i:03d}.jpg")
     out = tmp_path / "crops"
     command = ["faces", str(photos), "--out", str(out), "--size", "32"]
+    # SIGINT as a terminal's Ctrl-C leaves it: a process inherits an ignored SIGINT, and a pytest-xdist worker
+    # may have come to ignore it (the child then finished its job and exited 0 under `make test`)
     started = subprocess.Popen([sys.executable, "-m", "facetl", *command], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env=ENV)
+                               stderr=subprocess.PIPE, text=True, env=ENV,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     while not any(out.glob("a/*.jpg")) and started.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
