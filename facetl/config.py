@@ -119,7 +119,7 @@ class TrainConfig:
                 problems.append(f"{key}: {getattr(self, key)!r} is not one of {', '.join(a for a in allowed if a)}")
         for aug in self.augment or []:
             name, _, arg = aug.partition(":")
-            if name not in AUGMENTATIONS or (arg and (name not in ("rotate", "shift", "scale") or not _is_number(arg)
+            if name not in AUGMENTATIONS or (arg and (name not in ("rotate", "shift", "scale") or not is_number(arg)
                                                      or not 0 <= float(arg) <= 90)):
                 problems.append(f"augment: unknown augmentation {aug!r} (flip, jitter, rotate[:DEGREES], "
                                 "shift[:PIXELS], scale[:PERCENT] with an amount from 0 to 90, none)")
@@ -328,7 +328,7 @@ def unfreeze_problems(text: str, epochs: int | None) -> list[str]:
     return []
 
 
-def _is_number(text: str) -> bool:
+def is_number(text: str) -> bool:
     try:
         float(text)
     except ValueError:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from facetl.config import is_number
 from facetl.errors import FacetlError
 
 
@@ -57,7 +58,7 @@ def spreadsheet_cell(value):
     already starting with a quote and such a character, or two quotes, gets one more, so `plain_cell` undoes it."""
     if not isinstance(value, str) or not value:
         return value
-    if value.startswith(FORMULA_START) and not _is_number(value):
+    if value.startswith(FORMULA_START) and not is_number(value):
         return "'" + value
     if value[0] == "'" and value[1:2] and value[1:2] in (*FORMULA_START, "'"):
         return "'" + value
@@ -71,19 +72,13 @@ def plain_cell(text: str) -> str:
     return text
 
 
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def csv_text(header: list[str], rows) -> str:
-    """Every CSV facetl writes goes through here: spreadsheet-safe cells, one line ending."""
+def csv_text(header: list[str] | None, rows) -> str:
+    """Every CSV facetl writes goes through here: spreadsheet-safe cells, one line ending (header None: rows
+    to append to a file that has one)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow([spreadsheet_cell(c) for c in header])
+    if header is not None:
+        writer.writerow([spreadsheet_cell(c) for c in header])
     writer.writerows([spreadsheet_cell(c) for c in row] for row in rows)
     return buffer.getvalue()
 

@@ -34,7 +34,7 @@ from facetl.data.tables import read_table
 from facetl.errors import FacetlError
 from facetl.outputs import contained_name, inside, refuse_inside_inputs, unique_names
 from facetl.preprocessing import FaceAlignment
-from facetl.runfolder import RunLock, atomic_write_bytes, atomic_write_csv, atomic_write_json
+from facetl.runfolder import RunLock, atomic_write_bytes, atomic_write_csv, atomic_write_json, csv_text, plain_cell
 from facetl.progress import progress_bar
 
 SHEET_PHOTOS = 12
@@ -124,7 +124,7 @@ def _resume_or_begin(out: Path, plan: dict) -> dict[str, list[list]]:
         if any(p.name != ".lock" for p in out.iterdir()):  # filled while we waited for the lock
             raise FacetlError(f"--out {out} already exists and is not empty; choose a new or empty folder")
         atomic_write_json(out / PLAN, plan)
-        atomic_write_bytes(out / JOURNAL, _csv_text([FACES_CSV_HEADER]).encode("utf-8"))
+        atomic_write_bytes(out / JOURNAL, csv_text(FACES_CSV_HEADER, []).encode("utf-8"))
         return {}
     try:
         earlier = json.loads((out / PLAN).read_text(encoding="utf-8"))
@@ -136,8 +136,8 @@ def _resume_or_begin(out: Path, plan: dict) -> dict[str, list[list]]:
                           f"{', '.join(changed)} differ); rerun the command that began it, or choose a new folder")
     done = _read_journal(out / JOURNAL)
     # the journal again as only what is kept, so the photo done again is not listed twice
-    rows = [FACES_CSV_HEADER] + [row for photo in done.values() for row in photo]
-    atomic_write_bytes(out / JOURNAL, _csv_text(rows).encode("utf-8"))
+    rows = [row for photo in done.values() for row in photo]
+    atomic_write_bytes(out / JOURNAL, csv_text(FACES_CSV_HEADER, rows).encode("utf-8"))
     return done
 
 
@@ -152,7 +152,7 @@ def _read_journal(path: Path) -> dict[str, list[list]]:
     if not text.endswith("\n"):
         text = text[:text.rfind("\n") + 1]  # a line cut off by a kill
     done: dict[str, list[list]] = {}
-    for row in list(csv.reader(io.StringIO(text)))[1:]:
+    for row in ([plain_cell(c) for c in r] for r in list(csv.reader(io.StringIO(text)))[1:]):
         if len(row) == len(FACES_CSV_HEADER):
             done.setdefault(row[0], []).append(row)
     if done:
@@ -173,18 +173,12 @@ def _detect_all(samples: Samples, names: list[str], done: dict[str, list[list]],
                                       enabled=progress, leave=True):
             relative = samples.paths[i]
             rows = face_rows(relative, result, _write_crop(out, names[i], result))
-            journal.write(_csv_text(rows))
+            journal.write(csv_text(None, rows))
             journal.flush()
             done[relative] = rows
             if relative in sheet_sources:
                 sheet[relative] = result
     return sheet
-
-
-def _csv_text(rows) -> str:
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerows(rows)
-    return buffer.getvalue()
 
 
 def _crops(done: dict[str, list[list]]) -> dict[str, str]:
