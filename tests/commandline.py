@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import os
+import re
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from facetl.cli import main
@@ -36,3 +40,54 @@ def one_line_error(result: subprocess.CompletedProcess, *needles: str, code: int
     for needle in needles:
         assert needle in lines[0], lines[0]
     return lines[0]
+
+
+class ServeProcess:
+    """`facetl serve ...` as a subprocess on a free loopback port, optionally under a lower `ulimit -n`."""
+
+    def __init__(self, args: list[str], log: Path, file_limit: int | None = None):
+        self.log = log
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        with open(log, "wb") as out:
+            self.process = subprocess.Popen([sys.executable, "-m", "facetl", "serve", *args, "--port", "0"],
+                                            stdout=out, stderr=subprocess.STDOUT, env=env,
+                                            preexec_fn=(lambda: _limit_files(file_limit)) if file_limit else None)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and self.process.poll() is None:
+            found = re.search(r"at (http://(\S+):(\d+))/ ", log.read_text(errors="replace"))
+            if found:
+                self.url, self.host, self.port = found.group(1), found.group(2), int(found.group(3))
+                return
+            time.sleep(0.2)
+        self.stop()
+        raise AssertionError(f"facetl serve did not start:\n{log.read_text(errors='replace')}")
+
+    def connect(self, timeout: float = 10) -> socket.socket:
+        return socket.create_connection((self.host, self.port), timeout=timeout)
+
+    def exchange(self, request: bytes) -> tuple[int, dict[str, str], bytes]:
+        """A hand-written request; the status, headers and body of the answer (read until the server closes)."""
+        with self.connect() as sock:
+            sock.sendall(request)
+            reply = b""
+            while piece := sock.recv(65536):
+                reply += piece
+        head, _, body = reply.partition(b"\r\n\r\n")
+        status, *lines = head.decode("latin-1").split("\r\n")
+        return int(status.split()[1]), dict(line.lower().split(": ", 1) for line in lines), body
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def _limit_files(limit: int) -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))

@@ -11,13 +11,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import re
 import shutil
-import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -26,7 +21,7 @@ import pytest
 import torch
 from PIL import Image
 
-from commandline import in_process, one_line_error
+from commandline import ServeProcess, in_process, one_line_error
 from facetl.cli import main
 
 httpx = pytest.importorskip("httpx", reason="httpx is needed to talk to the server (pip install httpx)")
@@ -67,62 +62,10 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     return {"run": run, "broken": broken}
 
 
-class Server:
-    """`facetl serve ...` as a subprocess on a free loopback port, optionally under a lower `ulimit -n`."""
-
-    def __init__(self, args: list[str], log: Path, file_limit: int | None = None):
-        self.log = log
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        with open(log, "wb") as out:
-            self.process = subprocess.Popen([sys.executable, "-m", "facetl", "serve", *args, "--port", "0"],
-                                            stdout=out, stderr=subprocess.STDOUT, env=env,
-                                            preexec_fn=(lambda: _limit_files(file_limit)) if file_limit else None)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and self.process.poll() is None:
-            found = re.search(r"at http://([\d.]+):(\d+)/ ", log.read_text(errors="replace"))
-            if found:
-                self.host, self.port = found.group(1), int(found.group(2))
-                self.url = f"http://{self.host}:{self.port}"
-                return
-            time.sleep(0.2)
-        self.stop()
-        raise AssertionError(f"facetl serve did not start:\n{log.read_text(errors='replace')}")
-
-    def connect(self, timeout: float = 10) -> socket.socket:
-        return socket.create_connection((self.host, self.port), timeout=timeout)
-
-    def exchange(self, request: bytes) -> tuple[int, dict[str, str], bytes]:
-        """A hand-written request; the status, headers and body of the answer (read until the server closes)."""
-        with self.connect() as sock:
-            sock.sendall(request)
-            reply = b""
-            while piece := sock.recv(65536):
-                reply += piece
-        head, _, body = reply.partition(b"\r\n\r\n")
-        status, *lines = head.decode("latin-1").split("\r\n")
-        return int(status.split()[1]), dict(line.lower().split(": ", 1) for line in lines), body
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
-
-
-def _limit_files(limit: int) -> None:
-    import resource
-
-    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
-
-
 @pytest.fixture(scope="module")
 def server(runs, tmp_path_factory):
     """Both runs, every limit at its default, and at most FILE_LIMIT open files."""
-    served = Server([str(runs["run"]), str(runs["broken"])], tmp_path_factory.mktemp("log") / "serve.log",
+    served = ServeProcess([str(runs["run"]), str(runs["broken"])], tmp_path_factory.mktemp("log") / "serve.log",
                     FILE_LIMIT)
     yield served
     served.stop()
@@ -131,13 +74,13 @@ def server(runs, tmp_path_factory):
 @pytest.fixture(scope="module")
 def strict_server(runs, tmp_path_factory):
     """The good run with explicit limits: a 5 s head, 20 connections, and one more host name."""
-    served = Server([str(runs["run"]), "--header-timeout", str(HEAD_SECONDS), "--max-connections", "20",
+    served = ServeProcess([str(runs["run"]), "--header-timeout", str(HEAD_SECONDS), "--max-connections", "20",
                      "--allowed-hosts", "faces.lan"], tmp_path_factory.mktemp("log") / "strict.log")
     yield served
     served.stop()
 
 
-def silent_clients(server: Server, n: int) -> list[socket.socket]:
+def silent_clients(server: ServeProcess, n: int) -> list[socket.socket]:
     """n connections that each send part of a request head, then nothing."""
     clients = []
     for _ in range(n):

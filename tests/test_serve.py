@@ -11,11 +11,8 @@ import io
 import json
 import os
 import re
-import signal
 import socket
 import struct
-import subprocess
-import sys
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from commandline import ServeProcess
 from facetl.cli import main
 from facetl.data.faces.composite import background, box_iou, paste_faces
 from facetl.data.folders import find_images
@@ -68,45 +66,11 @@ def runs(tmp_path_factory, shared_datasets) -> dict[str, Path]:
     return out
 
 
-class Server:
-    """`facetl serve ...` as a subprocess on a free loopback port (--port 0, read back from its first line)."""
-
-    def __init__(self, args: list[str], log: Path):
-        self.log = log
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        with open(log, "wb") as out:
-            self.process = subprocess.Popen([sys.executable, "-m", "facetl", "serve", *args, "--port", "0"],
-                                            stdout=out, stderr=subprocess.STDOUT, env=env)
-        self.url = self._wait_for_url(timeout=90)
-
-    def _wait_for_url(self, timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = re.search(r"at (http://\S+/) ", self.log.read_text(errors="replace"))
-            if found:
-                return found.group(1).rstrip("/")
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.2)
-        self.stop()
-        raise AssertionError(f"facetl serve did not start:\n{self.log.read_text(errors='replace')}")
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
-
-
 @pytest.fixture(scope="module")
 def server(runs, tmp_path_factory):
     """Both runs at once, with a 1 MiB upload limit."""
     log = tmp_path_factory.mktemp("serve-log") / "serve.log"
-    served = Server([str(runs["smile"]), str(runs["gender"]), "--max-upload-mb", str(UPLOAD_MB)], log)
+    served = ServeProcess([str(runs["smile"]), str(runs["gender"]), "--max-upload-mb", str(UPLOAD_MB)], log)
     yield served
     served.stop()
 
@@ -134,7 +98,7 @@ def group(shared_datasets):
     return encoded(photo), truth
 
 
-def predict(server: Server, data: bytes, name: str = "photo.jpg", **kwargs) -> httpx.Response:
+def predict(server: ServeProcess, data: bytes, name: str = "photo.jpg", **kwargs) -> httpx.Response:
     return httpx.post(f"{server.url}/api/predict", files={"image": (name, data, "image/jpeg")}, timeout=60, **kwargs)
 
 
@@ -190,7 +154,7 @@ def multipart(data: bytes, field: str = "image", boundary: str = "facetl-test") 
     return body, {"content-type": f"multipart/form-data; boundary={boundary}"}
 
 
-def raw_request(server: Server, head: str, body_chunks: list[bytes]) -> tuple[int, dict]:
+def raw_request(server: ServeProcess, head: str, body_chunks: list[bytes]) -> tuple[int, dict]:
     """Send a hand-written request (what httpx would not send), then read the status and the JSON body."""
     host, port = server.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=30) as sock:
