@@ -94,7 +94,8 @@ class RunRecord:
     wall_seconds: dict[str, float] = field(default_factory=dict)  # per stage of this invocation of train
     notes: list[str] = field(default_factory=list)
     recipe: list[str] = field(default_factory=list)       # training keys the recipe chose, and why
-    stopped_after: int | None = None                      # --patience stopped training after this epoch
+    stopped_after: int | None = None                      # --patience (or an observer) stopped training after this epoch
+    stopped_because: str | None = None                    # why, when an observer stopped it (a pruned trial)
     temperature: float = 1.0               # logits are divided by it before sigmoid/softmax, wherever the run is used
     calibration: Calibration | None = None  # how the temperature was fitted (None: --calibrate none, or an old run)
     task: str = "classes"                  # classes | multi-attribute (class_names are then the attributes)

@@ -222,7 +222,8 @@ def header_lines(record: RunRecord, config: dict) -> list[str]:
             f"{record.total_params:,} parameters  ",
             f"**Preprocessing:** {record.preprocessing.describe()}  ",
             f"**Best epoch:** {record.best_epoch} (selected by {config.get('select')})"
-            + (f"; stopped early after epoch {record.stopped_after} (--patience {config.get('patience')})"
+            + (f"; stopped early after epoch {record.stopped_after} ("
+               + (record.stopped_because or f"--patience {config.get('patience')}") + ")"
                if record.stopped_after else "") + "  ",
             f"**Optimisation:** {_optimisation(config)}  ",
             *([f"**Recipe:** {line.removeprefix('recipe ')}  " for line in record.recipe]),

@@ -21,7 +21,7 @@ import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -52,6 +52,7 @@ from facetl.train.ema import WeightAverage
 from facetl.train.lrfind import range_test
 from facetl.train.loop import (Evaluator, NonFiniteLoss, Optimisation, accuracy, balanced_order, class_weights,
                                train_one_epoch)
+from facetl.train.observers import RunObserver
 from facetl.train.optim import (carry_state, describe_groups, make_optimizer, parameter_groups,
                                 set_learning_rates)
 from facetl.train.recipe import complete_recipe
@@ -116,6 +117,7 @@ class RunContext:
     progress: bool
     runtime: Runtime
     pictures: Callable | None = None  # extra pictures of the final split, from a layer above (Grad-CAM)
+    observers: Sequence[RunObserver] = ()  # trackers and searches that hear of each epoch (rank 0 only)
 
     @property
     def main(self) -> bool:
@@ -153,9 +155,11 @@ def refuse_out_inside_data(config: TrainConfig, out: str | Path) -> None:
 
 
 def fit(config: TrainConfig, resume: bool = False, progress: bool = True, quiet: bool = False,
-        pictures: Callable | None = None, only_find_lr: bool = False) -> RunResult:
+        pictures: Callable | None = None, only_find_lr: bool = False,
+        observers: Sequence[RunObserver] = ()) -> RunResult:
     """Train one run into config.out. `pictures(folder, config, record, model, history, split, runtime)`, when
     given, draws extra pictures of the final split before its report is written (facetl.commands.evaluate's Grad-CAM).
+    `observers` hear of the run's start, each epoch and its end (facetl.train.observers), on rank 0 only.
     `only_find_lr`: stop after the LR range test (facetl lr-find); metrics then hold {"suggested_lr": ...}."""
     config.check()
     runtime = Runtime.for_training(config.device, config.precision)
@@ -171,7 +175,7 @@ def fit(config: TrainConfig, resume: bool = False, progress: bool = True, quiet:
         config = dataclasses.replace(config, out=str(folder))
         main = runtime.group.is_main
         ctx = RunContext(folder, RunLog(folder / "train.log" if main else None, quiet or not main),
-                         progress and main, runtime, pictures)
+                         progress and main, runtime, pictures, observers if main else ())
         if not main:
             return _fit(config, ctx, resume, only_find_lr)
         with RunLock(folder):
@@ -202,11 +206,15 @@ def _fit(config: TrainConfig, ctx: RunContext, resume: bool, only_find_lr: bool 
             atomic_write_text(ctx.folder / "config.yaml", dump_yaml(config))
     cached = time.perf_counter()
     state = start_training(config, setup, source.description, ctx)
+    for observer in ctx.observers:
+        observer.run_started(config, state.record, ctx.folder, state.start_epoch - 1)
     source = run_epochs(config, setup, source, state, ctx)
     state.record.wall_seconds = {"data and model": round(prepared - began, 1),
                                  "frozen features": round(cached - prepared, 1),
                                  "training": round(time.perf_counter() - cached, 1)}
     result = dataclasses.replace(final_evaluation(config, setup, source, state, ctx), config=config)
+    for observer in ctx.observers:
+        observer.run_finished(ctx.folder, result.metrics)
     stages = {**state.record.wall_seconds, "final evaluation": round(time.perf_counter() - began - sum(
         state.record.wall_seconds.values()), 1)}
     ctx.log("wall time: " + ", ".join(f"{k} {v:.1f} s" for k, v in stages.items())
@@ -478,6 +486,8 @@ def run_epochs(config: TrainConfig, setup: Setup, source, state: TrainingState, 
         row = {"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / seen, "val_loss": val["loss"],
                "val_acc": val["acc"], "lr": sums["lr"], "strategy": stage.strategy, "seconds": seconds}
         _end_epoch(config, state, row, ctx, evaluated)
+        if _observer_stop(state, row, ctx):
+            break
     return source
 
 
@@ -519,6 +529,19 @@ def _early_stop(config: TrainConfig, state: TrainingState, epoch: int, ctx: RunC
     state.record.stopped_after = epoch
     ctx.log(f"early stop after epoch {epoch}: no better {config.select} for {config.patience} epochs "
             f"(best epoch {state.best['epoch']})")
+    return True
+
+
+def _observer_stop(state: TrainingState, row: dict, ctx: RunContext) -> bool:
+    """Tell the observers of the epoch; one (a search's pruner) may ask to stop. Every rank hears rank 0's answer."""
+    reasons = [reason for observer in ctx.observers if (reason := observer.epoch_ended(row, state.best))]
+    decision = [reasons[0] if reasons else None]
+    if ctx.runtime.group.active:
+        torch.distributed.broadcast_object_list(decision, src=0)
+    if decision[0] is None:
+        return False
+    state.record.stopped_after, state.record.stopped_because = row["epoch"], decision[0]
+    ctx.log(f"stopped after epoch {row['epoch']}: {decision[0]}")
     return True
 
 
