@@ -11,7 +11,8 @@ import warnings
 from datetime import datetime
 from pathlib import Path
 
-from facetl.config import BOUNDS, FIELDS, HELP, RECIPE_KEYS, TrainConfig, build_config, load_yaml, with_old_recipe
+from facetl.config import (BOUNDS, FIELDS, HELP, RECIPE_KEYS, TrainConfig, build_config, load_yaml, tracked_together,
+                           with_old_recipe)
 from facetl.errors import FacetlError
 from facetl.inference.tta import TTA_HELP, TTA_MODES
 from facetl.preprocessing import LANDMARK_SOURCES
@@ -489,6 +490,7 @@ def cmd_sweep(args) -> int:
     config = config_from_args(args)
     if not config.out:
         raise FacetlError("sweep needs --out DIR for its runs and results table")
+    config = tracked_together(config, config.out)  # --track: the points are one MLflow parent run's children
     grid = parse_grid(args.grid)
     if config.folds:
         from facetl.commands.folds import sweep_folds

@@ -85,6 +85,11 @@ class TrainConfig:
     cache_views: int = 0                 # augmented views stored per image when augmenting with jitter/rotate
     workers: int | None = None           # decode processes; None: one per core
     out: str | None = None               # run folder
+    # tracking, only when asked (facetl/track): rank 0 logs the run to TensorBoard and/or MLflow
+    track: list[str] = field(default_factory=list)  # tensorboard, mlflow
+    track_dir: str | None = None         # TensorBoard event folder; None: the run folder
+    tracking_uri: str | None = None      # MLflow; None: sqlite:///mlflow.db in the folder holding the run or sweep
+    track_group: str | None = None       # the sweep's or folds' folder: its runs are children of one MLflow run
 
     def check(self) -> None:
         """Raise one FacetlError listing every invalid value."""
@@ -159,6 +164,7 @@ class TrainConfig:
             problems += multi_attribute_problems(self)
         if self.folds is not None and self.split_file:
             problems.append("folds: each fold makes its own split; it cannot be combined with split_file")
+        problems += tracking_problems(self)
         if not 0 <= self.dropout < 1:
             problems.append(f"dropout: {self.dropout} must be in [0, 1)")
         if problems:
@@ -185,6 +191,11 @@ class TrainConfig:
     @property
     def augmentations(self) -> list[str]:
         return [a for a in self.augment or [] if a != "none"]
+
+    @property
+    def trackers(self) -> list[str]:
+        """What --track asks for (`none` is none), each once."""
+        return list(dict.fromkeys(t for t in self.track if t != "none"))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -248,7 +259,33 @@ HELP = {
     "cache_dir": "cache folder (None: $FACETL_CACHE or ~/.cache/facetl)",
     "workers": "processes decoding images (None: one per core)",
     "out": "run folder (None: runs/BACKBONE-STRATEGY-TIME)",
+    "track": "log the run to tensorboard and/or mlflow (comma separated; needs pip install 'facetl[track]')",
+    "track_dir": "TensorBoard: write event files to DIR/RUN instead of the run folder",
+    "tracking_uri": "MLflow tracking URI, e.g. sqlite:///mlflow.db (relative to the current folder) or "
+                    "http://host:5000 (None: sqlite:///mlflow.db in the folder that holds the run, or the sweep's "
+                    "or folds' folder)",
+    "track_group": "the folder whose runs are one MLflow parent run's children (sweep and --folds set it)",
 }
+
+TRACKERS = ("tensorboard", "mlflow")
+
+
+def tracking_problems(config: TrainConfig) -> list[str]:
+    """--track names known trackers; --track-dir and --tracking-uri apply to the tracker they configure."""
+    problems = [f"track: {name!r} is not one of {', '.join(TRACKERS)}" for name in config.track
+                if name not in TRACKERS + ("none",)]
+    for key, tracker in (("track_dir", "tensorboard"), ("tracking_uri", "mlflow")):
+        if getattr(config, key) and tracker not in config.trackers:
+            problems.append(f"{key}: applies with --track {tracker}")
+    return problems
+
+
+def tracked_together(config: TrainConfig, folder: str | Path) -> TrainConfig:
+    """A sweep's or folds' runs, tracked: each one carries the set's folder, so MLflow nests them under one
+    parent run wherever they run (one process, parallel, SLURM)."""
+    if not config.trackers or config.track_group:
+        return config
+    return dataclasses.replace(config, track_group=str(Path(folder).expanduser().resolve()))
 
 
 def multi_attribute_problems(config: TrainConfig) -> list[str]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facetl.config import TrainConfig, build_config
+from facetl.config import TrainConfig, build_config, tracked_together
 from facetl.data.prepare import cache_folder, open_store_together, read_samples, write_split
 from facetl.data.samples import Samples, stratified_limit
 from facetl.data.spec import data_spec
@@ -76,6 +76,7 @@ def cross_validate(config: TrainConfig, progress: bool = True, log=print, pictur
     refuse_out_inside_data(config, out)
     folds = make_fold_splits(config, log, progress)  # bad data is refused before OUT exists
     out = prepare_run_folder(out)
+    config = tracked_together(config, out)  # --track: the folds are one MLflow parent run's children
     rows = []
     for number, assignment in enumerate(folds.assignments, start=1):
         name = f"fold-{number}"

@@ -57,6 +57,7 @@ from facetl.train.optim import (carry_state, describe_groups, make_optimizer, pa
                                 set_learning_rates)
 from facetl.train.recipe import complete_recipe
 from facetl.train.schedule import Stage, lr_factor, stage_at, stages
+from facetl.track import check_trackers, trackers_for
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "strategy", "seconds"]
 
@@ -170,12 +171,14 @@ def fit(config: TrainConfig, resume: bool = False, progress: bool = True, quiet:
             torch.distributed.broadcast_object_list(shared, src=0)
             out = shared[0]
         refuse_out_inside_data(config, out)
+        check_trackers(dataclasses.replace(config, out=str(out)))  # --track: installed, and its places writable
         created = not Path(out).exists()
         folder = prepare_run_folder(out)
         config = dataclasses.replace(config, out=str(folder))
         main = runtime.group.is_main
-        ctx = RunContext(folder, RunLog(folder / "train.log" if main else None, quiet or not main),
-                         progress and main, runtime, pictures, observers if main else ())
+        log = RunLog(folder / "train.log" if main else None, quiet or not main)
+        ctx = RunContext(folder, log, progress and main, runtime, pictures,
+                         [*observers, *trackers_for(config, log)] if main else ())
         if not main:
             return _fit(config, ctx, resume, only_find_lr)
         with RunLock(folder):
@@ -611,6 +614,9 @@ def final_evaluation(config: TrainConfig, setup: Setup, source, state: TrainingS
     split = SplitResult(final_split, data.labels[final_index], result["probs"],
                         StoreRows(data.store.images, final_index), [data.samples.paths[i] for i in final_index],
                         final_groups(config, data, final_index), config.groups)
+    for observer in ctx.observers:  # an observer that wants the final split's predictions (TensorBoard's PR curve)
+        if hasattr(observer, "final_split"):
+            observer.final_split(split)
     if ctx.pictures is not None and not state.record.multi_attribute:  # the gallery shows one decision per image
         ctx.pictures(ctx.folder, config, state.record, model, state.history, split, ctx.runtime)
     metrics = write_evaluation(ctx.folder, split, state.record, state.history, config.to_dict())

@@ -23,3 +23,6 @@ class RunObserver(Protocol):
 
     def run_finished(self, folder: Path, metrics: dict) -> None:
         """The final evaluation is written (metrics.json, report.md and the plots are in `folder`)."""
+
+    # An observer may also define `final_split(split)`: fit then hands it the final split's labels and probabilities
+    # (facetl.evaluate.report.SplitResult) before the report is written; TensorBoard draws its PR curve from them.

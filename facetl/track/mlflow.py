@@ -1,0 +1,126 @@
+"""MLflow: one MLflow run per facetl run, in a local SQLite store by default (MLflow's file store is slow with many
+runs), through MlflowClient (no global active run).
+
+Params: the resolved config and the recipe's choices. Metrics: every epoch's history row at step = epoch, one
+batched call per epoch, and the final split's metrics (final_...). Artifacts: report.md, metrics.json, config.yaml,
+history.csv and the plots. A sweep's or folds' runs are children of one parent run (tags sweep, point, folds, fold);
+parallel runs agree on the parent without a lock: each looks for it by tag, and if it had to make one, keeps the
+earliest made and deletes its own. A resumed run reopens its MLflow run (tracking.json) and logs on from its epoch.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+from facetl.track.places import hyperparameters, local_path, read_tracking, relative_name, remember, set_folder, \
+    set_tags
+
+EXPERIMENT = "facetl"  # MLFLOW_EXPERIMENT_NAME chooses another
+EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
+ARTIFACTS = ("report.md", "metrics.json", "config.yaml", "history.csv")
+BATCH = 100  # MLflow takes at most 100 params in one call
+PARAM_LENGTH = 6000  # and values up to 6000 characters
+
+
+class MlflowTracker:
+    def __init__(self, uri: str):
+        self.uri, self.client, self.run_id, self.step = uri, None, None, 0
+
+    def run_started(self, config, record, folder: Path, resumed_after: int) -> None:
+        from mlflow.entities import Param
+        from mlflow.tracking import MlflowClient
+
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial MLflow database"
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        known = read_tracking(folder).get("mlflow") if resumed_after else None
+        self.step = resumed_after
+        if known:
+            self.client, self.run_id = MlflowClient(known["tracking_uri"]), known["run_id"]
+            self.client.update_run(self.run_id, status="RUNNING")
+            return
+        path = local_path(self.uri)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self.client = MlflowClient(self.uri)
+        experiment = self._experiment(path)
+        tags = {"facetl.run_folder": str(folder), **set_tags(config)}
+        if config.track_group:
+            tags["mlflow.parentRunId"] = self._parent(experiment, set_folder(config))
+        self.run_id = self.client.create_run(experiment, run_name=relative_name(config), tags=tags).info.run_id
+        remember(folder, "mlflow", {"tracking_uri": self.uri, "experiment_id": experiment, "run_id": self.run_id})
+        params = [Param(k, str(v)[:PARAM_LENGTH]) for k, v in hyperparameters(config, record).items()]
+        for start in range(0, len(params), BATCH):
+            self.client.log_batch(self.run_id, params=params[start:start + BATCH])
+
+    def _experiment(self, path: Path | None) -> str:
+        """The experiment's id, made when new: with a local store its artifacts go beside the database
+        (MLflow's default, ./mlruns, is wherever the command happens to run)."""
+        name = os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT)
+        for attempt in range(3):  # parallel runs may make it at once; the second finds the first's
+            found = self.client.get_experiment_by_name(name)
+            if found is not None:
+                return found.experiment_id
+            try:
+                artifacts = (path.parent / "mlartifacts").as_uri() if path is not None else None
+                return self.client.create_experiment(name, artifact_location=artifacts)
+            except Exception:
+                if attempt == 2:
+                    raise
+                time.sleep(0.5)
+
+    def _parent(self, experiment: str, folder: Path) -> str:
+        """The parent run of a sweep's or folds' runs, found by tag; made by whichever run comes first."""
+        key = hashlib.sha256(str(folder).encode()).hexdigest()[:16]
+        query = f"tags.`facetl.set` = '{key}'"
+
+        def earliest():
+            runs = self.client.search_runs([experiment], filter_string=query, max_results=100)
+            return min(runs, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id if runs else None
+
+        found = earliest()
+        if found is not None:
+            return found
+        mine = self.client.create_run(experiment, run_name=folder.name,
+                                      tags={"facetl.set": key, "facetl.run_folder": str(folder)}).info.run_id
+        self.client.set_terminated(mine)
+        chosen = earliest()
+        if chosen != mine:  # another run made one first: every run keeps the earliest
+            self.client.delete_run(mine)
+        return chosen
+
+    def epoch_ended(self, row: dict, best: dict) -> None:
+        from mlflow.entities import Metric
+
+        self.step = row["epoch"]
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(key, float(row[key]), now, self.step)
+                                                    for key in EPOCH_METRICS if _number(row.get(key))])
+
+    def run_finished(self, folder: Path, metrics: dict) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        final = [Metric(f"final_{key}", float(value), now, self.step) for key, value in metrics.items()
+                 if _number(value)]
+        self.client.log_batch(self.run_id, metrics=final, tags=[_tag("final_split", metrics.get("split", ""))])
+        for name in [*ARTIFACTS, *sorted(p.name for p in folder.glob("*.png"))]:
+            if (folder / name).is_file():
+                self.client.log_artifact(self.run_id, str(folder / name))
+        self.client.set_terminated(self.run_id, "FINISHED")
+
+    def close(self) -> None:
+        pass
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _tag(key: str, value: str):
+    from mlflow.entities import RunTag
+
+    return RunTag(key, str(value))
