@@ -6,12 +6,13 @@ from __future__ import annotations
 import csv
 import shutil
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from commandline import in_process, one_line_error
+from commandline import ENV, in_process, one_line_error
 from test_fit import SMILES, needs_smiles, small
 from facetl.train.fit import fit
 
@@ -221,3 +222,24 @@ def test_an_unwritable_tracking_place_is_one_line_before_any_run_folder(tmp_path
         one_line_error(result, needle)
         assert not (tmp_path / "run").exists()
     assert (tmp_path / "notes.txt").read_text() == "a file, not a folder"
+
+
+@pytest.mark.slow  # two training processes at once; make test-all
+@needs_smiles
+def test_parallel_runs_of_one_set_agree_on_one_parent_run(tmp_path, store_beside):
+    """Two points of one sweep started at the same moment (a parallel or SLURM launcher) nest under one parent."""
+    store_beside(tmp_path)
+    group = tmp_path / "grid"
+    group.mkdir()
+    runs = [subprocess.Popen([sys.executable, "-m", "facetl", "train", *TINY, "--epochs", "1",
+                              "--out", str(group / name), "--track", "mlflow", "--track-group", str(group),
+                              "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
+            for name in ("a", "b")]
+    assert [run.wait(timeout=600) for run in runs] == [0, 0], [run.stderr.read() for run in runs]
+    _, active = mlflow_runs(tmp_path / "mlflow.db")
+    parents = [r for r in active if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.run_name == "grid"
+    assert sorted((r.info.run_name, r.data.tags["mlflow.parentRunId"]) for r in active
+                  if r.info.run_id != parents[0].info.run_id) == [
+        ("a", parents[0].info.run_id), ("b", parents[0].info.run_id)]
