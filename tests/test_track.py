@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from commandline import ENV, in_process, one_line_error
+from commandline import ENV, facetl, in_process, one_line_error
 from test_fit import SMILES, needs_smiles, small
 from facetl.train.fit import fit
 
@@ -243,3 +243,17 @@ def test_parallel_runs_of_one_set_agree_on_one_parent_run(tmp_path, store_beside
     assert sorted((r.info.run_name, r.data.tags["mlflow.parentRunId"]) for r in active
                   if r.info.run_id != parents[0].info.run_id) == [
         ("a", parents[0].info.run_id), ("b", parents[0].info.run_id)]
+
+
+@pytest.mark.slow  # two processes under torchrun; make test-all
+@needs_smiles
+def test_only_rank_0_of_a_distributed_run_logs(tmp_path, store_beside):
+    store_beside(tmp_path)
+    result = facetl("train", "--nproc", "2", *TINY, "--epochs", "2", "--batch-size", "8", "--out",
+                    str(tmp_path / "run"), "--track", "tensorboard,mlflow")
+    assert result.returncode == 0, result.stderr
+    assert "2 processes" in (tmp_path / "run" / "train.log").read_text()
+    assert len(list(tmp_path.rglob("events.out.tfevents.*"))) == 1
+    client, runs = mlflow_runs(tmp_path / "mlflow.db")
+    assert len(runs) == 1
+    assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "val_loss")] == [1, 2]

@@ -26,7 +26,8 @@ def check_trackers(config: TrainConfig) -> None:
     if "tensorboard" in config.trackers:
         places.append(("--track-dir" if config.track_dir else "TensorBoard's run folder", event_folder(config)))
     if "mlflow" in config.trackers and (path := local_path(tracking_uri(config))) is not None:
-        places.append((f"--tracking-uri {tracking_uri(config)}", path.parent))
+        places.append((f"--tracking-uri {config.tracking_uri}" if config.tracking_uri else
+                       f"MLflow's default store {tracking_uri(config)}", path.parent))
     for what, folder in places:
         problem = _unwritable(folder)
         if problem:

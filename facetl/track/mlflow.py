@@ -46,7 +46,7 @@ class MlflowTracker:
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
         self.client = MlflowClient(self.uri)
-        experiment = self._experiment(path)
+        experiment = self._experiment(path if self.uri.startswith("sqlite:") else None)
         tags = {"facetl.run_folder": str(folder), **set_tags(config)}
         if config.track_group:
             tags["mlflow.parentRunId"] = self._parent(experiment, set_folder(config))
@@ -56,8 +56,8 @@ class MlflowTracker:
         for start in range(0, len(params), BATCH):
             self.client.log_batch(self.run_id, params=params[start:start + BATCH])
 
-    def _experiment(self, path: Path | None) -> str:
-        """The experiment's id, made when new: with a local store its artifacts go beside the database
+    def _experiment(self, db: Path | None) -> str:
+        """The experiment's id, made when new: with an SQLite store its artifacts go beside the database (`db`)
         (MLflow's default, ./mlruns, is wherever the command happens to run)."""
         name = os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT)
         for attempt in range(3):  # parallel runs may make it at once; the second finds the first's
@@ -65,7 +65,7 @@ class MlflowTracker:
             if found is not None:
                 return found.experiment_id
             try:
-                artifacts = (path.parent / "mlartifacts").as_uri() if path is not None else None
+                artifacts = (db.parent / "mlartifacts").as_uri() if db is not None else None
                 return self.client.create_experiment(name, artifact_location=artifacts)
             except Exception:
                 if attempt == 2:
