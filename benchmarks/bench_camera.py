@@ -58,12 +58,13 @@ def people(split_csv: str | None, n: int) -> list[np.ndarray]:
 
 def write_clip(path: Path, crops: list[np.ndarray], frames: int = 30) -> None:
     """The faces at PLACES, swaying 12 px left and right over the loop, as YUV4MPEG2 (4:2:0, full range)."""
+    wall = (0.35 * background(640, 480, seed=7) + 0.65 * 228).astype(np.uint8)  # a pale room, no faces in it
     with open(path, "wb") as out:
         out.write(b"YUV4MPEG2 W640 H480 F30:1 Ip A1:1 C420jpeg\n")
         for i in range(frames):
             shift = 12 * np.sin(2 * np.pi * i / frames)
             places = [(round(x + shift), y, side, angle) for x, y, side, angle in PLACES[:len(crops)]]
-            rgb, _ = paste_faces(background(640, 480, seed=7), crops, places)
+            rgb, _ = paste_faces(wall, crops, places)
             r, g, b = (rgb[..., c].astype(np.float32) for c in range(3))
             planes = (0.299 * r + 0.587 * g + 0.114 * b,
                       -0.168736 * r - 0.331264 * g + 0.5 * b + 128, 0.5 * r - 0.418688 * g - 0.081312 * b + 128)
