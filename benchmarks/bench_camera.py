@@ -7,10 +7,10 @@ panel every second for SECONDS: answers a second (over the last 2 s), latency p5
 frame to its answer, over the last 100 answers) and the server's own time for the last frame. Prints a
 markdown table: the median and the worst of those readings, and the answers counted over the whole time.
 
-    .venv/bin/python benchmarks/bench_camera.py [RUN ...] [--seconds 20] [--faces 2] [--screenshot docs/serve-camera.png]
+    .venv/bin/python benchmarks/bench_camera.py [RUN ...] [--seconds 20] [--faces 2] [--out docs/serve-camera.png]
 
 Without RUN it trains a small smile run first (bench_serve.py's: MobileNetV2, 64 px, one epoch). With
---screenshot it also saves what the page shows at the end (1000 px wide, 256 colours). --people-from
+--out it also saves a screenshot of what the page shows at the end (1000 px wide, 256 colours). --people-from
 SPLIT_CSV takes the clip's people from that run's test split (none of them was trained on).
 """
 from __future__ import annotations
@@ -118,7 +118,7 @@ def main() -> None:
     parser.add_argument("--warm", type=float, default=3.0, help="seconds of camera before reading (default 3)")
     parser.add_argument("--faces", type=int, choices=[1, 2, 3], default=2, help="faces in the clip (default 2)")
     parser.add_argument("--people-from", help="a split.csv: the clip's people come from its test split")
-    parser.add_argument("--screenshot", type=Path, help="save what the page shows at the end here")
+    parser.add_argument("--out", type=Path, help="save a screenshot of the page at the end here (a .png)")
     args = parser.parse_args()
     if not CHROMIUM.is_file() or not CHROMEDRIVER.is_file():
         sys.exit(f"{CHROMIUM} or {CHROMEDRIVER} not found (apt-get install chromium chromium-driver)")
@@ -130,7 +130,7 @@ def main() -> None:
         server = Server(runs, 1, Path(tmp) / "serve.log")
         load = os.getloadavg()  # the CPU is shared: how busy it was says how to read the figures
         try:
-            readings = browse(server.url + "/", clip, args.warm, args.seconds, args.screenshot)
+            readings = browse(server.url + "/", clip, args.warm, args.seconds, args.out)
         finally:
             server.stop()
 
@@ -143,13 +143,14 @@ def main() -> None:
     print("| panel figure | median | worst |")
     print("|---|---|---|")
     for key, name, worst in (("fps", "answers/s (last 2 s)", min), ("p50", "latency p50 ms", max),
-                             ("p95", "latency p95 ms (last 100 answers)", max), ("server", "server ms, last frame", max)):
+                             ("p95", "latency p95 ms (last 100 answers)", max),
+                             ("server", "server ms, last frame", max)):
         values = [r[key] for r in readings]
         print(f"| {name} | {statistics.median(values):.1f} | {worst(values):.1f} |")
     print(f"\nanswers counted over {len(readings) - 1} s: {counted:.1f}/s; frames skipped by the server "
           f"(latest frame wins): {readings[-1]['dropped']} of {readings[-1]['answers'] + readings[-1]['dropped']}")
-    if args.screenshot:
-        print(f"wrote {args.screenshot}")
+    if args.out:
+        print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -75,7 +75,8 @@ def crops(shared_datasets) -> list[np.ndarray]:
 
 def scene(crops: list[np.ndarray], shift: float = 0.0, scale: float = 1.0):
     """The faces at PLACES moved right by `shift` pixels, the whole frame scaled by `scale`."""
-    places = [(round((x + shift) * scale), round(y * scale), round(side * scale), angle) for x, y, side, angle in PLACES]
+    places = [(round((x + shift) * scale), round(y * scale), round(side * scale), angle)
+              for x, y, side, angle in PLACES]
     return paste_faces(background(round(640 * scale), round(480 * scale), seed=7), crops, places)
 
 
@@ -226,8 +227,8 @@ def test_pages_of_other_origins_and_other_hosts_cannot_open_a_stream(server):
             pass
         response = refused.value.response
         assert response.status_code == 403 and "allowed-hosts" in json.loads(response.body)["error"]
-    with pytest.raises(InvalidStatus) as refused, connect(stream_url(server), additional_headers={"Host": "evil.example"},
-                                                          open_timeout=10):
+    with pytest.raises(InvalidStatus) as refused, connect(stream_url(server), open_timeout=10,
+                                                          additional_headers={"Host": "evil.example"}):
         pass
     assert refused.value.response.status_code == 400
     with opened(server, origin=f"http://localhost:{server.port}"):

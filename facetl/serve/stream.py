@@ -137,8 +137,8 @@ class Streams:
             self.open -= 1
 
     async def _run(self, websocket: WebSocket) -> None:
-        limits = self.limits
-        await websocket.send_text(json.dumps({"type": "ready", "runs": self.runs, "limits": dataclasses.asdict(limits)}))
+        ready = {"type": "ready", "runs": self.runs, "limits": dataclasses.asdict(self.limits)}
+        await websocket.send_text(json.dumps(ready))
         frames, lock = LatestFrame(), asyncio.Lock()
         loops = [asyncio.create_task(self._receive(websocket, frames, lock)),
                  asyncio.create_task(self._answer(websocket, frames, lock))]
