@@ -324,6 +324,9 @@ def _add_serve(sub) -> None:
                        metavar="NAMES", help="comma-separated host names requests may address besides 127.0.0.1, "
                                               "localhost and --host (e.g. myserver.lan; '*': any; "
                                               "other names get 400: no DNS rebinding)")
+    serve.add_argument("--max-streams", type=whole_number(1, 1000), default=4, metavar="N",
+                       help="camera streams (the page's camera mode) open at once; one more is closed with "
+                            "code 1013, try again later (default 4)")
     add_runtime_flags(serve)
 
 
@@ -678,7 +681,7 @@ def cmd_serve(args) -> int:
 
     return serve(args.runs, ServeOptions(args.host, args.port, args.engine, args.max_upload_mb, args.device,
                                          args.precision, args.threads, args.min_face, args.header_timeout,
-                                         args.max_connections, args.allowed_hosts))
+                                         args.max_connections, args.allowed_hosts, args.max_streams))
 
 
 COMMANDS = {"faces": cmd_faces, "train": cmd_train, "evaluate": cmd_evaluate, "sweep": cmd_sweep, "predict": cmd_predict,

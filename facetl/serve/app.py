@@ -2,6 +2,7 @@
 
 GET|HEAD /        the page (page.html: plain HTML, CSS and JS, nothing loaded from elsewhere)
 POST /api/predict a photo as the multipart field `image` -> every face with every run's answer
+WS /api/stream    the page's camera mode: frames in, the same answers out, latest frame first (stream.py)
 GET /api/models   the model card of every run
 GET|HEAD /healthz liveness, and how many requests are waiting
 GET /openapi.json the API's description. FastAPI's /docs and /redoc pages are switched off: they load
@@ -17,7 +18,8 @@ from those bytes.
 Scheduling: one worker thread decodes and reads every photo, in arrival order. The detector is not
 thread-safe and torch's thread count is process-wide, and two photos at once on a small CPU would only
 make both slower. Requests wait for the worker in a queue; beyond `max_waiting` requests in flight a new
-one gets 503 at once rather than holding another upload in memory.
+one gets 503 at once rather than holding another upload in memory. A camera stream's frames go through
+the same worker and the same reading, one frame of each stream waiting at most.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib.resources import files
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image, UnidentifiedImageError
@@ -45,6 +47,7 @@ from starlette.requests import ClientDisconnect
 from facetl.data.images import MAX_PIXELS, UnreadableImage
 from facetl.serve.reader import NonFiniteAnswer, PhotoAnswer, PhotoReader
 from facetl.serve.runs import ModelCard
+from facetl.serve.stream import FrameRefused, StreamLimits, Streams
 
 FIELD = "image"
 # Formats a photo may come in (those this Pillow can open). Pillow would also open, e.g., EPS through
@@ -61,6 +64,7 @@ class Limits:
     max_pixels: int = MAX_PIXELS          # width x height, read from the header before decoding
     max_waiting: int = 16                 # predict requests in flight (reading, queued or being read)
     upload_seconds: float = 120.0         # to send the whole body: a stalled client does not hold a slot
+    stream: StreamLimits = StreamLimits()  # the camera's WebSocket
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,21 @@ def create_app(reader: PhotoReader, limits: Limits = Limits(), threads: int = 1,
     page = files("facetl.serve").joinpath("page.html").read_text(encoding="utf-8")
     cards = [run.card for run in reader.runs]
     waiting = 0
+
+    async def read_on_worker(data: bytes, max_pixels: int) -> PhotoAnswer:
+        """The photo path: decode and read on the one worker, with the time waited for it."""
+        submitted = time.perf_counter()
+
+        def job() -> PhotoAnswer:
+            started = time.perf_counter()
+            answer = reader.read_bytes(data, max_pixels)
+            answer.milliseconds["queue"] = round((started - submitted) * 1000.0, 1)
+            return answer
+
+        return await asyncio.get_running_loop().run_in_executor(worker, job)
+
+    streams = Streams(limits.stream, [card.name for card in cards], allowed_hosts, _sniff_frame,
+                      lambda data: read_on_worker(data, limits.stream.max_frame_pixels))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -134,22 +153,18 @@ def create_app(reader: PhotoReader, limits: Limits = Limits(), threads: int = 1,
         try:
             data = await _read_image_field(request, limits)
             _sniff(data, limits.max_pixels)
-            submitted = time.perf_counter()
-
-            def job() -> PhotoAnswer:
-                started = time.perf_counter()
-                answer = reader.read_bytes(data, limits.max_pixels)
-                answer.milliseconds["queue"] = round((started - submitted) * 1000.0, 1)
-                return answer
-
             try:
-                return await asyncio.get_running_loop().run_in_executor(worker, job)
+                return await read_on_worker(data, limits.max_pixels)
             except UnreadableImage as exc:
                 raise ApiError(422, f"cannot read the image: {exc}") from None
             except NonFiniteAnswer as exc:
                 raise ApiError(500, str(exc)) from None
         finally:
             waiting -= 1
+
+    @app.websocket("/api/stream")
+    async def stream(websocket: WebSocket) -> None:
+        await streams.serve(websocket)
 
     return app
 
@@ -238,7 +253,7 @@ class _HostCheck:
         self.verdict = TrustedHostMiddleware(self._mark, allowed_hosts=allowed_hosts, www_redirect=False)
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
         await self.verdict(scope, receive, _discard)  # a refusal's plain text goes nowhere
@@ -249,7 +264,7 @@ class _HostCheck:
         named = f"host {host[:100]!r}" if host else "no Host header"
         message = (f"{named}: this server answers requests for {', '.join(self.allowed)} only "
                    "(facetl serve --allowed-hosts adds names)")
-        await JSONResponse({"error": message}, 400)(scope, receive, send)
+        await JSONResponse({"error": message}, 400)(scope, receive, send)  # a WebSocket: its handshake's answer
 
     async def _mark(self, scope, receive, send) -> None:
         scope[self._PASSED] = True
@@ -307,6 +322,14 @@ class _FormField:
     def _part_end(self) -> None:
         if self._capturing:
             self._capturing, self.complete = False, True
+
+
+def _sniff_frame(data: bytes, max_pixels: int) -> None:
+    """_sniff for a camera frame: too big closes the stream, anything else is an error message."""
+    try:
+        _sniff(data, max_pixels)
+    except ApiError as exc:
+        raise FrameRefused(str(exc), too_big=exc.status == 413) from None
 
 
 def _sniff(data: bytes, max_pixels: int) -> None:

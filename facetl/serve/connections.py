@@ -13,6 +13,8 @@ every connection. So a few hundred silent clients locked the server out. Here:
   reading) is closed once it has waited that long. A body the app is reading has the app's own limit.
 - `max_connections`: a connection beyond it closes the connection that has waited longest on its client
   (a stalled client makes room for a new one); when none is waiting, the new one is closed.
+- a connection upgraded to a WebSocket (the camera's stream) is the WebSocket protocol's from then on:
+  its clock stops, and the stream's own limits hold it (stream.py).
 - h11's 400 for a request it cannot parse (a bad request line, a Content-Length that is not a number) is
   `{"error": ...}`, not uvicorn's plain text.
 """
@@ -33,6 +35,7 @@ class GuardedH11Protocol(H11Protocol):
     max_connections: int = 256
     _deadline: asyncio.TimerHandle | None = None
     _waiting_since: float = 0.0
+    _upgraded: bool = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -46,6 +49,13 @@ class GuardedH11Protocol(H11Protocol):
     def on_response_complete(self) -> None:
         super().on_response_complete()
         self._watch()
+
+    def handle_websocket_upgrade(self, event: h11.Request) -> None:
+        # h11 still reads this connection as a request waiting for its body: without this, the head clock
+        # would close every stream --header-timeout seconds after it opened
+        self._upgraded = True
+        self._stop_watch()
+        super().handle_websocket_upgrade(event)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_watch()
@@ -69,7 +79,7 @@ class GuardedH11Protocol(H11Protocol):
     def _watch(self) -> None:
         """Start the clock when the connection starts waiting on its client; stop it when the app has the
         request. The clock is not restarted by each byte: a client trickling its head still runs out."""
-        if not self._waiting_on_client():
+        if self._upgraded or not self._waiting_on_client():
             self._stop_watch()
         elif self._deadline is None:
             self._waiting_since = time.monotonic()

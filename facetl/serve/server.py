@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from facetl.errors import FacetlError
 from facetl.runtime import Runtime
 from facetl.serve.app import Limits, create_app
+from facetl.serve.stream import StreamLimits
 from facetl.serve.connections import connections_within, guarded_protocol, open_file_limit
 from facetl.serve.reader import PhotoReader
 from facetl.serve.runs import open_runs
@@ -44,12 +45,15 @@ class ServeOptions:
     header_timeout: float = 10.0             # seconds to send a request's head
     max_connections: int | None = None       # None: MAX_CONNECTIONS, or fewer under a low open-file limit
     allowed_hosts: tuple[str, ...] = ()      # Host names besides LOOPBACK_NAMES and --host; "*": any
+    max_streams: int = StreamLimits.max_streams  # camera streams open at once
 
     def check(self) -> None:
         problems = []
         if not 0 < self.header_timeout <= 3600:
             problems.append(f"--header-timeout must be more than 0 and at most 3600 seconds, "
                             f"not {self.header_timeout:g}")
+        if self.max_streams < 1:
+            problems.append(f"--max-streams must be at least 1, not {self.max_streams}")
         if self.max_connections is not None and self.max_connections < 1:
             problems.append(f"--max-connections must be at least 1, not {self.max_connections}")
         for name in self.allowed_hosts:
@@ -77,15 +81,16 @@ def serve(runs: list[str], options: ServeOptions = ServeOptions()) -> int:
                            options.threads)
         reader = PhotoReader(served, options.min_face)
         hosts = allowed_hosts(options.host, options.allowed_hosts)
-        app = create_app(reader, Limits(max_upload_bytes=round(options.max_upload_mb * 2**20)), options.threads,
-                         hosts)
+        limits = Limits(max_upload_bytes=round(options.max_upload_mb * 2**20),
+                        stream=StreamLimits(max_streams=options.max_streams))
+        app = create_app(reader, limits, options.threads, hosts)
         host, port = sock.getsockname()[:2]
         url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
         if not _loopback(host):
             print(f"warning: serving on {host}: anyone who can reach this machine can use it (there is no login); "
                   f"requests must name it as {' or '.join(hosts)} (--allowed-hosts adds names)", file=sys.stderr)
         print(f"facetl serve: {', '.join(r.name for r in served)} at {url} (Ctrl-C or SIGTERM stops)", flush=True)
-        _run(app, sock, options.header_timeout, max_connections)
+        _run(app, sock, options.header_timeout, max_connections, limits.stream.max_frame_bytes)
         print("facetl serve: stopped", flush=True)
         return 0
     finally:
@@ -137,14 +142,17 @@ def _loopback(host: str) -> bool:
         return False
 
 
-def _run(app, sock: socket.socket, header_timeout: float, max_connections: int) -> None:
+def _run(app, sock: socket.socket, header_timeout: float, max_connections: int, max_frame_bytes: int) -> None:
     import uvicorn
 
     # h11 always (not httptools when installed): the limits live in its protocol class. The backlog is also
     # how many connections asyncio accepts at once, before the protocol can close any (connections.py).
+    # A camera frame over max_frame_bytes closes its stream with 1009 as it arrives (the WebSocket layer
+    # counts it); frames are JPEG already, so the messages are not deflated (no CPU spent for nothing).
     config = uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=SHUTDOWN_SECONDS,
                             server_header=False, http=guarded_protocol(header_timeout, max_connections),
-                            backlog=min(128, max_connections))
+                            backlog=min(128, max_connections), ws="websockets-sansio", ws_max_size=max_frame_bytes,
+                            ws_per_message_deflate=False)
     with _signals_end_quietly():
         uvicorn.Server(config).run(sockets=[sock])
 
