@@ -209,6 +209,11 @@ def _add_run_users(sub) -> None:
                          help="torch (default): the run's best.pt; onnx: RUN/model.onnx from facetl export, on "
                               "ONNX Runtime (RUN may also be the .onnx file)")
     predict.add_argument("--tta", choices=TTA_MODES, default="none", help=TTA_HELP + " (default none)")
+    predict.add_argument("--every", type=whole_number(1, 10_000), default=1, metavar="K",
+                         help="videos: analyse every K-th frame (default 1); tracks follow faces between them")
+    predict.add_argument("--smooth", type=float, default=0.0, metavar="SECONDS",
+                         help="videos: smooth each track's probabilities over time, an exponential moving average "
+                              "with this time constant (default 0: none); the raw label stays in raw_label")
     add_runtime_flags(predict)
 
 
@@ -504,6 +509,7 @@ def cmd_predict(args) -> int:
     from facetl.inference.classifiers import open_classifier
     from facetl.outputs import refuse_inside_inputs
     from facetl.commands.predict import check_csv_out, plan_annotations, predict, prediction_table, write_annotations
+    from facetl.commands.predict_video import VideoRequest, predict_media, split_media
     from facetl.runtime import Runtime
 
     out = Path(args.out) if args.out else None
@@ -512,7 +518,14 @@ def cmd_predict(args) -> int:
     if args.annotate:  # a rerun on the same folders would label its own annotated images
         refuse_inside_inputs(Path(args.annotate), [Path(i).expanduser() for i in args.images
                                                    if Path(i).expanduser().is_dir()], "--annotate")
+    photos, videos = split_media(args.images)
+    if not 0 <= args.smooth <= 3600:
+        raise FacetlError(f"--smooth {args.smooth}: give seconds from 0 to 3600")
     classifier = open_classifier(args.run, args.engine, Runtime.for_inference(args.device, args.precision))
+    if videos:
+        request = VideoRequest(args.every, args.smooth, args.tta, Path(args.annotate) if args.annotate else None,
+                               out, args.overwrite)
+        return predict_media(classifier, photos, videos, request, args.faces, args.min_face)
     result = predict(classifier, args.images, args.faces, args.min_face, tta=args.tta)
     if not result.rows:
         raise FacetlError("none of the images could be read")

@@ -119,3 +119,28 @@ def match_faces(truth: list[PastedFace], found_boxes: list[tuple[float, float, f
         else:
             matches.append(None)
     return matches
+
+
+def moving_faces(crops: list[np.ndarray], width: int, height: int, frames: int, seed: int = 0,
+                 sides: tuple[int, int] = (90, 130), speed: float = 4.0):
+    """Frames of a clip in which every crop drifts across one background, bouncing off the edges and turning
+    slowly: yields (frame, faces) with each face's true box and landmarks (`source`: which crop)."""
+    rng = np.random.default_rng(seed)
+    scene = background(width, height, seed)
+    count = len(crops)
+    side = rng.integers(sides[0], sides[1] + 1, size=count)
+    # start spread over the width, so faces begin apart
+    x = (np.arange(count) + 0.5) * width / count
+    y = rng.uniform(side * 0.8, height - side * 0.8)
+    velocity = rng.uniform(-speed, speed, size=(count, 2))
+    angle, spin = rng.uniform(-8, 8, size=count), rng.uniform(-0.3, 0.3, size=count)
+    for _ in range(frames):
+        placements = [(float(x[i]), float(y[i]), int(side[i]), float(angle[i])) for i in range(count)]
+        yield paste_faces(scene, crops, placements)
+        x, y = x + velocity[:, 0], y + velocity[:, 1]
+        for position, limit, axis in ((x, width, 0), (y, height, 1)):
+            low, high = side * 0.8, limit - side * 0.8
+            bounce = (position < low) | (position > high)
+            velocity[bounce, axis] *= -1
+            np.clip(position, low, high, out=position)
+        angle = np.clip(angle + spin, -12, 12)
