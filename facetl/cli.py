@@ -509,7 +509,7 @@ def cmd_predict(args) -> int:
     from facetl.inference.classifiers import open_classifier
     from facetl.outputs import refuse_inside_inputs
     from facetl.commands.predict import check_csv_out, plan_annotations, predict, prediction_table, write_annotations
-    from facetl.commands.predict_video import VideoRequest, predict_media, split_media
+    from facetl.commands.predict_video import VideoRequest, check_videos, predict_media, split_media
     from facetl.runtime import Runtime
 
     out = Path(args.out) if args.out else None
@@ -519,12 +519,12 @@ def cmd_predict(args) -> int:
         refuse_inside_inputs(Path(args.annotate), [Path(i).expanduser() for i in args.images
                                                    if Path(i).expanduser().is_dir()], "--annotate")
     photos, videos = split_media(args.images)
-    if not 0 <= args.smooth <= 3600:
-        raise FacetlError(f"--smooth {args.smooth}: give seconds from 0 to 3600")
-    classifier = open_classifier(args.run, args.engine, Runtime.for_inference(args.device, args.precision))
-    if videos:
+    if videos:  # a bad video or output is said before the run is loaded
         request = VideoRequest(args.every, args.smooth, args.tta, Path(args.annotate) if args.annotate else None,
                                out, args.overwrite)
+        check_videos(videos, request)
+    classifier = open_classifier(args.run, args.engine, Runtime.for_inference(args.device, args.precision))
+    if videos:
         return predict_media(classifier, photos, videos, request, args.faces, args.min_face)
     result = predict(classifier, args.images, args.faces, args.min_face, tta=args.tta)
     if not result.rows:

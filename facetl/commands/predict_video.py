@@ -220,8 +220,12 @@ def plan_video_outputs(videos: list[Path], request: VideoRequest) -> list[Path |
     return targets
 
 
-def open_each(videos: list[Path]) -> None:
-    """Every video opens and has a first frame, before anything is written: a bad file is one line now."""
+def check_videos(videos: list[Path], request: VideoRequest) -> None:
+    """Every video opens and has a first frame, and every output may be written, before any work: a bad file
+    or a clash is one line now."""
+    if not 0 <= request.smooth <= 3600:
+        raise FacetlError(f"--smooth {request.smooth}: give seconds from 0 to 3600")
+    plan_video_outputs(videos, request)
     for path in videos:
         with VideoReader(path) as video:
             next(iter(video))
@@ -269,8 +273,8 @@ def predict_videos(classifier: Classifier, videos: list[Path], alignment: FaceAl
     """Every video through a FramePipeline of its own (tracks start at 1 in each video); the frames CSV
     (photo_rows, already in its columns, first), the tracks CSV and annotated videos written as complete
     files, or nothing under their names."""
+    check_videos(videos, request)
     targets = plan_video_outputs(videos, request)
-    open_each(videos)
     multi = classifier.decision.multi_attribute
     summary = TrackSummary(classifier.class_names, multi)
     table = StreamedCsv(request.out, video_header(classifier.class_names, multi)) if request.out else None
