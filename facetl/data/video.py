@@ -35,7 +35,7 @@ def require_av():
     try:
         import av
     except ImportError:
-        raise FacetlError(f"reading and writing videos needs PyAV and supervision: {INSTALL_HINT}") from None
+        raise FacetlError(f"reading and writing videos needs PyAV: {INSTALL_HINT}") from None
     return av
 
 
