@@ -1,11 +1,11 @@
 """`facetl predict` on a video, end to end on this CPU: frames per second, where the time goes, and how
 steady and right the answers are.
 
-A 640x480 clip at 25 fps is made from held-out faces of the run (celebrity_faces crops of people in the run's
+A 640x480 clip at 25 fps (with a camera's noise and flicker) is made from held-out faces of the run (celebrity_faces crops of people in the run's
 test split when it has one) drifting over a background, each face's box and class known by construction. The
 clip then goes through the command's own code (decode, detect, track, classify, write the frames CSV and the
 annotated H.264 video) with --every 5 and with every frame analysed; each stage's time is measured inside
-that same run. Then, on the every-frame run with --smooth:
+that same run. Then, on the every-frame run with --smooth and on more clips like it (--people, in clips of --faces):
 
 - tracks: the share of each face's frames that carry its most common track number (target >= 95 %);
 - accuracy of the raw labels, the smoothed labels, and of photo-by-photo prediction (`facetl predict
@@ -13,7 +13,7 @@ that same run. Then, on the every-frame run with --smooth:
 - label flips per track per minute, raw against smoothed (target: smoothing at least halves them, for at
   most 1 point of accuracy).
 
-    .venv/bin/python benchmarks/bench_video.py --run RUN [--frames 250] [--faces 3] [--smooth 0.5]
+    .venv/bin/python benchmarks/bench_video.py --run RUN [--frames 250] [--faces 3] [--people 12] [--smooth 0.5]
 
 RUN: a run of two classes whose class folders or table name celebrity_faces people, e.g. the gender run
     facetl train --data ../shared/datasets/celebrity_faces_attributes.csv --images ../shared/datasets/celebrity_faces \\
@@ -106,8 +106,8 @@ class StageClock:
             setattr(owner, name, original)
 
 
-def held_out_faces(run: Path, count: int) -> tuple[list[np.ndarray], list[str]]:
-    """`count` crops of different people (test split when the run has one), alternating between the classes."""
+def held_out_people(run: Path, count: int) -> list[tuple[str, np.ndarray]]:
+    """(class, crop) of `count` different people (the run's test split), alternating between the classes."""
     split = run / "split.csv"
     if not split.is_file():
         raise SystemExit(f"{split} not found: give a run trained on celebrity_faces (see the docstring)")
@@ -117,19 +117,24 @@ def held_out_faces(run: Path, count: int) -> tuple[list[np.ndarray], list[str]]:
     for r in rows:
         by_class[r["label"]].setdefault(r.get("group") or r["path"].split("/")[0], r["path"])
     classes = sorted(by_class)
-    picks = []
+    people = []
     for i in range(count):
-        people = list(by_class[classes[i % len(classes)]].items())
-        picks.append((classes[i % len(classes)], people[(i // len(classes)) * 3 % len(people)][1]))
-    crops = [np.asarray(Image.open(DATA / "celebrity_faces" / p).convert("RGB")) for _, p in picks]
-    return crops, [label for label, _ in picks]
+        label = classes[i % len(classes)]
+        found = list(by_class[label].values())
+        people.append((label, found[(i // len(classes)) % len(found)]))
+    return [(label, np.asarray(Image.open(DATA / "celebrity_faces" / p).convert("RGB"))) for label, p in people]
 
 
-def make_clip(path: Path, crops: list[np.ndarray], frames: int) -> list[list[tuple]]:
+def make_clip(path: Path, crops: list[np.ndarray], frames: int, noise: float = 6.0) -> list[list[tuple]]:
+    """The clip, as a camera sees it: each frame with sensor noise (sigma `noise` grey levels) and a slow
+    flicker of brightness, so a classifier's answers wobble from frame to frame as they do on real video."""
+    rng = np.random.default_rng(11)
     truth = []
     with VideoWriter(path, 640, 480, 25) as writer:
-        for frame, faces in moving_faces(crops, 640, 480, frames, seed=7, sides=(80, 130), speed=5.0):
-            writer.write(frame)
+        for i, (frame, faces) in enumerate(moving_faces(crops, 640, 480, frames, seed=7, sides=(80, 130), speed=5.0)):
+            gain = 1.0 + 0.12 * np.sin(i / 9.0)
+            noisy = frame.astype(np.float32) * gain + rng.normal(0, noise, frame.shape)
+            writer.write(np.clip(noisy, 0, 255).astype(np.uint8))
             truth.append([f.box for f in faces])
     return truth
 
@@ -171,42 +176,45 @@ def flips_per_minute(rows: list[dict], column: str) -> float:
     return flips / max(minutes, 1e-9)
 
 
-def quality(classifier, clip: Path, frames_csv: Path, truth: list[list[tuple]], labels: list[str],
-            folder: Path) -> None:
-    with open(frames_csv, newline="") as f:
-        rows = list(csv.DictReader(f))
-    found = match(rows, truth)
-    faces = len(labels)
-    for face in range(faces):
-        tracks = Counter(r["track"] for (frame, i), r in found.items() if i == face)
-        hits = sum(tracks.values())
-        share = tracks.most_common(1)[0][1] / hits if hits else 0.0
-        print(f"face {face} ({labels[face]}): found in {hits}/{len(truth)} frames, {share:.1%} of them on one "
-              f"track ({len(tracks)} track numbers)")
-    photos = folder / "photos"
-    photos.mkdir(exist_ok=True)
-    with VideoReader(clip) as video:
-        for frame in video:
-            if frame.index % 5 == 0:
-                Image.fromarray(frame.pixels).save(photos / f"{frame.index:05d}.png")
-    by_photo = predict(classifier, [str(photos)], faces="detect")
-    photo_rows = [{"frame": str(int(Path(p.path).stem)), "label": p.label,
-                   **dict(zip("xywh", map(str, p.box)))} for p in by_photo.rows if p.box]
-    photo_found = match(photo_rows, truth)
-    same = [key for key in found if key[0] % 5 == 0]
-    seen = sum(len(t) for t in truth[::5])
-
-    def accuracy(table, keys, column):  # a missed face counts as wrong
-        return sum(table[k][column] == labels[k[1]] for k in keys if k in table) / seen
-
-    print(f"accuracy on every 5th frame ({seen} faces): photo by photo {accuracy(photo_found, photo_found, 'label'):.1%}, "
-          f"video raw {accuracy(found, same, 'raw_label'):.1%}, video smoothed {accuracy(found, same, 'label'):.1%}")
-    every = sum(len(t) for t in truth)
-    raw = sum(r["raw_label"] == labels[k[1]] for k, r in found.items()) / every
-    smooth = sum(r["label"] == labels[k[1]] for k, r in found.items()) / every
-    print(f"accuracy on every frame ({every} faces): raw {raw:.1%}, smoothed {smooth:.1%} ({(smooth - raw) * 100:+.1f} points)")
-    print(f"label flips per track per minute: raw {flips_per_minute(rows, 'raw_label'):.1f}, "
-          f"smoothed {flips_per_minute(rows, 'label'):.1f}")
+def quality(classifier, clips: list[tuple[Path, Path, list[list[tuple]], list[str]]], folder: Path) -> None:
+    """Tracks, accuracy and flips over clips of (video, its frames CSV, true boxes, true classes)."""
+    shares, every, photo_right, raw_right, smooth_right, same_raw, same_smooth, seen = [], 0, 0, 0, 0, 0, 0, 0
+    all_rows = []
+    for n, (clip, frames_csv, truth, labels) in enumerate(clips):
+        with open(frames_csv, newline="") as f:
+            rows = [dict(r, track=f"{n}:{r['track']}") for r in csv.DictReader(f)]
+        all_rows += rows
+        found = match(rows, truth)
+        for face in range(len(labels)):
+            tracks = Counter(r["track"] for (frame, i), r in found.items() if i == face)
+            if tracks:
+                shares.append(tracks.most_common(1)[0][1] / sum(tracks.values()))
+        photos = folder / f"photos{n}"
+        photos.mkdir(exist_ok=True)
+        with VideoReader(clip) as video:
+            for frame in video:
+                if frame.index % 5 == 0:
+                    Image.fromarray(frame.pixels).save(photos / f"{frame.index:05d}.png")
+        by_photo = predict(classifier, [str(photos)], faces="detect")
+        photo_rows = [{"frame": str(int(Path(p.path).stem)), "label": p.label, **dict(zip("xywh", map(str, p.box)))}
+                      for p in by_photo.rows if p.box]
+        photo_right += sum(r["label"] == labels[k[1]] for k, r in match(photo_rows, truth).items())
+        fifth = {k: r for k, r in found.items() if k[0] % 5 == 0}
+        same_raw += sum(r["raw_label"] == labels[k[1]] for k, r in fifth.items())
+        same_smooth += sum(r["label"] == labels[k[1]] for k, r in fifth.items())
+        seen += sum(len(t) for t in truth[::5])
+        every += sum(len(t) for t in truth)
+        raw_right += sum(r["raw_label"] == labels[k[1]] for k, r in found.items())
+        smooth_right += sum(r["label"] == labels[k[1]] for k, r in found.items())
+    people = sum(len(c[3]) for c in clips)
+    print(f"tracks: {people} faces in {len(clips)} clips; the share of a face's frames on its most common track: "
+          f"lowest {min(shares):.1%}, mean {np.mean(shares):.1%} (target >= 95%)")
+    print(f"accuracy on every 5th frame ({seen} faces, a missed face counts as wrong): photo by photo "
+          f"{photo_right / seen:.1%}, video raw {same_raw / seen:.1%}, video smoothed {same_smooth / seen:.1%}")
+    print(f"accuracy on every frame ({every} faces): raw {raw_right / every:.1%}, smoothed {smooth_right / every:.1%} "
+          f"({(smooth_right - raw_right) / every * 100:+.1f} points)")
+    print(f"label flips per track per minute: raw {flips_per_minute(all_rows, 'raw_label'):.1f}, "
+          f"smoothed {flips_per_minute(all_rows, 'label'):.1f}")
 
 
 def main() -> None:
@@ -214,27 +222,37 @@ def main() -> None:
     parser.add_argument("--run", required=True, type=Path, help="a two-class run on celebrity_faces (see above)")
     parser.add_argument("--frames", type=int, default=250, help="clip length in frames at 25 fps (default 250)")
     parser.add_argument("--faces", type=int, default=3, choices=[1, 2, 3], help="faces in the clip (default 3)")
+    parser.add_argument("--people", type=int, default=12,
+                        help="people for the quality figures, in clips of --faces (default 12)")
     parser.add_argument("--smooth", type=float, default=0.5, help="--smooth for the quality figures (default 0.5)")
     args = parser.parse_args()
     print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     classifier = open_classifier(args.run, "torch", Runtime.for_inference("cpu", "auto"))
     with tempfile.TemporaryDirectory(prefix="bench_video_") as tmp:
         folder = Path(tmp)
-        crops, labels = held_out_faces(args.run, args.faces)
+        people = held_out_people(args.run, max(args.people, args.faces))
+        groups = [people[i:i + args.faces] for i in range(0, len(people) - args.faces + 1, args.faces)]
         clip = folder / "clip.mp4"
-        truth = make_clip(clip, crops, args.frames)
+        truth = make_clip(clip, [crop for _, crop in groups[0]], args.frames)
+        labels = [label for label, _ in groups[0]]
         print(f"clip: 640x480, {args.frames} frames at 25 fps, {args.faces} faces ({', '.join(labels)})")
         print("| analysed | frames/s end to end | " + " | ".join(STAGES) + " | other |")
         print("|---" * (len(STAGES) + 3) + "|")
-        outputs = {}
         for every in (5, 1):
             wall, seconds, frames, out = timed_run(classifier, clip, folder, every, args.smooth if every == 1 else 0)
-            outputs[every] = out
             shares = [f"{seconds[s] / frames * 1000:.1f}" for s in STAGES]
             other = (wall - sum(seconds.values())) / frames * 1000
             print(f"| every {every} | {frames / wall:.1f} | " + " | ".join(shares) + f" | {other:.1f} |")
         print("(stage columns: milliseconds per frame of the clip)")
-        quality(classifier, clip, outputs[1], truth, labels, folder)
+        clips = [(clip, out, truth, labels)]
+        for n, group in enumerate(groups[1:], 1):
+            more = folder / f"clip{n}.mp4"
+            more_truth = make_clip(more, [crop for _, crop in group], args.frames)
+            more_out = folder / f"clip{n}.csv"
+            request = VideoRequest(smooth=args.smooth, out=more_out, overwrite=True, progress=False)
+            predict_videos(classifier, [more], video_alignment(classifier, "auto", None), request)
+            clips.append((more, more_out, more_truth, [label for label, _ in group]))
+        quality(classifier, clips, folder)
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 
