@@ -104,7 +104,9 @@ EXAMPLES = {
     "predict": [(f"facetl predict runs/smile {SMILES}/negatives/negatives7/10105.jpg",
                  "one photo, a table on screen"),
                 (f"facetl predict runs/smile {SMILES}/positives --out smiles.csv --tta flip",
-                 "a folder, every class's probability in a CSV")],
+                 "a folder, every class's probability in a CSV"),
+                ("facetl predict runs/smile clip.mp4 --out frames.csv --annotate annotated/ --every 5 --smooth 0.5",
+                 "a video: a row per face per 5th frame, tracks, smoothed labels, an annotated MP4")],
     "explain": [(f"facetl explain runs/smile {SMILES}/negatives/negatives7/10105.jpg --out explain/ --class positives",
                  "Grad-CAM of the predicted class and of positives"),
                 (f"facetl explain runs/smile {SMILES}/negatives/negatives7/10105.jpg --out explain/ --layer features.10 "
