@@ -311,7 +311,7 @@ def _one_video(pipeline: FramePipeline, path: Path, target: Path | None, request
         painter = FacePainter(info.width, info.height, pipeline.classifier.decision.multi_attribute)
         frame_bytes = max(info.width * info.height * 3, 1)
         batch = max(1, min(BATCH_FRAMES, HELD_BYTES // (frame_bytes * request.every))) if writer else BATCH_FRAMES
-        bar = progress_bar(total=info.frames, desc=path.name, unit="frame", enabled=request.progress)
+        bar = progress_bar(total=info.frames, desc=path.name, unit="frames", enabled=request.progress)
         held, shown = [], []  # frames waiting for their batch; the faces drawn until the next analysed frame
         try:
             for frame in video:
