@@ -197,15 +197,18 @@ def _add_run_users(sub) -> None:
 
     predict = sub.add_parser("predict", help="label new images with a run")
     predict.add_argument("run", help="a run folder (or, with --engine onnx, a .onnx file)")
-    predict.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help="photos, or folders searched for them")
+    predict.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER",
+                         help="photos or videos, or folders searched for them")
     predict.add_argument("--out", help="write a CSV here (path, [face, box, score,] label, probability, one column "
-                                       "per class) instead of printing a table")
+                                       "per class) instead of printing a table; videos: a row per face per analysed "
+                                       "frame (docs/video.md) and NAME.tracks.csv beside it")
     predict.add_argument("--faces", choices=["auto", "detect", "none"], default="auto",
                          help="auto (default): find faces when the run was trained with --faces detect; detect: find "
                               "and align every face in each photo; none: label each image as a whole")
     predict.add_argument("--min-face", type=whole_number(*RANGE["min_face"]), metavar="PIXELS",
                          help="smallest face side that counts, in photo pixels (default: the run's, or 20)")
-    predict.add_argument("--annotate", metavar="DIR", help="also write each photo with its faces boxed and labelled")
+    predict.add_argument("--annotate", metavar="DIR", help="also write each photo (PNG) or video (H.264 MP4) with "
+                                                         "its faces boxed and labelled")
     predict.add_argument("--overwrite", action="store_true", help="replace existing --out or --annotate files")
     predict.add_argument("--engine", choices=["torch", "onnx"], default="torch",
                          help="torch (default): the run's best.pt; onnx: RUN/model.onnx from facetl export, on "

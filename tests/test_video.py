@@ -237,3 +237,20 @@ def test_a_folder_of_photos_and_videos_goes_into_one_csv(run, clip, faces_data, 
     assert sorted(p.name for p in annotated.iterdir()) == ["clip.annotated.mp4", "photo.annotated.png"]
     again = in_process(capsys, "predict", str(run), str(folder), "--annotate", str(annotated))
     one_line_error(again, "exists", "--overwrite")
+
+
+def test_tracks_survive_missed_detections_and_long_gaps_between_analysed_frames():
+    """Two faces moving steadily: a frame that misses one, and analysed frames 2 s apart (--every 50 at 25 fps),
+    keep both numbers; a face gone for longer than the tracker keeps a track comes back with a new one."""
+    from facetl.inference.video import FaceTracker
+
+    tracker = FaceTracker()
+    boxes = lambda t: [(50 + 20 * t, 100, 80, 100), (400 - 20 * t, 200, 90, 110)]  # noqa: E731
+    assert tracker.update(boxes(0), [0.999, 0.999], 0.0) == [1, 2]
+    assert tracker.update(boxes(0.04)[1:], [0.999], 0.04) == [2]      # face 1 missed for a frame
+    assert tracker.update(boxes(0.08), [0.999, 0.95], 0.08) == [1, 2]
+    for t in (2.08, 4.08, 6.08):                                       # analysed every 2 s
+        assert tracker.update(boxes(t), [0.999, 0.999], t) == [1, 2]
+    for t in np.arange(6.12, 7.5, 0.04):                              # 25 fps again, face 2 gone ...
+        assert tracker.update(boxes(t)[:1], [0.999], t) == [1]
+    assert tracker.update(boxes(7.52), [0.999, 0.999], 7.52) == [1, 3]  # ... for 1.4 s: a new number

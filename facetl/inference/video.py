@@ -91,8 +91,9 @@ class FaceTracker:
     Each track's box is carried forward at its recent velocity to the new frame's time; the confident faces
     are matched to those boxes first (Hungarian assignment on 1 - IoU), then the less confident ones to the
     tracks left, so an unsure detection never takes a track from a sure one. A face left unmatched starts a
-    track; a track unmatched for up to `keep_seconds` survives (missed detections, `--every` gaps) and ends
-    after that, so a face that leaves and comes back later gets a new number.
+    track; a track unmatched for up to `keep_seconds`, or three times the gap between the last two updates
+    when that is longer (`--every` on a slow video), survives missed detections and ends after that, so a
+    face that leaves and comes back later gets a new number.
 
     A library tracker was the first choice: supervision 0.31 no longer ships ByteTrack (it moved to the
     `trackers` package, which requires the GUI build of OpenCV and so libGL), norfair pins numpy<2."""
@@ -101,11 +102,17 @@ class FaceTracker:
         self.min_iou, self.confident, self.keep_seconds = min_iou, confident, keep_seconds
         self.tracks: list[_Track] = []
         self.started = 0
+        self.last_s: float | None = None   # time of the last update
+        self.gap_s = 0.0                   # seconds between the last two updates
 
     def update(self, boxes: Sequence[tuple[float, float, float, float]], scores: Sequence[float],
                time_s: float) -> list[int]:
         """The track number of each face (boxes x, y, w, h) of the frame at `time_s`."""
-        self.tracks = [t for t in self.tracks if time_s - t.seen_s <= self.keep_seconds]
+        if self.last_s is not None:
+            self.gap_s = time_s - self.last_s
+        self.last_s = time_s
+        keep = max(self.keep_seconds, 3 * self.gap_s)
+        self.tracks = [t for t in self.tracks if time_s - t.seen_s <= keep]
         corners = np.array([(x, y, x + w, y + h) for x, y, w, h in boxes], dtype=np.float64).reshape(-1, 4)
         numbers: list[int | None] = [None] * len(corners)
         free = list(range(len(self.tracks)))
