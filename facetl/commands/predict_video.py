@@ -160,6 +160,7 @@ class TrackTally:
     last_s: float = 0.0
     frames: int = 0
     labels: Counter = field(default_factory=Counter)   # label (or attribute) -> analysed frames with it
+    answers: Counter = field(default_factory=Counter)  # the whole answer (multi-attribute: A+B) -> frames
 
 
 class TrackSummary:
@@ -175,6 +176,7 @@ class TrackSummary:
         for face in faces:
             tally = self.tracks.setdefault((path, face.track), TrackTally(time_s))
             tally.last_s, tally.frames = time_s, tally.frames + 1
+            tally.answers[face.label] += 1
             if self.multi_attribute:
                 tally.labels.update(n for n, d in zip(self.class_names, face.decided or []) if d)
             else:
@@ -184,7 +186,7 @@ class TrackSummary:
         header = ["path", "track", "first_s", "last_s", "frames", "label"] + [f"share_{n}" for n in self.class_names]
         rows = []
         for (path, track), t in self.tracks.items():
-            top = t.labels.most_common(1)[0][0] if t.labels else ""
+            top = t.answers.most_common(1)[0][0]
             rows.append([path, track, f"{t.first_s:.3f}", f"{t.last_s:.3f}", t.frames, top]
                         + [f"{t.labels[n] / t.frames:.3f}" for n in self.class_names])
         return header, rows
@@ -301,58 +303,66 @@ def predict_videos(classifier: Classifier, videos: list[Path], alignment: FaceAl
 
 def _one_video(pipeline: FramePipeline, path: Path, target: Path | None, request: VideoRequest,
                table: StreamedCsv | None, summary: TrackSummary) -> VideoResult:
-    result = VideoResult(path, annotated=target)
-    multi = pipeline.classifier.decision.multi_attribute
     with VideoReader(path) as video:
         info = video.info
         if target is not None:
             target.parent.mkdir(parents=True, exist_ok=True)
         writer = VideoWriter(target, info.width, info.height, info.fps) if target is not None else None
-        painter = FacePainter(info.width, info.height, pipeline.classifier.decision.multi_attribute)
+        job = _VideoJob(pipeline, str(path), table, summary, writer, VideoResult(path, annotated=target))
+        # annotating holds every frame until its batch is analysed: at most HELD_BYTES of them
         frame_bytes = max(info.width * info.height * 3, 1)
         batch = max(1, min(BATCH_FRAMES, HELD_BYTES // (frame_bytes * request.every))) if writer else BATCH_FRAMES
         bar = progress_bar(total=info.frames, desc=path.name, unit="frames", enabled=request.progress)
-        held, shown = [], []  # frames waiting for their batch; the faces drawn until the next analysed frame
+        held = []  # (frame, analysed?) waiting for their batch
         try:
             for frame in video:
                 analysed = frame.index % request.every == 0
                 if writer is not None or analysed:
                     held.append((frame, analysed))
                 if sum(a for _, a in held) == batch:
-                    shown = _flush(pipeline, held, shown, str(path), table, summary, writer, painter, multi, result)
-                    bar.update(len(held) if writer else frame.index + 1 - bar.n)
+                    job.flush(held)
                     held = []
-            shown = _flush(pipeline, held, shown, str(path), table, summary, writer, painter, multi, result)
-            result.frames = frame.index + 1
-            bar.update(result.frames - bar.n)
+                bar.update(frame.index + 1 - bar.n)
+            job.flush(held)
+            job.result.frames = frame.index + 1
         except BaseException:
             if writer is not None:
                 writer.abort()
             raise
         finally:
             bar.close()
-        result.stopped = video.stopped
+        job.result.stopped = video.stopped
         if writer is not None:
             writer.finish()
-    return result
+    return job.result
 
 
-def _flush(pipeline, held, shown, path, table, summary, writer, painter, multi, result) -> list[TrackedFace]:
-    """Analyse the held batch, write its rows, and (annotating) every held frame with the faces of the
-    latest analysed frame at or before it. Returns the faces still shown after the batch."""
-    analysed = [frame for frame, a in held if a]
-    answers = iter(pipeline.process([f.pixels for f in analysed], [f.time_s for f in analysed]))
-    for frame, is_analysed in held:
-        if is_analysed:
-            shown = next(answers)
-            summary.add(path, frame.time_s, shown)
-            result.analysed += 1
-            result.faces += len(shown)
-            if table is not None:
-                table.write(frame_rows(path, frame.index, frame.time_s, shown, multi))
-        if writer is not None:
-            writer.write(painter.paint(frame.pixels, shown))
-    return shown
+class _VideoJob:
+    """One video's outputs as its batches come: rows, track tallies and (annotating) painted frames."""
+
+    def __init__(self, pipeline: FramePipeline, path: str, table: StreamedCsv | None, summary: TrackSummary,
+                 writer: VideoWriter | None, result: VideoResult):
+        self.pipeline, self.path, self.table, self.summary, self.writer = pipeline, path, table, summary, writer
+        self.result = result
+        self.multi = pipeline.classifier.decision.multi_attribute
+        self.painter = FacePainter(writer.width, writer.height) if writer is not None else None
+        self.shown: list[TrackedFace] = []  # the latest analysed frame's faces, drawn until the next one
+
+    def flush(self, held: list) -> None:
+        """Analyse the held batch, write its rows, and paint every held frame with the faces of the latest
+        analysed frame at or before it."""
+        analysed = [frame for frame, a in held if a]
+        answers = iter(self.pipeline.process([f.pixels for f in analysed], [f.time_s for f in analysed]))
+        for frame, is_analysed in held:
+            if is_analysed:
+                self.shown = next(answers)
+                self.summary.add(self.path, frame.time_s, self.shown)
+                self.result.analysed += 1
+                self.result.faces += len(self.shown)
+                if self.table is not None:
+                    self.table.write(frame_rows(self.path, frame.index, frame.time_s, self.shown, self.multi))
+            if self.writer is not None:
+                self.writer.write(self.painter.paint(frame.pixels, self.shown))
 
 
 # One colour per track (cycled): a face keeps its colour while it keeps its number
@@ -363,10 +373,9 @@ _PALETTE = [(40, 220, 60), (255, 170, 30), (60, 160, 255), (240, 70, 200), (250,
 class FacePainter:
     """Boxes, track numbers and labels drawn on frames (PIL), sized for the frame."""
 
-    def __init__(self, width: int, height: int, multi_attribute: bool):
+    def __init__(self, width: int, height: int):
         self.line = max(2, round(max(width, height) / 320))
         self.font = ImageFont.load_default(size=max(12, round(max(width, height) / 40)))
-        self.multi_attribute = multi_attribute
 
     def paint(self, pixels: np.ndarray, faces: list[TrackedFace]) -> np.ndarray:
         if not faces:
