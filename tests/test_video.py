@@ -254,3 +254,28 @@ def test_tracks_survive_missed_detections_and_long_gaps_between_analysed_frames(
     for t in np.arange(6.12, 7.5, 0.04):                              # 25 fps again, face 2 gone ...
         assert tracker.update(boxes(t)[:1], [0.999], t) == [1]
     assert tracker.update(boxes(7.52), [0.999, 0.999], 7.52) == [1, 3]  # ... for 1.4 s: a new number
+
+
+@pytest.mark.slow
+def test_a_run_stopped_half_way_leaves_nothing_half_written(run, clip, tmp_path, capsys, monkeypatch):
+    """Ctrl-C in the middle of a video: neither the CSV, the tracks CSV nor the annotated video exists, under
+    its name or a temporary one; a CSV that was there before is byte-identical."""
+    from facetl.inference.video import FramePipeline
+
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    (outputs / "frames.csv").write_text("the user's own\n")
+    process, calls = FramePipeline.process, []
+
+    def interrupted(self, frames, times):
+        calls.append(len(frames))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return process(self, frames, times)
+
+    monkeypatch.setattr(FramePipeline, "process", interrupted)
+    result = in_process(capsys, "predict", str(run), str(clip[0]), "--out", str(outputs / "frames.csv"),
+                        "--overwrite", "--annotate", str(outputs / "annotated"))
+    assert result.returncode == 130 and "interrupted" in result.stderr
+    assert sorted(p.name for p in outputs.rglob("*") if p.is_file()) == ["frames.csv"]
+    assert (outputs / "frames.csv").read_text() == "the user's own\n"
