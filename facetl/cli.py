@@ -105,7 +105,9 @@ EXAMPLES = {
     "predict": [(f"facetl predict runs/smile {SMILES}/negatives/negatives7/10105.jpg",
                  "one photo, a table on screen"),
                 (f"facetl predict runs/smile {SMILES}/positives --out smiles.csv --tta flip",
-                 "a folder, every class's probability in a CSV")],
+                 "a folder, every class's probability in a CSV"),
+                ("facetl predict runs/smile clip.mp4 --out frames.csv --annotate annotated/ --every 5 --smooth 0.5",
+                 "a video: a row per face per 5th frame, tracks, smoothed labels, an annotated MP4")],
     "explain": [(f"facetl explain runs/smile {SMILES}/negatives/negatives7/10105.jpg --out explain/ --class positives",
                  "Grad-CAM of the predicted class and of positives"),
                 (f"facetl explain runs/smile {SMILES}/negatives/negatives7/10105.jpg --out explain/ --layer features.10 "
@@ -196,20 +198,28 @@ def _add_run_users(sub) -> None:
 
     predict = sub.add_parser("predict", help="label new images with a run")
     predict.add_argument("run", help="a run folder (or, with --engine onnx, a .onnx file)")
-    predict.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help="photos, or folders searched for them")
+    predict.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER",
+                         help="photos or videos, or folders searched for them")
     predict.add_argument("--out", help="write a CSV here (path, [face, box, score,] label, probability, one column "
-                                       "per class) instead of printing a table")
+                                       "per class) instead of printing a table; videos: a row per face per analysed "
+                                       "frame (docs/video.md) and NAME.tracks.csv beside it")
     predict.add_argument("--faces", choices=["auto", "detect", "none"], default="auto",
                          help="auto (default): find faces when the run was trained with --faces detect; detect: find "
                               "and align every face in each photo; none: label each image as a whole")
     predict.add_argument("--min-face", type=whole_number(*RANGE["min_face"]), metavar="PIXELS",
                          help="smallest face side that counts, in photo pixels (default: the run's, or 20)")
-    predict.add_argument("--annotate", metavar="DIR", help="also write each photo with its faces boxed and labelled")
+    predict.add_argument("--annotate", metavar="DIR", help="also write each photo (PNG) or video (H.264 MP4) with "
+                                                         "its faces boxed and labelled")
     predict.add_argument("--overwrite", action="store_true", help="replace existing --out or --annotate files")
     predict.add_argument("--engine", choices=["torch", "onnx"], default="torch",
                          help="torch (default): the run's best.pt; onnx: RUN/model.onnx from facetl export, on "
                               "ONNX Runtime (RUN may also be the .onnx file)")
     predict.add_argument("--tta", choices=TTA_MODES, default="none", help=TTA_HELP + " (default none)")
+    predict.add_argument("--every", type=whole_number(1, 10_000), default=1, metavar="K",
+                         help="videos: analyse every K-th frame (default 1); tracks follow faces between them")
+    predict.add_argument("--smooth", type=float, default=0.0, metavar="SECONDS",
+                         help="videos: smooth each track's probabilities over time, an exponential moving average "
+                              "with this time constant (default 0: none); the raw label stays in raw_label")
     add_runtime_flags(predict)
 
 
@@ -509,6 +519,7 @@ def cmd_predict(args) -> int:
     from facetl.inference.classifiers import open_classifier
     from facetl.outputs import refuse_inside_inputs
     from facetl.commands.predict import check_csv_out, plan_annotations, predict, prediction_table, write_annotations
+    from facetl.commands.predict_video import VideoRequest, check_videos, predict_media, split_media
     from facetl.runtime import Runtime
 
     out = Path(args.out) if args.out else None
@@ -517,7 +528,14 @@ def cmd_predict(args) -> int:
     if args.annotate:  # a rerun on the same folders would label its own annotated images
         refuse_inside_inputs(Path(args.annotate), [Path(i).expanduser() for i in args.images
                                                    if Path(i).expanduser().is_dir()], "--annotate")
+    photos, videos = split_media(args.images)
+    if videos:  # a bad video or output is said before the run is loaded
+        request = VideoRequest(args.every, args.smooth, args.tta, Path(args.annotate) if args.annotate else None,
+                               out, args.overwrite)
+        check_videos(videos, request)
     classifier = open_classifier(args.run, args.engine, Runtime.for_inference(args.device, args.precision))
+    if videos:
+        return predict_media(classifier, photos, videos, request, args.faces, args.min_face)
     result = predict(classifier, args.images, args.faces, args.min_face, tta=args.tta)
     if not result.rows:
         raise FacetlError("none of the images could be read")

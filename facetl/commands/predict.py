@@ -23,6 +23,7 @@ from facetl.data.folders import find_images
 from facetl.data.images import UnreadableImage, decode_image, read_photo
 from facetl.errors import FacetlError
 from facetl.inference.classifiers import Classifier
+from facetl.inference.video import crop_colour
 from facetl.outputs import inside, mirrored_names, unique_names
 from facetl.preprocessing import FaceAlignment
 from facetl.runfolder import atomic_write_bytes
@@ -133,12 +134,6 @@ def _predict_faces(classifier, files: list[Path], alignment: FaceAlignment, tta:
             predictions.append(_labelled(classifier, result.source, probs, face=face.index,
                                          box=face.face.box, score=face.face.score))
     return predictions, skipped
-
-
-def crop_colour(crop: np.ndarray, colour: str) -> np.ndarray:
-    if colour == "grey":  # as the store made the training crops
-        return np.asarray(Image.fromarray(crop).convert("L").convert("RGB"))
-    return crop
 
 
 def prediction_table(result: Predictions) -> tuple[list[str], list[list]]:

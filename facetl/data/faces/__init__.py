@@ -8,9 +8,9 @@ from facetl.data.faces.detect import (LANDMARKS, DetectedFace, FaceDetector, MTC
                                       detector_names)
 from facetl.data.faces.photos import (FACES_CSV_HEADER, LANDMARK_SOURCES, MULTI_FACE_RULES, NO_FACE, PhotoFace,
                                       PhotoFaces, aligned_landmarks, check_alignment, detector_for, face_rows,
-                                      faces_in_photo, faces_in_photos)
+                                      faces_in_photo, faces_in_photos, faces_of_frame)
 
 __all__ = ["TEMPLATES", "align_face", "alignment_transform", "template_points", "LANDMARKS", "DetectedFace",
            "FaceDetector", "MTCNNDetector", "create_detector", "detector_names", "MULTI_FACE_RULES", "NO_FACE",
            "PhotoFace", "PhotoFaces", "LANDMARK_SOURCES", "aligned_landmarks", "check_alignment",
-           "FACES_CSV_HEADER", "face_rows", "detector_for", "faces_in_photo", "faces_in_photos"]
+           "FACES_CSV_HEADER", "face_rows", "detector_for", "faces_in_photo", "faces_in_photos", "faces_of_frame"]

@@ -119,3 +119,32 @@ def match_faces(truth: list[PastedFace], found_boxes: list[tuple[float, float, f
         else:
             matches.append(None)
     return matches
+
+
+def moving_faces(crops: list[np.ndarray], width: int, height: int, frames: int, seed: int = 0,
+                 sides: tuple[int, int] = (90, 130), speed: float = 4.0):
+    """Frames of a clip in which every crop drifts over one background, each in its own vertical lane (so
+    faces never cover each other and the truth stays clear), bouncing off the lane's edges and turning
+    slowly: yields (frame, faces) with each face's true box and landmarks (`source`: which crop)."""
+    rng = np.random.default_rng(seed)
+    scene = background(width, height, seed)
+    count = len(crops)
+    side = rng.integers(sides[0], sides[1] + 1, size=count)
+    lane = width / count
+    centre = (np.arange(count) + 0.5) * lane
+    # a rotated square needs 0.75 of its side around its centre; a lane narrower than that keeps it centred
+    x_low = np.minimum(centre - lane / 2 + side * 0.75, centre)
+    x_high = np.maximum(centre + lane / 2 - side * 0.75, centre)
+    y_low, y_high = side * 0.75, height - side * 0.75
+    x, y = rng.uniform(x_low, x_high), rng.uniform(y_low, y_high)
+    velocity = rng.uniform(-speed, speed, size=(count, 2))
+    angle, spin = rng.uniform(-8, 8, size=count), rng.uniform(-0.3, 0.3, size=count)
+    for _ in range(frames):
+        placements = [(float(x[i]), float(y[i]), int(side[i]), float(angle[i])) for i in range(count)]
+        yield paste_faces(scene, crops, placements)
+        x, y = x + velocity[:, 0], y + velocity[:, 1]
+        for position, low, high, axis in ((x, x_low, x_high, 0), (y, y_low, y_high, 1)):
+            bounce = (position < low) | (position > high)
+            velocity[bounce, axis] *= -1
+            np.clip(position, low, high, out=position)
+        angle = np.clip(angle + spin, -12, 12)

@@ -97,7 +97,7 @@ class MTCNNDetector:
     def _run(self, batch: np.ndarray, min_size: float) -> list[list[DetectedFace]]:
         # min_size only sets where the image pyramid starts (torch's thread count is process-wide: one
         # detector per thread)
-        with _torch_threads(self.threads):
+        with torch_threads(self.threads):
             found = run_cascade(self._mtcnn, batch, max(float(_MTCNN_WINDOW), min_size), PYRAMID_FACTOR)
         return [_faces(boxes[:, :4], boxes[:, 4], points) for boxes, points in found]
 
@@ -106,14 +106,14 @@ class MTCNNDetector:
 
         # scaled as facenet-pytorch feeds its networks; ONet answers x1..x5, y1..y5 as fractions of the view
         batch = torch.from_numpy(np.ascontiguousarray(views)).permute(0, 3, 1, 2).float()
-        with torch.no_grad(), _torch_threads(self.threads):
+        with torch.no_grad(), torch_threads(self.threads):
             _, points, _ = self._mtcnn.onet((batch - 127.5) * 0.0078125)
         points = points.numpy().reshape(len(views), 2, 5).transpose(0, 2, 1)
         return (points * np.array([views.shape[2], views.shape[1]], dtype=np.float32)).astype(np.float32)
 
 
 @contextlib.contextmanager
-def _torch_threads(threads: int | None) -> Iterator[None]:
+def torch_threads(threads: int | None) -> Iterator[None]:
     """Run with this many torch threads, then restore. MTCNN is hundreds of tiny tensor operations:
     a second thread gains little on an idle CPU, and on a shared one spin-waiting threads made
     detection 10-20x slower (measured: 2.9 s against 0.19 s for a 512x512 photo on 2 busy cores)."""

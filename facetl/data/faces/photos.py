@@ -148,6 +148,13 @@ def _detect_chunk(chunk: Sequence[tuple[str, np.ndarray | str]], detector: FaceD
             yield _judge(source, pixels, next(found), alignment, size, rule, detector)
 
 
+def faces_of_frame(source: str, pixels: np.ndarray, found: list[DetectedFace], alignment: FaceAlignment,
+                   size: int, detector: FaceDetector, multi_face: str = "all") -> PhotoFaces:
+    """Judge and align the faces a detector already found in one decoded picture (a video's frame, whose
+    detection was batched with its neighbours'): the same verdicts and crops as `faces_in_photo`."""
+    return _judge(source, pixels, found, alignment, size, multi_face, detector)
+
+
 def _try_read(path: str | Path, max_pixels: int) -> tuple[str, np.ndarray | str]:
     try:
         return str(path), read_photo(Path(path), max_pixels)
