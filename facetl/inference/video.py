@@ -96,8 +96,8 @@ class FaceTracker:
     face that leaves and comes back later gets a new number.
 
     A library tracker was the first choice: supervision 0.31 no longer ships ByteTrack (0.28-0.30 kept it
-    deprecated, "removed in v0.31"; it moved to the
-    `trackers` package, which requires the GUI build of OpenCV and so libGL), norfair pins numpy<2."""
+    deprecated, "removed in v0.31"; it moved to the `trackers` package, which requires the GUI build of OpenCV
+    and so libGL), and norfair pins numpy<2."""
 
     def __init__(self, min_iou: float = 0.2, confident: float = 0.98, keep_seconds: float = 1.0):
         self.min_iou, self.confident, self.keep_seconds = min_iou, confident, keep_seconds
