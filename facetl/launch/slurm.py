@@ -103,8 +103,9 @@ class SlurmLauncher:
         return statuses
 
     def refresh(self, statuses: list[JobStatus]) -> list[JobStatus]:
-        listed = squeue_states([s.job_id for s in statuses if s.active or not s.state])
-        return [_refreshed(s, listed) for s in statuses]
+        """The state now; unchanged where SLURM cannot be asked (no squeue here, the controller unreachable)."""
+        listed = squeue_states([s.job_id for s in statuses if s.active])
+        return statuses if listed is None else [_refreshed(s, listed) for s in statuses]
 
 
 def _refreshed(status: JobStatus, listed: dict[str, tuple[str, str]]) -> JobStatus:
@@ -123,14 +124,19 @@ def _refreshed(status: JobStatus, listed: dict[str, tuple[str, str]]) -> JobStat
                      "time limit or a node failure); see its log", status.folder)
 
 
-def squeue_states(job_ids: list[str]) -> dict[str, tuple[str, str]]:
-    """{job id: (state, squeue's reason or node)} of those SLURM still lists (finished ones for MinJobAge)."""
-    if not job_ids or shutil.which("squeue") is None:
+def squeue_states(job_ids: list[str]) -> dict[str, tuple[str, str]] | None:
+    """{job id: (state, squeue's reason or node)} of those SLURM still lists (finished ones for MinJobAge);
+    None when SLURM cannot be asked."""
+    if not job_ids:
         return {}
+    if shutil.which("squeue") is None:
+        return None
     answer = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T|%R", "-j", ",".join(job_ids)],
                             capture_output=True, text=True)
+    if answer.returncode != 0 and "invalid job id" not in answer.stderr.lower():
+        return None  # e.g. the controller is down: nothing is known, not "every job ended"
     states = {}
-    for line in answer.stdout.splitlines():  # an unknown id makes squeue fail: then none is listed
+    for line in answer.stdout.splitlines():
         job_id, _, rest = line.strip().partition("|")
         state, _, reason = rest.partition("|")
         states[job_id] = (SQUEUE_STATES.get(state, "pending"), reason)
