@@ -170,7 +170,8 @@ def sweep_status(out: Path) -> list[JobStatus]:
         raise FacetlError(f"{out} has no {JOBS_FILE}: not a sweep started with --launcher")
     book = JobBook(out / JOBS_FILE)
     statuses = [book.get(n) or JobStatus(n, "", "not launched") for n in book.meta.get("points", [])]
-    statuses = [dataclasses.replace(s, state="finished") if finished(out / s.name) else s for s in statuses]
+    statuses = [dataclasses.replace(s, state="finished", detail=s.detail if s.state == "finished" else "metrics.json")
+                if finished(out / s.name) else s for s in statuses]
     slurm = [s for s in statuses if s.active and not s.job_id.startswith("local-")]
     if slurm:  # a local job's state is its launcher's to tell (that process may still be running it)
         from facetl.launch import SlurmLauncher

@@ -139,7 +139,8 @@ def squeue_states(job_ids: list[str]) -> dict[str, tuple[str, str]] | None:
     for line in answer.stdout.splitlines():
         job_id, _, rest = line.strip().partition("|")
         state, _, reason = rest.partition("|")
-        states[job_id] = (SQUEUE_STATES.get(state, "pending"), reason)
+        ours = SQUEUE_STATES.get(state, "pending")
+        states[job_id] = (ours, reason if ours in ("pending", "running") else f"SLURM: {state}")
     return states
 
 
