@@ -196,7 +196,7 @@ def _add_launch_flags(sweep) -> None:
     sweep.add_argument("--detach", action="store_true",
                        help="slurm: return once the array is submitted (follow with --status)")
     slurm = sweep.add_argument_group("SLURM (--launcher slurm)")
-    slurm.add_argument("--partition", help="the partition to submit to (default: the cluster's default)")
+    slurm.add_argument("--partition", help="the partition to submit to (default: the cluster's own)")
     slurm.add_argument("--time", type=whole_number(1, 525_600), default=60, metavar="MINUTES",
                        help="each point's time limit in minutes (default 60)")
     slurm.add_argument("--gpus-per-run", type=whole_number(0, 64), default=0, metavar="N",

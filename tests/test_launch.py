@@ -146,3 +146,19 @@ def test_a_grid_on_slurm_matches_local_and_a_killed_point_alone_runs_again(clust
     print(f"job completion log:\n{cluster.completed()}")
     assert cluster.completed().count("JobState=COMPLETED") == 4 and "JobState=CANCELLED" in cluster.completed()
     same_numbers(results(out), results(local))
+
+
+@pytest.mark.slow
+def test_folds_through_the_local_launcher_match_the_sweep_in_one_process(capsys, tmp_path, data):
+    common = ["sweep", "--data", str(data), *TINY, "--grid", "lr=1e-3", "--folds", "2"]
+    assert in_process(capsys, *common, "--out", str(tmp_path / "here")).returncode == 0
+    result = in_process(capsys, *common, "--out", str(tmp_path / "jobs"), "--parallel", "2")
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "launching 2 of 2 points" in result.stdout  # each fold its own job
+    for name in ("fold-1", "fold-2"):
+        assert (tmp_path / "jobs" / "lr-1e-3" / name / "split.csv").read_bytes() == \
+            (tmp_path / "here" / "lr-1e-3" / name / "split.csv").read_bytes()
+    fold_results = {name: results(tmp_path / name / "lr-1e-3") for name in ("here", "jobs")}
+    same_numbers({k: v for k, v in fold_results["jobs"].items() if k.startswith("fold")},
+                 {k: v for k, v in fold_results["here"].items() if k.startswith("fold")})
+    assert (tmp_path / "jobs" / "results.md").read_text().count("± ") > 0
