@@ -90,7 +90,7 @@ class LocalLauncher:
         except KeyboardInterrupt:
             for job, _, process, status in running.values():
                 process.terminate()
-                process.join(30) if hasattr(process, "join") else process.wait(30)
+                _reap(process)
                 on_change(_ended(job, status, process))
             raise
         return [done[job.name] for job in jobs]
@@ -126,6 +126,21 @@ def process_ended(process) -> bool:
     return process.poll() is not None if hasattr(process, "poll") else not process.is_alive()
 
 
+def _reap(process, seconds: float = 30) -> None:
+    """Wait for a terminated job; kill it if it will not end."""
+    if hasattr(process, "join"):
+        process.join(seconds)
+        if process.is_alive():
+            process.kill()
+            process.join()
+        return
+    try:
+        process.wait(seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def _ended(job: Job, status: JobStatus, process) -> JobStatus:
     code = process.returncode if hasattr(process, "returncode") else process.exitcode
     write_exit(job.folder, status.job_id, code)
@@ -140,9 +155,15 @@ def _pin(cores: tuple[int, ...]) -> None:
 def _call(function, slot: Slot, log: str) -> None:
     """A callable job in its fresh process: its slot's machine first (torch reads them when imported)."""
     import sys
+    import traceback
 
     os.environ.update(slot.env())
     _pin(slot.cores)
     with open(log, "a") as out:
         sys.stdout = sys.stderr = out
-        function()
+        try:
+            function()
+        except BaseException:  # into its log, then the failing exit code
+            traceback.print_exc()
+            out.flush()
+            os._exit(1)
