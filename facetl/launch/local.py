@@ -24,8 +24,8 @@ class Slot:
     cores: tuple[int, ...]
     gpus: tuple[str, ...] = ()
 
-    def env(self) -> dict[str, str]:
-        threads = str(len(self.cores))
+    def env(self, processes: int = 1) -> dict[str, str]:
+        threads = str(max(1, len(self.cores) // processes))  # a torchrun job's ranks share the slot's cores
         env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
         if self.gpus:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(self.gpus)
@@ -115,7 +115,7 @@ def _start(job: Job, slot: Slot):
     else:
         with open(log, "ab") as out:
             process = subprocess.Popen([str(a) for a in job.command], stdout=out, stderr=subprocess.STDOUT,
-                                       env={**os.environ, **slot.env()},
+                                       env={**os.environ, **slot.env(job.nproc)},
                                        preexec_fn=(lambda: _pin(slot.cores)) if slot.cores else None)
         pid = process.pid
     where = f"cores {','.join(map(str, slot.cores))}" + (f", GPUs {','.join(slot.gpus)}" if slot.gpus else "")
