@@ -562,15 +562,16 @@ def sweep_launcher(args, out: Path):
 def sweep_status(args) -> int:
     from facetl.commands.sweep_jobs import sweep_status as statuses
 
+    from collections import Counter
+
     out = Path(args.status)
-    rows = [[s.name, s.state, s.job_id, s.detail, s.log] for s in statuses(out)]
-    widths = [max(len(str(r[i])) for r in rows + [["point", "state", "job", "detail", "log"]]) for i in range(4)]
-    for row in [["point", "state", "job", "detail", "log"]] + rows:
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)) + "  " + str(row[4]))
-    counts = {}
-    for row in rows:
-        counts[row[1]] = counts.get(row[1], 0) + 1
-    print(", ".join(f"{n} {state}" for state, n in counts.items()) + f" of {len(rows)} points")
+    rows = [["point", "state", "job", "detail", "log"]] + [[s.name, s.state, s.job_id, s.detail, s.log]
+                                                           for s in statuses(out)]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for row in rows:  # the log last, unpadded: it is the long one
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[4])
+    counts = Counter(row[1] for row in rows[1:])
+    print(", ".join(f"{n} {state}" for state, n in counts.items()) + f" of {len(rows) - 1} points")
     if (out / "results.md").is_file():
         print(f"results (rebuilt): {out / 'results.md'}")
     return 0
