@@ -114,8 +114,9 @@ def test_a_grid_on_slurm_matches_local_and_a_killed_point_alone_runs_again(clust
 
     monkeypatch.setenv("SLURM_CONF", str(cluster.conf))
     out = tmp_path / "slurm"
+    # as many CPUs (so threads) per job as a local point of two at a time has cores: the numbers then agree
     command = ["sweep", "--data", str(data), *TINY, *GRID, "--out", str(out), "--launcher", "slurm",
-               "--cpus-per-run", "1", "--time", "10"]
+               "--cpus-per-run", str(max(1, len(available_cores()) // 2)), "--time", "10"]
     submitted = in_process(capsys, *command, "--detach")
     assert submitted.returncode == 0, submitted.stderr + submitted.stdout
     jobs = json.loads((out / "jobs.json").read_text())["jobs"]
@@ -150,8 +151,17 @@ def test_a_grid_on_slurm_matches_local_and_a_killed_point_alone_runs_again(clust
 
 @pytest.mark.slow
 def test_folds_through_the_local_launcher_match_the_sweep_in_one_process(capsys, tmp_path, data):
+    import torch
+
     common = ["sweep", "--data", str(data), *TINY, "--grid", "lr=1e-3", "--folds", "2"]
-    assert in_process(capsys, *common, "--out", str(tmp_path / "here")).returncode == 0
+    # here as many torch threads as each of the two jobs gets (half the cores): another count sums floats in
+    # another order, and a 16-image test split shows it
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, len(available_cores()) // 2))
+    try:
+        assert in_process(capsys, *common, "--out", str(tmp_path / "here")).returncode == 0
+    finally:
+        torch.set_num_threads(before)
     result = in_process(capsys, *common, "--out", str(tmp_path / "jobs"), "--parallel", "2")
     assert result.returncode == 0, result.stderr + result.stdout
     assert "launching 2 of 2 points" in result.stdout  # each fold its own job
