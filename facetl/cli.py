@@ -180,6 +180,34 @@ def _add_training(sub) -> None:
     add_config_flags(sweep)
     sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                        help="a configuration key and its values; repeat for more keys")
+    _add_launch_flags(sweep)
+
+
+def _add_launch_flags(sweep) -> None:
+    """How a sweep's points run: in this process one after another, or as jobs (facetl.launch)."""
+    sweep.add_argument("--launcher", choices=["local", "slurm"],
+                       help="run each point as its own `facetl train` process: local (--parallel at once on this "
+                            "machine, the cores or GPUs divided between them) or slurm (one job array) "
+                            "(default: one after another in this process)")
+    sweep.add_argument("--parallel", type=whole_number(1, 1024), metavar="N",
+                       help="points at once (local: implies --launcher local; slurm: the array's parallelism) "
+                            "(default 1 locally, as many as SLURM allows on a cluster)")
+    sweep.add_argument("--nproc", type=whole_number(1, 1024), default=1, metavar="N",
+                       help="train each point with N processes (torchrun inside its job; implies --launcher local)")
+    sweep.add_argument("--status", metavar="DIR", help="show the jobs of the sweep in DIR and rebuild its results "
+                                                       "table, then exit")
+    sweep.add_argument("--detach", action="store_true",
+                       help="slurm: return once the array is submitted (follow with --status)")
+    slurm = sweep.add_argument_group("SLURM (--launcher slurm)")
+    slurm.add_argument("--partition", help="the partition to submit to (default: the cluster's own)")
+    slurm.add_argument("--time", type=whole_number(1, 525_600), default=60, metavar="MINUTES",
+                       help="each point's time limit in minutes (default 60)")
+    slurm.add_argument("--gpus-per-run", type=whole_number(0, 64), default=0, metavar="N",
+                       help="GPUs each point's job asks for (default 0)")
+    slurm.add_argument("--cpus-per-run", type=whole_number(1, 1024), metavar="N",
+                       help="CPUs each point's job asks for; its threads follow (default: the cluster's, often 1)")
+    slurm.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE",
+                       help="another sbatch option for every job, e.g. account=myproj or qos=short; repeat for more")
 
 
 def _add_run_users(sub) -> None:
@@ -500,18 +528,67 @@ def cmd_sweep(args) -> int:
     from facetl.commands.evaluate import training_pictures
     from facetl.commands.sweep import parse_grid, sweep
 
+    if args.status:
+        return sweep_status(args)
     config = config_from_args(args)
     if not config.out:
         raise FacetlError("sweep needs --out DIR for its runs and results table")
     config = tracked_together(config, config.out)  # --track: the points are one MLflow parent run's children
     grid = parse_grid(args.grid)
-    if config.folds:
+    launcher = sweep_launcher(args, Path(config.out))
+    if launcher is not None:
+        from facetl.commands.sweep_jobs import launch_sweep
+
+        launch_sweep(config, grid, config.out, launcher, args.nproc, args.detach)
+        if args.detach:
+            return 0
+    elif config.folds:
         from facetl.commands.folds import sweep_folds
 
         sweep_folds(config, grid, config.out, progress=True, pictures=training_pictures)
     else:
         sweep(config, grid, config.out, progress=True, pictures=training_pictures)
     print((Path(config.out) / "results.md").read_text())
+    return 0
+
+
+def sweep_launcher(args, out: Path):
+    """The launcher the sweep's flags ask for (facetl.launch), or None: one point after another in this process."""
+    launcher = args.launcher or ("local" if args.parallel or args.nproc > 1 else None)
+    if args.detach and launcher != "slurm":
+        raise FacetlError("--detach is for --launcher slurm (local jobs end with the sweep)")
+    if launcher == "local":
+        from facetl.launch import LocalLauncher
+
+        return LocalLauncher(parallel=args.parallel or 1)
+    if launcher == "slurm":
+        from facetl.launch import SlurmLauncher, SlurmOptions
+        from facetl.launch.slurm import require_slurm
+
+        require_slurm()
+        options = SlurmOptions(partition=args.partition, minutes=args.time, gpus_per_job=args.gpus_per_run,
+                               cpus_per_job=args.cpus_per_run, parallel=args.parallel, sbatch=tuple(args.sbatch),
+                               job_name=f"facetl-{out.name}")
+        options.submitit_parameters()  # a malformed --sbatch is one line now, before anything is made
+        return SlurmLauncher(options, logs=out / "slurm")
+    return None
+
+
+def sweep_status(args) -> int:
+    from facetl.commands.sweep_jobs import sweep_status as statuses
+
+    from collections import Counter
+
+    out = Path(args.status)
+    rows = [["point", "state", "job", "detail", "log"]] + [[s.name, s.state, s.job_id, s.detail, s.log]
+                                                           for s in statuses(out)]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for row in rows:  # the log last, unpadded: it is the long one
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[4])
+    counts = Counter(row[1] for row in rows[1:])
+    print(", ".join(f"{n} {state}" for state, n in counts.items()) + f" of {len(rows) - 1} points")
+    if (out / "results.md").is_file():
+        print(f"results (rebuilt): {out / 'results.md'}")
     return 0
 
 

@@ -10,13 +10,12 @@ metric. Rerunning the command skips finished folds and resumes a killed one.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from facetl.config import TrainConfig, build_config, tracked_together
+from facetl.config import TrainConfig, tracked_together
 from facetl.data.prepare import cache_folder, open_store_together, read_samples, write_split
 from facetl.data.samples import Samples, stratified_limit
 from facetl.data.spec import data_spec
@@ -26,7 +25,7 @@ from facetl.evaluate.metrics import summary_metrics
 from facetl.evaluate.results import cell, run_row
 from facetl.models.classifier import resolve_preprocessing
 from facetl.runfolder import atomic_write_csv, atomic_write_text, prepare_run_folder
-from facetl.commands.sweep import run_name
+from facetl.commands.sweep import grid_configs
 from facetl.train.fit import default_out, fit, refuse_out_inside_data
 
 
@@ -74,10 +73,24 @@ def cross_validate(config: TrainConfig, progress: bool = True, log=print, pictur
         raise FacetlError("cross_validate needs folds (2 or more)")
     out = Path(config.out or default_out(config))
     refuse_out_inside_data(config, out)
-    folds = make_fold_splits(config, log, progress)  # bad data is refused before OUT exists
+    rows = []
+    for name, folder, fold_config in fold_runs(config, out, log, progress):
+        if (folder / "metrics.json").is_file():
+            log(f"  finished earlier: {folder / 'metrics.json'}")
+        else:
+            fit(fold_config, resume=(folder / "last.pt").is_file(), progress=progress, pictures=pictures)
+        rows.append(run_row(name, folder))
+        write_fold_results(out, rows, config)
+    return summary(rows)
+
+
+def fold_runs(config: TrainConfig, out: Path, log=print, progress: bool = True) -> list[tuple[str, Path, TrainConfig]]:
+    """Each fold's (name, folder, config), its split.csv written into its folder (kept when a rerun finds one):
+    ordinary runs that a launcher can start as `facetl train`. Bad data is refused before OUT exists."""
+    folds = make_fold_splits(config, log, progress)
     out = prepare_run_folder(out)
     config = tracked_together(config, out)  # --track: the folds are one MLflow parent run's children
-    rows = []
+    runs = []
     for number, assignment in enumerate(folds.assignments, start=1):
         name = f"fold-{number}"
         folder = out / name
@@ -88,14 +101,9 @@ def cross_validate(config: TrainConfig, progress: bool = True, log=print, pictur
             folder.mkdir(parents=True, exist_ok=True)
             write_split(folder, folds.samples, assignment, config.seed, config.split, fold=number,
                         folds=config.folds, split_by=config.split_by)
-        fold_config = dataclasses.replace(config, out=str(folder), split_file=str(folder / "split.csv"), folds=None)
-        if (folder / "metrics.json").is_file():
-            log(f"  finished earlier: {folder / 'metrics.json'}")
-        else:
-            fit(fold_config, resume=(folder / "last.pt").is_file(), progress=progress, pictures=pictures)
-        rows.append(run_row(name, folder))
-        write_fold_results(out, rows, config)
-    return summary(rows)
+        runs.append((name, folder, dataclasses.replace(config, out=str(folder), split_file=str(folder / "split.csv"),
+                                                       folds=None)))
+    return runs
 
 
 def summary(rows: list[dict]) -> dict:
@@ -149,23 +157,18 @@ def write_fold_results(out: Path, rows: list[dict], config: TrainConfig) -> None
 def sweep_folds(base: TrainConfig, grid: dict[str, list[str]], out: str | Path, progress: bool = True, log=print,
                 pictures=None) -> list[dict]:
     """Every grid point cross-validated into OUT/POINT/fold-1..K; OUT/results.md has mean ± std per point."""
-    keys = list(grid)
-    combos = [dict(zip(keys, values)) for values in itertools.product(*grid.values())] or [{}]
-    configs = [(run_name(c), build_config(c, base)) for c in combos]
-    for _, config in configs:
-        config.check()
-        refuse_out_inside_data(config, out)
+    configs = grid_configs(base, grid, out)
     out = Path(out)
     rows = []
     for number, (name, config) in enumerate(configs, start=1):
         log(f"[{number}/{len(configs)}] {name}")
         total = cross_validate(dataclasses.replace(config, out=str(out / name)), progress, log, pictures)
         rows.append({"run": name, **total, "results": str(out / name / "results.md")})
-        _write_sweep_results(out, rows, base)
+        write_sweep_results(out, rows, base)
     return rows
 
 
-def _write_sweep_results(out: Path, rows: list[dict], base: TrainConfig) -> None:
+def write_sweep_results(out: Path, rows: list[dict], base: TrainConfig) -> None:
     shown = _metrics_shown(rows)
     columns = ["run"] + [c for k, _ in shown for c in (k, k + "_std")] + ["results"]
     atomic_write_csv(out / "results.csv", columns, [[r.get(c) for c in columns] for r in rows])

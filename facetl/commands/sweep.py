@@ -45,14 +45,21 @@ def run_name(combo: dict[str, str]) -> str:
     return "_".join(f"{k}-{v}".replace(":", "").replace("/", "-").replace(",", "+") for k, v in combo.items()) or "base"
 
 
-def sweep(base: TrainConfig, grid: dict[str, list[str]], out: str | Path, progress: bool = True,
-          log=print, pictures=None) -> list[dict]:
+def grid_configs(base: TrainConfig, grid: dict[str, list[str]], out: str | Path) -> list[tuple[str, TrainConfig]]:
+    """Each point's (name, config), in grid order. Every combination is checked before the first one starts, or
+    a folder is made."""
     keys = list(grid)
     combos = [dict(zip(keys, values)) for values in itertools.product(*grid.values())] or [{}]
     configs = [(run_name(c), build_config(c, base)) for c in combos]
     for _, config in configs:
-        config.check()  # every combination is valid before the first one starts, or a folder is made
+        config.check()
         refuse_out_inside_data(config, out)
+    return configs
+
+
+def sweep(base: TrainConfig, grid: dict[str, list[str]], out: str | Path, progress: bool = True,
+          log=print, pictures=None) -> list[dict]:
+    configs = grid_configs(base, grid, out)
     created = not Path(out).exists()
     out = prepare_run_folder(out)
     try:
