@@ -79,7 +79,8 @@ def run_table_row(folder: Path, root: Path) -> dict:
                train_seconds=record.train_seconds if record else (sum(h["seconds"] or 0 for h in history) or None))
     if metrics is not None:
         row.update({m.key: _number(metrics.get(m.key)) for m in summary_metrics()})
-    row["state"] = _state(record, metrics, history)
+    damaged = record is None and (folder / "run.json").is_file()
+    row["state"] = "damaged" if damaged else _state(record, metrics, history)
     row["note"] = "; ".join(notes) or None
     return row
 
