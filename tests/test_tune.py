@@ -54,6 +54,15 @@ def test_tune_without_a_space_or_out_is_one_line(tmp_path, capsys):
     one_line_error(in_process(capsys, "tune", "--worker", str(tmp_path)), "no facetl tune study")
 
 
+def test_without_optuna_tune_says_what_to_install(tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "optuna", None)  # as if the extra were not installed
+    result = in_process(capsys, "tune", *TINY, "--space", "lr=log:1e-4:1e-2", "--out", str(tmp_path / "s"))
+    one_line_error(result, "pip install 'facetl[tune]'")
+    assert not (tmp_path / "s").exists()
+
+
 @needs_smiles
 def test_trials_are_run_folders_on_one_split_and_the_best_reruns_to_its_figure(tmp_path, capsys):
     study = tmp_path / "study"
