@@ -271,7 +271,10 @@ def run_worker(folder: str | Path, index: int = 0, progress: bool = False, log=p
     loaded = open_study(study, sampler_seed=study.base.seed + index)
     counted = tuple(getattr(optuna.trial.TrialState, s) for s in COUNTED)
     ran = 0
-    while len(loaded.get_trials(deepcopy=False, states=counted)) < study.trials:
+    while True:
+        optuna.storages.fail_stale_trials(loaded)  # a killed worker's trial: its heartbeat stopped, it is FAIL now
+        if len(loaded.get_trials(deepcopy=False, states=counted)) >= study.trials:
+            break
         # one trial a call: optimize keeps the trial's heartbeat and marks it FAIL on an error, which it re-raises
         loaded.optimize(lambda trial: run_trial(study, trial, progress, log, pictures), n_trials=1, catch=())
         ran += 1
