@@ -52,6 +52,12 @@ def test_tune_without_a_space_or_out_is_one_line(tmp_path, capsys):
     one_line_error(in_process(capsys, "tune", *TINY, "--space", "lr=log:1e-4:1e-2", "--space", "lr=1e-3",
                               "--out", str(tmp_path / "s")), "lr more than once")
     one_line_error(in_process(capsys, "tune", "--worker", str(tmp_path)), "no facetl tune study")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "best.yaml").write_text("my own notes\n")
+    one_line_error(in_process(capsys, "tune", *TINY, "--space", "lr=log:1e-4:1e-2", "--out", str(mine)),
+                   "holds files but no facetl tune study")
+    assert [p.name for p in mine.iterdir()] == ["best.yaml"] and (mine / "best.yaml").read_text() == "my own notes\n"
 
 
 def test_without_optuna_tune_says_what_to_install(tmp_path, capsys, monkeypatch):

@@ -72,7 +72,7 @@ def run_table_row(folder: Path, root: Path) -> dict:
     history = _attempt(lambda: read_history(folder), notes) or []
     record = _attempt(lambda: read_record(folder), notes) if (folder / "run.json").is_file() else None
     metrics = _attempt(lambda: read_metrics(folder), notes) if (folder / "metrics.json").is_file() else None
-    best_epoch = record.best_epoch if record else (min(history, key=lambda h: h["val_loss"] or 0)["epoch"]
+    best_epoch = record.best_epoch if record else (min(history, key=_loss)["epoch"]
                                                    if history else None)
     best = next((h for h in history if h["epoch"] == best_epoch), {})
     row.update(best_epoch=best_epoch, val_loss=best.get("val_loss"), val_acc=best.get("val_acc"),
@@ -83,6 +83,10 @@ def run_table_row(folder: Path, root: Path) -> dict:
     row["state"] = "damaged" if damaged else _state(record, metrics, history)
     row["note"] = "; ".join(notes) or None
     return row
+
+
+def _loss(row: dict) -> float:
+    return row["val_loss"] if row["val_loss"] is not None else float("inf")
 
 
 def _state(record, metrics, history) -> str:

@@ -179,6 +179,8 @@ def start_study(base: TrainConfig, space_items: list[str], out: str | Path, tria
     folder = Path(out).expanduser().resolve()
     default_storage = f"sqlite:///{folder / 'study.db'}"
     study = Study(folder, base, list(space_items), trials, storage or default_storage, folder.name, startup_trials)
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / "tune.json").is_file():
+        raise FacetlError(f"--out {folder} holds files but no facetl tune study; give a new or empty folder")
     if (folder / "tune.json").is_file():
         earlier = read_study(folder)
         if earlier.space != study.space or dump_yaml(earlier.base) != dump_yaml(base):
