@@ -160,7 +160,8 @@ def text_table(rows: list[dict], markdown: bool = False) -> str:
     headers = [c.header for c in shown]
     if markdown:
         lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-        return "\n".join(lines + ["| " + " | ".join(c.replace("|", "\\|") for c in line) + " |" for line in cells]) + "\n"
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in line) + " |" for line in cells]
+        return "\n".join(lines) + "\n"
     widths = [max(len(h), *(len(line[i]) for line in cells)) for i, h in enumerate(headers)]
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip()
                      for line in [headers, *cells]) + "\n"
