@@ -133,6 +133,16 @@ EXAMPLES = {
     "demo": [("facetl demo", "transfer learning in one command: frozen, then fine-tuned, from the best weights"),
              ("facetl demo --source faces", "the offline demo even where ImageNet weights are cached"),
              ("facetl demo --epochs 2 --limit 1000 --pretrain-epochs 2 --out runs/demo-quick", "a quick look")],
+    "runs": [("facetl runs runs/", "every run under runs/ as one table"),
+             ("facetl runs runs/study4 --sort roc_auc --out study4.md", "best ROC-AUC first, as a markdown table")],
+    "tune": [(f"facetl tune --data {SMILES} --weights auto --epochs 5 --space lr=log:1e-5:1e-2 "
+              "--space strategy=frozen,last-block,gradual --trials 30 --out runs/smile-tune",
+              "30 trials of a TPE search; bad ones pruned; runs/smile-tune/best.yaml"),
+             ("facetl train --config runs/smile-tune/best.yaml --out runs/smile-best",
+              "rerun the best trial's configuration"),
+             ("facetl tune --config configs/study4_smile_mobilenetv2.yaml --data ../shared/datasets/SMILEsmileD/SMILEs "
+              "--space lr=log:1e-5:1e-2 --trials 16 --parallel 2 --out runs/study4-tune",
+              "two worker processes sharing one study")],
     "serve": [("facetl serve runs/smile", "http://127.0.0.1:8000/"),
               ("facetl serve runs/smile --engine onnx --port 0", "the ONNX model, on any free port")],
 }
@@ -156,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="facetl", description="Transfer learning of face classifiers.")
     parser.add_argument("--version", action="version", version=f"facetl {installed_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    for add in (_add_training, _add_run_users, _add_explain, _add_data_tools, _add_tools, _add_serve):
+    for add in (_add_training, _add_run_users, _add_explain, _add_data_tools, _add_tools, _add_serve, _add_search):
         add(sub)
     for name, command in sub.choices.items():  # --help ends with examples, kept as written
         command.epilog, command.formatter_class = examples_epilog(name), argparse.RawDescriptionHelpFormatter
@@ -368,10 +378,41 @@ def _add_serve(sub) -> None:
     add_runtime_flags(serve)
 
 
+def _add_search(sub) -> None:
+    """runs and tune: which of many runs was best, and a search that learns from finished runs."""
+    runs = sub.add_parser("runs", help="every run folder under a folder as one table, sortable by any metric")
+    runs.add_argument("dir", metavar="DIR", help="a folder searched for run folders (sweeps, folds, tune studies)")
+    runs.add_argument("--sort", metavar="COLUMN", help="sort by this column, best first: descending for scores, "
+                                                      "ascending for losses and seconds (default: by path)")
+    runs.add_argument("--out", metavar="FILE", help="write the table to FILE.csv or FILE.md instead of printing it")
+    runs.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+    tune = sub.add_parser("tune", help="a search of the configuration (Optuna TPE, median pruning on validation "
+                                       "loss) on one split; every trial a run folder, the best one's config written")
+    add_config_flags(tune)
+    tune.add_argument("--space", action="append", default=[], metavar="KEY=SPEC",
+                      help="a key and where to search it: log:LOW:HIGH, float:LOW:HIGH, int:LOW:HIGH or A,B,C; "
+                           "repeat for more keys")
+    tune.add_argument("--trials", type=whole_number(1, 100_000), default=20, metavar="N",
+                      help="trials the study should have, counting earlier ones (default 20)")
+    tune.add_argument("--parallel", type=whole_number(1, 1024), default=1, metavar="N",
+                      help="worker processes on this machine sharing the study (default 1: trials run here)")
+    tune.add_argument("--storage", metavar="URL", help="Optuna RDB storage, e.g. postgresql://... for workers on "
+                                                       "several machines (default sqlite:///OUT/study.db)")
+    tune.add_argument("--startup-trials", type=whole_number(0, 100_000), default=5, metavar="N",
+                      help="trials that finish before the median pruner stops any (default 5)")
+    tune.add_argument("--worker", metavar="DIR", help="run as one worker of the study in DIR until it has its "
+                                                      "trials: what --parallel and cluster launchers start")
+    tune.add_argument("--worker-index", type=whole_number(0, 1_000_000), metavar="K",
+                      help="this worker's number; the sampler is seeded with --seed plus K (default "
+                           "$SLURM_ARRAY_TASK_ID, or 0)")
+
+
 # What an interrupted command keeps, and how to go on; a command not listed keeps nothing worth saying.
 INTERRUPTED = {"train": "finished epochs are kept (facetl train --resume RUN)",
                "sweep": "finished runs are kept; the same command goes on from there",
-               "faces": "the crops made so far are kept; the same command goes on from there"}
+               "faces": "the crops made so far are kept; the same command goes on from there",
+               "tune": "finished trials are kept in the study; the same command goes on from there"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -592,6 +633,40 @@ def sweep_status(args) -> int:
     return 0
 
 
+def cmd_runs(args) -> int:
+    from facetl.commands.runs import check_table_out, runs_table, text_table, write_table
+
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        check_table_out(out, args.overwrite)
+    rows = runs_table(args.dir, args.sort)
+    if out is None:
+        print(text_table(rows), end="")
+    else:
+        write_table(rows, out)
+        print(f"wrote {len(rows)} runs to {out}")
+    return 0
+
+
+def cmd_tune(args) -> int:
+    from facetl.commands.evaluate import training_pictures
+    from facetl.commands.tune import run_worker, tune, worker_index
+
+    if args.worker:
+        run_worker(args.worker, worker_index(args.worker_index), pictures=training_pictures)
+        return 0
+    config = config_from_args(args)
+    if not config.out:
+        raise FacetlError("tune needs --out DIR for its study, trials and best.yaml")
+    best = tune(config, args.space, config.out, args.trials, args.parallel, args.storage, args.startup_trials,
+                progress=sys.stderr.isatty(), pictures=training_pictures)
+    print((Path(config.out) / "trials.md").read_text(), end="")
+    if best is None:
+        raise FacetlError("no trial finished unpruned yet; rerun to go on, or raise --trials")
+    print(f"best: {best['run']} (val loss {best['val_loss']:.4f}); its config: {Path(config.out) / 'best.yaml'}")
+    return 0
+
+
 def cmd_predict(args) -> int:
     from facetl.inference.classifiers import open_classifier
     from facetl.outputs import refuse_inside_inputs
@@ -781,7 +856,8 @@ def cmd_serve(args) -> int:
 
 COMMANDS = {"faces": cmd_faces, "train": cmd_train, "evaluate": cmd_evaluate, "sweep": cmd_sweep, "predict": cmd_predict,
             "inspect": cmd_inspect, "cache": cmd_cache, "backbones": cmd_backbones, "demo": cmd_demo,
-            "export": cmd_export, "explain": cmd_explain, "serve": cmd_serve, "lr-find": cmd_lr_find}
+            "export": cmd_export, "explain": cmd_explain, "serve": cmd_serve, "lr-find": cmd_lr_find,
+            "runs": cmd_runs, "tune": cmd_tune}
 
 if __name__ == "__main__":
     sys.exit(main())
