@@ -10,6 +10,9 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 from facetl.cli import main
 
 ENV = dict(os.environ, PYTHONWARNINGS="ignore")
@@ -91,3 +94,11 @@ def _limit_files(limit: int) -> None:
     import resource
 
     resource.setrlimit(resource.RLIMIT_NOFILE, (limit, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
+
+def write_images(folder: Path, n: int, seed: int) -> None:
+    """n noise images of 24 px: a class folder for a run that only has to exist (a server's, a page's)."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(folder / f"{i:02d}.jpg")

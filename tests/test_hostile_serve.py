@@ -16,12 +16,11 @@ import socket
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from commandline import ServeProcess, in_process, one_line_error
+from commandline import ServeProcess, in_process, one_line_error, write_images
 from facetl.cli import main
 
 httpx = pytest.importorskip("httpx", reason="httpx is needed to talk to the server (pip install httpx)")
@@ -30,13 +29,6 @@ FILE_LIMIT = 512    # ulimit -n of the module's server: fewer than the silent cl
 SILENT = 600        # more silent clients than that limit: before the fix they took every file it had
 HEAD_SECONDS = 5    # the strict server's --header-timeout
 PARTIAL_HEAD = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Still-Typing: "
-
-
-def write_images(folder: Path, n: int, seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(folder / f"{i:02d}.jpg")
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from commandline import ServeProcess
+from commandline import ServeProcess, write_images
 from facetl.cli import main
 from facetl.data.faces.composite import background, box_iou, paste_faces
 
@@ -39,13 +39,6 @@ MAX_STREAMS = 2      # the server's --max-streams
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 # the clip's faces: centre x, centre y, side, angle, in a 640x480 frame (the page sends it at 320x240)
 PLACES = [(190, 250, 170, 4.0), (450, 230, 150, -5.0)]
-
-
-def write_images(folder: Path, n: int, seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(folder / f"{i:02d}.jpg")
 
 
 @pytest.fixture(scope="module")
