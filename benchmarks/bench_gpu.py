@@ -45,7 +45,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -257,10 +257,9 @@ def run_ceiling(case: Case, classes: int, device, budget: Budget, quick: bool) -
     part = TrainablePart(model, cut)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4, fused=device.type == "cuda") if params else None
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16)
 
     def step(x):
-        with autocast:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
             if frozen_only:
                 with torch.inference_mode():
                     return model(x)
@@ -292,7 +291,6 @@ def run_ceiling(case: Case, classes: int, device, budget: Budget, quick: bool) -
             break
         if best is None or rate > best["images_per_s"]:
             best = {"batch": batch, "images_per_s": rate}
-    del model, optimizer
     return {"kind": "forward only" if frozen_only else ("frozen prefix forward, " if cut else "") +
             "forward + backward + fused AdamW step", "batch_sizes": tried,
             "images_per_s": best["images_per_s"] if best else None, "best_batch": best["batch"] if best else None,
@@ -544,34 +542,49 @@ def facetl_rates(run: dict) -> dict:
 
 
 class GpuMemory:
-    """Highest GPU memory nvidia-smi shows for one process (its CUDA context and allocator cache included)."""
+    """Highest GPU memory nvidia-smi shows for one process (its CUDA context and allocator cache included). Where
+    nvidia-smi cannot see processes (in some containers), the card's used memory over what it was at the start."""
+
+    QUERIES = (["--query-compute-apps=pid,used_memory"], ["--query-gpu=memory.used"])
 
     def __init__(self, pid: int):
-        self.pid, self.peak, self._stop = pid, None, threading.Event()
+        self.pid, self.peak, self.card_peak, self._stop = pid, None, None, threading.Event()
+        self._thread = None
         if shutil.which("nvidia-smi"):
+            self.baseline = self._card()
             self._thread = threading.Thread(target=self._sample, daemon=True)
             self._thread.start()
-        else:
-            self._thread = None
+
+    def _query(self, fields: list[str]) -> list[list[str]]:
+        text = subprocess.run(["nvidia-smi", *fields, "--format=csv,noheader,nounits"], capture_output=True,
+                              text=True, timeout=5).stdout
+        return [[part.strip() for part in line.split(",")] for line in text.splitlines() if line.strip()]
+
+    def _card(self) -> int | None:
+        try:
+            return sum(int(row[0]) for row in self._query(self.QUERIES[1]))
+        except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+            return None
 
     def _sample(self):
         while not self._stop.is_set():
             try:
-                text = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory",
-                                       "--format=csv,noheader,nounits"], capture_output=True, text=True,
-                                      timeout=5).stdout
-                for line in text.splitlines():
-                    pid, used = (part.strip() for part in line.split(","))
+                for pid, used in self._query(self.QUERIES[0]):
                     if int(pid) == self.pid:
                         self.peak = max(self.peak or 0, int(used))
             except (OSError, ValueError, subprocess.SubprocessError):
                 pass
+            card = self._card()
+            if card is not None:
+                self.card_peak = max(self.card_peak or 0, card)
             self._stop.wait(0.25)
 
     def stop(self):
         self._stop.set()
         if self._thread:
             self._thread.join()
+        if self.peak is None and self.card_peak is not None and self.baseline is not None:
+            return self.card_peak - self.baseline
         return self.peak
 
 
