@@ -125,7 +125,7 @@ def batch_correct(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     if y.dim() == 2:
         observed = y >= 0
         right = (((p >= 0.5) == (y == 1)) & observed).sum()
-        return right.float() / observed.sum().clamp_min(1) * len(y)
+        return (right.float() / observed.sum().clamp_min(1)).to(sum_dtype(y)) * len(y)
     return (p.argmax(1) == y).sum().float()
 
 
