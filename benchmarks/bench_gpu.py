@@ -36,6 +36,7 @@ import argparse
 import csv
 import dataclasses
 import json
+import math
 import os
 import shlex
 import shutil
@@ -647,7 +648,7 @@ def environment(args, device) -> dict:
 # the report
 
 def rate(value) -> str:
-    return f"{value:,.0f}" if isinstance(value, (int, float)) and value == value else "-"
+    return f"{value:,.0f}" if isinstance(value, (int, float)) and math.isfinite(value) else "-"
 
 
 def seconds(value) -> str:
@@ -720,7 +721,8 @@ def render_markdown(results: dict) -> str:
              "that runs on the GPU: training images per second of epochs 2..N with validation taken out, or, for a "
              "frozen backbone whose features are cached, the frozen-feature pass (the slowest run of a grid)",
              "- peak GPU MiB: ceiling and plain, torch.cuda.max_memory_allocated; facetl, nvidia-smi's figure for its "
-             "process (CUDA context and allocator cache included)",
+             "process (CUDA context and allocator cache included), or where nvidia-smi cannot see processes, the "
+             "card's used memory over its level when facetl started",
              f"- status: {results['status']}", "",
              "| case | column | images/s | wall s | where the time goes | peak GPU MiB | status |",
              "|---|---|---|---|---|---|---|"]

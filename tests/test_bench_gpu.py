@@ -49,7 +49,7 @@ def every_case_and_column(results: dict, markdown: str) -> None:
 
 @needs_data
 def test_a_tiny_budget_stops_cleanly_and_writes_every_case_and_column(tmp_path):
-    done, results, markdown = bench(tmp_path / "out", "--budget-s", "1")
+    _, results, markdown = bench(tmp_path / "out", "--budget-s", "1")
     every_case_and_column(results, markdown)
     assert results["status"].startswith("stopped: budget spent")
     statuses = [column["status"] for case in results["cases"].values() for column in case.values()]
@@ -61,7 +61,7 @@ def test_a_tiny_budget_stops_cleanly_and_writes_every_case_and_column(tmp_path):
 @pytest.mark.slow  # about 2 minutes on an idle 2-core machine: 6 facetl processes and 12 small measurements
 def test_quick_measures_every_column_of_every_case_on_a_cpu(tmp_path):
     work = tmp_path / "work"
-    done, results, markdown = bench(tmp_path / "out", "--work", str(work))
+    _, results, markdown = bench(tmp_path / "out", "--work", str(work))
     every_case_and_column(results, markdown)
     assert results["status"] == "complete"
     for name, case in results["cases"].items():
@@ -82,7 +82,7 @@ def test_quick_measures_every_column_of_every_case_on_a_cpu(tmp_path):
 
 def test_the_recipe_chooses_a_batch_size_for_the_device_and_keeps_a_given_one():
     weights = StartingWeights("none")
-    on_cpu, lines = complete_recipe(TrainConfig(data="x"), weights, 10_000, "cpu")
+    on_cpu, _ = complete_recipe(TrainConfig(data="x"), weights, 10_000, "cpu")
     on_gpu, gpu_lines = complete_recipe(TrainConfig(data="x"), weights, 10_000, "cuda")
     assert on_cpu.batch_size == 32 and on_gpu.batch_size == 128
     assert "batch_size 128 (a GPU is kept busy only by larger batches)" in gpu_lines[-1]
