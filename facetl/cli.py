@@ -49,6 +49,10 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument("--no-cache", dest="cache", action="store_const", const=False,
                                 default=argparse.SUPPRESS, help="recompute everything; no decoded or feature cache")
             continue
+        if name == "compile":
+            parser.add_argument("--compile", dest="compile", action="store_const", const=True,
+                                default=argparse.SUPPRESS, help=HELP["compile"])
+            continue
         parser.add_argument(flag, dest=name, default=argparse.SUPPRESS, metavar=name.upper(),
                             nargs="+" if "list" in str(field.type) else None,
                             help=f"{HELP.get(name, '')} (default: {_default(name)})")
@@ -534,12 +538,15 @@ def _without_option(argv: list[str], option: str) -> list[str]:
     return out
 
 
-def _oom_guard(run, batch_size: int):
+def _oom_guard(run, batch_size: int | None):
     import torch
 
     try:
         return run()
     except torch.OutOfMemoryError:
+        if batch_size is None:  # the recipe's, said in the log
+            raise FacetlError("the GPU ran out of memory with the recipe's batch size (train.log says it); try "
+                              "a smaller --batch-size") from None
         raise FacetlError(f"the GPU ran out of memory with --batch-size {batch_size}; try "
                           f"--batch-size {max(1, batch_size // 2)}") from None
 

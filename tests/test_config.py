@@ -68,7 +68,7 @@ def test_yaml_file_with_byte_order_mark_loads(tmp_path):
 
 @pytest.mark.parametrize("key, value", [
     ("epochs", 2.5), ("epochs", True), ("epochs", "ten"), ("lr", "fast"), ("lr", False),
-    ("cache", "maybe"), ("split", 0.8), ("data", ["a", "b"]), ("batch_size", None),
+    ("cache", "maybe"), ("split", 0.8), ("data", ["a", "b"]), ("batch_size", "big"),
 ])
 def test_wrong_types_are_refused(key, value):
     with pytest.raises(ValueError):

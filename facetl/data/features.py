@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from facetl.data.augment import BatchAugment, normalize, to_float
+from facetl.data.augment import BatchAugment, normalize, read_rows, to_float
 from facetl.data.integrity import building_prefix, file_digest, problem_with, remove_stale_builds
 from facetl.data.store import ImageStore
 from facetl.preprocessing import Preprocessing
@@ -41,8 +41,8 @@ def to_stored(features: torch.Tensor, precision: str) -> np.ndarray:
     return features.to(torch.float16 if precision == "fp16" else torch.float32).cpu().numpy()
 
 
-def from_stored(array: np.ndarray, precision: str) -> torch.Tensor:
-    tensor = torch.from_numpy(array)
+def from_stored(array: np.ndarray | torch.Tensor, precision: str) -> torch.Tensor:
+    tensor = torch.from_numpy(array) if isinstance(array, np.ndarray) else array
     return tensor.view(torch.bfloat16) if precision == "bf16" else tensor
 
 
@@ -85,7 +85,7 @@ class ImageSource:
         self.description = ("frozen part computed every batch" if frozen.cut > 0 else "whole backbone trains")
 
     def batch(self, index: np.ndarray, generator: torch.Generator | None) -> torch.Tensor:
-        x = to_float(self.images[np.sort(index)][np.argsort(np.argsort(index))], self.device)
+        x = to_float(read_rows(self.images, index, self.device), self.device)
         return self.prepare(x, generator)
 
     def prepare(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -112,6 +112,7 @@ class FeatureSource:
         self.views = views            # 'plain' | 'flip' | 'random'
         self.device = device
         self.description = description
+        self.resident: torch.Tensor | None = None  # the whole cache in GPU memory (hold_on_device)
 
     def batch(self, index: np.ndarray, generator: torch.Generator | None) -> torch.Tensor:
         if generator is None or self.views == "plain":
@@ -122,11 +123,26 @@ class FeatureSource:
         else:
             view = torch.randint(self.extra_rows.shape[0], (len(index),), generator=generator).numpy()
             rows = self.extra_rows[view, index]
-        order = np.argsort(rows)  # read the memory map in file order, then put rows back in batch order
-        z = np.empty((len(rows),) + self.features.shape[1:], dtype=self.features.dtype)
-        z[order] = self.features[rows[order]]
-        z = from_stored(z, self.precision).to(self.device).float()
-        return z.contiguous(memory_format=torch.channels_last)
+        if self.resident is not None:  # held in GPU memory: gather there
+            z = self.resident[torch.as_tensor(rows).to(self.device, non_blocking=True)]
+        else:
+            z = from_stored(read_rows(self.features, rows, self.device), self.precision).to(self.device,
+                                                                                           non_blocking=True)
+        return z.float().contiguous(memory_format=torch.channels_last)
+
+    def hold_on_device(self) -> bool:
+        """Copy the whole cache into GPU memory when it takes at most a third of what is free there: every batch is
+        then gathered on the GPU, with no read of the file and no copy from the host. A CPU reads the memory map."""
+        if self.device.type != "cuda" or self.features.nbytes > torch.cuda.mem_get_info(self.device)[0] / 3:
+            return False
+        resident = torch.empty(self.features.shape, dtype=from_stored(np.array(self.features[:1]), self.precision).dtype,
+                               device=self.device)
+        step = max(1, (256 << 20) // max(self.features[:1].nbytes, 1))  # 256 MiB at a time through host memory
+        for start in range(0, len(self.features), step):
+            resident[start:start + step] = from_stored(np.array(self.features[start:start + step]), self.precision)
+        self.resident = resident
+        self.description += ", held in GPU memory"
+        return True
 
 
 @dataclass(frozen=True)
@@ -187,7 +203,9 @@ def open_feature_source(frozen: FrozenPart, request: FeatureRequest, preprocessi
         description += ", reused from cache"
     runtime.group.barrier()  # nobody trains on a cache that is still being written
     feats = np.memmap(final / "features.bin", dtype=store_dtype, mode="r", shape=shape)
-    return FeatureSource(feats, plain_row, extra_rows, views, runtime.device, description, precision.frozen)
+    source = FeatureSource(feats, plain_row, extra_rows, views, runtime.device, description, precision.frozen)
+    source.hold_on_device()
+    return source
 
 
 def _discard_if_damaged(final: Path) -> None:
@@ -260,7 +278,7 @@ def _compute_features(feats: np.ndarray, job: _FeatureJob, frozen: FrozenPart, r
     for view, index in job.jobs:
         for start in range(0, len(index), batch_size):
             batch = index[start:start + batch_size]
-            x = to_float(request.store.images[batch], device)
+            x = to_float(read_rows(request.store.images, batch, device), device)
             if view > 0 and job.views == "flip":
                 x = x.flip(3)
             elif view > 0:

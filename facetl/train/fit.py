@@ -143,6 +143,7 @@ class TrainingState:
     best: dict = field(default_factory=lambda: {"epoch": None, "score": None})
     start_epoch: int = 1
     train_seconds: float = 0.0
+    validation_seconds: float = 0.0  # of this invocation's epochs: validation (and precise batch norm) alone
 
 
 def default_out(config: TrainConfig) -> str:
@@ -214,7 +215,8 @@ def _fit(config: TrainConfig, ctx: RunContext, resume: bool, only_find_lr: bool 
     source = run_epochs(config, setup, source, state, ctx)
     state.record.wall_seconds = {"data and model": round(prepared - began, 1),
                                  "frozen features": round(cached - prepared, 1),
-                                 "training": round(time.perf_counter() - cached, 1)}
+                                 "training": round(time.perf_counter() - cached - state.validation_seconds, 1),
+                                 "validation": round(state.validation_seconds, 1)}
     result = dataclasses.replace(final_evaluation(config, setup, source, state, ctx), config=config)
     for observer in ctx.observers:
         observer.run_finished(ctx.folder, result.metrics)
@@ -246,7 +248,7 @@ def set_up(config: TrainConfig, ctx: RunContext, resume: bool) -> Setup:
                             class_names=samples.class_names)
         train_images = round(len(samples.paths) * config.split[0] if not config.limit else
                              config.limit * config.split[0])
-        config, recipe = complete_recipe(config, built.weights, train_images)
+        config, recipe = complete_recipe(config, built.weights, train_images, ctx.runtime.device.type)
         config.check()
         check_stages_unfreeze(config, built)
         data = prepare_data(data_spec(config), samples, built.preprocessing, ctx.folder, ctx.log, ctx.progress,
@@ -389,6 +391,8 @@ def _optimisation(config: TrainConfig, setup: Setup, ctx: RunContext, ema: Weigh
         device = runtime.device
         part = torch.nn.parallel.DistributedDataParallel(
             part, device_ids=[device.index] if device.type == "cuda" else None)
+    if config.compile:  # --compile: the trainable part's graph compiled once, then run fused (PyTorch's inductor)
+        part = torch.compile(part)
     optimizer = make_optimizer(config.optimizer, parameter_groups(built.model, config.lr, config.lr_decay,
                                                                   config.weight_decay))
     carry_state(previous.optimizer if previous else None, optimizer)
@@ -477,7 +481,7 @@ def run_epochs(config: TrainConfig, setup: Setup, source, state: TrainingState, 
             kept = "best.pt and last.pt keep the last good epoch" if state.history else "no epoch finished"
             raise FacetlError(f"stopped at epoch {epoch}: {exc}; {kept}") from None
         loss_sum, correct, seen = group.sum(sums["loss_sum"], sums["correct"], sums["seen"])
-        ema = state.opt.ema
+        ema, validating = state.opt.ema, time.perf_counter()
         with ema.applied(built.model) if ema is not None else nullcontext():  # validation scores the average
             if precise_bn:
                 recompute_batchnorm(TrainablePart(built.model, built.plan.cut), source, data.index("train"),
@@ -486,6 +490,7 @@ def run_epochs(config: TrainConfig, setup: Setup, source, state: TrainingState, 
             evaluated = ({k: v.detach().clone() for k, v in built.model.state_dict().items()}
                          if ema is not None else None)
         seconds = time.perf_counter() - began
+        state.validation_seconds += time.perf_counter() - validating
         row = {"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / seen, "val_loss": val["loss"],
                "val_acc": val["acc"], "lr": sums["lr"], "strategy": stage.strategy, "seconds": seconds}
         _end_epoch(config, state, row, ctx, evaluated)

@@ -92,25 +92,83 @@ class Optimisation:
 
 def train_one_epoch(opt: Optimisation, source, labels: np.ndarray, order: np.ndarray, generator: torch.Generator,
                     desc: str = "train", progress: bool = True) -> dict:
-    """Train over `order` in batches. Returns sums (loss, correct, seen) so that ranks can add theirs up."""
+    """Train over `order` in batches. Returns sums (loss, correct, seen) so that ranks can add theirs up.
+    Loss and right answers add up on the device and are read once, at the end: a read per step would make the
+    host wait for the GPU every batch (on a CPU it costs nothing, so there the loss is checked every step)."""
     opt.model.eval()  # the frozen prefix computes as it did for the feature cache (no dropout, no drop-path)
     opt.part.train()  # safe: frozen batch-norm layers were replaced by ones that a .train() call cannot unfreeze
-    total_loss, correct, seen, lrs = 0.0, 0, 0, []
+    sums, lrs = None, []
+    watch = FiniteWatch(check_every=1 if opt.precision.device.type == "cpu" else FINITE_CHECK_EVERY)
     for number, (start, stop) in enumerate(progress_bar(batch_bounds(len(order), opt.batch_size), desc=desc,
                                                         unit="batch", enabled=progress, summary=False), start=1):
         if opt.schedule is not None:
             lrs.append(opt.schedule(start / max(len(order), 1)))
         batch = order[start:stop]
         z = source.batch(batch, generator)
-        y = torch.as_tensor(labels[batch], device=z.device)
-        loss, logits = train_step(opt, z, y, number)
+        y = torch.as_tensor(labels[batch]).to(z.device, non_blocking=True)
+        loss, logits = train_step(opt, z, y, number, watch)
         if opt.ema is not None:
             opt.ema.update(opt.model)
-        total_loss += loss.item() * len(batch)
-        p = probabilities(logits.detach(), multi_attribute=y.dim() == 2)
-        correct += accuracy(p, y) * len(batch) if y.dim() == 2 else int((p.argmax(1) == y).sum())
-        seen += len(batch)
-    return {"loss_sum": total_loss, "correct": correct, "seen": seen, "lr": float(np.mean(lrs)) if lrs else None}
+        with torch.no_grad():
+            step = torch.stack([loss.detach() * len(batch), batch_correct(logits.detach(), y)]).to(sum_dtype(z))
+        sums = step if sums is None else sums + step
+    watch.check(opt)
+    loss_sum, correct = sums.tolist() if sums is not None else (0.0, 0)  # the epoch's one read of the device
+    return {"loss_sum": loss_sum, "correct": correct if labels.ndim == 2 else int(round(correct)), "seen": len(order),
+            "lr": float(np.mean(lrs)) if lrs else None}
+
+
+def batch_correct(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Right answers in a batch, as a device tensor: images (the most probable class); multi-attribute, the
+    batch's share of right observed labels times its size (as `accuracy`)."""
+    p = probabilities(logits, multi_attribute=y.dim() == 2)
+    if y.dim() == 2:
+        observed = y >= 0
+        right = (((p >= 0.5) == (y == 1)) & observed).sum()
+        return (right.float() / observed.sum().clamp_min(1)).to(sum_dtype(y)) * len(y)
+    return (p.argmax(1) == y).sum().float()
+
+
+def sum_dtype(t: torch.Tensor) -> torch.dtype:
+    """Epoch sums in float64 as Python's floats were (MPS has no float64)."""
+    return torch.float32 if t.device.type == "mps" else torch.float64
+
+
+FINITE_CHECK_EVERY = 50  # steps between reads of the non-finite flag on a GPU
+
+
+class FiniteWatch:
+    """Notes, on the device, the first batch whose loss was not finite, and raises NonFiniteLoss when read: every
+    step on a CPU (as soon as it happens), every `check_every` steps and at the end of an epoch on a GPU."""
+
+    def __init__(self, check_every: int):
+        self.check_every, self.first_bad, self.inputs_bad, self.steps = check_every, None, None, 0
+
+    def note(self, opt: Optimisation, loss: torch.Tensor, z: torch.Tensor, number: int) -> None:
+        bad = ~torch.isfinite(loss.detach())
+        if self.check_every == 1:
+            if bad:
+                raise NonFiniteLoss(f"the training loss became {loss.item()} at batch {number}"
+                                    f"{_why_not_finite(opt, not torch.isfinite(z).all())}")
+            return
+        unseen = bad & (self.first_bad == 0) if self.first_bad is not None else bad
+        number_t = torch.full_like(loss.detach(), number, dtype=torch.int64)
+        inputs_bad = ~torch.isfinite(z.detach()).all()
+        self.first_bad = torch.where(unseen, number_t, self.first_bad if self.first_bad is not None else
+                                     torch.zeros_like(number_t))
+        self.inputs_bad = torch.where(unseen, inputs_bad, self.inputs_bad if self.inputs_bad is not None else
+                                      torch.zeros_like(inputs_bad))
+        self.steps += 1
+        if self.steps % self.check_every == 0:
+            self.check(opt)
+
+    def check(self, opt: Optimisation) -> None:
+        if self.first_bad is None or self.check_every == 1:
+            return
+        first = int(self.first_bad)
+        if first:
+            raise NonFiniteLoss(f"the training loss became not finite at batch {first}"
+                                f"{_why_not_finite(opt, bool(self.inputs_bad), first == 1)}")
 
 
 def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
@@ -123,13 +181,14 @@ def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
     return bounds
 
 
-def train_step(opt: Optimisation, z: torch.Tensor, y: torch.Tensor, number: int = 1):
-    """One optimiser step on a batch; returns the loss and the logits."""
+def train_step(opt: Optimisation, z: torch.Tensor, y: torch.Tensor, number: int = 1,
+               watch: "FiniteWatch | None" = None):
+    """One optimiser step on a batch; returns the loss and the logits. A loss that is not finite stops training
+    (see FiniteWatch; without one it is checked now)."""
     with opt.precision.autocast():
         logits = opt.part(z).float()
     loss = loss_fn(logits, y, opt.class_weights, opt.label_smoothing)
-    if not torch.isfinite(loss):
-        raise NonFiniteLoss(f"the training loss became {loss.item()} at batch {number}{_why_not_finite(opt, z)}")
+    (watch or FiniteWatch(check_every=1)).note(opt, loss, z, number)
     opt.optimizer.zero_grad(set_to_none=True)
     opt.scaler.scale(loss).backward()
     opt.scaler.step(opt.optimizer)
@@ -153,31 +212,36 @@ class Evaluator:
     @torch.inference_mode()
     def __call__(self, index: np.ndarray, desc: str = "eval", progress: bool = True) -> dict:
         self.model.eval()
-        probs, raw, total_loss = [], [], 0.0
+        probs, raw, total_loss = [], [], None
         for start in progress_bar(range(0, len(index), self.batch_size), desc=desc, unit="batch",
                                   enabled=progress, summary=False):
             batch = index[start:start + self.batch_size]
             z = self.source.batch(batch, None)
-            y = torch.as_tensor(self.labels[batch], device=z.device)
+            y = torch.as_tensor(self.labels[batch]).to(z.device, non_blocking=True)
             with self.precision.autocast():
                 logits = self.model.forward_suffix(z, self.cut).float()
-            total_loss += loss_fn(logits, y, self.class_weights).item() * len(batch)
-            probs.append(probabilities(logits, self.temperature, self.labels.ndim == 2).cpu().numpy())
-            raw.append(logits.cpu().numpy())
-        probs = np.concatenate(probs) if probs else np.zeros((0, 2))
+            loss = loss_fn(logits, y, self.class_weights).to(sum_dtype(z)) * len(batch)
+            total_loss = loss if total_loss is None else total_loss + loss
+            probs.append(probabilities(logits, self.temperature, self.labels.ndim == 2))
+            raw.append(logits)
+        # one read of the device for the whole split, not one per batch
+        probs = torch.cat(probs).cpu().numpy() if probs else np.zeros((0, 2))
+        raw = torch.cat(raw).cpu().numpy() if raw else np.zeros((0, probs.shape[1]), dtype=np.float32)
+        total_loss = float(total_loss) if total_loss is not None else 0.0
         right = accuracy(probs, self.labels[index]) if len(index) else float("nan")
-        return {"loss": total_loss / max(len(index), 1), "acc": right, "probs": probs,
-                "logits": np.concatenate(raw) if raw else np.zeros((0, probs.shape[1]), dtype=np.float32)}
+        return {"loss": total_loss / max(len(index), 1), "acc": right, "probs": probs, "logits": raw}
 
 
-def _why_not_finite(opt: Optimisation, z: torch.Tensor) -> str:
+def _why_not_finite(opt: Optimisation, inputs_bad: bool, before_any_step: bool | None = None) -> str:
     """The likeliest cause, so the hint fits: inputs, weights, or steps too large for the learning rate."""
-    if not torch.isfinite(z).all():
+    if inputs_bad:
         fp16 = "; the frozen part overflowed in fp16: try --precision bf16 or fp32" if opt.precision.name == "fp16" \
             else "; check the images and the --weights file"
         return f": its inputs were already not finite{fp16}"
     broken = [n for n, p in opt.model.named_parameters() if not torch.isfinite(p).all()]
-    if broken and not any(opt.optimizer.state.values()):
+    if before_any_step is None:
+        before_any_step = not any(opt.optimizer.state.values())
+    if broken and before_any_step:
         return f": the starting weights hold NaN or inf ({broken[0]}); check the --weights file"
     return ": the steps grew too large; try a lower --lr"
 
