@@ -142,7 +142,11 @@ EXAMPLES = {
               "rerun the best trial's configuration"),
              ("facetl tune --config configs/study4_smile_mobilenetv2.yaml --data ../shared/datasets/SMILEsmileD/SMILEs "
               "--space lr=log:1e-5:1e-2 --trials 16 --parallel 2 --out runs/study4-tune",
-              "two worker processes sharing one study")],
+              "two worker processes sharing one study"),
+             ("facetl tune --config configs/study4_smile_mobilenetv2.yaml --data ../shared/datasets/SMILEsmileD/SMILEs "
+              "--space lr=log:1e-5:1e-2 --trials 32 --out runs/study4-tune --launcher slurm --parallel 4 "
+              "--partition gpu --gpus-per-run 1 --cpus-per-run 8 --time 240 --sbatch account=myproj",
+              "four workers as one SLURM job array")],
     "serve": [("facetl serve runs/smile", "http://127.0.0.1:8000/"),
               ("facetl serve runs/smile --engine onnx --port 0", "the ONNX model, on any free port")],
 }
