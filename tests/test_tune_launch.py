@@ -30,6 +30,23 @@ def test_bad_launcher_input_for_tune_is_one_line(capsys, tmp_path, monkeypatch):
     assert not (tmp_path / "study").exists()  # refused before the study was made
 
 
+@needs_smiles
+def test_a_worker_that_fails_is_one_line_naming_its_log(capsys, tmp_path, monkeypatch):
+    import sys
+
+    import facetl.commands.tune as tune
+
+    # a worker that dies before its first trial (a node without the data, a broken environment)
+    monkeypatch.setattr(tune, "worker_command", lambda folder, index=None: [
+        sys.executable, "-c", f"import sys; sys.exit('worker {index}: no such file: /scratch/faces')"])
+    study = tmp_path / "study"
+    result = in_process(capsys, "tune", *TINY, *SPACE, "--trials", "2", "--out", str(study), "--parallel", "2")
+    one_line_error(result, "worker-0 failed (exit code 1): worker 0: no such file: /scratch/faces",
+                   str(study / "workers" / "worker-0" / "launch.log"))
+    jobs = json.loads((study / "jobs.json").read_text())["jobs"]
+    assert {j["state"] for j in jobs.values()} == {"failed"}
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     try:
