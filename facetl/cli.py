@@ -146,7 +146,11 @@ EXAMPLES = {
               "rerun the best trial's configuration"),
              ("facetl tune --config configs/study4_smile_mobilenetv2.yaml --data ../shared/datasets/SMILEsmileD/SMILEs "
               "--space lr=log:1e-5:1e-2 --trials 16 --parallel 2 --out runs/study4-tune",
-              "two worker processes sharing one study")],
+              "two worker processes sharing one study"),
+             ("facetl tune --config configs/study4_smile_mobilenetv2.yaml --data ../shared/datasets/SMILEsmileD/SMILEs "
+              "--space lr=log:1e-5:1e-2 --trials 32 --out runs/study4-tune --launcher slurm --parallel 4 "
+              "--partition gpu --gpus-per-run 1 --cpus-per-run 8 --time 240 --sbatch account=myproj",
+              "four workers as one SLURM job array")],
     "serve": [("facetl serve runs/smile", "http://127.0.0.1:8000/"),
               ("facetl serve runs/smile --engine onnx --port 0", "the ONNX model, on any free port")],
 }
@@ -199,27 +203,31 @@ def _add_training(sub) -> None:
 
 def _add_launch_flags(sweep) -> None:
     """How a sweep's points run: in this process one after another, or as jobs (facetl.launch)."""
-    sweep.add_argument("--launcher", choices=["local", "slurm"],
-                       help="run each point as its own `facetl train` process: local (--parallel at once on this "
-                            "machine, the cores or GPUs divided between them) or slurm (one job array) "
-                            "(default: one after another in this process)")
-    sweep.add_argument("--parallel", type=whole_number(1, 1024), metavar="N",
-                       help="points at once (local: implies --launcher local; slurm: the array's parallelism) "
-                            "(default 1 locally, as many as SLURM allows on a cluster)")
+    add_launcher_flags(sweep, "point", "run each point as its own `facetl train` process",
+                       "points at once (local: implies --launcher local; slurm: the array's parallelism) "
+                       "(default 1 locally, as many as SLURM allows on a cluster)")
     sweep.add_argument("--nproc", type=whole_number(1, 1024), default=1, metavar="N",
                        help="train each point with N processes (torchrun inside its job; implies --launcher local)")
     sweep.add_argument("--status", metavar="DIR", help="show the jobs of the sweep in DIR and rebuild its results "
                                                        "table, then exit")
     sweep.add_argument("--detach", action="store_true",
                        help="slurm: return once the array is submitted (follow with --status)")
-    slurm = sweep.add_argument_group("SLURM (--launcher slurm)")
+
+
+def add_launcher_flags(parser, unit: str, what: str, parallel_help: str) -> None:
+    """--launcher, --parallel and the SLURM flags, shared by sweep (a job per point) and tune (a job per worker)."""
+    parser.add_argument("--launcher", choices=["local", "slurm"],
+                        help=f"{what}: local (--parallel at once on this machine, the cores or GPUs divided between "
+                             "them) or slurm (one job array) (default: in this process)")
+    parser.add_argument("--parallel", type=whole_number(1, 1024), metavar="N", help=parallel_help)
+    slurm = parser.add_argument_group("SLURM (--launcher slurm)")
     slurm.add_argument("--partition", help="the partition to submit to (default: the cluster's own)")
     slurm.add_argument("--time", type=whole_number(1, 525_600), default=60, metavar="MINUTES",
-                       help="each point's time limit in minutes (default 60)")
+                       help=f"each {unit}'s time limit in minutes (default 60)")
     slurm.add_argument("--gpus-per-run", type=whole_number(0, 64), default=0, metavar="N",
-                       help="GPUs each point's job asks for (default 0)")
+                       help=f"GPUs each {unit}'s job asks for (default 0)")
     slurm.add_argument("--cpus-per-run", type=whole_number(1, 1024), metavar="N",
-                       help="CPUs each point's job asks for; its threads follow (default: the cluster's, often 1)")
+                       help=f"CPUs each {unit}'s job asks for; its threads follow (default: the cluster's, often 1)")
     slurm.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE",
                        help="another sbatch option for every job, e.g. account=myproj or qos=short; repeat for more")
 
@@ -399,8 +407,9 @@ def _add_search(sub) -> None:
                            "repeat for more keys")
     tune.add_argument("--trials", type=whole_number(1, 100_000), default=20, metavar="N",
                       help="trials the study should have, counting earlier ones (default 20)")
-    tune.add_argument("--parallel", type=whole_number(1, 1024), default=1, metavar="N",
-                      help="worker processes on this machine sharing the study (default 1: trials run here)")
+    add_launcher_flags(tune, "worker", "run the trials in worker processes sharing the study",
+                       "workers sharing the study (local: at once on this machine, implies --launcher local; "
+                       "slurm: the job array's tasks) (default 1)")
     tune.add_argument("--storage", metavar="URL", help="Optuna RDB storage, e.g. postgresql://... for workers on "
                                                        "several machines (default sqlite:///OUT/study.db)")
     tune.add_argument("--startup-trials", type=whole_number(0, 100_000), default=5, metavar="N",
@@ -583,7 +592,9 @@ def cmd_sweep(args) -> int:
         raise FacetlError("sweep needs --out DIR for its runs and results table")
     config = tracked_together(config, config.out)  # --track: the points are one MLflow parent run's children
     grid = parse_grid(args.grid)
-    launcher = sweep_launcher(args, Path(config.out))
+    if args.detach and (args.launcher or "local") != "slurm":
+        raise FacetlError("--detach is for --launcher slurm (local jobs end with the sweep)")
+    launcher = launcher_from_flags(args, Path(config.out), implied_local=bool(args.parallel) or args.nproc > 1)
     if launcher is not None:
         from facetl.commands.sweep_jobs import launch_sweep
 
@@ -600,11 +611,10 @@ def cmd_sweep(args) -> int:
     return 0
 
 
-def sweep_launcher(args, out: Path):
-    """The launcher the sweep's flags ask for (facetl.launch), or None: one point after another in this process."""
-    launcher = args.launcher or ("local" if args.parallel or args.nproc > 1 else None)
-    if args.detach and launcher != "slurm":
-        raise FacetlError("--detach is for --launcher slurm (local jobs end with the sweep)")
+def launcher_from_flags(args, out: Path, implied_local: bool):
+    """The launcher --launcher and its flags ask for (facetl.launch), or None: the work runs in this process.
+    `implied_local`: flags that mean --launcher local when none is given (sweep's --parallel or --nproc)."""
+    launcher = args.launcher or ("local" if implied_local else None)
     if launcher == "local":
         from facetl.launch import LocalLauncher
 
@@ -665,8 +675,9 @@ def cmd_tune(args) -> int:
     config = config_from_args(args)
     if not config.out:
         raise FacetlError("tune needs --out DIR for its study, trials and best.yaml")
-    best = tune(config, args.space, config.out, args.trials, args.parallel, args.storage, args.startup_trials,
-                progress=sys.stderr.isatty(), pictures=training_pictures)
+    launcher = launcher_from_flags(args, Path(config.out), implied_local=(args.parallel or 1) > 1)
+    best = tune(config, args.space, config.out, args.trials, launcher, args.parallel or 1, args.storage,
+                args.startup_trials, progress=sys.stderr.isatty(), pictures=training_pictures)
     print((Path(config.out) / "trials.md").read_text(), end="")
     if best is None:
         raise FacetlError("no trial finished unpruned yet; rerun to go on, or raise --trials")

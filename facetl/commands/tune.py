@@ -12,8 +12,9 @@ trial-NNN/ (ordinary run folders), trials.csv and trials.md (every trial, PRUNED
 (the best trial's resolved config: `facetl train --config DIR/best.yaml --out NEW` reruns it).
 
 A worker is one command line, `python -m facetl tune --worker DIR [--worker-index K]` (worker_command): it runs
-trials until the study has its --trials. --parallel N starts N of them here; a launcher (a SLURM job array)
-starts the same command anywhere that sees DIR and the storage.
+trials until the study has its --trials. A launcher (facetl.launch) starts N of them: LocalLauncher on this
+machine (--parallel N), SlurmLauncher as one SLURM job array (--launcher slurm) on nodes that see DIR and the
+storage; DIR/jobs.json keeps their job ids and states, DIR/workers/worker-K/ their exit records (and local logs).
 """
 from __future__ import annotations
 
@@ -22,9 +23,7 @@ import fcntl
 import json
 import os
 import shutil
-import subprocess
 import sys
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +40,7 @@ SPACE_HELP = "write KEY=log:LOW:HIGH, KEY=float:LOW:HIGH, KEY=int:LOW:HIGH or KE
 INSTALL = "facetl tune needs Optuna: pip install 'facetl[tune]'"
 # trials that count towards --trials: a failed one (an error, a killed worker) is retried by the next
 COUNTED = ("COMPLETE", "PRUNED", "RUNNING", "WAITING")
+JOBS_FILE = "jobs.json"  # the workers' job ids and states, as a sweep keeps its points'
 
 
 @dataclass(frozen=True)
@@ -278,13 +278,14 @@ def run_worker(folder: str | Path, index: int = 0, progress: bool = False, log=p
         if len(loaded.get_trials(deepcopy=False, states=counted)) >= study.trials:
             break
         # one trial a call: optimize keeps the trial's heartbeat and marks it FAIL on an error, which it re-raises
-        loaded.optimize(lambda trial: run_trial(study, trial, progress, log, pictures), n_trials=1, catch=())
+        loaded.optimize(lambda trial: run_trial(study, trial, progress, log, pictures, index), n_trials=1,
+                        catch=())
         ran += 1
         write_results(study, loaded)
     return ran
 
 
-def run_trial(study: Study, trial, progress: bool, log, pictures) -> float:
+def run_trial(study: Study, trial, progress: bool, log, pictures, worker: int = 0) -> float:
     """One trial: its values on the base config, trained as the run folder DIR/trial-NNN on the study's split;
     the objective is the validation loss at the epoch the run selected."""
     from facetl.train.fit import fit
@@ -292,6 +293,7 @@ def run_trial(study: Study, trial, progress: bool, log, pictures) -> float:
     values = {d.key: d.suggest(trial) for d in study.dimensions}
     folder = study.folder / f"trial-{trial.number:03d}"
     trial.set_user_attr("run", folder.name)
+    trial.set_user_attr("worker", worker)  # which worker ran it (its log says more)
     log(f"trial {trial.number}: " + ", ".join(f"{k}={_shown(v)}" for k, v in values.items()) + f" -> {folder}")
     observer = PruneTrial(trial)
     with shared_split(study, folder) as split_file:
@@ -406,46 +408,54 @@ def _cell(value) -> str:
     return str(value)
 
 
-def worker_environment(index: int, workers: int) -> dict:
-    """A local worker's share of the machine: its own GPU when there are GPUs, else its share of the cores
-    (N workers each with every core run many times slower than one)."""
-    env = dict(os.environ)
-    import torch
+def launch_workers(study: Study, launcher, workers: int, log=print) -> list:
+    """Start `workers` workers of the study through `launcher` (facetl.launch: LocalLauncher dividing this
+    machine's cores or GPUs between them, or SlurmLauncher's one job array), say each trial as it ends, and
+    wait for them all. Their job ids and states are kept in DIR/jobs.json; a worker that did not finish is
+    one line naming its log."""
+    from facetl.launch import Job, JobBook
 
-    gpus = torch.cuda.device_count()
-    if gpus:
-        visible = [g for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()] or \
-            [str(g) for g in range(gpus)]
-        env["CUDA_VISIBLE_DEVICES"] = visible[index % len(visible)]
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    env["OMP_NUM_THREADS"] = str(max(1, cores // workers))
-    return env
+    book = JobBook(study.folder / JOBS_FILE, meta={"workers": workers, "launcher": launcher.name})
+    jobs = [Job(f"worker-{k}", worker_command(study.folder, k), study.folder / "workers" / f"worker-{k}")
+            for k in range(workers)]
 
+    def changed(status) -> None:
+        book.update(status)
+        if status.state != "running" or launcher.name != "local":  # a local worker runs at once: no news
+            log(f"{status.name}: {status.state} (job {status.job_id}"
+                f"{'; ' + status.detail if status.detail else ''})")
 
-def run_local_workers(study: Study, workers: int, log=print) -> None:
-    """Start `workers` worker processes here (each logging to DIR/worker-K.log), say each trial as it ends,
-    and wait for them all. A worker that fails is one line naming its log."""
-    processes = []
-    try:
-        for index in range(workers):
-            with open(study.folder / f"worker-{index}.log", "ab") as out:
-                processes.append(subprocess.Popen(worker_command(study.folder, index), stdout=out,
-                                                  stderr=subprocess.STDOUT, env=worker_environment(index, workers)))
-        log(f"{workers} workers share the study; their logs: {study.folder}/worker-*.log")
-        loaded, said = open_study(study), set()
-        while any(p.poll() is None for p in processes):
-            time.sleep(2)
-            said |= _say_finished(loaded, said, log)
-        _say_finished(loaded, said, log)
-    finally:
-        for process in processes:  # interrupted: the workers stop too (their finished trials are kept)
-            if process.poll() is None:
-                process.terminate()
-                process.wait()
-    failed = [i for i, p in enumerate(processes) if p.returncode]
+    log(f"{workers} worker{'s' if workers > 1 else ''} ({launcher.name}) share the study; their logs: "
+        f"{study.folder / 'workers'}" + (f" and {study.folder / 'slurm'}" if launcher.name == "slurm" else ""))
+    with telling_trials(study, log):
+        statuses = launcher.wait(launcher.launch(jobs, changed), changed)
+    failed = [s for s in statuses if s.state != "finished"]
     if failed:
-        last = _last_line(study.folder / f"worker-{failed[0]}.log")
-        raise FacetlError(f"worker {failed[0]} failed: {last} (see {study.folder}/worker-{failed[0]}.log)")
+        first = failed[0]
+        raise FacetlError(f"{first.name} {first.state} ({first.detail or 'no detail'}): "
+                          f"{_last_line(Path(first.log))} (see {first.log})")
+    return statuses
+
+
+@contextmanager
+def telling_trials(study: Study, log):
+    """While the workers run (elsewhere), say each trial of the study as it ends, from a thread here."""
+    import threading
+
+    loaded, said, stop = open_study(study), set(), threading.Event()
+
+    def follow() -> None:
+        while not stop.wait(2):
+            said.update(_say_finished(loaded, said, log))
+
+    thread = threading.Thread(target=follow, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        _say_finished(loaded, said, log)
 
 
 def _say_finished(loaded, said: set, log) -> set:
@@ -459,18 +469,23 @@ def _say_finished(loaded, said: set, log) -> set:
 
 
 def _last_line(path: Path) -> str:
-    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    """A failed worker's last words: its log's last line (submitit keeps stderr apart, in the .err beside it)."""
+    lines = []
+    for log in (path.with_suffix(".err"), path) if path.suffix == ".out" else (path,):
+        if log.is_file():
+            lines += [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
     return lines[-1][:200] if lines else "no output"
 
 
-def tune(base: TrainConfig, space_items: list[str], out: str | Path, trials: int, parallel: int = 1,
+def tune(base: TrainConfig, space_items: list[str], out: str | Path, trials: int, launcher=None, workers: int = 1,
          storage: str | None = None, startup_trials: int = 5, progress: bool = False, log=print,
          pictures=None) -> dict | None:
-    """Start or continue DIR's study, run its trials (here, or in `parallel` worker processes), and write
-    trials.csv, trials.md and best.yaml. Returns the best trial (None when no trial finished)."""
+    """Start or continue DIR's study, run its trials (here, or in `workers` workers started through
+    `launcher`), and write trials.csv, trials.md and best.yaml. Returns the best trial (None when no trial
+    finished)."""
     study = start_study(base, space_items, out, trials, storage, startup_trials)
-    if parallel > 1:
-        run_local_workers(study, parallel, log)
+    if launcher is not None:
+        launch_workers(study, launcher, workers, log)
     else:
         run_worker(study.folder, 0, progress, log, pictures)
     return write_results(study, open_study(study))
