@@ -67,6 +67,8 @@ NONE_MEANS = {"warmup": "0", "patience": "off", "ema": "off"}
 def _default(name: str) -> str:
     if name in RECIPE_KEYS and getattr(DEFAULTS, name) is None:
         return "the recipe's choice for the situation, said in the log"
+    if getattr(DEFAULTS, name) == []:  # a list key left empty (--track): nothing, said as a word
+        return "none"
     return NONE_MEANS.get(name, str(getattr(DEFAULTS, name))) if getattr(DEFAULTS, name) is None else \
         str(getattr(DEFAULTS, name))
 
