@@ -96,3 +96,17 @@ def tiny_folder_dataset(tmp_path) -> Path:
         for i in range(10):
             write_image(root / name / f"{i:02d}.jpg", 16, seed=100 * c + i)
     return root
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """A real single-node SLURM cluster (tests/slurm_cluster.py) for one test module, stopped after it; where it
+    cannot start, the module's SLURM tests skip and say why."""
+    from slurm_cluster import ClusterUnavailable, SlurmCluster
+
+    try:
+        running = SlurmCluster(tmp_path_factory.mktemp("slurm")).start()
+    except ClusterUnavailable as exc:
+        pytest.skip(f"no SLURM cluster here: {exc}")
+    yield running
+    running.stop()

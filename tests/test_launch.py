@@ -17,7 +17,6 @@ import pytest
 from commandline import in_process, one_line_error
 from facetl.launch.local import available_cores
 from conftest import write_image
-from slurm_cluster import ClusterUnavailable, SlurmCluster
 
 TINY = ["--weights", "none", "--img-size", "32", "--epochs", "1", "--strategy", "full", "--batch-size", "8"]
 GRID = ["--grid", "lr=1e-3,1e-2", "--grid", "dropout=0.5,0.2"]
@@ -83,16 +82,6 @@ def test_parallel_local_sweep_trains_each_point_in_its_own_process_on_one_split(
                        "--launcher", "local", "--parallel", "2")
     assert again.returncode == 0 and again.stdout.count("finished earlier") == 2
     assert "launching" not in again.stdout
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    try:
-        running = SlurmCluster(tmp_path_factory.mktemp("slurm")).start()
-    except ClusterUnavailable as exc:
-        pytest.skip(f"no SLURM cluster here: {exc}")
-    yield running
-    running.stop()
 
 
 def wait_until(condition, timeout: float = 180, every: float = 0.2):

@@ -13,7 +13,6 @@ import threading
 import pytest
 
 from commandline import in_process, one_line_error
-from slurm_cluster import ClusterUnavailable, SlurmCluster
 from test_fit import needs_smiles
 from test_tune import TINY, selected_val_loss, trials
 
@@ -45,16 +44,6 @@ def test_a_worker_that_fails_is_one_line_naming_its_log(capsys, tmp_path, monkey
                    str(study / "workers" / "worker-0" / "launch.log"))
     jobs = json.loads((study / "jobs.json").read_text())["jobs"]
     assert {j["state"] for j in jobs.values()} == {"failed"}
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    try:
-        running = SlurmCluster(tmp_path_factory.mktemp("slurm")).start()
-    except ClusterUnavailable as exc:
-        pytest.skip(f"no SLURM cluster here: {exc}")
-    yield running
-    running.stop()
 
 
 def watch_queue(cluster, seen: list, done) -> None:
