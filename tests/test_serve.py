@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from commandline import ServeProcess
+from commandline import ServeProcess, headless_chromium
 from facetl.cli import main
 from facetl.data.faces.composite import background, box_iou, paste_faces
 from facetl.data.folders import find_images
@@ -32,7 +32,6 @@ httpx = pytest.importorskip("httpx", reason="httpx is needed to talk to the serv
 
 UPLOAD_MB = 1  # the module's server refuses bodies over 1 MiB, so "too big" is cheap to send
 ASTRONAUT_FACE = (180.0, 60.0, 89.0, 114.0)  # x, y, w, h of her face (MTCNN's box, checked by eye)
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
 
 def linked(files: list[Path], folder: Path) -> None:
@@ -255,20 +254,12 @@ def test_model_cards_health_and_api_description(server, runs):
 
 
 def test_page_in_a_real_browser(server, astronaut, tmp_path):
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
+    driver = headless_chromium("--hide-scrollbars", window="1280,860")
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    if not CHROMIUM.is_file() or not CHROMEDRIVER.is_file():
-        pytest.skip(f"{CHROMIUM} or {CHROMEDRIVER} not found (apt-get install chromium chromium-driver)")
     photo = tmp_path / "astronaut.jpg"
     photo.write_bytes(astronaut)
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,860",
-                 "--hide-scrollbars"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=str(CHROMEDRIVER)))
     try:
         driver.get(server.url)
         wait = WebDriverWait(driver, 60)

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from commandline import ServeProcess, write_images
+from commandline import ServeProcess, headless_chromium, write_images
 from facetl.cli import main
 from facetl.data.faces.composite import background, box_iou, paste_faces
 
@@ -36,7 +36,6 @@ HEAD_SECONDS = 2     # the server's --header-timeout: a stream must outlive it
 # (two workers), so it asks for half of that: answers keep flowing, one frame at a time, and stay recent.
 MIN_ANSWERS_PER_SECOND, MAX_P95_MS = 4, 500
 MAX_STREAMS = 2      # the server's --max-streams
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 # the clip's faces: centre x, centre y, side, angle, in a 640x480 frame (the page sends it at 320x240)
 PLACES = [(190, 250, 170, 4.0), (450, 230, 150, -5.0)]
 
@@ -296,12 +295,9 @@ def write_y4m(path: Path, frames: list[np.ndarray], fps: int = 30) -> None:
 def test_the_page_reads_a_camera_in_a_real_browser(server, crops, tmp_path):
     """chromium's fake camera plays a clip of two faces swaying 12 px either way; the page draws the server's
     boxes on the video and counts answers a second and latency."""
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    if not CHROMIUM.is_file() or not CHROMEDRIVER.is_file():
-        pytest.skip(f"{CHROMIUM} or {CHROMEDRIVER} not found (apt-get install chromium chromium-driver)")
     clip, truths = tmp_path / "clip.y4m", []
     frames = []
     for i in range(30):
@@ -309,13 +305,8 @@ def test_the_page_reads_a_camera_in_a_real_browser(server, crops, tmp_path):
         frames.append(photo)
         truths.append(truth)
     write_y4m(clip, frames)
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,900",
-                 "--use-fake-device-for-media-stream", f"--use-file-for-fake-video-capture={clip}",
-                 "--use-fake-ui-for-media-stream"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=str(CHROMEDRIVER)))
+    driver = headless_chromium("--use-fake-device-for-media-stream", f"--use-file-for-fake-video-capture={clip}",
+                               "--use-fake-ui-for-media-stream")
     try:
         driver.get(server.url)
         wait = WebDriverWait(driver, 60)
