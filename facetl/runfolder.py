@@ -18,17 +18,28 @@ from facetl.config import is_number
 from facetl.errors import FacetlError
 
 
+def temporary_beside(path: Path, suffix: str = ".tmp") -> tuple[int, str]:
+    """A new hidden file beside `path` (mkstemp's descriptor and name), for `publish` to rename to `path` once
+    it is complete: a reader never sees a half-written file under the final name."""
+    # the temporary name is capped: a legal 250-byte name plus mkstemp's additions would pass NAME_MAX (255)
+    return tempfile.mkstemp(prefix=f".{path.name[:100]}.", suffix=suffix, dir=path.parent)
+
+
+def publish(tmp: str | Path, path: str | Path) -> None:
+    """A complete temporary file (`temporary_beside`) takes its final name."""
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600: others on a shared filesystem could not read
+    os.replace(tmp, path)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
-    # the temporary name is capped: a legal 250-byte name plus mkstemp's additions would pass NAME_MAX (255)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:100]}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temporary_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600: others on a shared filesystem could not read
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

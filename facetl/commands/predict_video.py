@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -30,7 +29,7 @@ from facetl.inference.video import FramePipeline, TrackedFace
 from facetl.outputs import inside, mirrored_names
 from facetl.progress import progress_bar
 from facetl.preprocessing import FaceAlignment
-from facetl.runfolder import atomic_write_csv, csv_text
+from facetl.runfolder import atomic_write_csv, csv_text, publish, temporary_beside
 
 FRAME_COLUMNS = ["path", "frame", "time_s", "track", "x", "y", "w", "h", "detection_score"]
 # Video frames are searched for faces on a copy at most this long (unless the run's alignment says less; photos:
@@ -242,7 +241,7 @@ class StreamedCsv:
 
     def __init__(self, path: Path, header: list[str]):
         self.path = path
-        fd, self.tmp = tempfile.mkstemp(prefix=f".{path.name[:100]}.", suffix=".tmp", dir=path.parent)
+        fd, self.tmp = temporary_beside(path)
         self.file = os.fdopen(fd, "w", encoding="utf-8", newline="")
         self.file.write(csv_text(header, []))
         self.rows = 0
@@ -254,10 +253,7 @@ class StreamedCsv:
 
     def finish(self) -> None:
         self.file.close()
-        mask = os.umask(0o022)
-        os.umask(mask)
-        os.chmod(self.tmp, 0o666 & ~mask)
-        os.replace(self.tmp, self.path)
+        publish(self.tmp, self.path)
 
     def abort(self) -> None:
         self.file.close()

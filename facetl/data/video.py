@@ -9,7 +9,6 @@ browser plays, written under a temporary name and renamed into place only when c
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -17,6 +16,7 @@ from typing import Iterator
 import numpy as np
 
 from facetl.errors import FacetlError
+from facetl.runfolder import publish, temporary_beside
 
 VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp",
                     ".ts", ".mts", ".m2ts", ".ogv", ".y4m"}
@@ -131,7 +131,7 @@ class VideoWriter:
         self.path = Path(path)
         # yuv420p halves the colour planes: H.264 wants even sides, so an odd last row or column is dropped
         self.width, self.height = width - width % 2, height - height % 2
-        fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name[:100]}.", suffix=".tmp.mp4", dir=self.path.parent)
+        fd, self._tmp = temporary_beside(self.path, suffix=".tmp.mp4")
         os.close(fd)
         # faststart: the index goes first, so a browser plays the file while it downloads
         self._container = av.open(self._tmp, mode="w", format="mp4", options={"movflags": "+faststart"})
@@ -163,8 +163,7 @@ class VideoWriter:
             for packet in self._stream.encode():
                 self._container.mux(packet)
             self._container.close()
-            os.chmod(self._tmp, 0o644)
-            os.replace(self._tmp, self.path)
+            publish(self._tmp, self.path)
         except BaseException:
             self.abort()
             raise
