@@ -89,7 +89,7 @@ class TrainConfig:
     # tracking, only when asked (facetl/track): rank 0 logs the run to TensorBoard and/or MLflow
     track: list[str] = field(default_factory=list)  # tensorboard, mlflow
     track_dir: str | None = None         # TensorBoard event folder; None: the run folder
-    tracking_uri: str | None = None      # MLflow; None: sqlite:///mlflow.db in the folder holding the run or sweep
+    tracking_uri: str | None = None      # MLflow; None: sqlite:///mlflow.db inside the sweep's folder or the run's
     track_group: str | None = None       # the sweep's or folds' folder: its runs are children of one MLflow run
 
     def check(self) -> None:
@@ -265,8 +265,8 @@ HELP = {
     "track": "log the run to tensorboard and/or mlflow (comma separated; needs pip install 'facetl[track]')",
     "track_dir": "TensorBoard: write event files to DIR/RUN instead of the run folder",
     "tracking_uri": "MLflow tracking URI, e.g. sqlite:///mlflow.db (relative to the current folder) or "
-                    "http://host:5000 (None: sqlite:///mlflow.db in the folder that holds the run, or the sweep's "
-                    "or folds' folder)",
+                    "http://host:5000 (None: sqlite:///mlflow.db inside the sweep's or folds' folder, or inside the "
+                    "run folder)",
     "track_group": "the folder whose runs are one MLflow parent run's children (sweep and --folds set it)",
 }
 

@@ -62,16 +62,20 @@ def empty_store(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def store_beside(empty_store):
-    """Put an empty store where a run in `folder` finds it by default (beside the run)."""
-    return lambda folder: shutil.copy(empty_store, folder / "mlflow.db")
+def store_in(empty_store):
+    """Put an empty store where the run or set in `folder` finds it by default (inside it)."""
+    def put(folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(empty_store, folder / "mlflow.db")
+    return put
 
 
 @pytest.fixture(scope="module")
 def tracked(tmp_path_factory, empty_store) -> Path:
-    """A 2-epoch run tracked by both, through the command line; its MLflow store is beside it (the default)."""
+    """A 2-epoch run tracked by both, through the command line; its MLflow store is inside it (the default)."""
     root = tmp_path_factory.mktemp("tracked")
-    shutil.copy(empty_store, root / "mlflow.db")
+    (root / "run").mkdir()
+    shutil.copy(empty_store, root / "run" / "mlflow.db")
     result = in_process(_NoCapsys(), "train", *TINY, "--epochs", "2", "--out", str(root / "run"),
                         "--track", "tensorboard,mlflow")
     assert result.returncode == 0, result
@@ -104,7 +108,7 @@ def test_tensorboard_reads_every_epochs_validation_loss_with_the_hparams_in_the_
 @needs_smiles
 def test_mlflow_reads_params_every_epochs_metrics_and_the_report_of_a_train(tracked):
     run = tracked / "run"
-    client, runs = mlflow_runs(tracked / "mlflow.db")
+    client, runs = mlflow_runs(tracked / "run" / "mlflow.db")
     assert len(runs) == 1
     mlrun = runs[0]
     assert mlrun.info.status == "FINISHED" and mlrun.info.run_name == "run"
@@ -120,13 +124,13 @@ def test_mlflow_reads_params_every_epochs_metrics_and_the_report_of_a_train(trac
 
 @pytest.mark.slow  # two runs, or a run through MLflow's HTTP client; make test-all
 @needs_smiles
-def test_a_resumed_run_continues_the_same_tracked_run(tmp_path, capsys, store_beside):
-    store_beside(tmp_path)
+def test_a_resumed_run_continues_the_same_tracked_run(tmp_path, capsys, store_in):
+    store_in(tmp_path / "run")
     out = str(tmp_path / "run")
     assert in_process(capsys, "train", *TINY, "--epochs", "1", "--out", out, "--track", "tensorboard,mlflow"
                       ).returncode == 0
     assert in_process(capsys, "train", "--resume", out, "--epochs", "2").returncode == 0
-    client, runs = mlflow_runs(tmp_path / "mlflow.db")
+    client, runs = mlflow_runs(tmp_path / "run" / "mlflow.db")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "val_loss")] == [1, 2]
     assert event_folders(tmp_path) == {tmp_path / "run"}
@@ -134,12 +138,13 @@ def test_a_resumed_run_continues_the_same_tracked_run(tmp_path, capsys, store_be
 
 
 @needs_smiles
-def test_a_sweeps_points_are_children_of_one_parent_run(tmp_path, capsys, store_beside):
-    store_beside(tmp_path)
+def test_a_sweeps_points_are_children_of_one_parent_run(tmp_path, capsys, store_in):
+    store_in(tmp_path / "grid")
     result = in_process(capsys, "sweep", *TINY, "--epochs", "1", "--grid", "lr=0.01,0.001",
                         "--out", str(tmp_path / "grid"), "--track", "mlflow")
     assert result.returncode == 0, result.err
-    client, runs = mlflow_runs(tmp_path / "mlflow.db")
+    assert not (tmp_path / "mlflow.db").exists()  # nothing beside the sweep's --out
+    client, runs = mlflow_runs(tmp_path / "grid" / "mlflow.db")
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(parents) == 1 and parents[0].info.run_name == "grid"
@@ -177,10 +182,10 @@ class BreakArtifacts:
 
 
 @needs_smiles
-def test_a_tracker_failing_mid_run_warns_once_and_the_run_and_other_tracker_finish(tmp_path, store_beside):
-    store_beside(tmp_path)
+def test_a_tracker_failing_mid_run_warns_once_and_the_run_and_other_tracker_finish(tmp_path, store_in):
+    store_in(tmp_path / "run")
     config = tiny(tmp_path, "run", epochs=2, track=["tensorboard", "mlflow"])
-    result = fit(config, progress=False, quiet=True, observers=[BreakArtifacts(tmp_path / "mlartifacts")])
+    result = fit(config, progress=False, quiet=True, observers=[BreakArtifacts(tmp_path / "run" / "mlartifacts")])
     warnings = [line for line in (result.folder / "train.log").read_text().splitlines() if "tracking stopped" in line]
     assert len(warnings) == 1 and "MLflow" in warnings[0]
     assert (result.folder / "metrics.json").is_file()
@@ -226,9 +231,9 @@ def test_an_unwritable_tracking_place_is_one_line_before_any_run_folder(tmp_path
 
 @pytest.mark.slow  # two training processes at once; make test-all
 @needs_smiles
-def test_parallel_runs_of_one_set_agree_on_one_parent_run(tmp_path, store_beside):
+def test_parallel_runs_of_one_set_agree_on_one_parent_run(tmp_path, store_in):
     """Two points of one sweep started at the same moment (a parallel or SLURM launcher) nest under one parent."""
-    store_beside(tmp_path)
+    store_in(tmp_path)
     group = tmp_path / "grid"
     group.mkdir()
     runs = [subprocess.Popen([sys.executable, "-m", "facetl", "train", *TINY, "--epochs", "1",
@@ -247,13 +252,13 @@ def test_parallel_runs_of_one_set_agree_on_one_parent_run(tmp_path, store_beside
 
 @pytest.mark.slow  # two processes under torchrun; make test-all
 @needs_smiles
-def test_only_rank_0_of_a_distributed_run_logs(tmp_path, store_beside):
-    store_beside(tmp_path)
+def test_only_rank_0_of_a_distributed_run_logs(tmp_path, store_in):
+    store_in(tmp_path / "run")
     result = facetl("train", "--nproc", "2", *TINY, "--epochs", "2", "--batch-size", "8", "--out",
                     str(tmp_path / "run"), "--track", "tensorboard,mlflow")
     assert result.returncode == 0, result.stderr
     assert "2 processes" in (tmp_path / "run" / "train.log").read_text()
     assert len(list(tmp_path.rglob("events.out.tfevents.*"))) == 1
-    client, runs = mlflow_runs(tmp_path / "mlflow.db")
+    client, runs = mlflow_runs(tmp_path / "run" / "mlflow.db")
     assert len(runs) == 1
     assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "val_loss")] == [1, 2]

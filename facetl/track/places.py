@@ -71,10 +71,10 @@ def event_folder(config: TrainConfig) -> Path:
 
 def tracking_uri(config: TrainConfig) -> str:
     """--tracking-uri, a relative SQLite path made absolute (the run may be resumed elsewhere); by default an SQLite
-    database beside the run or its set: `facetl train --out runs/a` and `facetl sweep --out runs/grid` share
-    runs/mlflow.db."""
+    database inside the output it was given, never beside it: a sweep's or folds' folder (one store for the set),
+    or the run folder. Runs of several commands share a store when --tracking-uri names one."""
     if config.tracking_uri is None:
-        return "sqlite:///" + str(set_folder(config).parent / DEFAULT_DB)
+        return "sqlite:///" + str(set_folder(config) / DEFAULT_DB)
     path = local_path(config.tracking_uri)
     if path is None:
         return config.tracking_uri
