@@ -23,8 +23,12 @@ def runs(tmp_path_factory):
     fit(small(root / "study", "b", lr=0.0001, split_file=split, **tiny), progress=False, quiet=True)
     unfinished = root / "study" / "killed"
     unfinished.mkdir()
-    for name in ("config.yaml", "history.csv"):
+    for name in ("config.yaml", "history.csv", "train.log"):
         shutil.copy(first / name, unfinished / name)
+    copies = root / "study" / "mlartifacts" / "0" / "artifacts"  # MLflow's copies of a run's files are no run
+    copies.mkdir(parents=True)
+    for name in ("config.yaml", "history.csv", "metrics.json", "report.md"):
+        shutil.copy(first / name, copies / name)
     damaged = root / "study" / "damaged"
     shutil.copytree(first, damaged)
     (damaged / "run.json").write_text('{"title": "half a record')
@@ -46,7 +50,7 @@ def test_every_run_under_a_folder_is_one_row_with_its_state_and_damage_as_a_note
     lines = result.stdout.splitlines()
     assert lines[0].split()[:3] == ["run", "backbone", "strategy"] and "val loss" in lines[0]
     rows = {line.split()[0]: line for line in lines[1:]}
-    assert set(rows) == {"a", "study/b", "study/killed", "study/damaged"}  # an evaluation or notes folder is no run
+    assert set(rows) == {"a", "study/b", "study/killed", "study/damaged"}  # evaluations, notes, MLflow copies: no runs
     assert rows["a"].rstrip().endswith("finished") and "0.01" in rows["a"]
     assert f"{history_val(runs / 'a', 'val_loss'):.4f}" in rows["a"]
     assert "unfinished" in rows["study/killed"]

@@ -43,8 +43,9 @@ def columns() -> list[Column]:
 
 
 def is_run_folder(folder: Path) -> bool:
-    """A folder training made: its config.yaml is written first, run.json last (an evaluation's folder has neither)."""
-    return (folder / "config.yaml").is_file() or (folder / "run.json").is_file()
+    """A folder training made: run.json is written last; before it, config.yaml beside train.log. (An evaluation's
+    folder has neither, and MLflow's copies of a run's files, under mlartifacts/, have no train.log.)"""
+    return (folder / "run.json").is_file() or ((folder / "config.yaml").is_file() and (folder / "train.log").is_file())
 
 
 def find_runs(root: Path) -> list[Path]:
