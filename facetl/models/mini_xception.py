@@ -42,11 +42,17 @@ INPUT = dict(input_size=64, mean=(0.5,) * 3, std=(0.5,) * 3, colour="grey", fram
 
 
 class SamePool(nn.Module):
-    """Keras MaxPooling2D(3, strides=2, padding='same'): the padding splits with the extra pixel after."""
+    """Keras MaxPooling2D(3, strides=2, padding='same'): the padding splits with the extra pixel after. An even
+    side pads 0 + 1 (PyTorch's ceil mode: the last window runs over the edge), an odd one 1 + 1."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2], x.shape[-1]
+        if height % 2 == 0 and width % 2 == 0:
+            return F.max_pool2d(x, 3, 2, ceil_mode=True)
+        if height % 2 == 1 and width % 2 == 1:
+            return F.max_pool2d(x, 3, 2, padding=1)
         pads = []
-        for side in (x.shape[-1], x.shape[-2]):  # F.pad takes the last dimension first
+        for side in (width, height):  # a non-square odd/even mix: pad explicitly, with -inf that never wins
             total = max((math.ceil(side / 2) - 1) * 2 + 3 - side, 0)
             pads += [total // 2, total - total // 2]
         return F.max_pool2d(F.pad(x, pads, value=-math.inf), 3, 2)
@@ -54,6 +60,31 @@ class SamePool(nn.Module):
 
 def _bn(channels: int) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels, eps=EPSILON, momentum=0.01)  # Keras momentum 0.99 is PyTorch's 0.01
+
+
+def conv_bn(x: torch.Tensor, conv: nn.Conv2d, bn: nn.Module) -> torch.Tensor:
+    """bn(conv(x)); with fixed statistics (eval mode, or frozen by a strategy) as one convolution whose weights
+    carry the normalisation: the same numbers, one pass over the feature map fewer (the frozen-feature cache
+    of all of SMILEsmileD is memory-bound on a CPU)."""
+    if bn.training and isinstance(bn, nn.BatchNorm2d):
+        return bn(conv(x))
+    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+    shift = bn.bias - bn.running_mean * scale
+    return F.conv2d(x, conv.weight * scale.view(-1, 1, 1, 1), shift, conv.stride, conv.padding, conv.dilation,
+                    conv.groups)
+
+
+class StemConv(nn.Module):
+    """A 3x3 'valid' convolution, batch norm and ReLU."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, bias=False)
+        self.bn = _bn(cout)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(conv_bn(x, self.conv, self.bn))
 
 
 class ResidualUnit(nn.Module):
@@ -64,7 +95,7 @@ class ResidualUnit(nn.Module):
         self.depthwise1 = nn.Conv2d(cin, cin, 3, padding=1, groups=cin, bias=False)
         self.pointwise1 = nn.Conv2d(cin, cout, 1, bias=False)
         self.bn1 = _bn(cout)
-        self.relu = nn.ReLU()
+        self.relu = nn.ReLU(inplace=True)
         self.depthwise2 = nn.Conv2d(cout, cout, 3, padding=1, groups=cout, bias=False)
         self.pointwise2 = nn.Conv2d(cout, cout, 1, bias=False)
         self.bn2 = _bn(cout)
@@ -73,15 +104,14 @@ class ResidualUnit(nn.Module):
         self.shortcut_bn = _bn(cout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        branch = self.relu(self.bn1(self.pointwise1(self.depthwise1(x))))
-        branch = self.pool(self.bn2(self.pointwise2(self.depthwise2(branch))))
-        return branch + self.shortcut_bn(self.shortcut(x))
+        branch = self.relu(conv_bn(self.depthwise1(x), self.pointwise1, self.bn1))
+        branch = self.pool(conv_bn(self.depthwise2(branch), self.pointwise2, self.bn2))
+        return branch + conv_bn(x, self.shortcut, self.shortcut_bn)
 
 
 def build_features() -> nn.Sequential:
     """features[0], [1]: the stem's two convolutions; [2:6]: the residual units (the last block is [5])."""
-    units = [nn.Sequential(nn.Conv2d(3, STEM, 3, bias=False), _bn(STEM), nn.ReLU()),
-             nn.Sequential(nn.Conv2d(STEM, STEM, 3, bias=False), _bn(STEM), nn.ReLU())]
+    units = [StemConv(3, STEM), StemConv(STEM, STEM)]
     cin = STEM
     for cout in WIDTHS:
         units.append(ResidualUnit(cin, cout))
@@ -206,8 +236,8 @@ def load_keras_weights(backbone: Backbone, path: Path) -> dict:
         kernel = _conv(model, f"conv2d_{i + 1}")
         if i == 0:  # one grey channel -> three, weighted as PIL makes grey
             kernel = kernel * torch.tensor(GREY).view(1, 3, 1, 1)
-        _copy(units[i][0].weight, kernel, f"conv2d_{i + 1}")
-        _bn_from(model, f"batch_normalization_{i + 1}", units[i][1])
+        _copy(units[i].conv.weight, kernel, f"conv2d_{i + 1}")
+        _bn_from(model, f"batch_normalization_{i + 1}", units[i].bn)
     for k, unit in enumerate(units[2:], start=1):
         for j, (depthwise, pointwise) in enumerate(((unit.depthwise1, unit.pointwise1),
                                                     (unit.depthwise2, unit.pointwise2))):

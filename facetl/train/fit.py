@@ -459,6 +459,8 @@ def run_epochs(config: TrainConfig, setup: Setup, source, state: TrainingState, 
     if precise_bn and state.start_epoch == 1:
         ctx.log("batch norm: statistics recomputed over training images before each validation (no pretraining; "
                 "--precise-bn off to skip)")
+    if config.epochs == 0 and not state.history:
+        _keep_starting_model(config, setup, evaluator, state, ctx)
     for epoch in range(state.start_epoch, config.epochs + 1):
         if _early_stop(config, state, epoch - 1, ctx):
             break
@@ -497,6 +499,19 @@ def run_epochs(config: TrainConfig, setup: Setup, source, state: TrainingState, 
         if _observer_stop(state, row, ctx):
             break
     return source
+
+
+def _keep_starting_model(config: TrainConfig, setup: Setup, evaluator: Evaluator, state: TrainingState,
+                         ctx: RunContext) -> None:
+    """--epochs 0: no training. The starting model (e.g. a pretrained classifier as head: --head fer2013:happy) is
+    validated and saved as epoch 0, so evaluate, predict, serve and export use it as any run."""
+    ctx.log("--epochs 0: no training; the starting weights and head are validated, saved and tested as they are")
+    began = time.perf_counter()
+    val = evaluate_split(evaluator, setup.data.index("val"), "validate", ctx)
+    row = {"epoch": 0, "train_loss": float("nan"), "train_acc": float("nan"), "val_loss": val["loss"],
+           "val_acc": val["acc"], "lr": 0.0, "strategy": setup.built.plan.strategy,
+           "seconds": time.perf_counter() - began}
+    _end_epoch(config, state, row, ctx)
 
 
 def enter_stage(config: TrainConfig, setup: Setup, stage: Stage, state: TrainingState, ctx: RunContext):
