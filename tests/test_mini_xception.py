@@ -101,19 +101,20 @@ def test_port_reproduces_the_keras_models_softmax_on_24_faces(fer2013, smiles):
     assert len({int(np.argmax(p)) for p in expected}) > 1  # the faces are not all one expression
 
 
-def test_zero_shot_happy_ranks_every_smilesmiled_smile(fer2013, smiles):
-    """No training: P(happy) alone, on all 13,165 images (whole, 64x64 grey, [-1, 1]), ranks smiles with
-    ROC-AUC >= 0.93 (the wheel's quantized tflite gave 0.939 on 400 + 400 of them)."""
-    files = [(p, 1) for p in sorted((smiles / "positives").rglob("*.jpg"))] + \
-            [(p, 0) for p in sorted((smiles / "negatives").rglob("*.jpg"))]
+def test_zero_shot_happy_ranks_smilesmiled_smiles(fer2013, smiles):
+    """No training: P(happy) alone ranks smiles with ROC-AUC >= 0.93, on every 4th image of SMILEsmileD (923
+    smiles, 2,369 not; whole, 64x64 grey, [-1, 1]). Measured once on all 13,165: 0.943, and from 0.936 to 0.951 on
+    each of the every-4th, -5th and -8th slices; the wheel's quantized tflite gave 0.939 on 400 + 400."""
+    files = [(p, 1) for p in sorted((smiles / "positives").rglob("*.jpg"))][::4] + \
+            [(p, 0) for p in sorted((smiles / "negatives").rglob("*.jpg"))][::4]
     model, happy = original_model("happy"), []
-    for start in range(0, len(files), 1024):
+    for start in range(0, len(files), 512):
         grey = np.stack([np.asarray(Image.open(p).convert("L").resize((64, 64)), dtype=np.uint8)
-                         for p, _ in files[start:start + 1024]])
+                         for p, _ in files[start:start + 512]])
         with torch.no_grad():
             happy.append(torch.sigmoid(model(as_input(grey)))[:, 0].numpy())
     labels = np.array([label for _, label in files])
-    assert labels.sum() >= 3000 and (1 - labels).sum() >= 9000
+    assert labels.sum() >= 900 and (1 - labels).sum() >= 2300
     assert roc_auc_score(labels, np.concatenate(happy)) >= 0.93
 
 
