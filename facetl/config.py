@@ -27,7 +27,8 @@ AUGMENTATIONS = ("flip", "jitter", "rotate", "shift", "scale", "none")
 BOUNDS = (("epochs", 0, 100_000), ("batch_size", 1, 65_536), ("lr", 0, 10.0), ("cache_views", 0, 64),
           ("img_size", 8, 2048), ("limit", 10, 100_000_000), ("min_face", 1, 10_000), ("workers", 1, 256),
           ("seed", 0, 2**32 - 1), ("folds", 2, 100), ("patience", 1, 100_000))
-STRATEGY_HELP = "frozen | last-block | from:K (layer index or module name) | full | gradual"
+STRATEGY_HELP = ("frozen | last-block | from:K (layer index or module name) | full | gradual | auto (the recipe "
+                 "picks from the weights and the data's size)")
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,8 @@ class TrainConfig:
                                                      or not 0 <= float(arg) <= 90)):
                 problems.append(f"augment: unknown augmentation {aug!r} (flip, jitter, rotate[:DEGREES], "
                                 "shift[:PIXELS], scale[:PERCENT] with an amount from 0 to 90, none)")
-        if not (self.strategy in ("frozen", "last-block", "full", "gradual") or self.strategy.startswith("from:")):
+        if not (self.strategy in ("frozen", "last-block", "full", "gradual", "auto")
+                or self.strategy.startswith("from:")):
             problems.append(f"strategy: {self.strategy!r} is not one of {STRATEGY_HELP}")
         if self.unfreeze is not None:
             problems += unfreeze_problems(self.unfreeze, self.epochs)

@@ -222,6 +222,22 @@ def test_the_recipe_treats_packaged_face_weights_as_pretrained(strategy, lr, dec
     assert none.lr == 2e-3 and "rotate:10" in none.augment
 
 
+@pytest.mark.parametrize("weights, images, strategy", [
+    (StartingWeights("packaged", "fer2013", PACKAGED["fer2013"].describe()), 1_000, "frozen"),
+    (StartingWeights("packaged", "fer2013", PACKAGED["fer2013"].describe()), 10_000, "gradual"),
+    (StartingWeights("imagenet"), 1_000, "frozen"), (StartingWeights("imagenet"), 10_000, "gradual"),
+    (StartingWeights("none"), 10_000, "full"),
+])
+def test_strategy_auto_is_picked_from_the_weights_and_the_datas_size(weights, images, strategy):
+    config, lines = complete_recipe(TrainConfig(data="x", strategy="auto"), weights, images)
+    assert config.strategy == strategy
+    assert f"strategy {strategy} (" in lines[-1] and f"{images:,} training images" in lines[-1]
+    if strategy == "gradual":
+        assert config.unfreeze == "1:frozen,2:full" and config.lr == 1e-3 and config.lr_decay == 0.5
+    if strategy == "frozen":
+        assert config.lr == 3e-3 and config.epochs == 30
+
+
 # ---------------------------------------------------------------- a zero-shot smile run
 
 

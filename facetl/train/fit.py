@@ -243,12 +243,16 @@ def set_up(config: TrainConfig, ctx: RunContext, resume: bool) -> Setup:
             config = resumed_recipe(config)
         # a resumed gradual run is rebuilt as its last finished epoch trained, optimiser included; the next epoch
         # then takes its unfreezing step as an uninterrupted run would
+        automatic = config.strategy == "auto"  # the recipe picks it once the weights are known: built frozen till then
         built = build_model(config, len(samples.class_names), ctx.log,
-                            strategy=first_strategy(config, checkpoint["epoch"] if checkpoint else 1),
+                            strategy="frozen" if automatic else first_strategy(config, checkpoint["epoch"] if checkpoint
+                                                                               else 1),
                             class_names=samples.class_names)
         train_images = round(len(samples.paths) * config.split[0] if not config.limit else
                              config.limit * config.split[0])
         config, recipe = complete_recipe(config, built.weights, train_images, ctx.runtime.device.type)
+        if automatic:
+            built.plan = apply_strategy(built.model, first_strategy(config, 1))
         config.check()
         check_stages_unfreeze(config, built)
         data = prepare_data(data_spec(config), samples, built.preprocessing, ctx.folder, ctx.log, ctx.progress,
