@@ -348,13 +348,13 @@ def _add_tools(sub) -> None:
     demo.add_argument("--data", metavar="DIR",
                       help="class folders to transfer to (default: SMILEsmileD with ImageNet; offline, the "
                            "celebrities the pretraining did not see)")
-    demo.add_argument("--epochs", type=whole_number(*RANGE["epochs"]),
+    demo.add_argument("--epochs", type=whole_number(1, RANGE["epochs"][1]),
                       help="epochs per transfer run (default: study 4's 10 with ImageNet, "
                            "configs/demo_identity_transfer.yaml's otherwise)")
     demo.add_argument("--limit", type=whole_number(*RANGE["limit"]),
                       help="images to transfer to (default: all with ImageNet, configs/demo_identity_transfer.yaml's "
                            "otherwise)")
-    demo.add_argument("--pretrain-epochs", type=whole_number(*RANGE["epochs"]),
+    demo.add_argument("--pretrain-epochs", type=whole_number(1, RANGE["epochs"][1]),
                       help="epochs of the pretraining on faces (default: configs/demo_pretrain_gender.yaml's)")
     demo.add_argument("--pretrain-limit", type=whole_number(*RANGE["limit"]),
                       help="face images to pretrain on (default: configs/demo_pretrain_gender.yaml's)")

@@ -76,6 +76,8 @@ def complete_recipe(config: TrainConfig, weights: StartingWeights, train_images:
     choose("optimizer", "adamw", "decoupled weight decay")
     choose("weight_decay", 0.05 if not pretrained else 0.01,
            "random weights need regularising" if not pretrained else "light: the weights start somewhere good")
+    if now("epochs") == 0:  # nothing trains: views the feature cache would compute for training are waste
+        choose("augment", ["none"], "--epochs 0: nothing trains")
     if not pretrained:
         choose("lr", 2e-3, "random weights take large steps")
         choose("epochs", min(max(round(200_000 / max(train_images, 1)), 15), 40),
