@@ -126,6 +126,17 @@ def test_happy_against_the_rest_is_the_originals_probability(fer2013):
     torch.testing.assert_close(one_logit, softmax)
 
 
+@pytest.mark.parametrize("strategy", ["full", "gradual"])
+def test_fine_tuning_every_layer_runs_to_the_end(fer2013, tiny_folder_dataset, tmp_path, strategy):
+    """Training the whole backbone (channels-last, as facetl trains): once crashed the process with a corrupted
+    heap in PyTorch's backward of the strided 1x1 shortcut on 8 channels."""
+    run = tmp_path / "run"
+    result = run_facetl("train", "--data", str(tiny_folder_dataset), "--backbone", "mini_xception", "--weights",
+                        "fer2013", "--strategy", strategy, "--epochs", "2", "--batch-size", "8", "--out", str(run))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "epoch   2/2" in (run / "train.log").read_text() and (run / "metrics.json").is_file()
+
+
 # ---------------------------------------------------------------- the file, and where it comes from
 
 
