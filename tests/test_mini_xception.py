@@ -217,6 +217,19 @@ def test_fetch_gets_the_pinned_file_into_the_cache(isolated_cache):
                    "fer2013, dlib")
 
 
+def test_the_weights_framing_decides_how_faces_are_cut(monkeypatch):
+    """--faces detect cuts faces as the weights were trained (FER: a grey face box), once the face cutter knows
+    that framing (the template "box" of facetl/data/faces); a backbone that declares none keeps the default."""
+    from facetl.data.faces import TEMPLATES
+    from facetl.models.classifier import resolve_preprocessing
+
+    monkeypatch.setitem(TEMPLATES, "box", TEMPLATES["arcface"])
+    fer = resolve_preprocessing(TrainConfig(data="x", backbone="mini_xception", weights="fer2013", faces="detect"))
+    assert (fer.size, fer.colour, fer.faces.template) == (64, "grey", "box")
+    other = resolve_preprocessing(TrainConfig(data="x", backbone="mobilenet_v2", weights="none", faces="detect"))
+    assert (other.colour, other.faces.template) == ("rgb", "arcface")
+
+
 # ---------------------------------------------------------------- the recipe
 
 
