@@ -78,12 +78,14 @@ def facetl(*args: str) -> None:
 def peak_rss(*args: str) -> tuple[float, float]:
     """`facetl ARGS` in a fresh process: (its peak resident memory in MiB, its wall seconds)."""
     start = time.monotonic()
-    process = subprocess.Popen([sys.executable, "-m", "facetl", *args], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)  # this child's own rusage, not every child's so far
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        raise SystemExit(f"facetl {' '.join(args)} failed ({process.returncode}):\n{process.stderr.read()[-2000:]}")
+    with tempfile.TemporaryFile("w+") as errors:  # a file, not a pipe: the progress bar would fill a pipe
+        process = subprocess.Popen([sys.executable, "-m", "facetl", *args], stdout=subprocess.DEVNULL,
+                                   stderr=errors)
+        _, status, usage = os.wait4(process.pid, 0)  # this child's own rusage, not every child's so far
+        process.returncode = os.waitstatus_to_exitcode(status)
+        if process.returncode != 0:
+            errors.seek(0)
+            raise SystemExit(f"facetl {' '.join(args)} failed ({process.returncode}):\n{errors.read()[-2000:]}")
     return usage.ru_maxrss / 1024, time.monotonic() - start
 
 
@@ -105,6 +107,7 @@ def main() -> None:
                   f"{clip.stat().st_size / 2**20:.1f} MiB", flush=True)
             for every in args.every:
                 out = folder / f"out{seconds}-{every}"
+                out.mkdir()
                 peaks[seconds, every] = peak_rss("predict", str(run), str(clip), "--every", str(every),
                                                  "--out", str(out / "frames.csv"), "--annotate", str(out))
         print("\npeak RSS (MiB) of `facetl predict RUN clip --annotate DIR --out CSV`, 1080p:")

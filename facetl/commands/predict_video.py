@@ -325,11 +325,12 @@ def _one_video(pipeline: FramePipeline, path: Path, target: Path | None, request
     with VideoReader(path) as video:
         result = VideoResult(path, annotated=target)
         job = _VideoJob(pipeline, str(path), table, summary, target, video.info.fps, result)
-        batch = batch_frames(video.info, request.every, target is not None)
+        batch = None  # from the first frame's size
         bar = progress_bar(total=video.info.frames, desc=path.name, unit="frames", enabled=request.progress)
         pending = []  # (frame, analysed?): a batch's analysed frames, and (annotating) the frames after its first
         try:
             for frame in video:
+                batch = batch or batch_frames(frame.pixels.nbytes, request.every, target is not None)
                 if frame.index % request.every == 0:
                     pending.append((frame, True))
                     if sum(a for _, a in pending) == batch:
@@ -353,14 +354,13 @@ def _one_video(pipeline: FramePipeline, path: Path, target: Path | None, request
     return job.result
 
 
-def batch_frames(info, every: int, annotating: bool) -> int:
+def batch_frames(frame_bytes: int, every: int, annotating: bool) -> int:
     """Analysed frames per batch. Annotating, a batch holds the frames between its analysed ones until it is
     analysed: (batch - 1) * every + 1 frames, kept under HELD_BYTES (one analysed frame at a time when --every
     is long), so memory does not grow with --every or with the video's length."""
     if not annotating:
         return BATCH_FRAMES
-    frame_bytes = max(info.width * info.height * 3, 1)
-    return max(1, min(BATCH_FRAMES, HELD_BYTES // (frame_bytes * every)))
+    return max(1, min(BATCH_FRAMES, HELD_BYTES // (max(frame_bytes, 1) * every)))
 
 
 class _VideoJob:
