@@ -128,10 +128,14 @@ class VideoReader:
         return np.ascontiguousarray(np.rot90(pixels, k=turns))
 
     def _ends_early(self, frames: int, seconds: float) -> str | None:
-        """Why the file ended before it says it should: fewer frames than announced (MP4 records a count), or
-        frames that stop well before the recorded duration (more than two frames and 50 ms short)."""
-        if self.info.frames and frames < self.info.frames:
-            return self._where(frames, f"the file ends early ({self.info.frames} frames announced)")
+        """Why the file ended before it says it should: fewer frames than announced (MP4 records a count), or,
+        in a file that records no count (MKV, WebM), frames that stop well before the recorded duration (more
+        than two frames and 50 ms short). A count, when there is one, is exact: a variable-rate video's long
+        last frame does not make it look short."""
+        if self.info.frames:
+            if frames < self.info.frames:
+                return self._where(frames, f"the file ends early ({self.info.frames} frames announced)")
+            return None
         duration = self._recorded_seconds()
         if duration is not None and duration - seconds > 2 / self.info.fps + 0.05:
             return self._where(frames, f"the file ends early ({duration:.2f} s recorded)")
