@@ -53,7 +53,7 @@ class Frame:
 
 @dataclass(frozen=True)
 class VideoInfo:
-    width: int            # as shown: a phone's portrait video, stored turned, is narrower than high
+    width: int            # as shown once the first frame is read (a phone's portrait video is stored turned)
     height: int
     fps: float            # the stream's average rate (25 when the file does not say)
     frames: int | None    # as the container says: an estimate, None when unknown
