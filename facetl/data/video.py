@@ -6,8 +6,8 @@ FacetlError line each; a file that breaks part way keeps the frames decoded so f
 stopped (`VideoReader.stopped`): a decoding error, fewer frames than an MP4 announces, or frames that end
 well before the duration the file records (an MKV or WebM records no frame count, but it does record its
 duration). Frames come upright, as a player shows them: a phone's rotation (the display matrix) is applied.
-The annotated video is H.264 in MP4 with yuv420p pixels, what every
-browser plays, written under a temporary name and renamed into place only when complete.
+The annotated video is H.264 in MP4 with yuv420p pixels, what every browser plays, written under a
+temporary name and renamed into place only when complete.
 """
 from __future__ import annotations
 
