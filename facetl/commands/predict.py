@@ -174,14 +174,15 @@ def _attribute_table(result: Predictions) -> tuple[list[str], list[list]]:
     return header, rows
 
 
-def annotation_names(sources: list[str]) -> list[str]:
-    """Each photo's annotated image inside DIR: its path below the folder all the photos share, as
-    NAME.annotated.png (a/x.jpg and b/x.jpg stay apart as a/x... and b/x...); photos that differ only in
-    their extension keep it (x.jpg.annotated.png, x.png.annotated.png). Distinct photos, distinct files."""
+def annotation_names(sources: list[str], ending: str = ".annotated.png") -> list[str]:
+    """Each photo's (or video's: `ending` .annotated.mp4) annotated file inside DIR: its path below the folder
+    all of them share, as NAME.annotated.png (a/x.jpg and b/x.jpg stay apart as a/x... and b/x...); files that
+    differ only in their extension keep it (x.jpg.annotated.png, x.png.annotated.png). Distinct inputs,
+    distinct files."""
     mirrored = mirrored_names(sources)
-    plain = [PurePosixPath(m).with_suffix("").as_posix() + ".annotated.png" for m in mirrored]
+    plain = [PurePosixPath(m).with_suffix("").as_posix() + ending for m in mirrored]
     clashes = Counter(name.casefold() for name in plain)
-    return unique_names([m + ".annotated.png" if clashes[p.casefold()] > 1 else p for m, p in zip(mirrored, plain)])
+    return unique_names([m + ending if clashes[p.casefold()] > 1 else p for m, p in zip(mirrored, plain)])
 
 
 def plan_annotations(predictions: list[Prediction], folder: Path,
