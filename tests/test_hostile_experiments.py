@@ -67,3 +67,63 @@ def test_runs_shows_a_run_json_field_of_the_wrong_type_as_a_note_in_its_row(run,
         assert set(rows) == {"bad", "good"}
         assert field in rows["bad"] and "run.json" in rows["bad"], rows["bad"]
         assert "run.json" not in rows["good"]
+
+
+# ---- 8, 19, 20. tune: a continued or shared study explores; a bad storage is not kept; two starts at once ----
+
+TUNE = ["--weights", "none", "--img-size", "32", "--epochs", "1", "--strategy", "frozen", "--batch-size", "8",
+        "--space", "lr=log:1e-4:1e-1"]
+
+
+def trial_rows(study: Path) -> list[dict]:
+    import csv
+
+    with open(study / "trials.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_a_continued_study_draws_new_values_not_the_old_trials_again(data, tmp_path):
+    study = tmp_path / "study"
+    first = facetl("tune", "--data", str(data), *TUNE, "--trials", "3", "--out", str(study))
+    assert first.returncode == 0, first.stderr
+    old = {r["lr"] for r in trial_rows(study)}
+    assert len(old) == 3
+    again = facetl("tune", "--data", str(data), *TUNE, "--trials", "5", "--out", str(study))
+    assert again.returncode == 0, again.stderr
+    rows = trial_rows(study)
+    assert [r["trial"] for r in rows] == ["0", "1", "2", "3", "4"]
+    new = [r["lr"] for r in rows[3:]]
+    assert not set(new) & old, (new, old)  # before: trial 3 drew trial 0's lr, trial 4 trial 1's
+    histories = {(study / r["run"] / "history.csv").read_text().split("\n", 1)[1].rsplit(",", 1)[0] for r in rows}
+    assert len(histories) == 5
+
+
+def test_two_tunes_started_at_once_on_a_new_out_share_one_study_and_draw_apart(data, tmp_path):
+    import subprocess
+    import sys
+
+    from commandline import ENV
+
+    study = tmp_path / "study"
+    command = [sys.executable, "-m", "facetl", "tune", "--data", str(data), *TUNE, "--trials", "4", "--out",
+               str(study)]
+    both = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+            for _ in range(2)]
+    outputs = [p.communicate(timeout=600) for p in both]
+    for process, (out, err) in zip(both, outputs):
+        assert process.returncode == 0, err
+        assert "Traceback" not in err and "IntegrityError" not in err, err
+    rows = trial_rows(study)  # two workers that end trials at once may each start one more: 4 or a few more
+    assert 4 <= len(rows) <= 6 and {r["state"] for r in rows} == {"COMPLETE"}
+    assert len({r["lr"] for r in rows}) == len(rows), rows  # before: the two processes drew the same values
+
+
+@pytest.mark.parametrize("storage", ["garbage://x", "sqlite:////no/such/folder/study.db"])
+def test_a_storage_that_does_not_open_is_not_kept_and_the_rerun_works(data, tmp_path, storage):
+    study = tmp_path / "study"
+    bad = facetl("tune", "--data", str(data), *TUNE, "--trials", "1", "--storage", storage, "--out", str(study))
+    one_line_error(bad, "--storage", storage)
+    assert not (study / "tune.json").exists()
+    rerun = facetl("tune", "--data", str(data), *TUNE, "--trials", "1", "--out", str(study))
+    assert rerun.returncode == 0, rerun.stderr
+    assert json.loads((study / "tune.json").read_text())["storage"] == f"sqlite:///{study / 'study.db'}"
