@@ -127,3 +127,44 @@ def test_a_storage_that_does_not_open_is_not_kept_and_the_rerun_works(data, tmp_
     rerun = facetl("tune", "--data", str(data), *TUNE, "--trials", "1", "--out", str(study))
     assert rerun.returncode == 0, rerun.stderr
     assert json.loads((study / "tune.json").read_text())["storage"] == f"sqlite:///{study / 'study.db'}"
+
+
+# ---- 16. a damaged jobs.json is one line, kept aside, and the sweep goes on ----
+
+GRID = ["--grid", "lr=1e-3,1e-2"]
+
+
+@pytest.fixture(scope="module")
+def parallel_sweep(data, tmp_path_factory) -> tuple[list[str], Path]:
+    out = tmp_path_factory.mktemp("parallel") / "grid"
+    command = ["sweep", "--data", str(data), *TINY, *GRID, "--parallel", "2", "--out", str(out)]
+    result = facetl(*command)
+    assert result.returncode == 0, result.stderr
+    return command, out
+
+
+@pytest.mark.parametrize("damage", ['{"meta": {"points": ["lr-1e-3", "lr', "[]",
+                                    '{"meta": {}, "jobs": {"lr-1e-3": {"name": "lr-1e-3", "state": "running"}}}'])
+def test_a_damaged_jobs_json_is_one_line_and_the_sweep_continues(parallel_sweep, tmp_path, damage):
+    import shutil
+
+    command, finished = parallel_sweep
+    out = tmp_path / "grid"
+    shutil.copytree(finished, out)
+    shutil.rmtree(out / "lr-1e-2")  # one point to train again
+    (out / "jobs.json").write_text(damage)
+    one_line_error(facetl("sweep", "--status", str(out)), str(out / "jobs.json"), "damaged")
+    assert (out / "jobs.json").read_text() == damage  # --status only reads it
+
+    rerun = facetl(*command[:-1], str(out))
+    assert rerun.returncode == 0, rerun.stderr
+    assert "Traceback" not in rerun.stderr
+    warnings = [line for line in rerun.stderr.splitlines() if "jobs.json" in line]
+    assert len(warnings) == 1 and "damaged" in warnings[0], rerun.stderr
+    assert "lr-1e-3: finished earlier" in rerun.stdout and "launching 1 of 2 points" in rerun.stdout
+    (kept,) = [p for p in out.iterdir() if p.name.startswith("jobs.json.damaged")]
+    assert kept.read_text() == damage and kept.name in warnings[0]
+    jobs = json.loads((out / "jobs.json").read_text())["jobs"]
+    assert {jobs[p]["state"] for p in ("lr-1e-3", "lr-1e-2")} == {"finished"}
+    status = facetl("sweep", "--status", str(out))
+    assert status.returncode == 0 and "2 finished of 2 points" in status.stdout, status.stderr
