@@ -2,7 +2,8 @@
 a bad or raced tune storage, a continued study that explores, a resumed run's figures, and a sweep that dies
 with its children on SIGTERM.
 
-Every case runs the real command in a fresh process (tests/commandline.py `facetl`), with real signals.
+Every case runs the real command in a fresh process (tests/commandline.py `facetl`), with real signals. The
+cases of several processes at once (slow) run in `make test-all` and in .ci/run.
 """
 from __future__ import annotations
 
@@ -98,6 +99,7 @@ def test_a_continued_study_draws_new_values_not_the_old_trials_again(data, tmp_p
     assert len(histories) == 5
 
 
+@pytest.mark.slow
 def test_two_tunes_started_at_once_on_a_new_out_share_one_study_and_draw_apart(data, tmp_path):
     import subprocess
     import sys
@@ -168,3 +170,65 @@ def test_a_damaged_jobs_json_is_one_line_and_the_sweep_continues(parallel_sweep,
     assert {jobs[p]["state"] for p in ("lr-1e-3", "lr-1e-2")} == {"finished"}
     status = facetl("sweep", "--status", str(out))
     assert status.returncode == 0 and "2 finished of 2 points" in status.stdout, status.stderr
+
+
+# ---- 13. SIGTERM on a local sweep ends its trainings, records them, and the rerun finishes ----
+
+def descendants(pid: int) -> set[int]:
+    """Every living process under `pid`, from /proc (each process's parent is the 4th field of its stat)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+def test_sigterm_on_a_parallel_sweep_ends_its_children_and_the_rerun_finishes(data, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from commandline import ENV
+
+    out = tmp_path / "grid"
+    command = [sys.executable, "-m", "facetl", "sweep", "--data", str(data), "--weights", "none", "--img-size",
+               "96", "--epochs", "6", "--strategy", "full", "--batch-size", "4", *GRID, "--parallel", "2",
+               "--out", str(out)]
+    sweep = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    points = [out / "lr-1e-3", out / "lr-1e-2"]
+    deadline = time.monotonic() + 300
+    while not all((p / "history.csv").is_file() for p in points):  # both trainings under way
+        assert sweep.poll() is None and time.monotonic() < deadline, sweep.communicate()
+        time.sleep(0.2)
+    children = descendants(sweep.pid)
+    assert len(children) >= 2
+    sweep.send_signal(signal.SIGTERM)
+    _, err = sweep.communicate(timeout=120)
+    assert sweep.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
+    time.sleep(1)
+    assert not [pid for pid in children if alive(pid)]  # before: both trainings went on under PID 1
+    jobs = json.loads((out / "jobs.json").read_text())["jobs"]
+    assert {jobs[p.name]["state"] for p in points} == {"cancelled"}, jobs
+
+    rerun = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr  # before: the run-folder lock of a living orphan refused it
+    assert all((p / "metrics.json").is_file() for p in points)
+    jobs = json.loads((out / "jobs.json").read_text())["jobs"]
+    assert {jobs[p.name]["state"] for p in points} == {"finished"}

@@ -33,6 +33,7 @@ import yaml
 
 from facetl.config import FIELDS, TrainConfig, build_config, dump_yaml, load_yaml, with_absolute_paths
 from facetl.errors import FacetlError
+from facetl.launch.signals import terminate_as_interrupt
 from facetl.runfolder import atomic_write_csv, atomic_write_json, atomic_write_text, prepare_run_folder
 from facetl.runreader import read_history, read_record
 
@@ -353,15 +354,16 @@ def run_worker(folder: str | Path, index: int = 0, progress: bool = False, log=p
     loaded = open_study(study, sampler_seed=study.base.seed)
     counted = tuple(getattr(optuna.trial.TrialState, s) for s in COUNTED)
     ran = 0
-    while True:
-        optuna.storages.fail_stale_trials(loaded)  # a killed worker's trial: its heartbeat stopped, it is FAIL now
-        if len(loaded.get_trials(deepcopy=False, states=counted)) >= study.trials:
-            break
-        # one trial a call: optimize keeps the trial's heartbeat and marks it FAIL on an error, which it re-raises
-        loaded.optimize(lambda trial: run_trial(study, trial, progress, log, pictures, index), n_trials=1,
-                        catch=())
-        ran += 1
-        write_results(study, loaded)
+    with terminate_as_interrupt():  # scancel, a time limit: the trial is marked FAIL now, not after 2 minutes
+        while True:
+            optuna.storages.fail_stale_trials(loaded)  # a killed worker's trial: no heartbeat, so FAIL now
+            if len(loaded.get_trials(deepcopy=False, states=counted)) >= study.trials:
+                break
+            # one trial a call: optimize keeps the trial's heartbeat and marks it FAIL on an error (re-raised)
+            loaded.optimize(lambda trial: run_trial(study, trial, progress, log, pictures, index), n_trials=1,
+                            catch=())
+            ran += 1
+            write_results(study, loaded)
     return ran
 
 
