@@ -232,3 +232,45 @@ def test_sigterm_on_a_parallel_sweep_ends_its_children_and_the_rerun_finishes(da
     assert all((p / "metrics.json").is_file() for p in points)
     jobs = json.loads((out / "jobs.json").read_text())["jobs"]
     assert {jobs[p.name]["state"] for p in points} == {"finished"}
+
+
+# ---- 9. a run killed after its last epoch, then resumed, has its best epoch and training time ----
+
+KILLED_BEFORE_THE_TEST_SPLIT = """
+import os, signal, sys
+import facetl.train.fit as fit
+def killed(*args, **kwargs):  # every epoch written (last.pt, history.csv); killed before the test split
+    os.kill(os.getpid(), signal.SIGKILL)
+fit.final_evaluation = killed
+from facetl.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_run_killed_after_its_last_epoch_resumes_with_its_best_epoch_and_training_time(data, tmp_path):
+    import csv
+    import subprocess
+    import sys
+
+    from commandline import ENV
+
+    run = tmp_path / "run"
+    script = tmp_path / "killed.py"
+    script.write_text(KILLED_BEFORE_THE_TEST_SPLIT)
+    killed = subprocess.run([sys.executable, str(script), "train", "--data", str(data), "--weights", "none",
+                             "--img-size", "32", "--epochs", "3", "--strategy", "full", "--batch-size", "8",
+                             "--out", str(run)],
+                            capture_output=True, text=True, env=ENV, timeout=600)
+    assert killed.returncode == -9 and not (run / "run.json").exists(), killed.stderr
+    with open(run / "history.csv", newline="") as f:
+        history = list(csv.DictReader(f))
+    assert len(history) == 3
+
+    resumed = facetl("train", "--resume", str(run))
+    assert resumed.returncode == 0, resumed.stderr
+    record = json.loads((run / "run.json").read_text())
+    best = min(history, key=lambda row: float(row["val_loss"]))
+    assert record["best_epoch"] == int(best["epoch"])  # before: null
+    assert record["train_seconds"] == pytest.approx(sum(float(r["seconds"]) for r in history), abs=0.05)
+    table = facetl("runs", str(run)).stdout.splitlines()[1]
+    assert "n/a" not in table.split()[5:6] and f"{record['train_seconds']:.1f}" in table
