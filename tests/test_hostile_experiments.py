@@ -274,3 +274,38 @@ def test_a_run_killed_after_its_last_epoch_resumes_with_its_best_epoch_and_train
     assert record["train_seconds"] == pytest.approx(sum(float(r["seconds"]) for r in history), abs=0.05)
     table = facetl("runs", str(run)).stdout.splitlines()[1]
     assert "n/a" not in table.split()[5:6] and f"{record['train_seconds']:.1f}" in table
+
+
+@pytest.mark.slow
+def test_sigterm_on_tune_with_two_workers_ends_them_and_the_rerun_replaces_their_trials(data, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from commandline import ENV
+
+    study = tmp_path / "study"
+    command = [sys.executable, "-m", "facetl", "tune", "--data", str(data), "--weights", "none", "--img-size", "96",
+               "--epochs", "6", "--strategy", "full", "--batch-size", "4", "--space", "lr=log:1e-4:1e-1",
+               "--trials", "2", "--parallel", "2", "--out", str(study)]
+    tune = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    deadline = time.monotonic() + 300  # the first trial makes the split, while the other worker waits for it
+    while not (study / "trial-001" / "history.csv").is_file():  # the second trial is training
+        assert tune.poll() is None and time.monotonic() < deadline, tune.communicate()
+        time.sleep(0.2)
+    children = descendants(tune.pid)
+    tune.send_signal(signal.SIGTERM)
+    _, err = tune.communicate(timeout=120)
+    assert tune.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
+    time.sleep(1)
+    assert not [pid for pid in children if alive(pid)]
+    states = [job["state"] for job in json.loads((study / "jobs.json").read_text())["jobs"].values()]
+    assert "cancelled" in states and not {"running", "pending"} & set(states), states  # one may have finished
+
+    rerun = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    # an interrupted trial is FAIL at once (RUNNING, it would count towards --trials until its heartbeat's 2 min
+    # grace ran out, and the rerun would have nothing to do): the rerun ran trials in its place
+    states = [r["state"] for r in trial_rows(study)]
+    assert states.count("COMPLETE") == 2 and "FAIL" in states and "RUNNING" not in states, states
