@@ -419,7 +419,7 @@ def _add_search(sub) -> None:
     tune.add_argument("--worker", metavar="DIR", help="run as one worker of the study in DIR until it has its "
                                                       "trials: what --parallel and cluster launchers start")
     tune.add_argument("--worker-index", type=whole_number(0, 1_000_000), metavar="K",
-                      help="this worker's number; the sampler is seeded with --seed plus K (default "
+                      help="this worker's number, recorded with its trials (default "
                            "$SLURM_ARRAY_TASK_ID, or 0)")
 
 

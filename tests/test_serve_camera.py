@@ -358,6 +358,38 @@ def test_an_idle_stream_is_closed_with_1008_and_its_slot_freed(server, frame):
         assert reply(ws)["type"] == "answer"
 
 
+def test_text_messages_are_rate_limited_as_frames_are(server, frame):
+    """Issue 29: a text message is answered (an error), so a flood of them cost the server as frames do."""
+    with opened(server) as ws:
+        for _ in range(200):
+            ws.send("not a frame")
+        code, reason = closed_with(ws)
+    assert code == 1008 and "too many" in reason, (code, reason)
+    with opened(server) as ws:
+        ws.send(frame[0])
+        assert reply(ws)["type"] == "answer"
+
+
+@pytest.mark.slow
+def test_a_stream_sending_only_text_is_closed_as_idle_and_its_slot_freed(server, frame):
+    """Issue 29: a client that sends a text message every 2 s, and never a frame, held its slot for ever."""
+    with opened(server) as ws:
+        started, closed = time.monotonic(), None
+        while closed is None and time.monotonic() - started < 60:
+            try:
+                ws.send("still here")
+                assert reply(ws)["type"] == "error"
+                time.sleep(2)
+            except ConnectionClosed as exc:
+                closed = exc.rcvd
+        assert closed is not None and closed.code == 1008 and "idle" in closed.reason, closed
+        assert 29 < time.monotonic() - started < 40
+    with contextlib.ExitStack() as streams:  # every slot can be taken again
+        for ws in [streams.enter_context(opened(server, busy_seconds=5)) for _ in range(MAX_STREAMS)]:
+            ws.send(frame[0])
+            assert reply(ws)["type"] == "answer"
+
+
 def test_sigterm_with_a_stream_open_closes_it_with_1012_and_exits_0(server, frame):
     """Last in the file: it stops the module's server. Nothing it served was a traceback."""
     with opened(server) as ws:

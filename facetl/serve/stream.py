@@ -17,7 +17,8 @@ between photo requests. What a stream may do is bounded like an upload, and a st
 is closed with a code and a reason that say why:
 
     1009  a frame over max_frame_bytes (closed by the WebSocket layer, uvicorn's ws_max_size) or pixels
-    1008  more than max_frames_per_second (over a second's burst), or no frame for idle_seconds
+    1008  more than max_frames_per_second messages (over a second's burst; a text message counts as a frame
+          does), or no frame for idle_seconds (text messages do not keep a stream open)
     1013  max_streams streams open already: try again later
     1012  the server is stopping (uvicorn's)
 
@@ -158,23 +159,30 @@ class Streams:
             raise ended
 
     async def _receive(self, websocket: WebSocket, frames: LatestFrame, lock: asyncio.Lock) -> None:
+        """Every message counts against the rate (a text one is answered too, so it costs as much); only a
+        frame counts as activity, so a client sending anything else loses its slot after idle_seconds."""
         limits, rate, number = self.limits, FrameRate(self.limits.max_frames_per_second), 0
+        last_frame = time.monotonic()
         while True:
+            left = limits.idle_seconds - (time.monotonic() - last_frame)
             try:
-                message = await asyncio.wait_for(websocket.receive(), limits.idle_seconds)
+                if left <= 0:
+                    raise asyncio.TimeoutError
+                message = await asyncio.wait_for(websocket.receive(), left)
             except asyncio.TimeoutError:
                 raise StreamClosed(POLICY, f"idle: no frame for {limits.idle_seconds:g} s") from None
             if message["type"] == "websocket.disconnect":
                 raise WebSocketDisconnect(message.get("code", 1000))
+            if not rate.allow():
+                raise StreamClosed(POLICY, f"too many frames: more than {limits.max_frames_per_second:g} messages a "
+                                           "second (send the next frame when the last is answered)")
             if message.get("bytes") is None:
                 async with lock:
                     await websocket.send_text(json.dumps({"type": "error", "frame": None, "error":
                                                           "send each frame as one binary message (JPEG, PNG, WebP)"}))
                 continue
-            if not rate.allow():
-                raise StreamClosed(POLICY, f"too many frames: more than {limits.max_frames_per_second:g} a second "
-                                           "(send the next frame when the last is answered)")
             number += 1
+            last_frame = time.monotonic()
             frames.put(number, message["bytes"])
 
     async def _answer(self, websocket: WebSocket, frames: LatestFrame, lock: asyncio.Lock) -> None:

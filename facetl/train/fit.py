@@ -374,6 +374,8 @@ def start_training(config: TrainConfig, setup: Setup, data_note: str, ctx: RunCo
             ema.load_state_dict(checkpoint["ema"])
         state.history, state.best = checkpoint["history"], checkpoint["best"]
         state.start_epoch, state.train_seconds = checkpoint["epoch"] + 1, checkpoint["train_seconds"]
+        # as the epochs left them: a run killed after its last epoch trains none now, and still records these
+        state.record.best_epoch, state.record.train_seconds = state.best["epoch"], round(state.train_seconds, 2)
         ctx.log(f"resuming after epoch {checkpoint['epoch']}")
     ctx.log(f"optimiser {config.optimizer}, {describe_groups(opt.optimizer)}, weight decay {config.weight_decay:g}, "
             f"{config.scheduler} schedule" + (f", EMA {config.ema:g}" if ema else "")
