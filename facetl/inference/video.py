@@ -189,6 +189,10 @@ class ProbabilitySmoother:
         self._state[track] = (time_s, smoothed)
         return smoothed
 
+    def __len__(self) -> int:
+        """How many tracks' averages are held."""
+        return len(self._state)
+
     def keep_only(self, tracks: set[int]) -> None:
         """Forget the tracks that ended, so a camera stream of hours holds only the faces in view."""
         for track in self._state.keys() - tracks:
