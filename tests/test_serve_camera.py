@@ -436,11 +436,13 @@ def test_a_face_keeps_its_track_and_its_label_follows_the_moving_average_of_its_
         for answer, truth, time_s in zip(answers, truths, times):
             run = face_at(answer, truth[k])["runs"]["run"]
             raw = np.array(list(run["raw"]["probabilities"].values()))
-            smoothed = raw if smoothed is None else smoothed + (1 - math.exp(-(time_s - last) / SMOOTH)) * (raw - smoothed)
+            weight = 0.0 if last is None else 1 - math.exp(-(time_s - last) / SMOOTH)
+            smoothed = raw if smoothed is None else smoothed + weight * (raw - smoothed)
             last = time_s
             assert np.allclose(list(run["probabilities"].values()), smoothed, atol=2e-6), (run, smoothed)
             label = int(np.argmax(smoothed))  # the run's threshold is 0.5
-            assert (run["label"], run["probability"]) == (list(run["probabilities"])[label], run["probabilities"][run["label"]])
+            assert run["label"] == list(run["probabilities"])[label]
+            assert run["probability"] == run["probabilities"][run["label"]]
             assert run["raw"]["label"] == list(run["probabilities"])[int(np.argmax(raw))]
             moved = max(moved, float(np.abs(smoothed - raw).max()))
     assert moved > 0.01, "every frame gave the same answer: nothing showed the smoothing"

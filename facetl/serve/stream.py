@@ -3,17 +3,19 @@
 A client sends each camera frame as one binary message (a JPEG, PNG or WebP, best downscaled: the page
 sends 320 px JPEGs) and gets, per frame it is answered, one text message of JSON:
 
-    {"type": "ready", "runs": [...], "limits": {...}, "smooth_seconds": S}   once, when the stream opens
-    {"type": "answer", "frame": N, "dropped": D, "seconds": T, ...}         the photo API's answer for frame N
-    {"type": "error", "frame": N, "error": "..."}              a frame that is not an image, or a broken run
+    {"type": "ready", "runs": [...], "limits": {...}, "smooth_seconds": S}  once, when the stream opens
+    {"type": "answer", "frame": N, "dropped": D, "seconds": T, ...}        the photo API's answer for frame N
+    {"type": "error", "frame": N, "error": "..."}       a frame that is not an image, or a broken run
 
 Frames are numbered from 1 in the order they arrive. Each face of an answer keeps a `track` number
 from frame to frame, and each run's label is smoothed over time with time constant S (smoothing.py, as
 `predict --smooth` smooths a video; 0: not smoothed); the frame's own answer is that run's `raw`. T is
-the frame's arrival, in seconds since the stream opened: the time the smoothing uses. Latest frame wins: a frame that arrives while another
-is being read replaces the one waiting (it is never queued), so a slow server answers fewer frames, each
-of them recent, instead of answers that fall ever further behind the camera; `dropped` counts the frames
-replaced so far. The page itself sends its next frame only when the previous one is answered.
+the frame's arrival, in seconds since the stream opened: the time the smoothing uses.
+
+Latest frame wins: a frame that arrives while another is being read replaces the one waiting (it is
+never queued), so a slow server answers fewer frames, each of them recent, instead of answers that fall
+ever further behind the camera; `dropped` counts the frames replaced so far. The page itself sends its
+next frame only when the previous one is answered.
 
 Frames are read by the server's one worker, through the photo API's own path (PhotoReader.read_bytes),
 between photo requests. What a stream may do is bounded like an upload, and a stream that goes too far
