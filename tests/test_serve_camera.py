@@ -448,6 +448,25 @@ def test_a_face_keeps_its_track_and_its_label_follows_the_moving_average_of_its_
     assert moved > 0.01, "every frame gave the same answer: nothing showed the smoothing"
 
 
+def test_smooth_0_gives_each_frames_own_answer_and_still_tracks(run, crops, tmp_path):
+    """serve --smooth 0: the labels a stream gives are each frame's own, as before smoothing; tracks stay."""
+    served = ServeProcess([str(run), "--smooth", "0"], tmp_path / "serve.log")
+    rng = np.random.default_rng(5)
+    try:
+        with opened(served) as ws:
+            assert ws.ready["smooth_seconds"] == 0
+            answers = []
+            for shift in (0, 6, -6, 3):
+                ws.send(jpeg(noisy(scene(crops, shift=shift, scale=0.5)[0], rng)))
+                answers.append(reply(ws))
+    finally:
+        served.stop()
+    assert all(sorted(face["track"] for face in answer["faces"]) == [1, 2] for answer in answers), answers
+    for face in (face for answer in answers for face in answer["faces"]):
+        run_answer = face["runs"]["run"]
+        assert run_answer.pop("raw") == run_answer
+
+
 @pytest.fixture(scope="module")
 def flicker(crops) -> list[np.ndarray]:
     """Two faces that do not move under per-frame camera noise (60 frames, 2 s at 30 fps): nothing about
