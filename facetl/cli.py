@@ -393,6 +393,10 @@ def _add_serve(sub) -> None:
     serve.add_argument("--max-streams", type=whole_number(1, 1000), default=4, metavar="N",
                        help="camera streams (the page's camera mode) open at once; one more is closed with "
                             "code 1013, try again later (default 4)")
+    serve.add_argument("--smooth", type=float, default=0.5, metavar="SECONDS",
+                       help="camera mode: each face keeps its track from frame to frame and its labels are smoothed "
+                            "over time, an exponential moving average with this time constant, as predict --smooth "
+                            "does for a video (default 0.5; 0: each frame's own labels)")
     add_runtime_flags(serve)
 
 
@@ -881,7 +885,7 @@ def cmd_serve(args) -> int:
 
     return serve(args.runs, ServeOptions(args.host, args.port, args.engine, args.max_upload_mb, args.device,
                                          args.precision, args.threads, args.min_face, args.header_timeout,
-                                         args.max_connections, args.allowed_hosts, args.max_streams))
+                                         args.max_connections, args.allowed_hosts, args.max_streams, args.smooth))
 
 
 COMMANDS = {"faces": cmd_faces, "train": cmd_train, "evaluate": cmd_evaluate, "sweep": cmd_sweep, "predict": cmd_predict,

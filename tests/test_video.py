@@ -258,6 +258,25 @@ def test_tracks_survive_missed_detections_and_long_gaps_between_analysed_frames(
     assert tracker.update(boxes(7.52), [0.999, 0.999], 7.52) == [1, 3]  # ... for 1.4 s: a new number
 
 
+def test_a_long_stream_of_passing_faces_keeps_only_the_faces_in_view():
+    """A camera stream of hours sees thousands of faces come and go: the smoother forgets each one's average
+    once its track ends, and a face coming back starts again from its own answer."""
+    from facetl.inference.video import FaceTracker, ProbabilitySmoother
+
+    tracker, smoother = FaceTracker(), ProbabilitySmoother(0.5)
+    for second in range(1000):  # a new face every second, each at a new place: every track ends
+        for t in np.arange(second, second + 0.5, 0.1):
+            [track] = tracker.update([(100.0 * (second % 7), 50, 80, 100)], [0.999], float(t))
+            smoother(track, float(t), np.array([0.2, 0.8]))
+            smoother.keep_only(tracker.live)
+        assert len(smoother) <= 2
+    assert track == 1000 and len(tracker.live) <= 2
+    for t in np.arange(999.5, 1001.0, 0.1):  # no face for 1.5 s: the last track ends too
+        tracker.update([], [], float(t))
+        smoother.keep_only(tracker.live)
+    assert len(smoother) == 0
+
+
 @pytest.mark.slow
 def test_a_run_stopped_half_way_leaves_nothing_half_written(run, clip, tmp_path, capsys, monkeypatch):
     """Ctrl-C in the middle of a video: neither the CSV, the tracks CSV nor the annotated video exists, under
