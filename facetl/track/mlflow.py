@@ -5,7 +5,9 @@ Params: the resolved config and the recipe's choices. Metrics: every epoch's his
 batched call per epoch, and the final split's metrics (final_...). Artifacts: report.md, metrics.json, config.yaml,
 history.csv and the plots. A sweep's or folds' runs are children of one parent run (tags sweep, point, folds, fold);
 parallel runs agree on the parent without a lock: each looks for it by tag, and if it had to make one, keeps the
-earliest made and deletes its own. A resumed run reopens its MLflow run (tracking.json) and logs on from its epoch.
+earliest made and deletes its own. A resumed run reopens its MLflow run (tracking.json) and logs on from its epoch;
+a copied or moved run reopens it only in a store that travelled with it, and never logs artifacts into the
+original's artifact folder (MLflow keeps that path absolute).
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ PARAM_LENGTH = 6000  # and values up to 6000 characters
 class MlflowTracker:
     def __init__(self, uri: str, log=lambda line: None):
         self.uri, self.client, self.run_id, self.step, self.log = uri, None, None, 0, log
+        self.store, self.was = None, None  # the local SQLite file written; the folder the run was copied from
 
     def run_started(self, config, record, folder: Path, resumed_after: int) -> None:
         from mlflow.entities import Param
@@ -41,15 +44,14 @@ class MlflowTracker:
         known = read_tracking(folder).get("mlflow") if resumed_after else None
         self.step = resumed_after
         uri = known_uri(folder, known) if known else None
+        self.was = moved_from(folder)
         if known and uri is None:
-            self.log(f"MLflow: {folder} was copied or moved from {moved_from(folder) or 'elsewhere'}; it is tracked "
-                     f"afresh in {self.uri}, and the original's MLflow run is left alone")
+            self.log(f"MLflow: {folder} was copied or moved from {self.was or 'elsewhere'}; it is tracked afresh in "
+                     f"{self.uri}, and the original's MLflow run is left alone")
         if uri is not None:
-            self.client, self.run_id = MlflowClient(uri), known["run_id"]
-            self.client.update_run(self.run_id, status="RUNNING")
-            self.client.set_tag(self.run_id, "facetl.run_folder", str(folder))
-            return
+            return self._reopen(MlflowClient(uri), uri, known, folder)
         path = local_path(self.uri)
+        self.store = path if self.uri.startswith("sqlite:") else None
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
         self.client = MlflowClient(self.uri)
@@ -62,6 +64,15 @@ class MlflowTracker:
         params = [Param(k, str(v)[:PARAM_LENGTH]) for k, v in hyperparameters(config, record).items()]
         for start in range(0, len(params), BATCH):
             self.client.log_batch(self.run_id, params=params[start:start + BATCH])
+
+    def _reopen(self, client, uri: str, known: dict, folder: Path) -> None:
+        """Go on with the run's MLflow run (in the store that travelled with it, when it was copied or moved)."""
+        self.client, self.run_id = client, known["run_id"]
+        self.store = local_path(uri) if uri.startswith("sqlite:") else None
+        self.client.update_run(self.run_id, status="RUNNING")
+        self.client.set_tag(self.run_id, "facetl.run_folder", str(folder))
+        remember(folder, "mlflow", {**stored_uri(folder, uri), "experiment_id": known.get("experiment_id"),
+                                    "run_id": self.run_id})
 
     def _experiment(self, db: Path | None) -> str:
         """The experiment's id, made when new: with an SQLite store its artifacts go beside the database (`db`)
@@ -125,12 +136,14 @@ class MlflowTracker:
         run still names the original's artifact folder (MLflow keeps it absolute): writing there would change
         the original's records, or make its folder again after a move, so the files are not logged."""
         where = local_path(self.client.get_run(self.run_id).info.artifact_uri)
-        if where is None:
-            return True
-        was = moved_from(folder)
+        if where is None or self.store is None or self.store.parent in [where, *where.parents]:
+            return True  # a server's, or beside the database, where facetl puts a store's artifacts
+        root = next((p for p in [where, *where.parents] if p.name == "mlartifacts"), where)
         try:
-            if was is not None and (was == where or was in where.parents):
-                raise FacetlError(f"it is inside {was}")
+            if not root.exists():
+                raise FacetlError(f"{root} is gone")
+            if self.was is not None and self.was in [where, *where.parents]:
+                raise FacetlError(f"it is inside {self.was}")
             refuse_misplaced(where, "MLflow's artifact folder", own_run=folder)
         except FacetlError as exc:
             self.log(f"MLflow: this run's files are not logged as artifacts: its artifact folder {where} is another "
