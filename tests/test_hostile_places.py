@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from commandline import ENV, one_line_error, write_images
 

@@ -3,7 +3,6 @@ so a tracker that fails mid-run (a server gone, a full disk) warns once and trai
 from __future__ import annotations
 
 import importlib
-import os
 import re
 from pathlib import Path
 from typing import Callable
@@ -58,27 +57,43 @@ SCHEMES = ("http", "https", "databricks", "databricks-uc", "uc", "sqlite", "post
 
 def check_tracking_uri(uri: str) -> None:
     """A URI MLflow can use, said before any work: an unknown scheme, an SQLite database that is a folder, and a
-    file store (a plain path or file:, which this MLflow refuses unless MLFLOW_ALLOW_FILE_STORE is set) would
+    file store (a plain path or file:, which MLflow 3 refuses unless MLFLOW_ALLOW_FILE_STORE is true) would
     otherwise fail mid-run, or retry for minutes under SQLAlchemy's warnings, and leave the run untracked."""
     scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*):", uri)
     name = scheme.group(1).lower().split("+")[0] if scheme and len(scheme.group(1)) > 1 else ""
     path = local_path(uri)
+    if uri in ("databricks", "databricks-uc"):  # MLflow's names for a Databricks workspace's store
+        return
     if name == "sqlite":
-        if not uri.startswith("sqlite:///") or path.is_dir():
-            raise FacetlError(f"--tracking-uri {uri}: {'it is a folder' if path.is_dir() else 'not sqlite:///FILE'}"
-                              f"; name an SQLite database file, e.g. sqlite:///{(path / 'mlflow.db').as_posix()}")
+        if path is None or path.is_dir():
+            raise FacetlError(f"--tracking-uri {uri}: {'not sqlite:///FILE' if path is None else 'it is a folder'}; "
+                              f"name an SQLite database file, e.g. {_database_for(path or Path('mlflow.db'))}")
         return
     if name in ("", "file"):
-        if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("1", "true"):
+        if _file_store_refused():
             raise FacetlError(f"--tracking-uri {uri} is MLflow's file store, which this MLflow no longer "
-                              f"writes; give a database, e.g. sqlite:///{(path / 'mlflow.db').as_posix()}")
+                              f"writes; give a database, e.g. {_database_for(path)}")
         if path.exists() and not path.is_dir():
             raise FacetlError(f"--tracking-uri {uri}: a file store is a folder, and {path} is a file; for an "
                               f"SQLite database write sqlite:///{path.as_posix()}")
         return
     if name not in SCHEMES:
         raise FacetlError(f"--tracking-uri {uri}: MLflow does not know the scheme {scheme.group(1)}:// (it takes "
-                          f"sqlite:///FILE, http(s)://HOST, or {', '.join(SCHEMES[5:])} databases)")
+                          f"sqlite:///FILE, http(s)://HOST, or {', '.join(SCHEMES[6:])} databases)")
+
+
+def _file_store_refused() -> bool:
+    """Whether the installed MLflow refuses a file store (MLflow 3 does, unless MLFLOW_ALLOW_FILE_STORE is true)."""
+    try:
+        from mlflow.environment_variables import MLFLOW_ALLOW_FILE_STORE
+    except ImportError:  # an MLflow from before the file store was retired
+        return False
+    return not MLFLOW_ALLOW_FILE_STORE.get()
+
+
+def _database_for(path: Path) -> str:
+    """The SQLite URI a user probably meant: the file itself when it has an extension, else one inside the folder."""
+    return f"sqlite:///{(path if path.suffix and not path.is_dir() else path / 'mlflow.db').as_posix()}"
 
 
 def _importable(modules: tuple[str, ...]) -> bool:

@@ -44,7 +44,7 @@ class MlflowTracker:
         known = read_tracking(folder).get("mlflow") if resumed_after else None
         self.step = resumed_after
         uri = known_uri(folder, known) if known else None
-        self.was = moved_from(folder)
+        self.was = moved_from(folder, known) if known else None
         if known and uri is None:
             self.log(f"MLflow: {folder} was copied or moved from {self.was or 'elsewhere'}; it is tracked afresh in "
                      f"{self.uri}, and the original's MLflow run is left alone")

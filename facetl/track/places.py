@@ -15,7 +15,7 @@ from facetl.config import TrainConfig
 from facetl.runfolder import atomic_write_json
 
 TRACKING_FILE = "tracking.json"
-RUN_FOLDER = "run_folder"  # tracking.json's key for the folder it was written in
+RUN_FOLDER = "run_folder"  # in each tracker's entry of tracking.json: the folder the entry was written in
 DEFAULT_DB = "mlflow.db"
 
 
@@ -29,8 +29,8 @@ def read_tracking(folder: Path) -> dict:
 
 
 def remember(folder: Path, tracker: str, where: dict) -> None:
-    atomic_write_json(folder / TRACKING_FILE, {**read_tracking(folder), RUN_FOLDER: str(folder.resolve()),
-                                               tracker: where})
+    atomic_write_json(folder / TRACKING_FILE, {**read_tracking(folder),
+                                               tracker: {**where, RUN_FOLDER: str(folder.resolve())}})
 
 
 def stored_place(folder: Path, place: Path) -> str:
@@ -41,14 +41,14 @@ def stored_place(folder: Path, place: Path) -> str:
         return str(place.resolve())
 
 
-def known_place(folder: Path, stored: str) -> Path | None:
-    """The place tracking.json names, for resuming the run in `folder`: a relative one inside this folder; an
-    absolute one only when tracking.json was written for this folder (None: the run was copied or moved, and
-    that place is the original's)."""
+def known_place(folder: Path, stored: str, entry: dict) -> Path | None:
+    """The place a tracker's entry of tracking.json names, for resuming the run in `folder`: a relative one inside
+    this folder; an absolute one only when the entry was written for this folder (None: the run was copied or
+    moved, and that place is the original's)."""
     path = Path(stored)
     if not path.is_absolute():
         return folder.resolve() / path
-    was = read_tracking(folder).get(RUN_FOLDER)
+    was = entry.get(RUN_FOLDER)
     if was is not None and Path(was) == folder.resolve():
         return path
     if was is None and folder.resolve() in [path, *path.parents]:  # written before RUN_FOLDER was
@@ -71,21 +71,24 @@ def known_uri(folder: Path, known: dict) -> str | None:
     """The store a resumed run reopens its MLflow run in, as `known_place` decides (a server's: only when the run
     was not copied or moved, whose MLflow run is the original's)."""
     if isinstance(known.get("store"), str):
-        return "sqlite:///" + str(known_place(folder, known["store"]))
+        return "sqlite:///" + str(known_place(folder, known["store"], known))
     uri = known.get("tracking_uri")
     if not isinstance(uri, str):
         return None
     path = local_path(uri)
     if path is None:
-        return None if moved_from(folder) else uri
-    return uri if known_place(folder, str(path)) is not None else None
+        return None if moved_from(folder, known) else uri
+    return uri if known_place(folder, str(path), known) is not None else None
 
 
-def moved_from(folder: Path) -> Path | None:
-    """The folder the run's tracking.json was written in, when that is not `folder` (the run was copied or
-    moved), else None."""
-    was = read_tracking(folder).get(RUN_FOLDER)
-    return Path(was) if isinstance(was, str) and Path(was) != folder.resolve() else None
+def moved_from(folder: Path, entry: dict | None = None) -> Path | None:
+    """The folder a tracker's entry of tracking.json (by default, any entry) was written in, when that is not
+    `folder` (the run was copied or moved), else None."""
+    entries = [entry] if entry is not None else [e for e in read_tracking(folder).values() if isinstance(e, dict)]
+    for was in (e.get(RUN_FOLDER) for e in entries):
+        if isinstance(was, str) and Path(was) != folder.resolve():
+            return Path(was)
+    return None
 
 
 def relocated_config(config: TrainConfig, folder: Path) -> TrainConfig:

@@ -29,9 +29,9 @@ class TensorBoardTracker:
         from torch.utils.tensorboard import SummaryWriter
 
         known = read_tracking(folder).get("tensorboard") if resumed_after else None
-        known_dir = known_place(folder, known["log_dir"]) if known else None
+        known_dir = known_place(folder, known["log_dir"], known) if known else None
         if known and known_dir is None:
-            self.log(f"TensorBoard: {folder} was copied or moved from {moved_from(folder) or 'elsewhere'}; its "
+            self.log(f"TensorBoard: {folder} was copied or moved from {moved_from(folder, known) or 'elsewhere'}; its "
                      f"events go on in {event_folder(config)}, and the original's ({known['log_dir']}) are left alone")
             known = None
         log_dir = known_dir or event_folder(config)
