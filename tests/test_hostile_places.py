@@ -138,6 +138,7 @@ def test_a_tracking_place_in_the_data_another_run_or_unusable_is_one_line_before
 
 # --- item 3: a copied or moved run, resumed, keeps its tracking to itself ------------------------------------------
 
+@pytest.mark.slow  # two tracked trainings each; make test-all
 @pytest.mark.parametrize("how", ["copy", "move"])
 def test_resuming_a_copied_or_moved_run_leaves_the_originals_records_alone(world, tmp_path, how):
     pytest.importorskip("mlflow")
