@@ -16,7 +16,8 @@ from facetl.config import (BOUNDS, FIELDS, HELP, RECIPE_KEYS, TrainConfig, build
 from facetl.errors import FacetlError
 from facetl.inference.tta import TTA_HELP, TTA_MODES
 from facetl.preprocessing import LANDMARK_SOURCES
-from facetl.runfolder import atomic_write_csv, data_folder, refuse_output_inside
+from facetl.outputs import data_reads, input_reads, refuse_misplaced
+from facetl.runfolder import atomic_write_csv
 
 
 
@@ -524,10 +525,10 @@ def launch_torchrun(args, config: TrainConfig) -> int:
     from facetl.data.prepare import read_samples
     from facetl.data.spec import data_spec
     from facetl.models.factory import pretrained_input
-    from facetl.train.fit import refuse_out_inside_data
+    from facetl.train.fit import check_output_places
 
     config.check()
-    refuse_out_inside_data(config, config.out or _default_out(config))
+    check_output_places(config, config.out or _default_out(config), "--out" if config.out else "the default --out")
     read_samples(data_spec(config))
     pretrained_input(config.backbone)  # an unknown backbone is refused here, without building one
     if not config.out:
@@ -665,6 +666,7 @@ def cmd_runs(args) -> int:
 
     out = Path(args.out) if args.out else None
     if out is not None:
+        refuse_misplaced(out, "--out")  # a table beside the runs, never inside one: a run's folder is its own
         check_table_out(out, args.overwrite)
     rows = runs_table(args.dir, args.sort)
     if out is None:
@@ -697,18 +699,15 @@ def cmd_tune(args) -> int:
 
 def cmd_predict(args) -> int:
     from facetl.inference.classifiers import open_classifier
-    from facetl.outputs import refuse_inside_inputs
     from facetl.commands.predict import check_csv_out, plan_annotations, predict, prediction_table, write_annotations
     from facetl.commands.predict_video import VideoRequest, check_videos, predict_media, split_media
     from facetl.runtime import Runtime
 
     out = Path(args.out) if args.out else None
-    if out is not None:
-        check_csv_out(out, Path(args.run), args.overwrite)
-    if args.annotate:  # a rerun on the same folders would label its own annotated images
-        refuse_inside_inputs(Path(args.annotate), [Path(i).expanduser() for i in args.images
-                                                   if Path(i).expanduser().is_dir()], "--annotate")
     photos, videos = split_media(args.images)
+    _check_predict_outputs(args, out, bool(videos))
+    if out is not None:
+        check_csv_out(out, args.overwrite)
     if videos:  # a bad video or output is said before the run is loaded
         request = VideoRequest(args.every, args.smooth, args.tta, Path(args.annotate) if args.annotate else None,
                                out, args.overwrite)
@@ -729,6 +728,21 @@ def cmd_predict(args) -> int:
         written = write_annotations(annotations)
         print(f"annotated {len(written)} photo(s) in {args.annotate}")
     return 1 if result.skipped else 0
+
+
+def _check_predict_outputs(args, out: Path | None, videos: bool) -> None:
+    """predict's outputs by the one rule, before any work: never an input (even with --overwrite), never inside
+    an input folder (a rerun would read it) or a run folder."""
+    from facetl.commands.predict_video import tracks_path
+
+    run = Path(args.run).expanduser()
+    reads = input_reads(args.images) + [("run folder" if run.is_dir() else "run", run)]
+    if out is not None:
+        refuse_misplaced(out, "--out", reads)
+        if videos:
+            refuse_misplaced(tracks_path(out), "--out", reads, given=f"{out} (its tracks CSV {tracks_path(out)})")
+    if args.annotate:
+        refuse_misplaced(args.annotate, "--annotate", reads)
 
 
 def _print_predictions(result) -> None:
@@ -772,7 +786,7 @@ def cmd_inspect(args) -> int:
     from facetl.commands.inspect import inspect_dataset
 
     _one_target(args.target, "inspect")
-    refuse_output_inside(args.out, [data_folder(args.data)])
+    refuse_misplaced(args.out, "--out", data_reads(args.data, args.images))
     samples = load_samples(args.data, args.images, args.target)
     summary = inspect_dataset(samples, args.out, cache_root(args.cache_dir), progress=True)
     print(f"{summary['images']} images in {len(summary['classes'])} classes:")
@@ -843,7 +857,7 @@ def cmd_explain(args) -> int:
     from facetl.inference.run import load_run
     from facetl.runtime import Runtime
 
-    refuse_output_inside(args.out, [p for p in args.images if Path(p).expanduser().is_dir()], "input folder")
+    refuse_misplaced(args.out, "--out", input_reads(args.images))
     files = collect_images(args.images)
     run = load_run(args.run)
     result = explain(run, files, Path(args.out), Runtime.for_inference(args.device, args.precision),

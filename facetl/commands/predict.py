@@ -246,11 +246,9 @@ def _annotated_png(source: Path, rows: list[Prediction]) -> bytes:
     return buffer.getvalue()
 
 
-def check_csv_out(out: Path, run: Path, overwrite: bool) -> None:
-    """Refuse before any work: a run folder's own files are never written, others only when asked, and a CSV
-    that could not be written is said now, not after the predictions are made."""
-    if out.resolve().parent == run.resolve():
-        raise FacetlError(f"--out {out} is inside the run folder {run}; write predictions elsewhere")
+def check_csv_out(out: Path, overwrite: bool) -> None:
+    """Refuse before any work (after facetl.outputs.refuse_misplaced, the rule for where any output may go): an
+    existing file only when asked, and a CSV that could not be written is said now, not after the predictions."""
     if out.is_dir():
         raise FacetlError(f"--out {out} is a folder; give the CSV file's name (e.g. {out / 'predictions.csv'})")
     if out.exists() and not overwrite:

@@ -16,7 +16,7 @@ import yaml
 from facetl.errors import FacetlError
 from facetl.evaluate.metrics import summary_metrics
 from facetl.runfolder import atomic_write_csv, atomic_write_text
-from facetl.runreader import read_history, read_metrics, read_record
+from facetl.runreader import is_run_folder, read_history, read_metrics, read_record
 
 
 @dataclass(frozen=True)
@@ -41,12 +41,6 @@ def columns() -> list[Column]:
             *(Column(m.key, m.label, m.higher_is_better, m.decimals) for m in summary_metrics()),
             Column("val_loss", "val loss", False, 4), Column("val_acc", "val acc", True, 4),
             Column("train_seconds", "train s", False, 1), Column("state", "state"), Column("note", "note")]
-
-
-def is_run_folder(folder: Path) -> bool:
-    """A folder training made: run.json is written last; before it, config.yaml beside train.log. (An evaluation's
-    folder has neither, and MLflow's copies of a run's files, under mlartifacts/, have no train.log.)"""
-    return (folder / "run.json").is_file() or ((folder / "config.yaml").is_file() and (folder / "train.log").is_file())
 
 
 def find_runs(root: Path) -> list[Path]:

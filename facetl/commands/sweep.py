@@ -14,7 +14,7 @@ from facetl.errors import FacetlError
 from facetl.evaluate.metrics import summary_metrics
 from facetl.evaluate.results import cell, run_row
 from facetl.runfolder import atomic_write_csv, atomic_write_text, prepare_run_folder
-from facetl.train.fit import fit, refuse_out_inside_data
+from facetl.train.fit import check_output_places, fit
 
 # results.csv: run, the metrics that sum a run up (the metric table's), then these
 COLUMNS_AFTER_METRICS = ["val_acc", "train_seconds", "trainable_params", "pretraining", "recipe", "report"]
@@ -56,7 +56,7 @@ def grid_configs(base: TrainConfig, grid: dict[str, list[str]], out: str | Path)
     configs = [(run_name(c), build_config(c, base)) for c in combos]
     for _, config in configs:
         config.check()
-        refuse_out_inside_data(config, out)
+        check_output_places(config, out, run=False)
     refuse_same_points(configs)
     return configs
 

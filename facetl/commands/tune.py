@@ -170,7 +170,7 @@ def start_study(base: TrainConfig, space_items: list[str], out: str | Path, tria
     """Check everything, then make or reopen DIR's study. The same command again continues it (with more
     --trials, it goes on further); another search in the same DIR is refused."""
     optuna = optuna_module()
-    from facetl.train.fit import refuse_out_inside_data
+    from facetl.train.fit import check_output_places
 
     if base.folds:
         raise FacetlError("tune trains one run per trial on one split; leave out --folds")
@@ -178,7 +178,7 @@ def start_study(base: TrainConfig, space_items: list[str], out: str | Path, tria
     base = with_absolute_paths(dataclasses.replace(base, out=None))
     base.check()
     check_space(space, base)
-    refuse_out_inside_data(base, out)
+    check_output_places(base, out, run=False)  # base has no out: the flag is the --out given
     folder = Path(out).expanduser().resolve()
     default_storage = f"sqlite:///{folder / 'study.db'}"
     study = Study(folder, base, list(space_items), trials, storage or default_storage, folder.name, startup_trials)

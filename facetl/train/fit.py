@@ -44,7 +44,8 @@ from facetl.models import BuiltModel, TrainablePart, build_model
 from facetl.models.strategies import apply_strategy, first_trainable_layer
 from facetl.record import Calibration, RunRecord
 from facetl.runfolder import (RunLock, atomic_torch_save, atomic_write_csv, atomic_write_json, atomic_write_text,
-                              data_folder, prepare_run_folder, read_torch_file, refuse_output_inside)
+                              prepare_run_folder, read_torch_file)
+from facetl.outputs import data_reads, refuse_misplaced
 from facetl.runtime import Runtime
 from facetl.train.batchnorm import precise_bn_wanted, recompute_batchnorm
 from facetl.train.checkpoints import CheckpointWriter, read_resume_point
@@ -150,10 +151,14 @@ def default_out(config: TrainConfig) -> str:
     return f"runs/{config.backbone}-{config.strategy.replace(':', '')}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
-def refuse_out_inside_data(config: TrainConfig, out: str | Path) -> None:
-    """A run (or a sweep's or folds' folder of runs) inside its data: its plots would be the next run's images."""
-    refuse_output_inside(out, [data_folder(config.data)],
-                         flag="--out" if config.out else "the default --out")
+def check_output_places(config: TrainConfig, out: str | Path, flag: str = "--out", run: bool = True) -> None:
+    """Before any work, every place a training command writes, by the one rule (facetl.outputs.refuse_misplaced):
+    OUT, a run folder (`run`) or a sweep's, folds' or study's folder of runs, and the trackers' places, never an
+    input, never inside the data (its plots would be the next run's images), never inside another run."""
+    reads = data_reads(config.data, config.images)
+    own = out if run else None
+    refuse_misplaced(out, flag, reads, own)
+    check_trackers(dataclasses.replace(config, out=str(out)), reads, own)
 
 
 def fit(config: TrainConfig, resume: bool = False, progress: bool = True, quiet: bool = False,
@@ -171,8 +176,7 @@ def fit(config: TrainConfig, resume: bool = False, progress: bool = True, quiet:
             shared = [out]
             torch.distributed.broadcast_object_list(shared, src=0)
             out = shared[0]
-        refuse_out_inside_data(config, out)
-        check_trackers(dataclasses.replace(config, out=str(out)))  # --track: installed, and its places writable
+        check_output_places(config, out, "--out" if config.out else "the default --out")
         created = not Path(out).exists()
         folder = prepare_run_folder(out)
         config = dataclasses.replace(config, out=str(folder))
