@@ -718,7 +718,8 @@ def cmd_predict(args) -> int:
     result = predict(classifier, args.images, args.faces, args.min_face, tta=args.tta)
     if not result.rows:
         raise FacetlError("none of the images could be read")
-    annotations = plan_annotations(result.rows, Path(args.annotate), args.overwrite) if args.annotate else []
+    annotations = (plan_annotations(result.rows, Path(args.annotate), args.overwrite, out) if args.annotate
+                   else [])
     if out is not None:
         atomic_write_csv(out, *prediction_table(result))
         print(f"wrote {len(result.rows)} predictions to {out}")

@@ -99,6 +99,27 @@ def test_predict_annotate_over_an_input_video_folder_is_refused_before_the_work(
     assert digests(media) == before
 
 
+def test_predict_out_onto_an_annotated_photo_keeps_both_outputs_apart(world, tmp_path):
+    """--out ann/00.annotated.png with --annotate ann: the table and the annotated photo would be one file, and one
+    of them would be lost while both were reported written."""
+    (tmp_path / "ann").mkdir()
+    result = facetl_logged(tmp_path / "log", "predict", str(world["run"]), str(world["photos"] / "00.jpg"),
+                           "--out", str(tmp_path / "ann" / "00.annotated.png"), "--annotate", str(tmp_path / "ann"),
+                           "--overwrite", "--device", "cpu")
+    one_line_error(result, "--out and an annotated photo would both be")
+    assert not any((tmp_path / "ann").iterdir())
+
+
+def test_the_same_photo_given_twice_is_read_once(world, tmp_path):
+    photo = world["photos"] / "00.jpg"
+    result = facetl_logged(tmp_path / "log", "predict", str(world["run"]), str(photo), str(photo),
+                           str(world["photos"]), "--out", str(tmp_path / "p.csv"), "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    rows = (tmp_path / "p.csv").read_text().strip().splitlines()[1:]
+    assert len(rows) == 3, rows  # the folder's three photos, 00.jpg among them, each once
+    assert "given more than once (3 times)" in result.stderr
+
+
 # --- items 2 and 21: tracking places, checked before any work ----------------------------------------------------
 
 TRACKING_PLACES = {

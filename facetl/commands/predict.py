@@ -56,7 +56,23 @@ def collect_images(inputs: list[str]) -> list[Path]:
             files.append(path)
         else:
             raise FacetlError(f"image or folder not found: {path}")
-    return files
+    return once_each(files)
+
+
+def once_each(files: list[Path]) -> list[Path]:
+    """Each photo or video once, in the order first given: a file named twice (directly, through a folder, a
+    link or `./`) would give its rows twice (and a video tracks longer than itself). Says which were repeated."""
+    first: dict[str, Path] = {}
+    repeated: dict[str, int] = {}
+    for path in files:
+        key = os.path.realpath(path)
+        if key in first:
+            repeated[key] = repeated.get(key, 1) + 1
+        else:
+            first[key] = path
+    for key, times in repeated.items():
+        print(f"{first[key]} given more than once ({times} times); it is read once")
+    return list(first.values())
 
 
 def face_alignment_for(classifier, faces: str, min_face: int | None) -> FaceAlignment | None:
@@ -185,8 +201,8 @@ def annotation_names(sources: list[str], ending: str = ".annotated.png") -> list
     return unique_names([m + ending if clashes[p.casefold()] > 1 else p for m, p in zip(mirrored, plain)])
 
 
-def plan_annotations(predictions: list[Prediction], folder: Path,
-                     overwrite: bool = False) -> list[tuple[Path, list[Prediction], Path]]:
+def plan_annotations(predictions: list[Prediction], folder: Path, overwrite: bool = False,
+                     table: Path | None = None) -> list[tuple[Path, list[Prediction], Path]]:
     """(photo, its rows, where its annotated image goes), every target checked before anything is written:
     inside FOLDER, not an existing file unless `overwrite`, never one of the photos themselves."""
     by_photo: dict[str, list[Prediction]] = {}
@@ -203,6 +219,8 @@ def plan_annotations(predictions: list[Prediction], folder: Path,
     hit = next((t for t in targets if os.path.realpath(t) in photos), None)
     if hit is not None:
         raise FacetlError(f"--annotate would write {hit}, which is one of the photos; choose another folder")
+    if table is not None and any(os.path.realpath(t) == os.path.realpath(table) for t in targets):
+        raise FacetlError(f"--out and an annotated photo would both be {table}; choose another --out or --annotate")
     return [(Path(s), by_photo[s], t) for s, t in zip(sources, targets)]
 
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from facetl.commands.predict import (Predictions, annotation_names, face_alignment_for, plan_annotations, predict,
-                                     write_annotations)
+from facetl.commands.predict import (Predictions, annotation_names, face_alignment_for, once_each, plan_annotations,
+                                     predict, write_annotations)
 from facetl.data.folders import is_image_name
 from facetl.data.video import VideoReader, VideoWriter, is_video_name
 from facetl.errors import FacetlError
@@ -79,22 +79,6 @@ def split_media(inputs: list[str]) -> tuple[list[str], list[Path]]:
     return photos, once_each(videos)
 
 
-def once_each(videos: list[Path]) -> list[Path]:
-    """Each video once, in the order first given: a file named twice (directly, through a folder, a link or
-    `./`) would give every row twice and tracks longer than the video. Says which were given more than once."""
-    first: dict[str, Path] = {}
-    repeated: dict[str, int] = {}
-    for path in videos:
-        key = os.path.realpath(path)
-        if key in first:
-            repeated[key] = repeated.get(key, 1) + 1
-        else:
-            first[key] = path
-    for key, times in repeated.items():
-        print(f"{first[key]} given more than once ({times} times); it is read once")
-    return list(first.values())
-
-
 def predict_media(classifier: Classifier, photos: list[str], videos: list[Path], request: VideoRequest,
                   faces: str = "auto", min_face: int | None = None) -> int:
     """`facetl predict` when videos are among the inputs: their frames and the photos' rows in one CSV (a
@@ -104,7 +88,7 @@ def predict_media(classifier: Classifier, photos: list[str], videos: list[Path],
     photo_result = predict(classifier, photos, faces, min_face, tta=request.tta) if photos else None
     photo_plan = []
     if photo_result is not None and request.annotate is not None:
-        photo_plan = plan_annotations(photo_result.rows, request.annotate, request.overwrite)
+        photo_plan = plan_annotations(photo_result.rows, request.annotate, request.overwrite, request.out)
     rows = photo_frame_rows(photo_result) if photo_result is not None else []
     results, summary = predict_videos(classifier, videos, alignment, request, rows)
     for r in results:
