@@ -44,7 +44,7 @@ def template_points(template: str, size: int, scale: float = 1.0) -> np.ndarray:
         raise FacetlError(f"face scale must be between 0.1 and 4, not {scale}")
     base, points = TEMPLATES[template]
     if points is None:
-        raise ValueError(f"the {template!r} framing is cut from the face box, not from landmarks")
+        raise FacetlError(f"the {template!r} framing is cut from the face box, not from five landmarks")
     centre = size / 2.0
     return centre + (points * (size / base) - centre) * scale
 
@@ -87,6 +87,12 @@ def align_face(photo: np.ndarray | Image.Image, landmarks: np.ndarray, size: int
             raise FacetlError(f"the {template!r} framing cuts the detector's face box, and none was given")
         return warp(image, box_transform(box, size, scale), size)
     return warp(image, alignment_transform(landmarks, template, size, scale), size)
+
+
+def reframe(crop: np.ndarray, source: str, target: str, size: int, scale: float = 1.0) -> np.ndarray:
+    """A face crop cut to template `source` (so its landmarks are that template's points), cut again to
+    template `target` at size x size: an ArcFace crop as dlib frames its chips, say."""
+    return align_face(crop, template_points(source, crop.shape[1]), size, target, scale)
 
 
 def warp(image: Image.Image, to_crop: np.ndarray, size: int) -> np.ndarray:
