@@ -218,3 +218,39 @@ def test_reframe_puts_the_landmarks_where_the_target_template_has_them():
         reframe(crop, "arcface", "box", 64)
     with pytest.raises(FacetlError, match="the 'box' framing is cut from the face box, not from five landmarks"):
         reframe(crop, "box", "dlib", 150)
+
+
+@pytest.fixture
+def cached_weights(weights, isolated_cache) -> None:
+    """The real weight file, linked into this test's own cache (what `facetl backbones --fetch dlib` makes)."""
+    target = cached_path(packaged("dlib"), isolated_cache)
+    target.parent.mkdir(parents=True)
+    target.symlink_to(weights)
+
+
+def test_a_frozen_dlib_run_caches_its_features_and_exports_to_onnx(cached_weights, shared_datasets, tmp_path,
+                                                                   torch_one_thread):
+    """`facetl train --backbone dlib_resnet --weights dlib --strategy frozen` on two people's crops: the run
+    caches the 128-d descriptors, records where its weights came from, and its ONNX export answers as PyTorch."""
+    from facetl.cli import main
+    from facetl.inference.onnx import OnnxClassifier
+    from facetl.inference.run import load_run
+    from facetl.runtime import Runtime
+
+    files, labels = celebrity_files(shared_datasets, per_person=8)
+    data = tmp_path / "two"
+    for file, label in zip(files, labels):
+        if label < 2:
+            (data / file.parent.name).mkdir(parents=True, exist_ok=True)
+            (data / file.parent.name / file.name).write_bytes(file.read_bytes())
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--backbone", "dlib_resnet", "--weights", "dlib", "--strategy",
+                 "frozen", "--epochs", "2", "--out", str(run)]) == 0
+    loaded = load_run(run)
+    assert loaded.record.weights.kind == "packaged" and loaded.record.preprocessing.size == 150
+    assert "features cached" in loaded.record.data_path_note
+    assert main(["export", str(run)]) == 0
+    onnx = OnnxClassifier(run / "model.onnx")
+    chips = np.stack([np.asarray(Image.fromarray(rgb(f)).resize((150, 150), Image.BILINEAR)) for f in files[:6]])
+    expected = loaded.classify(chips, Runtime.for_inference("cpu", "fp32"))
+    assert np.abs(onnx.classify(chips) - expected).max() < 1e-4
