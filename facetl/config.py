@@ -24,10 +24,11 @@ from facetl.preprocessing import COLOURS, LANDMARK_SOURCES, FaceAlignment
 AUGMENTATIONS = ("flip", "jitter", "rotate", "shift", "scale", "none")
 # (key, lowest, highest): beyond these a run would exhaust memory or disk before it could say why
 # (an img_size of 100000 is a 30 GB batch of one; 100000 cache views a 98 GB file)
-BOUNDS = (("epochs", 1, 100_000), ("batch_size", 1, 65_536), ("lr", 0, 10.0), ("cache_views", 0, 64),
+BOUNDS = (("epochs", 0, 100_000), ("batch_size", 1, 65_536), ("lr", 0, 10.0), ("cache_views", 0, 64),
           ("img_size", 8, 2048), ("limit", 10, 100_000_000), ("min_face", 1, 10_000), ("workers", 1, 256),
           ("seed", 0, 2**32 - 1), ("folds", 2, 100), ("patience", 1, 100_000))
-STRATEGY_HELP = "frozen | last-block | from:K (layer index or module name) | full | gradual"
+STRATEGY_HELP = ("frozen | last-block | from:K (layer index or module name) | full | gradual | auto (the recipe "
+                 "picks from the weights and the data's size)")
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ class TrainConfig:
     groups: str | None = None            # a table column (identity) or path:REGEX: final metrics per group
     # model
     backbone: str = "mobilenet_v2"
-    weights: str = "imagenet"            # imagenet | none | auto | PATH (state dict or run folder)
+    weights: str = "imagenet"            # imagenet | none | auto | fer2013 | dlib | PATH (state dict or run folder)
     head: str = "linear"                 # linear | mlp | vgg
     strategy: str = "frozen"             # frozen | last-block | from:K | full | gradual (see unfreeze)
     unfreeze: str | None = None          # gradual unfreezing: EPOCH:STRATEGY,... (None with gradual: the recipe's)
@@ -103,7 +104,6 @@ class TrainConfig:
             problems.append("split: train and validation fractions must be above 0")
         choices = {
             "duplicates": ("keep", "drop", "error"),
-            "head": ("linear", "mlp", "vgg"),
             "device": ("auto", "cpu", "cuda", "mps"),
             "precision": ("auto", "fp32", "bf16", "fp16"),
             "select": ("val_loss", "val_acc"),
@@ -116,6 +116,8 @@ class TrainConfig:
             "balance": ("none", "loss", "sampler"),
             "calibrate": ("none", "temperature"),
         }
+        if self.head not in ("linear", "mlp", "vgg", "fer2013") and not self.head.startswith("fer2013:"):
+            problems.append(f"head: {self.head!r} is not one of linear, mlp, vgg, fer2013[:EXPRESSION]")
         if self.threshold not in THRESHOLD_RULES and not _is_probability(self.threshold):
             problems.append(f"threshold: {self.threshold!r} is not a probability between 0 and 1, f1 or balanced")
         if self.colour is not None and self.colour not in COLOURS:
@@ -129,7 +131,8 @@ class TrainConfig:
                                                      or not 0 <= float(arg) <= 90)):
                 problems.append(f"augment: unknown augmentation {aug!r} (flip, jitter, rotate[:DEGREES], "
                                 "shift[:PIXELS], scale[:PERCENT] with an amount from 0 to 90, none)")
-        if not (self.strategy in ("frozen", "last-block", "full", "gradual") or self.strategy.startswith("from:")):
+        if not (self.strategy in ("frozen", "last-block", "full", "gradual", "auto")
+                or self.strategy.startswith("from:")):
             problems.append(f"strategy: {self.strategy!r} is not one of {STRATEGY_HELP}")
         if self.unfreeze is not None:
             problems += unfreeze_problems(self.unfreeze, self.epochs)
@@ -230,8 +233,9 @@ HELP = {
                  "on the upright face and its mirror: a quarter less alignment error, 4-17 ms more a photo)",
     "groups": "final metrics per group too (groups.csv): a table column (identity) or path:REGEX (its first group)",
     "backbone": "vgg16, vgg19, mobilenet_v2 or any timm model name (facetl backbones)",
-    "weights": "imagenet | none | auto (ImageNet if available, else none) | PATH (state dict or run folder)",
-    "head": "linear | mlp (4096-1024) | vgg (4096-4096)",
+    "weights": "imagenet | none | auto (ImageNet if available, else none) | fer2013 | dlib (packaged face weights, "
+               "see facetl backbones) | PATH (state dict or run folder)",
+    "head": "linear | mlp (4096-1024) | vgg (4096-4096) | fer2013[:EXPRESSION] (mini_xception's own classifier)",
     "strategy": STRATEGY_HELP,
     "dropout": "dropout probability in the mlp and vgg heads, 0 to <1",
     "lr": "peak learning rate of the head, or auto (the LR range test picks it; see facetl lr-find)",
@@ -244,7 +248,7 @@ HELP = {
     "label_smoothing": "move training targets this far towards uniform (0 to 0.5)",
     "patience": "early stopping: stop after N epochs without a better selection score (in the last stage)",
     "ema": "keep an exponential moving average of the weights with this decay (e.g. 0.999) and evaluate it",
-    "epochs": "training epochs",
+    "epochs": "training epochs (0: no training; the starting model is validated, saved and tested as it is)",
     "batch_size": "images per step (per process with --nproc); left out, the recipe's: 32 on a CPU, 128 on a GPU",
     "seed": "seed of the split, the initial weights and every epoch's draws",
     "device": "auto | cpu | cuda | mps",

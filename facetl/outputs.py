@@ -4,6 +4,8 @@ for distinct inputs, and output folders kept out of the folders a command reads.
 A table row or a file path is data: `/home/u/photos/a.jpg` or `../../x/p.jpg` names a photo to read, never a
 place to write. Every output name a command derives from one goes through `contained_name`, then
 `unique_names`, then `inside`, so no row can steer a write outside the output folder or onto another's output.
+Every output a command is given goes through `refuse_misplaced` before any work: never an input, never inside
+the data, never inside another run.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from pathlib import Path, PurePath, PurePosixPath
 from typing import Iterable, Sequence
 
 from facetl.errors import FacetlError
+from facetl.runreader import is_run_folder
 
 # what an absolute path's anchor and a `..` become inside the output folder: a folder of that name
 ROOT_PART, UP_PART = "_root", "_up"
@@ -56,14 +59,72 @@ def inside(folder: Path, name: str) -> Path:
     return target
 
 
-def refuse_inside_inputs(out: Path, inputs: Iterable[Path], flag: str, what: str = "input folder") -> None:
-    """A command's output folder may not be, or be inside, a folder it reads: a rerun would read its own
-    output as input, and its files would sit among the user's."""
-    where = out.expanduser().resolve()
-    for folder in inputs:
-        root = Path(folder).expanduser().resolve()
-        if where == root or root in where.parents:
-            raise FacetlError(f"{flag} {out} is inside the {what} {folder}; choose a folder outside it")
+def refuse_misplaced(out: str | Path, flag: str, reads: Iterable[tuple[str, Path | None]] = (),
+                     own_run: str | Path | None = None, given: str | None = None) -> None:
+    """The one rule for every output of every command (--out, --annotate, --track-dir, --tracking-uri, the
+    tracks CSV), checked before any work and before any folder is made. An output is never:
+    - one of the command's inputs: --overwrite replaces an earlier output, never a video, photo or table read;
+    - inside a folder the command reads (its data, an input folder): the next run would read this one's
+      output as input (a run's plots as training images), and its files would sit among the user's;
+    - inside a run folder other than `own_run`, the one the command itself writes: a run's folder holds its
+      own records only, which `runs`, `--resume` and MLflow read back as the run's.
+    `reads`: (what it is, path) pairs, e.g. ("data folder", ds); a folder refuses anything inside it, a file
+    only itself. `given`: the flag's value as the user wrote it (a URI), named in the message instead of `out`."""
+    target = Path(out).expanduser().resolve()
+    label = f"{flag} {given if given is not None else out}"
+    for what, path in reads:
+        if path is None:
+            continue
+        source = Path(path).expanduser().resolve()
+        if source.is_dir() and (target == source or source in target.parents):
+            raise FacetlError(f"{label} is inside the {what} {path}; choose a place outside it")
+        if target == source or _same_file(target, source):
+            raise FacetlError(f"{label} is the {what} {path}; an input is never written over, even with "
+                              "--overwrite: choose another name")
+    own = Path(own_run).expanduser().resolve() if own_run is not None else None
+    for place in [target, *target.parents]:
+        if place != own and is_run_folder(place):
+            where = "is the run folder" if place == target else "is inside the run folder"
+            raise FacetlError(f"{label} {where} {place}, which holds that run's own records only; choose a "
+                              "place outside it")
+
+
+def data_reads(data: str | Path | None, images: str | Path | None = None) -> list[tuple[str, Path]]:
+    """What a dataset's command reads, for `refuse_misplaced`: a class-folder root (every image in it is read,
+    so a run written inside it would become training data), or a table and the folder its images are in."""
+    reads = []
+    if data is not None:
+        path = Path(data).expanduser()
+        reads.append(("data folder" if path.is_dir() else "data table", path))
+    if images is not None:
+        reads.append(("images folder", Path(images).expanduser()))
+    return reads
+
+
+def input_reads(inputs: Iterable[str | Path]) -> list[tuple[str, Path]]:
+    """Photos, videos and folders a command reads (predict, explain), for `refuse_misplaced`."""
+    return [("input folder" if Path(i).expanduser().is_dir() else "input", Path(i).expanduser()) for i in inputs]
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Two names of one file (a hard link, a symbolic link on the way)."""
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def unwritable(folder: Path) -> str | None:
+    """Why files could not be made in `folder` (or in the folder it would be made in), or None. The nearest
+    existing folder decides."""
+    for place in [folder, *folder.parents]:
+        if place.exists():
+            if not place.is_dir():
+                return f"{place} is a file, not a folder"
+            if not os.access(place, os.W_OK | os.X_OK):
+                return f"{place} is not writable"
+            return None
+    return "no existing folder above it"
 
 
 def mirrored_names(sources: Sequence[str]) -> list[str]:

@@ -170,27 +170,6 @@ def prepare_run_folder(path: str | Path) -> Path:
     return path
 
 
-def data_folder(data: str | Path | None) -> Path | None:
-    """The folder whose images a dataset is: a class-folder root, where every image found is read, so a run
-    written inside it would become training data. A table names its files, so nothing written beside them
-    is read (None); so is data that is not there (reading it says so, in its own words)."""
-    path = Path(data).expanduser() if data is not None else None
-    return path if path is not None and path.is_dir() else None
-
-
-def refuse_output_inside(out: str | Path, folders, what: str = "data folder", flag: str = "--out") -> None:
-    """The one rule every command follows: its output is never inside a folder it reads, or the next run would
-    read this one's output (a run's plots as training images, explanations as images to explain). Call it
-    before any work and before any folder is made."""
-    target = Path(out).expanduser().resolve()
-    for folder in folders:
-        if folder is None:
-            continue
-        root = Path(folder).expanduser().resolve()
-        if target == root or root in target.parents:
-            raise FacetlError(f"{flag} {out} is inside the {what} {folder}; choose a folder outside it")
-
-
 class RunLock:
     """A pid file in the run folder; a lock left by a dead process is taken over."""
 

@@ -16,6 +16,13 @@ from facetl.errors import FacetlError
 from facetl.record import RunRecord
 
 
+def is_run_folder(folder: Path) -> bool:
+    """A folder training made: run.json is written last; before it, config.yaml beside train.log. (An evaluation's
+    folder has neither, and MLflow's copies of a run's files, under mlartifacts/, have no train.log.)"""
+    folder = Path(folder)
+    return (folder / "run.json").is_file() or ((folder / "config.yaml").is_file() and (folder / "train.log").is_file())
+
+
 def read_history(folder: Path) -> list[dict]:
     """Every finished epoch from history.csv ([] when there is none); a row that is not an epoch's is a
     FacetlError naming the file and its line."""

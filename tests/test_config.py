@@ -133,7 +133,7 @@ def test_data_is_required():
 
 def test_every_out_of_range_value_is_reported_at_once():
     config = build_config({
-        "data": "x", "epochs": 0, "batch_size": 0, "lr": 0, "cache_views": -1, "img_size": 4, "limit": 5,
+        "data": "x", "epochs": -1, "batch_size": 0, "lr": 0, "cache_views": -1, "img_size": 4, "limit": 5,
         "dropout": 1.0, "duplicates": "maybe", "head": "huge", "device": "tpu", "precision": "fp8",
         "select": "train_loss", "scheduler": "step", "augment": "flip,blur", "strategy": "half",
         "normalize": "1,2,3", "split": "0.5,0.5,0.5",

@@ -114,16 +114,22 @@ def test_truncated_and_other_files_are_refused_by_name(weights, tmp_path):
         read_dlib_network(longer)
 
 
-def test_a_wrong_hash_is_refused_in_one_line_by_the_command(weights, isolated_cache, tiny_folder_dataset, tmp_path):
-    """A cached file cut short is refused by its hash before it is read, naming it and the command that fetches it."""
+@pytest.mark.parametrize("damage, said", [
+    (lambda data: data[:-1000], "is truncated (22,465,066 of 22,466,066 bytes of the dlib weight file)"),
+    (lambda data: data[:5000] + bytes([data[5000] ^ 1]) + data[5001:], "is not the pinned dlib weight file"),
+])
+def test_a_damaged_cache_file_is_refused_in_one_line_by_the_command(weights, isolated_cache, tiny_folder_dataset,
+                                                                     tmp_path, damage, said):
+    """A cached file cut short, or with one bit changed, is refused before it is read, naming it and the command
+    that fetches it again."""
     target = cached_path(packaged("dlib"), isolated_cache)
     target.parent.mkdir(parents=True)
-    target.write_bytes(weights.read_bytes()[:-1000])
+    target.write_bytes(damage(weights.read_bytes()))
     result = subprocess.run([sys.executable, "-m", "facetl", "train", "--data", str(tiny_folder_dataset),
                              "--backbone", "dlib_resnet", "--weights", "dlib", "--epochs", "1",
                              "--out", str(tmp_path / "run")],
                             capture_output=True, text=True, env=dict(ENV, FACETL_CACHE=str(isolated_cache)))
-    one_line_error(result, str(target), "is not the pinned dlib weight file", "facetl backbones --fetch dlib")
+    one_line_error(result, str(target), said, "facetl backbones --fetch dlib")
     assert not (tmp_path / "run" / "best.pt").exists()
 
 

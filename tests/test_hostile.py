@@ -167,7 +167,7 @@ CASES = [
     (T + ["--lr", "-0.1"], ["lr: -0.1 is out of range"]),
     (T + ["--lr", "fast"], ["lr", "expected a number", "fast"]),
     (T + ["--epochs", "zero"], ["epochs", "integer"]),
-    (T + ["--epochs", "0"], ["epochs: 0 is out of range"]),
+    (T + ["--epochs", "-1"], ["epochs: -1 is out of range"]),
     (T + ["--epochs", "1000000000"], ["epochs: 1000000000 is out of range"]),
     (T + ["--img-size", "100000"], ["img_size: 100000 is out of range"]),
     (T + ["--img-size", "0"], ["img_size: 0 is out of range"]),

@@ -206,6 +206,8 @@ def test_a_model_that_answers_nan_is_an_error_naming_it(server):
     (["--header-timeout", "soon"], "invalid float value"),
     (["--max-connections", "0"], "--max-connections: 0 is out of range"),
     (["--allowed-hosts", "a*b"], "--allowed-hosts: 'a*b' is not a host name"),
+    (["--smooth", "-1"], "--smooth -1: give seconds from 0 to 3600"),
+    (["--smooth", "nan"], "--smooth nan: give seconds from 0 to 3600"),
 ])
 def test_bad_limits_are_one_line(tmp_path, capsys, args, message):
     one_line_error(in_process(capsys, "serve", str(tmp_path), *args), message)

@@ -161,3 +161,23 @@ def test_folds_through_the_local_launcher_match_the_sweep_in_one_process(capsys,
     same_numbers({k: v for k, v in fold_results["jobs"].items() if k.startswith("fold")},
                  {k: v for k, v in fold_results["here"].items() if k.startswith("fold")})
     assert (tmp_path / "jobs" / "results.md").read_text().count("± ") > 0
+
+
+@pytest.mark.slow
+def test_an_array_sbatch_refuses_is_one_line_with_sbatchs_words(cluster, tmp_path, data):
+    """Issue 29: a partition SLURM does not have (or any sbatch refusal) gave submitit's 30-line traceback."""
+    import sys
+
+    def facetl(*args):  # the real command, in a fresh process that sees the test cluster
+        return subprocess.run([sys.executable, "-m", "facetl", *args], capture_output=True, text=True, timeout=600,
+                              env={**cluster.env(), "PYTHONWARNINGS": "ignore"})
+
+    slurm = ["--launcher", "slurm", "--partition", "nosuchpart", "--time", "5"]
+    sweep = facetl("sweep", "--data", str(data), *TINY, "--grid", "lr=1e-3,1e-2", "--out", str(tmp_path / "grid"),
+                   *slurm)
+    line = one_line_error(sweep, "sbatch", "nosuchpart")
+    assert "invalid partition" in line.lower(), line
+    assert "facetl" not in cluster.squeue()  # nothing was submitted
+    tune = facetl("tune", "--data", str(data), *TINY, "--space", "lr=log:1e-4:1e-1", "--trials", "2", "--out",
+                  str(tmp_path / "study"), *slurm)
+    assert "invalid partition" in one_line_error(tune, "sbatch", "nosuchpart").lower()

@@ -19,7 +19,7 @@ from facetl.models.weights import WeightsUnavailable
 from facetl.preprocessing import Preprocessing
 from facetl.record import RunRecord, RuntimeUsed, StartingWeights
 
-BACKBONES = ["vgg16", "vgg19", "mobilenet_v2", "resnet18", "dlib_resnet"]  # resnet18: a timm model
+BACKBONES = ["vgg16", "vgg19", "mobilenet_v2", "resnet18", "mini_xception", "dlib_resnet"]  # resnet18: a timm model
 # the smallest input a backbone takes, where 32 pixels are too few (dlib_resnet's strided convolutions have
 # no padding)
 IMG_SIZE = {"dlib_resnet": 104}
@@ -29,6 +29,7 @@ LAST_BLOCK = {  # parameter-name prefixes that last-block trains, besides the he
     "vgg19": [f"backbone.features.{i}." for i in range(28, 37)],
     "mobilenet_v2": [f"backbone.features.{i}." for i in range(14, 19)],
     "resnet18": ["backbone.features.0.model.layer4."],
+    "mini_xception": ["backbone.features.5."],  # the last residual unit
     "dlib_resnet": ["backbone.features.14.", "backbone.features.15."],  # alevel0 and the 128-d embedding
 }
 MOBILENET_FILE = "mobilenet_v2-b0353104.pth"
@@ -192,6 +193,7 @@ TRAINED_BN = {  # batch-norm names (in the backbone) that last-block trains
     "mobilenet_v2": ("features.14.", "features.15.", "features.16.", "features.17.", "features.18."),
     "resnet18": ("features.0.model.layer4.",),
     "mobilenetv3_small_050": ("features.0.model.blocks.5.",),  # timm's BatchNormAct2d: not a leaf module
+    "mini_xception": ("features.5.",),
 }
 
 
@@ -199,6 +201,7 @@ TRAINED_BN = {  # batch-norm names (in the backbone) that last-block trains
     ("mobilenet_v2", "frozen"), ("mobilenet_v2", "last-block"), ("mobilenet_v2", "full"),
     ("resnet18", "frozen"), ("resnet18", "last-block"),
     ("mobilenetv3_small_050", "frozen"), ("mobilenetv3_small_050", "last-block"),
+    ("mini_xception", "frozen"), ("mini_xception", "last-block"),
 ])
 def test_frozen_batch_norm_cannot_be_unfrozen_by_train(fast_backbones, backbone, strategy):
     model, plan = make(backbone, strategy)
@@ -296,7 +299,7 @@ def differs(a, b) -> bool:
                if x.is_floating_point())
 
 
-@pytest.mark.parametrize("backbone", ["mobilenet_v2", "resnet18", "dlib_resnet"])
+@pytest.mark.parametrize("backbone", ["mobilenet_v2", "resnet18", "mini_xception", "dlib_resnet"])
 def test_state_dict_file_loads(tmp_path, backbone):
     source = create_backbone(backbone, "none")
     if backbone == "resnet18":  # a timm file uses the model's bare names

@@ -10,6 +10,8 @@ to train.
 from __future__ import annotations
 
 import csv
+import os
+import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -18,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.commandline import in_process, one_line_error
+from tests.commandline import ENV, facetl, in_process, one_line_error
 
 av = pytest.importorskip("av")
 
@@ -256,6 +258,25 @@ def test_tracks_survive_missed_detections_and_long_gaps_between_analysed_frames(
     assert tracker.update(boxes(7.52), [0.999, 0.999], 7.52) == [1, 3]  # ... for 1.4 s: a new number
 
 
+def test_a_long_stream_of_passing_faces_keeps_only_the_faces_in_view():
+    """A camera stream of hours sees thousands of faces come and go: the smoother forgets each one's average
+    once its track ends, and a face coming back starts again from its own answer."""
+    from facetl.inference.video import FaceTracker, ProbabilitySmoother
+
+    tracker, smoother = FaceTracker(), ProbabilitySmoother(0.5)
+    for second in range(1000):  # a new face every second, each at a new place: every track ends
+        for t in np.arange(second, second + 0.5, 0.1):
+            [track] = tracker.update([(100.0 * (second % 7), 50, 80, 100)], [0.999], float(t))
+            smoother(track, float(t), np.array([0.2, 0.8]))
+            smoother.keep_only(tracker.live)
+        assert len(smoother) <= 2
+    assert track == 1000 and len(tracker.live) <= 2
+    for t in np.arange(999.5, 1001.0, 0.1):  # no face for 1.5 s: the last track ends too
+        tracker.update([], [], float(t))
+        smoother.keep_only(tracker.live)
+    assert len(smoother) == 0
+
+
 @pytest.mark.slow
 def test_a_run_stopped_half_way_leaves_nothing_half_written(run, clip, tmp_path, capsys, monkeypatch):
     """Ctrl-C in the middle of a video: neither the CSV, the tracks CSV nor the annotated video exists, under
@@ -279,3 +300,161 @@ def test_a_run_stopped_half_way_leaves_nothing_half_written(run, clip, tmp_path,
     assert result.returncode == 130 and "interrupted" in result.stderr
     assert sorted(p.name for p in outputs.rglob("*") if p.is_file()) == ["frames.csv"]
     assert (outputs / "frames.csv").read_text() == "the user's own\n"
+
+
+# --- issue 29: names that clash, phone videos, broken MKV/WebM, a video given twice, memory while annotating ---
+
+def write_clip(path: Path, frames: list[np.ndarray], container: str, codec: str, rotation: int = 0) -> Path:
+    """`frames` (upright) as a video of `container`; with `rotation` (degrees counter-clockwise, as a phone's
+    display matrix says) the pixels are stored turned the other way, so that a player shows them upright."""
+    with av.open(str(path), "w", format=container) as out:
+        stream = out.add_stream(codec, rate=25)
+        stored = [np.ascontiguousarray(np.rot90(f, k=-rotation // 90)) for f in frames]
+        stream.width, stream.height, stream.pix_fmt = stored[0].shape[1], stored[0].shape[0], "yuv420p"
+        if rotation:
+            stream.set_display_rotation(rotation)
+        for pixels in stored:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
+        out.mux(stream.encode())
+    return path
+
+
+@pytest.fixture(scope="module")
+def clip_frames(clip) -> list[np.ndarray]:
+    with av.open(str(clip[0])) as video:
+        return [f.to_ndarray(format="rgb24") for f in video.decode(video=0)]
+
+
+@pytest.mark.slow
+def test_videos_differing_only_in_extension_get_distinct_annotated_videos(run, clip, clip_frames, tmp_path):
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    (folder / "clip.mp4").write_bytes(clip[0].read_bytes())
+    write_clip(folder / "clip.mkv", clip_frames[:20], "matroska", "libx264")
+    annotated = tmp_path / "annotated"
+    result = facetl("predict", str(run), str(folder), "--every", "10", "--annotate", str(annotated))
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in annotated.iterdir()) == ["clip.mkv.annotated.mp4", "clip.mp4.annotated.mp4"]
+    for name, frames in (("clip.mp4", 30), ("clip.mkv", 20)):
+        with av.open(str(annotated / f"{name}.annotated.mp4")) as video:
+            assert sum(1 for _ in video.decode(video=0)) == frames
+        assert f"annotated video {annotated / name}.annotated.mp4" in result.stdout
+
+
+def test_a_csv_onto_the_annotated_video_is_refused_before_any_work(clip_of_noise, tmp_path):
+    """--out out/clip.annotated.mp4 --annotate out: the CSV would replace the annotated video."""
+    run = tmp_path / "run"  # refused before the run is opened: any folder will do
+    run.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    result = facetl("predict", str(run), str(clip_of_noise), "--out", str(out / "clip.annotated.mp4"),
+                    "--annotate", str(out))
+    one_line_error(result, "--out", "clip.annotated.mp4", "annotated video")
+    assert list(out.iterdir()) == []
+
+
+@pytest.fixture
+def clip_of_noise(tmp_path) -> Path:
+    """A 10-frame clip of noise: enough for the checks made before any work."""
+    rng = np.random.default_rng(0)
+    return write_clip(tmp_path / "clip.mp4", [rng.integers(0, 256, (64, 96, 3), dtype=np.uint8) for _ in range(10)],
+                      "mp4", "libx264")
+
+
+@pytest.mark.parametrize("rotation", [90, -90, 180])
+def test_a_video_with_a_display_rotation_is_read_upright(tmp_path, rotation):
+    """Frames stored turned, with the display matrix a phone writes: the reader gives them as a player shows them."""
+    upright = np.zeros((48, 64, 3), np.uint8)
+    upright[:12, :20] = 255  # a white block at the top left
+    path = write_clip(tmp_path / "phone.mp4", [upright] * 3, "mp4", "libx264", rotation=rotation)
+    from facetl.data.video import VideoReader
+
+    with VideoReader(path) as video:
+        frames = [f.pixels for f in video]
+        assert (video.info.width, video.info.height) == (64, 48)
+    assert len(frames) == 3 and frames[0].shape == (48, 64, 3)
+    assert np.abs(frames[0].astype(int) - upright).mean() < 8
+
+
+@pytest.mark.slow
+def test_a_phone_video_with_rotation_metadata_finds_the_faces_the_upright_video_has(run, clip, clip_frames,
+                                                                                       tmp_path):
+    """A phone's portrait video: pixels stored turned, a display matrix (rotate 90) to show them upright. The
+    faces of the upright frames are found in it, at the same places, and the annotated video is upright."""
+    _, truth, _ = clip
+    phone = write_clip(tmp_path / "phone.mp4", clip_frames, "mp4", "libx264", rotation=-90)
+    with av.open(str(phone)) as video:
+        stored = next(video.decode(video=0))
+        assert (stored.width, stored.height, stored.rotation) == (480, 640, -90)  # the clip really is turned
+    out, annotated = tmp_path / "frames.csv", tmp_path / "annotated"
+    result = facetl("predict", str(run), str(phone), "--out", str(out), "--annotate", str(annotated))
+    assert result.returncode == 0, result.stderr
+    found = matched(read_csv(out), truth)
+    assert len(found) == 2 and all(len(hits) >= 0.9 * len(truth) for hits in found.values()), result.stdout
+    with av.open(str(annotated / "phone.annotated.mp4")) as video:
+        first = next(video.decode(video=0))
+        assert (first.width, first.height) == (640, 480)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("container, codec, damage", [
+    ("matroska", "libx264", "truncated"), ("webm", "libvpx", "truncated"), ("matroska", "libx264", "corrupt"),
+], ids=["mkv-truncated", "webm-truncated", "mkv-corrupt"])
+def test_a_damaged_mkv_or_webm_warns_and_exits_1(run, clip_frames, tmp_path, container, codec, damage):
+    """MKV and WebM do not record a frame count, but they record a duration: a file that ends early, or whose
+    middle is garbage, keeps the frames before the damage, says where it stopped and exits 1."""
+    name = "clip." + ("mkv" if container == "matroska" else "webm")
+    whole = write_clip(tmp_path / ("whole_" + name), clip_frames, container, codec).read_bytes()
+    damaged = tmp_path / name
+    if damage == "truncated":
+        damaged.write_bytes(whole[:len(whole) // 2])
+    else:
+        middle = len(whole) // 3
+        noise = np.random.default_rng(1).integers(0, 256, len(whole) // 4, dtype=np.uint8).tobytes()
+        damaged.write_bytes(whole[:middle] + noise + whole[middle + len(noise):])
+    out = tmp_path / "frames.csv"
+    result = facetl("predict", str(run), str(damaged), "--out", str(out), "--every", "5")
+    assert result.returncode == 1, (result.returncode, result.stderr)
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and name in warnings[0] and "stopped after frame" in warnings[0], result.stderr
+    stopped = int(warnings[0].split("stopped after frame ")[1].split()[0])
+    assert 0 < stopped < 30 and f"{stopped} frames" in result.stdout
+    assert all(int(r["frame"]) < stopped for r in read_csv(out))
+
+
+@pytest.mark.slow
+def test_the_same_video_given_twice_is_read_once(run, clip, tmp_path):
+    path = clip[0]
+    out = tmp_path / "frames.csv"
+    result = facetl("predict", str(run), str(path), str(path.parent / "." / path.name), str(path.parent),
+                    "--out", str(out), "--every", "3")
+    assert result.returncode == 0, result.stderr
+    assert "given more than once" in result.stdout and result.stdout.count(": 30 frames, 10 analysed") == 1
+    rows = read_csv(out)
+    assert len({r["path"] for r in rows}) == 1
+    assert len({(r["frame"], r["track"]) for r in rows}) == len(rows)  # no face twice in a frame
+    assert all(int(t["frames"]) <= 10 for t in read_csv(tmp_path / "frames.tracks.csv"))
+
+
+def peak_rss_mib(*args: str) -> tuple[int, float]:
+    """`facetl ARGS` in a fresh process: its exit status and its peak resident memory (MiB)."""
+    process = subprocess.Popen([sys.executable, "-m", "facetl", *args], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, env=ENV)
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return process.returncode, usage.ru_maxrss / 1024
+
+
+@pytest.mark.slow
+def test_annotating_with_every_k_holds_a_bounded_number_of_frames(run, clip_frames, tmp_path):
+    """--every 1000 --annotate on a 600-frame clip (550 MB of decoded frames) peaks no higher than on a 60-frame
+    clip: frames between analysed ones are written as they come, not held."""
+    still = clip_frames[0]
+    short = write_clip(tmp_path / "short.mp4", [still] * 60, "mp4", "libx264")
+    long = write_clip(tmp_path / "long.mp4", [still] * 600, "mp4", "libx264")
+    peaks = {}
+    for path in (short, long):
+        code, peaks[path.name] = peak_rss_mib("predict", str(run), str(path), "--every", "1000", "--annotate",
+                                              str(tmp_path / path.stem))
+        assert code == 0
+    assert peaks["long.mp4"] - peaks["short.mp4"] < 150, peaks

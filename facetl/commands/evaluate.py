@@ -17,6 +17,7 @@ from facetl.evaluate.report import SplitResult, write_evaluation
 from facetl.commands.explain import gradcam_gallery
 from facetl.inference.decision import Decision
 from facetl.inference.run import LoadedRun, load_run
+from facetl.outputs import unwritable
 from facetl.runreader import locate_data
 from facetl.progress import progress_bar
 from facetl.runfolder import atomic_write_csv
@@ -31,6 +32,11 @@ def evaluate_run(folder: str | Path, split: str = "test", runtime: Runtime | Non
     `tta` flip: each image's probabilities are averaged with its mirror image's (facetl.inference.run.with_tta).
     `groups` (a column or path:REGEX) adds metrics per group; by default, the run's own --groups."""
     run = load_run(folder)
+    out = run.folder / f"eval-{split}"
+    problem = unwritable(out)  # said now, not after minutes of work (a run copied read-only, a shared folder)
+    if problem:
+        raise FacetlError(f"cannot write the evaluation into {out}: {problem}; copy the run somewhere writable "
+                          "and evaluate the copy")
     config, record = locate_data(run.config, run.folder, data, images), run.record
     group_by = groups or config.groups
     problems = group_spec_problems(group_by, "--groups") if group_by is not None else []
@@ -54,7 +60,6 @@ def evaluate_run(folder: str | Path, split: str = "test", runtime: Runtime | Non
         raise FacetlError(f"{files[first]} is unreadable: {store.errors[first]}")
     labels = samples.labels[index]
     probs = split_probabilities(run, store.images, runtime, tta, config.batch_size * 2, split, progress)
-    out = run.folder / f"eval-{split}"
     names = [samples.paths[i] for i in index]
     if not record.multi_attribute:  # the gallery shows one decision per image
         write_gradcam_gallery(run, store.images, labels, probs, names, out / "gradcam.png", runtime)
@@ -112,4 +117,4 @@ def write_gradcam_gallery(run, images, labels: np.ndarray, probs: np.ndarray, na
     except Exception as exc:  # noqa: BLE001 - any failure of an extra picture
         path.unlink(missing_ok=True)
         why = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
-        warnings.warn(f"{path} not written: the Grad-CAM gallery failed ({why}); the evaluation is complete")
+        warnings.warn(f"{path} not written: the Grad-CAM gallery failed ({why}); the rest goes on without it")

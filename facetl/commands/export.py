@@ -30,6 +30,7 @@ from facetl.errors import FacetlError
 from facetl.inference.onnx import FORMAT_VERSION, INPUT_NAME, OUTPUT_NAME, first_line
 from facetl.inference.run import load_run
 from facetl.models.outputs import probabilities
+from facetl.outputs import refuse_misplaced
 from facetl.preprocessing import Preprocessing
 from facetl.runfolder import atomic_write_bytes
 
@@ -112,7 +113,9 @@ def export_onnx(run_folder: str | Path, out: str | Path | None = None, overwrite
     if run.record.multi_attribute:
         raise FacetlError(f"{run_folder} is a multi-attribute run; ONNX export is for single-target runs so far "
                           "(use facetl predict on the run)")
-    out = _check_out(Path(out) if out else run_folder / "model.onnx", overwrite, run_folder)
+    out = Path(out) if out else run_folder / "model.onnx"
+    refuse_misplaced(out, "--out", own_run=run_folder)  # inside this run, or anywhere but another run
+    out = _check_out(out, overwrite, run_folder)
     metadata = onnx_metadata(run.record.preprocessing, run.class_names, run.record.title, run.config.backbone,
                              run.record.threshold, run.record.temperature)
     proto = onnx_model(run.model.float().eval(), run.record.preprocessing, metadata, run.record.temperature)

@@ -32,7 +32,7 @@ from facetl.data.load import load_samples
 from facetl.data.samples import Samples
 from facetl.data.tables import read_table
 from facetl.errors import FacetlError
-from facetl.outputs import contained_name, inside, refuse_inside_inputs, unique_names
+from facetl.outputs import contained_name, inside, refuse_misplaced, unique_names
 from facetl.preprocessing import FaceAlignment
 from facetl.runfolder import RunLock, atomic_write_bytes, atomic_write_csv, atomic_write_json, csv_text, plain_cell
 from facetl.progress import progress_bar
@@ -106,7 +106,7 @@ def _open_out(out: Path, root: Path) -> Path:
     """OUT made, outside the data (a rerun must not read its output); a folder holding anything but an
     unfinished run's files is refused before anything is written."""
     out = out.expanduser().resolve()
-    refuse_inside_inputs(out, [root], "--out", "data folder")
+    refuse_misplaced(out, "--out", [("data folder", root)])
     if out.exists() and not out.is_dir():
         raise FacetlError(f"--out {out} exists and is not a folder; choose a new or empty folder")
     if out.is_dir() and not (out / PLAN).is_file() and any(p.name != ".lock" for p in out.iterdir()):

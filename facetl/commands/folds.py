@@ -26,7 +26,7 @@ from facetl.evaluate.results import cell, run_row
 from facetl.models.classifier import resolve_preprocessing
 from facetl.runfolder import atomic_write_csv, atomic_write_text, prepare_run_folder
 from facetl.commands.sweep import grid_configs
-from facetl.train.fit import default_out, fit, refuse_out_inside_data
+from facetl.train.fit import check_output_places, default_out, fit
 
 
 def averaged() -> list[tuple[str, str]]:
@@ -72,7 +72,7 @@ def cross_validate(config: TrainConfig, progress: bool = True, log=print, pictur
     if not config.folds:
         raise FacetlError("cross_validate needs folds (2 or more)")
     out = Path(config.out or default_out(config))
-    refuse_out_inside_data(config, out)
+    check_output_places(config, out, "--out" if config.out else "the default --out", run=False)
     rows = []
     for name, folder, fold_config in fold_runs(config, out, log, progress):
         if (folder / "metrics.json").is_file():

@@ -174,14 +174,15 @@ def _attribute_table(result: Predictions) -> tuple[list[str], list[list]]:
     return header, rows
 
 
-def annotation_names(sources: list[str]) -> list[str]:
-    """Each photo's annotated image inside DIR: its path below the folder all the photos share, as
-    NAME.annotated.png (a/x.jpg and b/x.jpg stay apart as a/x... and b/x...); photos that differ only in
-    their extension keep it (x.jpg.annotated.png, x.png.annotated.png). Distinct photos, distinct files."""
+def annotation_names(sources: list[str], ending: str = ".annotated.png") -> list[str]:
+    """Each photo's (or video's: `ending` .annotated.mp4) annotated file inside DIR: its path below the folder
+    all of them share, as NAME.annotated.png (a/x.jpg and b/x.jpg stay apart as a/x... and b/x...); files that
+    differ only in their extension keep it (x.jpg.annotated.png, x.png.annotated.png). Distinct inputs,
+    distinct files."""
     mirrored = mirrored_names(sources)
-    plain = [PurePosixPath(m).with_suffix("").as_posix() + ".annotated.png" for m in mirrored]
+    plain = [PurePosixPath(m).with_suffix("").as_posix() + ending for m in mirrored]
     clashes = Counter(name.casefold() for name in plain)
-    return unique_names([m + ".annotated.png" if clashes[p.casefold()] > 1 else p for m, p in zip(mirrored, plain)])
+    return unique_names([m + ending if clashes[p.casefold()] > 1 else p for m, p in zip(mirrored, plain)])
 
 
 def plan_annotations(predictions: list[Prediction], folder: Path,
@@ -245,11 +246,9 @@ def _annotated_png(source: Path, rows: list[Prediction]) -> bytes:
     return buffer.getvalue()
 
 
-def check_csv_out(out: Path, run: Path, overwrite: bool) -> None:
-    """Refuse before any work: a run folder's own files are never written, others only when asked, and a CSV
-    that could not be written is said now, not after the predictions are made."""
-    if out.resolve().parent == run.resolve():
-        raise FacetlError(f"--out {out} is inside the run folder {run}; write predictions elsewhere")
+def check_csv_out(out: Path, overwrite: bool) -> None:
+    """Refuse before any work (after facetl.outputs.refuse_misplaced, the rule for where any output may go): an
+    existing file only when asked, and a CSV that could not be written is said now, not after the predictions."""
     if out.is_dir():
         raise FacetlError(f"--out {out} is a folder; give the CSV file's name (e.g. {out / 'predictions.csv'})")
     if out.exists() and not overwrite:

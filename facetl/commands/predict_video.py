@@ -15,18 +15,19 @@ import os
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from facetl.commands.predict import Predictions, face_alignment_for, plan_annotations, predict, write_annotations
+from facetl.commands.predict import (Predictions, annotation_names, face_alignment_for, plan_annotations, predict,
+                                     write_annotations)
 from facetl.data.folders import is_image_name
 from facetl.data.video import VideoReader, VideoWriter, is_video_name
 from facetl.errors import FacetlError
 from facetl.inference.classifiers import Classifier
 from facetl.inference.video import FramePipeline, TrackedFace
-from facetl.outputs import inside, mirrored_names
+from facetl.outputs import inside
 from facetl.progress import progress_bar
 from facetl.preprocessing import FaceAlignment
 from facetl.runfolder import atomic_write_csv, csv_text, publish, temporary_beside
@@ -75,7 +76,23 @@ def split_media(inputs: list[str]) -> tuple[list[str], list[Path]]:
             videos.append(path)
         else:
             photos.append(item)
-    return photos, videos
+    return photos, once_each(videos)
+
+
+def once_each(videos: list[Path]) -> list[Path]:
+    """Each video once, in the order first given: a file named twice (directly, through a folder, a link or
+    `./`) would give every row twice and tracks longer than the video. Says which were given more than once."""
+    first: dict[str, Path] = {}
+    repeated: dict[str, int] = {}
+    for path in videos:
+        key = os.path.realpath(path)
+        if key in first:
+            repeated[key] = repeated.get(key, 1) + 1
+        else:
+            first[key] = path
+    for key, times in repeated.items():
+        print(f"{first[key]} given more than once ({times} times); it is read once")
+    return list(first.values())
 
 
 def predict_media(classifier: Classifier, photos: list[str], videos: list[Path], request: VideoRequest,
@@ -201,27 +218,33 @@ class TrackSummary:
 
 
 def annotated_video_names(videos: list[Path]) -> list[str]:
-    """NAME.annotated.mp4 for each video, at its path below the folder the videos share (as photos' are)."""
-    return [PurePosixPath(m).with_suffix("").as_posix() + ".annotated.mp4" for m in mirrored_names(list(map(str, videos)))]
+    """NAME.annotated.mp4 for each video, at its path below the folder the videos share, named as photos'
+    are: clip.mp4 and clip.mkv side by side keep their extensions (clip.mp4.annotated.mp4, ...)."""
+    return annotation_names(list(map(str, videos)), ending=".annotated.mp4")
 
 
 def plan_video_outputs(videos: list[Path], request: VideoRequest) -> list[Path | None]:
     """Each video's annotated target, and every output checked before any work: nothing existing replaced
-    without --overwrite, no output onto an input."""
-    outputs: list[Path] = []
+    without --overwrite, no output onto an input, no two outputs onto one file."""
     targets: list[Path | None] = [None] * len(videos)
+    named: list[tuple[str, Path]] = []  # (what, where) for every output
+    if request.out is not None:
+        named += [("--out", request.out), ("its tracks CSV", tracks_path(request.out))]
     if request.annotate is not None:
         targets = [inside(request.annotate, name) for name in annotated_video_names(videos)]
-        outputs += targets
-    if request.out is not None:
-        outputs.append(tracks_path(request.out))
-    existing = [t for t in outputs if t.exists() or t.is_symlink()]
+        named += [(f"the annotated video of {v}", t) for v, t in zip(videos, targets)]
+    existing = [t for what, t in named if what != "--out" and (t.exists() or t.is_symlink())]
     if existing and not request.overwrite:
         raise FacetlError(f"{existing[0]} exists; pass --overwrite to replace it")
     inputs = {os.path.realpath(v) for v in videos}
-    hit = next((t for t in outputs if os.path.realpath(t) in inputs), None)
+    hit = next((t for _, t in named if os.path.realpath(t) in inputs), None)
     if hit is not None:
         raise FacetlError(f"{hit} is one of the videos; choose another output")
+    seen: dict[str, str] = {}
+    for what, where in named:
+        other = seen.setdefault(os.path.realpath(where), what)
+        if other != what:
+            raise FacetlError(f"{other} and {what} would both be {where}; choose another --out or --annotate")
     return targets
 
 
@@ -300,56 +323,65 @@ def predict_videos(classifier: Classifier, videos: list[Path], alignment: FaceAl
 def _one_video(pipeline: FramePipeline, path: Path, target: Path | None, request: VideoRequest,
                table: StreamedCsv | None, summary: TrackSummary) -> VideoResult:
     with VideoReader(path) as video:
-        info = video.info
-        if target is not None:
-            target.parent.mkdir(parents=True, exist_ok=True)
-        writer = VideoWriter(target, info.width, info.height, info.fps) if target is not None else None
-        job = _VideoJob(pipeline, str(path), table, summary, writer, VideoResult(path, annotated=target))
-        # annotating holds every frame until its batch is analysed: at most HELD_BYTES of them
-        frame_bytes = max(info.width * info.height * 3, 1)
-        batch = max(1, min(BATCH_FRAMES, HELD_BYTES // (frame_bytes * request.every))) if writer else BATCH_FRAMES
-        bar = progress_bar(total=info.frames, desc=path.name, unit="frames", enabled=request.progress)
-        held = []  # (frame, analysed?) waiting for their batch
+        result = VideoResult(path, annotated=target)
+        job = _VideoJob(pipeline, str(path), table, summary, target, video.info.fps, result)
+        batch = None  # from the first frame's size
+        bar = progress_bar(total=video.info.frames, desc=path.name, unit="frames", enabled=request.progress)
+        pending = []  # (frame, analysed?): a batch's analysed frames, and (annotating) the frames after its first
         try:
             for frame in video:
-                analysed = frame.index % request.every == 0
-                if writer is not None or analysed:
-                    held.append((frame, analysed))
-                if sum(a for _, a in held) == batch:
-                    job.flush(held)
-                    held = []
+                batch = batch or batch_frames(frame.pixels.nbytes, request.every, target is not None)
+                if frame.index % request.every == 0:
+                    pending.append((frame, True))
+                    if sum(a for _, a in pending) == batch:
+                        job.flush(pending)
+                        pending = []
+                elif target is not None:  # painted now with the latest faces, unless they are still to come
+                    if pending:
+                        pending.append((frame, False))
+                    else:
+                        job.paint(frame)
                 bar.update(frame.index + 1 - bar.n)
-            job.flush(held)
+            job.flush(pending)
             job.result.frames = frame.index + 1
+            job.result.stopped = video.stopped
+            job.finish()
         except BaseException:
-            if writer is not None:
-                writer.abort()
+            job.abort()
             raise
         finally:
             bar.close()
-        job.result.stopped = video.stopped
-        if writer is not None:
-            writer.finish()
     return job.result
 
 
+def batch_frames(frame_bytes: int, every: int, annotating: bool) -> int:
+    """Analysed frames per batch. Annotating, a batch holds the frames between its analysed ones until it is
+    analysed: (batch - 1) * every + 1 frames, kept under HELD_BYTES (one analysed frame at a time when --every
+    is long), so memory does not grow with --every or with the video's length."""
+    if not annotating:
+        return BATCH_FRAMES
+    return max(1, min(BATCH_FRAMES, HELD_BYTES // (max(frame_bytes, 1) * every)))
+
+
 class _VideoJob:
-    """One video's outputs as its batches come: rows, track tallies and (annotating) painted frames."""
+    """One video's outputs as its batches come: rows, track tallies and (annotating) painted frames, the
+    annotated video opened on its first frame (whose upright size it takes)."""
 
     def __init__(self, pipeline: FramePipeline, path: str, table: StreamedCsv | None, summary: TrackSummary,
-                 writer: VideoWriter | None, result: VideoResult):
-        self.pipeline, self.path, self.table, self.summary, self.writer = pipeline, path, table, summary, writer
-        self.result = result
+                 target: Path | None, fps: float, result: VideoResult):
+        self.pipeline, self.path, self.table, self.summary = pipeline, path, table, summary
+        self.target, self.fps, self.result = target, fps, result
         self.multi = pipeline.classifier.decision.multi_attribute
-        self.painter = FacePainter(writer.width, writer.height) if writer is not None else None
+        self.writer: VideoWriter | None = None
+        self.painter: FacePainter | None = None
         self.shown: list[TrackedFace] = []  # the latest analysed frame's faces, drawn until the next one
 
-    def flush(self, held: list) -> None:
-        """Analyse the held batch, write its rows, and paint every held frame with the faces of the latest
-        analysed frame at or before it."""
-        analysed = [frame for frame, a in held if a]
+    def flush(self, pending: list) -> None:
+        """Analyse the batch, write its rows, and (annotating) paint each of its frames with the faces of the
+        latest analysed frame at or before it."""
+        analysed = [frame for frame, a in pending if a]
         answers = iter(self.pipeline.process([f.pixels for f in analysed], [f.time_s for f in analysed]))
-        for frame, is_analysed in held:
+        for frame, is_analysed in pending:
             if is_analysed:
                 self.shown = next(answers)
                 self.summary.add(self.path, frame.time_s, self.shown)
@@ -357,8 +389,24 @@ class _VideoJob:
                 self.result.faces += len(self.shown)
                 if self.table is not None:
                     self.table.write(frame_rows(self.path, frame.index, frame.time_s, self.shown, self.multi))
-            if self.writer is not None:
-                self.writer.write(self.painter.paint(frame.pixels, self.shown))
+            if self.target is not None:
+                self.paint(frame)
+
+    def paint(self, frame) -> None:
+        if self.writer is None:
+            height, width = frame.pixels.shape[:2]
+            self.target.parent.mkdir(parents=True, exist_ok=True)
+            self.writer = VideoWriter(self.target, width, height, self.fps)
+            self.painter = FacePainter(self.writer.width, self.writer.height)
+        self.writer.write(self.painter.paint(frame.pixels, self.shown))
+
+    def finish(self) -> None:
+        if self.writer is not None:
+            self.writer.finish()
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.abort()
 
 
 # One colour per track (cycled): a face keeps its colour while it keeps its number

@@ -6,6 +6,7 @@ note rather than a traceback. Sweeps, folds and tune studies are all folders of 
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ import yaml
 from facetl.errors import FacetlError
 from facetl.evaluate.metrics import summary_metrics
 from facetl.runfolder import atomic_write_csv, atomic_write_text
-from facetl.runreader import read_history, read_metrics, read_record
+from facetl.runreader import is_run_folder, read_history, read_metrics, read_record
 
 
 @dataclass(frozen=True)
@@ -40,12 +41,6 @@ def columns() -> list[Column]:
             *(Column(m.key, m.label, m.higher_is_better, m.decimals) for m in summary_metrics()),
             Column("val_loss", "val loss", False, 4), Column("val_acc", "val acc", True, 4),
             Column("train_seconds", "train s", False, 1), Column("state", "state"), Column("note", "note")]
-
-
-def is_run_folder(folder: Path) -> bool:
-    """A folder training made: run.json is written last; before it, config.yaml beside train.log. (An evaluation's
-    folder has neither, and MLflow's copies of a run's files, under mlartifacts/, have no train.log.)"""
-    return (folder / "run.json").is_file() or ((folder / "config.yaml").is_file() and (folder / "train.log").is_file())
 
 
 def find_runs(root: Path) -> list[Path]:
@@ -73,6 +68,8 @@ def run_table_row(folder: Path, root: Path) -> dict:
     history = _attempt(lambda: read_history(folder), notes) or []
     record = _attempt(lambda: read_record(folder), notes) if (folder / "run.json").is_file() else None
     metrics = _attempt(lambda: read_metrics(folder), notes) if (folder / "metrics.json").is_file() else None
+    if record is not None:
+        record = _typed_record(record, notes)
     best_epoch = record.best_epoch if record else (min(history, key=_loss)["epoch"]
                                                    if history else None)
     best = next((h for h in history if h["epoch"] == best_epoch), {})
@@ -84,6 +81,23 @@ def run_table_row(folder: Path, root: Path) -> dict:
     row["state"] = "damaged" if damaged else _state(record, metrics, history)
     row["note"] = "; ".join(notes) or None
     return row
+
+
+# run.json fields the table shows, and the type each must have; another is a note, and the cell n/a
+RECORD_FIELDS = {"best_epoch": (int,), "train_seconds": (int, float), "stopped_after": (int,),
+                 "stopped_because": (str,)}
+
+
+def _typed_record(record, notes: list[str]):
+    """The record with each shown field of the wrong type (a hand-edited or damaged run.json) set to None and
+    named in a note, so one bad field neither breaks the table nor hides the rest of the row."""
+    wrong = {key: getattr(record, key) for key, kinds in RECORD_FIELDS.items()
+             if getattr(record, key) is not None and (not isinstance(getattr(record, key), kinds)
+                                                      or isinstance(getattr(record, key), bool))}
+    for key, value in wrong.items():
+        notes.append(f"run.json is damaged: {key} {str(value)[:40]} is not a "
+                     f"{'number' if key != 'stopped_because' else 'text'}")
+    return dataclasses.replace(record, **dict.fromkeys(wrong)) if wrong else record
 
 
 def _loss(row: dict) -> float:

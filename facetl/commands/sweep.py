@@ -14,7 +14,7 @@ from facetl.errors import FacetlError
 from facetl.evaluate.metrics import summary_metrics
 from facetl.evaluate.results import cell, run_row
 from facetl.runfolder import atomic_write_csv, atomic_write_text, prepare_run_folder
-from facetl.train.fit import fit, refuse_out_inside_data
+from facetl.train.fit import check_output_places, fit
 
 # results.csv: run, the metrics that sum a run up (the metric table's), then these
 COLUMNS_AFTER_METRICS = ["val_acc", "train_seconds", "trainable_params", "pretraining", "recipe", "report"]
@@ -38,6 +38,9 @@ def parse_grid(items: list[str]) -> dict[str, list[str]]:
         # a list-valued key takes ';' between grid values (augment=flip;flip,jitter), scalars take ','
         separator = ";" if "list" in str(FIELDS[key].type) else ","
         grid[key] = [v.strip() for v in values.split(separator) if v.strip()]
+        repeated = sorted({v for v in grid[key] if grid[key].count(v) > 1})
+        if repeated:  # one point twice would train one folder twice
+            raise FacetlError(f"--grid {item!r} gives {key}={', '.join(repeated)} more than once")
     return grid
 
 
@@ -53,8 +56,21 @@ def grid_configs(base: TrainConfig, grid: dict[str, list[str]], out: str | Path)
     configs = [(run_name(c), build_config(c, base)) for c in combos]
     for _, config in configs:
         config.check()
-        refuse_out_inside_data(config, out)
+        check_output_places(config, out, run=False)
+    refuse_same_points(configs)
     return configs
+
+
+def refuse_same_points(configs: list[tuple[str, TrainConfig]]) -> None:
+    """Two points that are one run (1e-3 and 0.001) or share one folder name would train one folder twice."""
+    by_config: dict[str, str] = {}
+    names = [name for name, _ in configs]
+    for name, config in configs:
+        earlier = by_config.setdefault(repr(config), name)
+        if earlier != name:
+            raise FacetlError(f"--grid: points {earlier} and {name} are the same run; give each value once")
+        if names.count(name) > 1:
+            raise FacetlError(f"--grid: two points would share the folder {name}; give values that differ in name")
 
 
 def sweep(base: TrainConfig, grid: dict[str, list[str]], out: str | Path, progress: bool = True,

@@ -168,7 +168,10 @@ def sweep_status(out: Path) -> list[JobStatus]:
     out = Path(out)
     if not (out / JOBS_FILE).is_file():
         raise FacetlError(f"{out} has no {JOBS_FILE}: not a sweep started with --launcher")
-    book = JobBook(out / JOBS_FILE)
+    book = JobBook(out / JOBS_FILE, read_only=True)
+    if not isinstance(book.meta.get("points", []), list) or not all(isinstance(n, str) for n in book.meta["points"]):
+        raise FacetlError(f"{out / JOBS_FILE} is damaged (its points are not a list of names); the command that "
+                          "started the sweep, run again, sets it aside and goes on")
     statuses = [book.get(n) or JobStatus(n, "", "not launched") for n in book.meta.get("points", [])]
     statuses = [dataclasses.replace(s, state="finished", detail=s.detail if s.state == "finished" else "metrics.json")
                 if finished(out / s.name) else s for s in statuses]

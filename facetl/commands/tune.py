@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ import yaml
 
 from facetl.config import FIELDS, TrainConfig, build_config, dump_yaml, load_yaml, with_absolute_paths
 from facetl.errors import FacetlError
+from facetl.launch.signals import terminate_as_interrupt
 from facetl.runfolder import atomic_write_csv, atomic_write_json, atomic_write_text, prepare_run_folder
 from facetl.runreader import read_history, read_record
 
@@ -41,6 +43,7 @@ INSTALL = "facetl tune needs Optuna: pip install 'facetl[tune]'"
 # trials that count towards --trials: a failed one (an error, a killed worker) is retried by the next
 COUNTED = ("COMPLETE", "PRUNED", "RUNNING", "WAITING")
 JOBS_FILE = "jobs.json"  # the workers' job ids and states, as a sweep keeps its points'
+START_LOCK = "start.lock"  # held while a tune makes or joins DIR's study
 
 
 @dataclass(frozen=True)
@@ -167,7 +170,7 @@ def start_study(base: TrainConfig, space_items: list[str], out: str | Path, tria
     """Check everything, then make or reopen DIR's study. The same command again continues it (with more
     --trials, it goes on further); another search in the same DIR is refused."""
     optuna = optuna_module()
-    from facetl.train.fit import refuse_out_inside_data
+    from facetl.train.fit import check_output_places
 
     if base.folds:
         raise FacetlError("tune trains one run per trial on one split; leave out --folds")
@@ -175,30 +178,67 @@ def start_study(base: TrainConfig, space_items: list[str], out: str | Path, tria
     base = with_absolute_paths(dataclasses.replace(base, out=None))
     base.check()
     check_space(space, base)
-    refuse_out_inside_data(base, out)
+    check_output_places(base, out, run=False)  # base has no out: the flag is the --out given
     folder = Path(out).expanduser().resolve()
     default_storage = f"sqlite:///{folder / 'study.db'}"
     study = Study(folder, base, list(space_items), trials, storage or default_storage, folder.name, startup_trials)
-    if folder.is_dir() and any(folder.iterdir()) and not (folder / "tune.json").is_file():
-        raise FacetlError(f"--out {folder} holds files but no facetl tune study; give a new or empty folder")
-    if (folder / "tune.json").is_file():
-        earlier = read_study(folder)
-        if earlier.space != study.space or dump_yaml(earlier.base) != dump_yaml(base):
-            raise FacetlError(f"{folder} holds another search ({' '.join(earlier.space)}, base.yaml); give a new "
-                              "--out, or the same --config, flags and --space to continue it")
-        if storage and storage != earlier.storage:
-            raise FacetlError(f"{folder}'s study is in {earlier.storage}; leave out --storage to continue it")
-        study = dataclasses.replace(study, storage=earlier.storage)
+    _refuse_other_files(folder)
+    created = not folder.exists()
     prepare_run_folder(folder)
-    atomic_write_text(folder / "base.yaml", dump_yaml(base))
-    atomic_write_json(folder / "tune.json", study.describe())
     try:
-        optuna.create_study(storage=_storage(optuna, study.storage), study_name=study.name, direction="minimize",
-                            load_if_exists=True)
-    except Exception as exc:  # an RDB URL that does not open: SQLAlchemy's or Optuna's own words, one line
-        raise FacetlError(f"--storage {study.storage}: cannot open the study ({str(exc).splitlines()[0][:160]})") \
-            from None
+        with _holding(folder / START_LOCK):  # two tunes started at once on a new --out: one makes it, one joins
+            _refuse_other_files(folder)
+            study = _same_search(study, storage)
+            create_study(optuna, study)  # before tune.json records the storage: a bad one is never kept
+            atomic_write_text(folder / "base.yaml", dump_yaml(base))
+            atomic_write_json(folder / "tune.json", study.describe())
+    except FacetlError:
+        if created and {p.name for p in folder.iterdir()} <= {START_LOCK}:  # refused: leave nothing behind
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
     return study
+
+
+def _refuse_other_files(folder: Path) -> None:
+    if folder.is_dir() and not (folder / "tune.json").is_file() and \
+            any(not p.name.startswith((START_LOCK, ".write-test-")) for p in folder.iterdir()):
+        raise FacetlError(f"--out {folder} holds files but no facetl tune study; give a new or empty folder")
+
+
+def _same_search(study: Study, storage: str | None) -> Study:
+    """The study as DIR's tune.json has it, when there is one: the same search, in its recorded storage."""
+    if not (study.folder / "tune.json").is_file():
+        return study
+    earlier = read_study(study.folder)
+    if earlier.space != study.space or dump_yaml(earlier.base) != dump_yaml(study.base):
+        raise FacetlError(f"{study.folder} holds another search ({' '.join(earlier.space)}, base.yaml); give a new "
+                          "--out, or the same --config, flags and --space to continue it")
+    if storage and storage != earlier.storage:
+        raise FacetlError(f"{study.folder}'s study is in {earlier.storage}; leave out --storage to continue it")
+    return dataclasses.replace(study, storage=earlier.storage)
+
+
+def create_study(optuna, study: Study, tries: int = 5) -> None:
+    """Make the study in its storage, or find it there. Workers on other machines may be making it at the same
+    moment (the lock is only this folder's): the loser of that race sees an IntegrityError, and tries again."""
+    for attempt in range(tries):
+        try:
+            optuna.create_study(storage=_storage(optuna, study.storage), study_name=study.name,
+                                direction="minimize", load_if_exists=True)
+            return
+        except Exception as exc:  # an RDB URL that does not open: SQLAlchemy's or Optuna's own words, one line
+            if "IntegrityError" in type(exc).__name__ and attempt + 1 < tries:
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            raise FacetlError(f"--storage {study.storage}: cannot open the study "
+                              f"({str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__})") from None
+
+
+@contextmanager
+def _holding(path: Path):
+    with open(path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def read_study(folder: Path) -> Study:
@@ -225,9 +265,49 @@ def _storage(optuna, url: str):
 
 def open_study(study: Study, sampler_seed: int | None = None):
     optuna = optuna_module()
-    return optuna.load_study(study_name=study.name, storage=_storage(optuna, study.storage),
-                             sampler=optuna.samplers.TPESampler(seed=sampler_seed),
+    sampler = optuna.samplers.TPESampler() if sampler_seed is None else trial_seeded_sampler(optuna, sampler_seed)
+    return optuna.load_study(study_name=study.name, storage=_storage(optuna, study.storage), sampler=sampler,
                              pruner=optuna.pruners.MedianPruner(n_startup_trials=study.startup_trials))
+
+
+def trial_seed(seed: int, number: int) -> int:
+    """The sampler's seed for trial `number` of a study seeded `seed`: numbers are unique in a study, so no two
+    trials draw alike, and a study started afresh draws what it drew before."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
+
+
+def trial_seeded_sampler(optuna, seed: int):
+    """TPE, seeded afresh for each trial from --seed and the trial's number. One seed per process replayed the
+    study: a rerun, or a second tune on the same study, started the same random sequence again and drew the
+    earlier trials' values exactly. TPE keeps nothing between trials but its random state (it reads every
+    trial from the storage), so a TPE per trial is the same search with that replay taken out."""
+
+    class TrialSeeded(optuna.samplers.BaseSampler):
+        def __init__(self):
+            self.tpe = optuna.samplers.TPESampler(seed=seed)
+
+        def before_trial(self, study, trial) -> None:
+            self.tpe = optuna.samplers.TPESampler(seed=trial_seed(seed, trial.number))
+            self.tpe.before_trial(study, trial)
+
+        def infer_relative_search_space(self, study, trial):
+            return self.tpe.infer_relative_search_space(study, trial)
+
+        def sample_relative(self, study, trial, search_space):
+            return self.tpe.sample_relative(study, trial, search_space)
+
+        def sample_independent(self, study, trial, param_name, param_distribution):
+            return self.tpe.sample_independent(study, trial, param_name, param_distribution)
+
+        def after_trial(self, study, trial, state, values) -> None:
+            self.tpe.after_trial(study, trial, state, values)
+
+        def reseed_rng(self) -> None:
+            self.tpe.reseed_rng()
+
+    return TrialSeeded()
 
 
 class PruneTrial:
@@ -258,7 +338,8 @@ def worker_command(folder: str | Path, index: int | None = None) -> list[str]:
 
 
 def worker_index(given: int | None) -> int:
-    """Which worker this is: it seeds the sampler (seed + index), so workers started together draw apart."""
+    """Which worker this is (its trials record it; its log is workers/worker-K). The sampler is seeded per trial
+    (trial_seed), so workers draw apart whatever their index."""
     if given is not None:
         return given
     task = os.environ.get("SLURM_ARRAY_TASK_ID", "")
@@ -270,18 +351,19 @@ def run_worker(folder: str | Path, index: int = 0, progress: bool = False, log=p
     worker ran. An error in a trial marks it FAIL in the study and ends the worker with that error."""
     study = read_study(Path(folder).expanduser().resolve())
     optuna = optuna_module()
-    loaded = open_study(study, sampler_seed=study.base.seed + index)
+    loaded = open_study(study, sampler_seed=study.base.seed)
     counted = tuple(getattr(optuna.trial.TrialState, s) for s in COUNTED)
     ran = 0
-    while True:
-        optuna.storages.fail_stale_trials(loaded)  # a killed worker's trial: its heartbeat stopped, it is FAIL now
-        if len(loaded.get_trials(deepcopy=False, states=counted)) >= study.trials:
-            break
-        # one trial a call: optimize keeps the trial's heartbeat and marks it FAIL on an error, which it re-raises
-        loaded.optimize(lambda trial: run_trial(study, trial, progress, log, pictures, index), n_trials=1,
-                        catch=())
-        ran += 1
-        write_results(study, loaded)
+    with terminate_as_interrupt():  # scancel, a time limit: the trial is marked FAIL now, not after 2 minutes
+        while True:
+            optuna.storages.fail_stale_trials(loaded)  # a killed worker's trial: no heartbeat, so FAIL now
+            if len(loaded.get_trials(deepcopy=False, states=counted)) >= study.trials:
+                break
+            # one trial a call: optimize keeps the trial's heartbeat and marks it FAIL on an error (re-raised)
+            loaded.optimize(lambda trial: run_trial(study, trial, progress, log, pictures, index), n_trials=1,
+                            catch=())
+            ran += 1
+            write_results(study, loaded)
     return ran
 
 

@@ -3,12 +3,17 @@
 Frames are decoded one at a time and handed on, so a 4K or hour-long video streams in bounded memory. A
 file FFmpeg cannot open, one with no video stream or no frame, and frames beyond MAX_FRAME_PIXELS are one
 FacetlError line each; a file that breaks part way keeps the frames decoded so far and says where it
-stopped (`VideoReader.stopped`). The annotated video is H.264 in MP4 with yuv420p pixels, what every
-browser plays, written under a temporary name and renamed into place only when complete.
+stopped (`VideoReader.stopped`): a decoding error, fewer frames than an MP4 announces, or frames that end
+well before the duration the file records (an MKV or WebM records no frame count, but it does record its
+duration). Frames come upright, as a player shows them: a phone's rotation (the display matrix) is applied.
+The annotated video is H.264 in MP4 with yuv420p pixels, what every browser plays, written under a
+temporary name and renamed into place only when complete.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -48,7 +53,7 @@ class Frame:
 
 @dataclass(frozen=True)
 class VideoInfo:
-    width: int
+    width: int            # as shown once the first frame is read (a phone's portrait video is stored turned)
     height: int
     fps: float            # the stream's average rate (25 when the file does not say)
     frames: int | None    # as the container says: an estimate, None when unknown
@@ -87,7 +92,7 @@ class VideoReader:
 
     def __iter__(self) -> Iterator[Frame]:
         av = require_av()
-        index = 0
+        index, first_s, last_s = 0, 0.0, 0.0
         packets = self._container.demux(self._stream)
         while True:
             try:
@@ -103,12 +108,51 @@ class VideoReader:
                     raise FacetlError(f"{self.path}: frame {index} is {frame.width}x{frame.height}, larger than "
                                       f"facetl reads (at most {MAX_FRAME_PIXELS:,} pixels)")
                 time_s = float(frame.time) if frame.time is not None else index / self.info.fps
-                yield Frame(index, time_s, frame.to_ndarray(format="rgb24"))
+                first_s, last_s = (time_s if index == 0 else first_s), time_s
+                yield Frame(index, time_s, self._upright(frame))
                 index += 1
-        if self.stopped is None and self.info.frames and index < self.info.frames:
-            self.stopped = self._where(index, f"the file ends early ({self.info.frames} frames announced)")
         if index == 0:
             raise FacetlError(f"{self.path} has no video frames" + (f" ({self.stopped})" if self.stopped else ""))
+        if self.stopped is None:
+            self.stopped = self._ends_early(index, last_s - first_s + 1 / self.info.fps)
+
+    def _upright(self, frame) -> np.ndarray:
+        """The frame's pixels as a player shows them: turned by its display matrix's rotation (a phone's
+        portrait video is stored landscape). A mirroring matrix is not undone: a mirrored face is still found."""
+        pixels = frame.to_ndarray(format="rgb24")
+        turns = round((frame.rotation or 0) / 90) % 4  # counter-clockwise quarter turns
+        if not turns:
+            return pixels
+        if turns % 2 and self.info.width == frame.width:
+            self.info = dataclasses.replace(self.info, width=frame.height, height=frame.width)
+        return np.ascontiguousarray(np.rot90(pixels, k=turns))
+
+    def _ends_early(self, frames: int, seconds: float) -> str | None:
+        """Why the file ended before it says it should: fewer frames than announced (MP4 records a count), or,
+        in a file that records no count (MKV, WebM), frames that stop well before the recorded duration (more
+        than two frames and 50 ms short). A count, when there is one, is exact: a variable-rate video's long
+        last frame does not make it look short."""
+        if self.info.frames:
+            if frames < self.info.frames:
+                return self._where(frames, f"the file ends early ({self.info.frames} frames announced)")
+            return None
+        duration = self._recorded_seconds()
+        if duration is not None and duration - seconds > 2 / self.info.fps + 0.05:
+            return self._where(frames, f"the file ends early ({duration:.2f} s recorded)")
+        return None
+
+    def _recorded_seconds(self) -> float | None:
+        """The video stream's recorded duration: its own, Matroska's per-track DURATION tag, or the file's when
+        the video is its only stream (a longer sound track must not make a whole video look short)."""
+        stream = self._stream
+        if stream.duration and stream.time_base:
+            return float(stream.duration * stream.time_base)
+        tag = re.fullmatch(r"(\d+):(\d+):(\d+(?:\.\d*)?)", (stream.metadata.get("DURATION") or "").strip())
+        if tag:
+            return int(tag[1]) * 3600 + int(tag[2]) * 60 + float(tag[3])
+        if self._container.duration and len(self._container.streams) == 1:
+            return self._container.duration / 1_000_000  # AV_TIME_BASE: microseconds
+        return None
 
     def _where(self, index: int, exc: Exception | str) -> str:
         seconds = index / self.info.fps

@@ -128,6 +128,11 @@ class FaceTracker:
                 numbers[i] = self.started
         return numbers
 
+    @property
+    def live(self) -> set[int]:
+        """The numbers of the tracks still open (a face that comes back to one of them keeps its number)."""
+        return {t.number for t in self.tracks}
+
     def _match(self, faces: list[int], corners: np.ndarray, free: list[int], numbers: list,
                time_s: float) -> list[int]:
         if not faces or not free:
@@ -165,7 +170,8 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 class ProbabilitySmoother:
     """Each track's probabilities as an exponential moving average with time constant `seconds`: a frame
     `dt` seconds after the last one moves the average by 1 - exp(-dt / seconds) of the way to its own
-    answer, so the weighting is the same whatever the frame rate or --every. 0: no smoothing."""
+    answer, so the weighting is the same whatever the frame rate or --every. 0: no smoothing. Times are
+    whatever clock the caller keeps (a video's timestamps, a camera stream's arrival times)."""
 
     def __init__(self, seconds: float):
         self.seconds = seconds
@@ -182,6 +188,15 @@ class ProbabilitySmoother:
             smoothed = last[1] + weight * (probs - last[1])
         self._state[track] = (time_s, smoothed)
         return smoothed
+
+    def __len__(self) -> int:
+        """How many tracks' averages are held."""
+        return len(self._state)
+
+    def keep_only(self, tracks: set[int]) -> None:
+        """Forget the tracks that ended, so a camera stream of hours holds only the faces in view."""
+        for track in self._state.keys() - tracks:
+            del self._state[track]
 
 
 class FramePipeline:
@@ -206,5 +221,6 @@ class FramePipeline:
                 raw_label = decision.label(face.probs)[0]
                 tracked.append(TrackedFace(track, face.box, face.score, face.probs, probs, label, probability,
                                            decided, raw_label))
+            self.smoother.keep_only(self.tracker.live)
             answers.append(tracked)
         return answers

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Union
 
+from facetl.errors import FacetlError
 from facetl.runfolder import atomic_write_json
 
 # the states a job can be in; ACTIVE ones may still change without anyone launching it again
@@ -59,14 +61,26 @@ def state_of_exit(returncode: int) -> str:
 class JobBook:
     """The latest status of each job, kept in a JSON file ({"meta": {...}, "jobs": {name: status}}), rewritten
     whole at each change (atomically: a reader never sees half a file). `meta` is the caller's (what a sweep
-    needs to rebuild its table)."""
+    needs to rebuild its table).
 
-    def __init__(self, path: str | Path, meta: dict | None = None):
+    A damaged file (cut short, not that shape, a job without its fields) is read as knowing no job: it is set
+    aside as NAME.damaged (never deleted), with one warning, and the caller goes on from what its folders show.
+    `read_only` books (--status) do not move it: they are one line saying so instead."""
+
+    def __init__(self, path: str | Path, meta: dict | None = None, read_only: bool = False):
         self.path = Path(path)
-        stored = json.loads(self.path.read_text()) if self.path.is_file() else {}
-        self.meta = {**stored.get("meta", {}), **(meta or {})}
-        self.jobs = {name: JobStatus(**{k: v for k, v in status.items() if k in JobStatus.__dataclass_fields__})
-                     for name, status in stored.get("jobs", {}).items()}
+        try:
+            stored = _parse(self.path)
+        except ValueError as exc:
+            if read_only:
+                raise FacetlError(f"{self.path} is damaged ({exc}); the command that started these jobs, run "
+                                  "again, sets it aside and goes on") from None
+            kept = _set_aside(self.path)
+            print(f"warning: {self.path} is damaged ({exc}); kept as {kept.name}, and its jobs are unknown: "
+                  "finished ones are kept, the rest start again", file=sys.stderr, flush=True)
+            stored = {"meta": {}, "jobs": {}}
+        self.meta = {**stored["meta"], **(meta or {})}
+        self.jobs = stored["jobs"]
 
     def get(self, name: str) -> JobStatus | None:
         return self.jobs.get(name)
@@ -78,3 +92,37 @@ class JobBook:
     def save(self) -> None:
         atomic_write_json(self.path, {"meta": self.meta,
                                       "jobs": {n: dataclasses.asdict(s) for n, s in self.jobs.items()}})
+
+
+def _parse(path: Path) -> dict:
+    """A book's meta and jobs; ValueError (saying what is wrong) for a file that is not one."""
+    if not path.is_file():
+        return {"meta": {}, "jobs": {}}
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError("not text") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON: {exc.msg} at line {exc.lineno}") from None
+    if not isinstance(stored, dict) or not isinstance(stored.get("meta", {}), dict) or \
+            not isinstance(stored.get("jobs", {}), dict):
+        raise ValueError('not {"meta": {...}, "jobs": {...}}')
+    fields = [f.name for f in dataclasses.fields(JobStatus)]
+    jobs = {}
+    for name, status in stored.get("jobs", {}).items():
+        if not isinstance(status, dict) or not all(isinstance(status.get(k), str) for k in fields[:3]) or \
+                not all(isinstance(status.get(k, ""), str) for k in fields[3:]):
+            raise ValueError(f"job {str(name)[:40]} lacks its {', '.join(fields[:3])} or has a field that is "
+                             "not text")
+        jobs[name] = JobStatus(**{k: status[k] for k in fields if k in status})
+    return {"meta": stored.get("meta", {}), "jobs": jobs}
+
+
+def _set_aside(path: Path) -> Path:
+    """The damaged file under a name no other file has: NAME.damaged, or NAME.damaged-2, -3, ..."""
+    kept, number = path.with_name(path.name + ".damaged"), 1
+    while kept.exists():
+        number += 1
+        kept = path.with_name(f"{path.name}.damaged-{number}")
+    path.rename(kept)
+    return kept

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from facetl.launch.jobs import Job, JobStatus, state_of_exit, write_exit
+from facetl.launch.signals import end_group, ignoring_signals, terminate_as_interrupt
 
 POLL_SECONDS = 0.2
 
@@ -70,28 +71,30 @@ class LocalLauncher:
 
     def launch(self, jobs: list[Job], on_change: Callable[[JobStatus], None] = lambda status: None
                ) -> list[JobStatus]:
-        """Run every job, `parallel` at once, and return their statuses once all have ended. Ctrl-C ends the
-        running ones (they hear it too, being in the foreground process group), records them, and re-raises."""
+        """Run every job, `parallel` at once, and return their statuses once all have ended. Ctrl-C or SIGTERM
+        ends the running ones (each job's whole process group), records them, and re-raises KeyboardInterrupt."""
         free, waiting, running, done = self.slots(), list(jobs), {}, {}
         try:
-            while waiting or running:
-                while waiting and free:
-                    job, slot = waiting.pop(0), free.pop(0)
-                    process, status = _start(job, slot)
-                    running[job.name] = (job, slot, process, status)
-                    on_change(status)
-                for name, (job, slot, process, status) in list(running.items()):
-                    if process_ended(process):
-                        done[name] = _ended(job, status, process)
-                        free.append(slot)
-                        del running[name]
-                        on_change(done[name])
-                time.sleep(POLL_SECONDS if running else 0)
+            with terminate_as_interrupt():
+                while waiting or running:
+                    while waiting and free:
+                        job, slot = waiting.pop(0), free.pop(0)
+                        process, status = _start(job, slot)
+                        running[job.name] = (job, slot, process, status)
+                        on_change(status)
+                    for name, (job, slot, process, status) in list(running.items()):
+                        if process_ended(process):
+                            done[name] = _ended(job, status, process)
+                            free.append(slot)
+                            del running[name]
+                            on_change(done[name])
+                    time.sleep(POLL_SECONDS if running else 0)
         except KeyboardInterrupt:
-            for job, _, process, status in running.values():
-                process.terminate()
-                _reap(process)
-                on_change(_ended(job, status, process))
+            with ignoring_signals():  # a second Ctrl-C or SIGTERM must not leave a job half-ended
+                for job, _, process, status in running.values():
+                    end_group(process.pid, lambda: process_ended(process))
+                    _reap(process)
+                    on_change(_ended(job, status, process))
             raise
         return [done[job.name] for job in jobs]
 
@@ -113,9 +116,9 @@ def _start(job: Job, slot: Slot):
         process.start()
         pid = process.pid
     else:
-        with open(log, "ab") as out:
+        with open(log, "ab") as out:  # a session of its own: the launcher ends its whole group (end_group)
             process = subprocess.Popen([str(a) for a in job.command], stdout=out, stderr=subprocess.STDOUT,
-                                       env={**os.environ, **slot.env(job.nproc)},
+                                       env={**os.environ, **slot.env(job.nproc)}, start_new_session=True,
                                        preexec_fn=(lambda: _pin(slot.cores)) if slot.cores else None)
         pid = process.pid
     where = f"cores {','.join(map(str, slot.cores))}" + (f", GPUs {','.join(slot.gpus)}" if slot.gpus else "")
@@ -157,6 +160,7 @@ def _call(function, slot: Slot, log: str) -> None:
     import sys
     import traceback
 
+    os.setsid()  # as a command's job: a group of its own, which the launcher ends whole
     os.environ.update(slot.env())
     _pin(slot.cores)
     with open(log, "a") as out:

@@ -8,6 +8,8 @@ lists the job) or the missing record says so.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
 import shutil
@@ -81,8 +83,11 @@ class SlurmLauncher:
 
         executor = submitit.SlurmExecutor(folder=str(self.logs), max_num_timeout=0)
         executor.update_parameters(**self.options.submitit_parameters())
-        with executor.batch():
-            submitted = [executor.submit(run_job, job.command, str(job.folder)) for job in jobs]
+        try:  # submitit prints sbatch's refusal before raising it: it is said once, in the error below
+            with contextlib.redirect_stderr(io.StringIO()), executor.batch():
+                submitted = [executor.submit(run_job, job.command, str(job.folder)) for job in jobs]
+        except submitit.core.utils.FailedJobError as exc:  # sbatch said no: its words, not submitit's traceback
+            raise FacetlError(f"--launcher slurm: sbatch refused the job array: {sbatch_words(str(exc))}") from None
         statuses = []
         for job, handle in zip(jobs, submitted):
             status = JobStatus(job.name, str(handle.job_id), "pending", str(handle.paths.stdout),
@@ -106,6 +111,13 @@ class SlurmLauncher:
         """The state now; unchanged where SLURM cannot be asked (no squeue here, the controller unreachable)."""
         listed = squeue_states([s.job_id for s in statuses if s.active])
         return statuses if listed is None else [_refreshed(s, listed) for s in statuses]
+
+
+def sbatch_words(stderr: str) -> str:
+    """sbatch's error lines as one: 'sbatch: error: invalid partition specified: gpu; Batch job submission
+    failed: Invalid partition name specified'."""
+    lines = [re.sub(r"^sbatch:\s*(error|fatal):\s*", "", line.strip()) for line in stderr.splitlines()]
+    return "; ".join(line for line in lines if line)[:300] or "no message"
 
 
 def _refreshed(status: JobStatus, listed: dict[str, tuple[str, str]]) -> JobStatus:

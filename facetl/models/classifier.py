@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 from facetl.config import parse_unfreeze
-from facetl.data.faces import TEMPLATES
 from facetl.errors import FacetlError
 from facetl.models.factory import create_backbone, pretrained_framing, pretrained_input
 from facetl.models.packaged import PACKAGED
@@ -113,8 +112,11 @@ def _with_flags(config, default: Preprocessing, from_run: bool, log, framing: st
     preprocessing, changed = default.with_overrides(config.img_size, config.normalize, config.colour)
     # faces are a property of the new run's data (photos or crops), not of the weights: never inherited
     faces = config.face_alignment()
-    if faces is not None and framing in TEMPLATES:
-        faces = dataclasses.replace(faces, template=framing)
+    if faces is not None and framing is not None:
+        from facetl.data.faces import TEMPLATES  # the face cutter (skimage and all) only when faces are cut
+
+        if framing in TEMPLATES:
+            faces = dataclasses.replace(faces, template=framing)
     preprocessing = dataclasses.replace(preprocessing, faces=faces)
     if from_run and changed:
         log(f"warning: --weights {config.weights} was trained with {default.describe()}; the flags change its "

@@ -35,6 +35,11 @@ class PackagedWeights:
     sha256: str          # of the weight file itself
     licence: str
     trained_on: str
+    size: int            # bytes of the weight file: a shorter one is named truncated
+    input_size: int      # what the weights expect: square side in pixels, colour, face crop
+    colour: str
+    framing: str
+    signature: bytes = b""  # how the file format starts (HDF5), when it has a signature
 
     @property
     def requirement(self) -> str:
@@ -43,7 +48,8 @@ class PackagedWeights:
     def describe(self) -> dict:
         return {"weights": self.name, "backbone": self.backbone, "package": self.requirement,
                 "file": Path(self.member).name, "sha256": self.sha256, "licence": self.licence,
-                "trained_on": self.trained_on}
+                "trained_on": self.trained_on, "input": f"{self.input_size}x{self.input_size} {self.colour}",
+                "framing": self.framing}
 
 
 PACKAGED: dict[str, PackagedWeights] = {w.name: w for w in (
@@ -53,14 +59,16 @@ PACKAGED: dict[str, PackagedWeights] = {w.name: w for w in (
         archive_sha256="84e05d6a2bf800ac1c4566da16e1862fc9e893ea88fe91907d32d2f5a24a3671",
         member="fer/data/emotion_model.hdf5",
         sha256="59534287fdfb125e30a94400296c25ea9f5d706fca93dd8adbbbed916799ea0e",
-        licence="MIT", trained_on="FER-2013, 7 expressions (Arriaga et al. 2017)"),
+        licence="MIT", trained_on="FER-2013, 7 expressions (Arriaga et al. 2017)", size=872856,
+        input_size=64, colour="grey", framing="box", signature=b"\x89HDF\r\n\x1a\n"),
     PackagedWeights(
         name="dlib", backbone="dlib_resnet", package="face_recognition_models", version="0.3.0",
         archive="face_recognition_models-0.3.0.tar.gz",
         archive_sha256="b79bd200a88c87c9a9d446c990ae71c5a626d1f3730174e6d570157ff1d896cf",
         member="face_recognition_models-0.3.0/face_recognition_models/models/dlib_face_recognition_resnet_model_v1.dat",
         sha256="55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30",
-        licence="public domain (Davis King)", trained_on="about 3M faces of 7,485 people; 99.38 % on LFW"),
+        licence="public domain (Davis King)", trained_on="about 3M faces of 7,485 people; 99.38 % on LFW",
+        size=22466066, input_size=150, colour="rgb", framing="dlib"),
 )}
 
 
@@ -87,9 +95,21 @@ def weight_file(name: str, cache_dir: str | Path | None = None) -> Path:
                           f"(it takes {weights.requirement} from PyPI, without its dependencies)")
     digest = sha256_of(path)
     if digest != weights.sha256:
-        raise FacetlError(f"{path} is not the pinned {name} weight file (sha256 {digest[:12]}..., expected "
-                          f"{weights.sha256[:12]}...): delete it and run `{fetch_command(name)}`")
+        raise FacetlError(f"{path} {_what_is_wrong(path, weights, digest)}: delete it and run `{fetch_command(name)}`")
     return path
+
+
+def _what_is_wrong(path: Path, weights: PackagedWeights, digest: str) -> str:
+    """Why a cached file is not the pinned one, in words: cut short, another format, or other bytes."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        start = f.read(len(weights.signature))
+    if weights.signature and start != weights.signature:
+        return f"is not the {weights.name} weight file: not an {Path(weights.member).suffix.lstrip('.').upper()} file"
+    if size < weights.size:
+        return f"is truncated ({size:,} of {weights.size:,} bytes of the {weights.name} weight file)"
+    return (f"is not the pinned {weights.name} weight file (sha256 {digest[:12]}..., expected "
+            f"{weights.sha256[:12]}...)")
 
 
 def fetch(name: str, cache_dir: str | Path | None = None, source: Path | None = None) -> Path:

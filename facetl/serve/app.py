@@ -47,6 +47,7 @@ from starlette.requests import ClientDisconnect
 from facetl.data.images import MAX_PIXELS, UnreadableImage
 from facetl.serve.reader import NonFiniteAnswer, PhotoAnswer, PhotoReader
 from facetl.serve.runs import ModelCard
+from facetl.serve.smoothing import DEFAULT_SECONDS, StreamSmoothing
 from facetl.serve.stream import FrameRefused, StreamLimits, Streams
 
 FIELD = "image"
@@ -91,9 +92,10 @@ UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-dat
 
 
 def create_app(reader: PhotoReader, limits: Limits = Limits(), threads: int = 1,
-               allowed_hosts: list[str] | None = None) -> FastAPI:
+               allowed_hosts: list[str] | None = None, smooth_seconds: float = DEFAULT_SECONDS) -> FastAPI:
     """The app around an opened reader. `threads`: torch's threads in the worker that runs the models;
-    `allowed_hosts`: the names a request's Host header may give (None: any)."""
+    `allowed_hosts`: the names a request's Host header may give (None: any); `smooth_seconds`: the camera
+    stream's time constant for smoothing labels (0: none)."""
     worker = ThreadPoolExecutor(1, thread_name_prefix="facetl-serve", initializer=_set_torch_threads,
                                 initargs=(threads,))
     worker.submit(reader.warm_up).result()
@@ -114,7 +116,8 @@ def create_app(reader: PhotoReader, limits: Limits = Limits(), threads: int = 1,
         return await asyncio.get_running_loop().run_in_executor(worker, job)
 
     streams = Streams(limits.stream, [card.name for card in cards], allowed_hosts, _sniff_frame,
-                      lambda data: read_on_worker(data, limits.stream.max_frame_pixels))
+                      lambda data: read_on_worker(data, limits.stream.max_frame_pixels),
+                      lambda: StreamSmoothing(reader.runs, smooth_seconds), smooth_seconds)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -142,7 +142,7 @@ class PhotoReader:
                 except NotANumber:
                     raise NonFiniteAnswer(run.name) from None
                 for answer, probs in zip(answers, outputs):
-                    answer[run.name] = _answer(run.classifier, probs)
+                    answer[run.name] = run_answer(run.classifier, probs)
         classified = time.perf_counter()
         shown = marks.get(self.alignments[0].landmarks, marks[self.detection.landmarks])  # the first run's
         faces = [FaceAnswer(face.index, _box(face), round(face.face.score, 4), _landmarks(points), runs)
@@ -159,7 +159,7 @@ class PhotoReader:
         return size, dataclasses.replace(alignment, **shared)
 
 
-def _answer(classifier, probs: np.ndarray) -> RunAnswer:
+def run_answer(classifier, probs: np.ndarray) -> RunAnswer:
     """The run's decision (its threshold for two classes), as predict makes it."""
     class_names = classifier.class_names
     label, probability, _ = classifier.decision.label(probs)

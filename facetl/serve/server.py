@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from facetl.errors import FacetlError
 from facetl.runtime import Runtime
 from facetl.serve.app import Limits, create_app
+from facetl.serve.smoothing import DEFAULT_SECONDS
 from facetl.serve.stream import StreamLimits
 from facetl.serve.connections import connections_within, guarded_protocol, open_file_limit
 from facetl.serve.reader import PhotoReader
@@ -46,12 +47,15 @@ class ServeOptions:
     max_connections: int | None = None       # None: MAX_CONNECTIONS, or fewer under a low open-file limit
     allowed_hosts: tuple[str, ...] = ()      # Host names besides LOOPBACK_NAMES and --host; "*": any
     max_streams: int = StreamLimits.max_streams  # camera streams open at once
+    smooth: float = DEFAULT_SECONDS          # camera streams: seconds a label is smoothed over (0: not at all)
 
     def check(self) -> None:
         problems = []
         if not 0 < self.header_timeout <= 3600:
             problems.append(f"--header-timeout must be more than 0 and at most 3600 seconds, "
                             f"not {self.header_timeout:g}")
+        if not 0 <= self.smooth <= 3600:
+            problems.append(f"--smooth {self.smooth:g}: give seconds from 0 to 3600")
         if self.max_streams < 1:
             problems.append(f"--max-streams must be at least 1, not {self.max_streams}")
         if self.max_connections is not None and self.max_connections < 1:
@@ -83,7 +87,7 @@ def serve(runs: list[str], options: ServeOptions = ServeOptions()) -> int:
         hosts = allowed_hosts(options.host, options.allowed_hosts)
         limits = Limits(max_upload_bytes=round(options.max_upload_mb * 2**20),
                         stream=StreamLimits(max_streams=options.max_streams))
-        app = create_app(reader, limits, options.threads, hosts)
+        app = create_app(reader, limits, options.threads, hosts, options.smooth)
         host, port = sock.getsockname()[:2]
         url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
         if not _loopback(host):

@@ -3,21 +3,27 @@
 A client sends each camera frame as one binary message (a JPEG, PNG or WebP, best downscaled: the page
 sends 320 px JPEGs) and gets, per frame it is answered, one text message of JSON:
 
-    {"type": "ready", "runs": [...], "limits": {...}}          once, when the stream opens
-    {"type": "answer", "frame": N, "dropped": D, ...}          the photo API's answer for frame N
-    {"type": "error", "frame": N, "error": "..."}              a frame that is not an image, or a broken run
+    {"type": "ready", "runs": [...], "limits": {...}, "smooth_seconds": S}  once, when the stream opens
+    {"type": "answer", "frame": N, "dropped": D, "seconds": T, ...}        the photo API's answer for frame N
+    {"type": "error", "frame": N, "error": "..."}       a frame that is not an image, or a broken run
 
-Frames are numbered from 1 in the order they arrive. Latest frame wins: a frame that arrives while another
-is being read replaces the one waiting (it is never queued), so a slow server answers fewer frames, each
-of them recent, instead of answers that fall ever further behind the camera; `dropped` counts the frames
-replaced so far. The page itself sends its next frame only when the previous one is answered.
+Frames are numbered from 1 in the order they arrive. Each face of an answer keeps a `track` number
+from frame to frame, and each run's label is smoothed over time with time constant S (smoothing.py, as
+`predict --smooth` smooths a video; 0: not smoothed); the frame's own answer is that run's `raw`. T is
+the frame's arrival, in seconds since the stream opened: the time the smoothing uses.
+
+Latest frame wins: a frame that arrives while another is being read replaces the one waiting (it is
+never queued), so a slow server answers fewer frames, each of them recent, instead of answers that fall
+ever further behind the camera; `dropped` counts the frames replaced so far. The page itself sends its
+next frame only when the previous one is answered.
 
 Frames are read by the server's one worker, through the photo API's own path (PhotoReader.read_bytes),
 between photo requests. What a stream may do is bounded like an upload, and a stream that goes too far
 is closed with a code and a reason that say why:
 
     1009  a frame over max_frame_bytes (closed by the WebSocket layer, uvicorn's ws_max_size) or pixels
-    1008  more than max_frames_per_second (over a second's burst), or no frame for idle_seconds
+    1008  more than max_frames_per_second messages (over a second's burst; a text message counts as a frame
+          does), or no frame for idle_seconds (text messages do not keep a stream open)
     1013  max_streams streams open already: try again later
     1012  the server is stopping (uvicorn's)
 
@@ -39,6 +45,7 @@ from fastapi.responses import JSONResponse
 
 from facetl.data.images import UnreadableImage
 from facetl.serve.reader import NonFiniteAnswer, PhotoAnswer
+from facetl.serve.smoothing import StreamSmoothing
 
 # what the reason of a close may hold: a close frame's payload is at most 125 bytes, 2 of them the code
 MAX_REASON = 123
@@ -63,20 +70,20 @@ class StreamClosed(Exception):
 
 
 class LatestFrame:
-    """One waiting frame at most: put() replaces it, take() waits for one."""
+    """One waiting frame at most (its number, bytes and arrival time): put() replaces it, take() waits for one."""
 
     def __init__(self):
-        self._frame: tuple[int, bytes] | None = None
+        self._frame: tuple[int, bytes, float] | None = None
         self._arrived = asyncio.Event()
         self.dropped = 0
 
-    def put(self, number: int, data: bytes) -> None:
+    def put(self, number: int, data: bytes, arrived_s: float) -> None:
         if self._frame is not None:
             self.dropped += 1
-        self._frame = (number, data)
+        self._frame = (number, data, arrived_s)
         self._arrived.set()
 
-    async def take(self) -> tuple[int, bytes]:
+    async def take(self) -> tuple[int, bytes, float]:
         await self._arrived.wait()
         self._arrived.clear()
         frame, self._frame = self._frame, None
@@ -115,9 +122,10 @@ class Streams:
     """The streams of one app: how many are open, and each one's two loops (receive, answer)."""
 
     def __init__(self, limits: StreamLimits, runs: list[str], allowed_hosts: list[str] | None,
-                 sniff: Sniff, read: ReadFrame):
+                 sniff: Sniff, read: ReadFrame, smoothing: Callable[[], StreamSmoothing], smooth_seconds: float):
         self.limits, self.runs, self.allowed_hosts = limits, runs, allowed_hosts
         self.sniff, self.read = sniff, read
+        self.smoothing, self.smooth_seconds = smoothing, smooth_seconds  # a new StreamSmoothing per stream
         self.open = 0
 
     async def serve(self, websocket: WebSocket) -> None:
@@ -137,11 +145,12 @@ class Streams:
             self.open -= 1
 
     async def _run(self, websocket: WebSocket) -> None:
-        ready = {"type": "ready", "runs": self.runs, "limits": dataclasses.asdict(self.limits)}
+        ready = {"type": "ready", "runs": self.runs, "limits": dataclasses.asdict(self.limits),
+                 "smooth_seconds": self.smooth_seconds}
         await websocket.send_text(json.dumps(ready))
-        frames, lock = LatestFrame(), asyncio.Lock()
-        loops = [asyncio.create_task(self._receive(websocket, frames, lock)),
-                 asyncio.create_task(self._answer(websocket, frames, lock))]
+        frames, lock, opened = LatestFrame(), asyncio.Lock(), time.monotonic()
+        loops = [asyncio.create_task(self._receive(websocket, frames, lock, opened)),
+                 asyncio.create_task(self._answer(websocket, frames, lock, self.smoothing()))]
         try:
             done, _ = await asyncio.wait(loops, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -157,33 +166,43 @@ class Streams:
         elif ended is not None and not isinstance(ended, WebSocketDisconnect):
             raise ended
 
-    async def _receive(self, websocket: WebSocket, frames: LatestFrame, lock: asyncio.Lock) -> None:
+    async def _receive(self, websocket: WebSocket, frames: LatestFrame, lock: asyncio.Lock, opened: float) -> None:
+        """Every message counts against the rate (a text one is answered too, so it costs as much); only a
+        frame counts as activity, so a client sending anything else loses its slot after idle_seconds."""
         limits, rate, number = self.limits, FrameRate(self.limits.max_frames_per_second), 0
+        last_frame = time.monotonic()
         while True:
+            left = limits.idle_seconds - (time.monotonic() - last_frame)
             try:
-                message = await asyncio.wait_for(websocket.receive(), limits.idle_seconds)
+                if left <= 0:
+                    raise asyncio.TimeoutError
+                message = await asyncio.wait_for(websocket.receive(), left)
             except asyncio.TimeoutError:
                 raise StreamClosed(POLICY, f"idle: no frame for {limits.idle_seconds:g} s") from None
             if message["type"] == "websocket.disconnect":
                 raise WebSocketDisconnect(message.get("code", 1000))
+            if not rate.allow():
+                raise StreamClosed(POLICY, f"too many frames: more than {limits.max_frames_per_second:g} messages a "
+                                           "second (send the next frame when the last is answered)")
             if message.get("bytes") is None:
                 async with lock:
                     await websocket.send_text(json.dumps({"type": "error", "frame": None, "error":
                                                           "send each frame as one binary message (JPEG, PNG, WebP)"}))
                 continue
-            if not rate.allow():
-                raise StreamClosed(POLICY, f"too many frames: more than {limits.max_frames_per_second:g} a second "
-                                           "(send the next frame when the last is answered)")
             number += 1
-            frames.put(number, message["bytes"])
+            last_frame = time.monotonic()
+            frames.put(number, message["bytes"], round(last_frame - opened, 3))
 
-    async def _answer(self, websocket: WebSocket, frames: LatestFrame, lock: asyncio.Lock) -> None:
+    async def _answer(self, websocket: WebSocket, frames: LatestFrame, lock: asyncio.Lock,
+                      smoothing: StreamSmoothing) -> None:
+        """Frames in arrival order, each answered; the stream's tracks and smoothing see every answered one."""
         while True:
-            number, data = await frames.take()
+            number, data, arrived_s = await frames.take()
             try:
                 self.sniff(data, self.limits.max_frame_pixels)
                 answer = await self.read(data)
-                reply = {"type": "answer", "frame": number, "dropped": frames.dropped, **dataclasses.asdict(answer)}
+                reply = {"type": "answer", "frame": number, "dropped": frames.dropped, "seconds": arrived_s,
+                         **smoothing.answer(answer, arrived_s)}
             except FrameRefused as exc:
                 if exc.too_big:
                     raise StreamClosed(TOO_BIG, str(exc)) from None

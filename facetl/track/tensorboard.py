@@ -12,15 +12,16 @@ from pathlib import Path
 
 import numpy as np
 
-from facetl.track.places import event_folder, hyperparameters, read_tracking, remember
+from facetl.track.places import (event_folder, hyperparameters, known_place, moved_from, read_tracking, remember,
+                                 stored_place)
 
 EPOCH_SCALARS = {"train/loss": "train_loss", "train/acc": "train_acc", "val/loss": "val_loss", "val/acc": "val_acc",
                  "lr": "lr"}
 
 
 class TensorBoardTracker:
-    def __init__(self):
-        self.writer = None
+    def __init__(self, log=lambda line: None):
+        self.writer, self.log = None, log
         self.step = 0
         self.split = None
 
@@ -28,12 +29,17 @@ class TensorBoardTracker:
         from torch.utils.tensorboard import SummaryWriter
 
         known = read_tracking(folder).get("tensorboard") if resumed_after else None
-        log_dir = Path(known["log_dir"]) if known else event_folder(config)
+        known_dir = known_place(folder, known["log_dir"], known) if known else None
+        if known and known_dir is None:
+            self.log(f"TensorBoard: {folder} was copied or moved from {moved_from(folder, known) or 'elsewhere'}; its "
+                     f"events go on in {event_folder(config)}, and the original's ({known['log_dir']}) are left alone")
+            known = None
+        log_dir = known_dir or event_folder(config)
         log_dir.mkdir(parents=True, exist_ok=True)
         # a resumed run drops any event of an epoch it trains again
         self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=resumed_after + 1 if resumed_after else None)
         self.step, self.record = resumed_after, record
-        remember(folder, "tensorboard", {"log_dir": str(log_dir)})
+        remember(folder, "tensorboard", {"log_dir": stored_place(folder, log_dir)})
         self.hparams = hyperparameters(config, record)
         if not known:  # a resumed run's hyperparameters are in its first event file
             self._write_hparams(start=True)

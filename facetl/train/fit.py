@@ -44,7 +44,8 @@ from facetl.models import BuiltModel, TrainablePart, build_model
 from facetl.models.strategies import apply_strategy, first_trainable_layer
 from facetl.record import Calibration, RunRecord
 from facetl.runfolder import (RunLock, atomic_torch_save, atomic_write_csv, atomic_write_json, atomic_write_text,
-                              data_folder, prepare_run_folder, read_torch_file, refuse_output_inside)
+                              prepare_run_folder, read_torch_file)
+from facetl.outputs import data_reads, refuse_misplaced
 from facetl.runtime import Runtime
 from facetl.train.batchnorm import precise_bn_wanted, recompute_batchnorm
 from facetl.train.checkpoints import CheckpointWriter, read_resume_point
@@ -150,10 +151,14 @@ def default_out(config: TrainConfig) -> str:
     return f"runs/{config.backbone}-{config.strategy.replace(':', '')}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
-def refuse_out_inside_data(config: TrainConfig, out: str | Path) -> None:
-    """A run (or a sweep's or folds' folder of runs) inside its data: its plots would be the next run's images."""
-    refuse_output_inside(out, [data_folder(config.data)],
-                         flag="--out" if config.out else "the default --out")
+def check_output_places(config: TrainConfig, out: str | Path, flag: str = "--out", run: bool = True) -> None:
+    """Before any work, every place a training command writes, by the one rule (facetl.outputs.refuse_misplaced):
+    OUT, a run folder (`run`) or a sweep's, folds' or study's folder of runs, and the trackers' places, never an
+    input, never inside the data (its plots would be the next run's images), never inside another run."""
+    reads = data_reads(config.data, config.images)
+    own = out if run else None
+    refuse_misplaced(out, flag, reads, own)
+    check_trackers(dataclasses.replace(config, out=str(out)), reads, own)
 
 
 def fit(config: TrainConfig, resume: bool = False, progress: bool = True, quiet: bool = False,
@@ -171,8 +176,7 @@ def fit(config: TrainConfig, resume: bool = False, progress: bool = True, quiet:
             shared = [out]
             torch.distributed.broadcast_object_list(shared, src=0)
             out = shared[0]
-        refuse_out_inside_data(config, out)
-        check_trackers(dataclasses.replace(config, out=str(out)))  # --track: installed, and its places writable
+        check_output_places(config, out, "--out" if config.out else "the default --out")
         created = not Path(out).exists()
         folder = prepare_run_folder(out)
         config = dataclasses.replace(config, out=str(folder))
@@ -243,12 +247,16 @@ def set_up(config: TrainConfig, ctx: RunContext, resume: bool) -> Setup:
             config = resumed_recipe(config)
         # a resumed gradual run is rebuilt as its last finished epoch trained, optimiser included; the next epoch
         # then takes its unfreezing step as an uninterrupted run would
+        automatic = config.strategy == "auto"  # the recipe picks it once the weights are known: built frozen till then
         built = build_model(config, len(samples.class_names), ctx.log,
-                            strategy=first_strategy(config, checkpoint["epoch"] if checkpoint else 1),
+                            strategy="frozen" if automatic else first_strategy(config, checkpoint["epoch"] if checkpoint
+                                                                               else 1),
                             class_names=samples.class_names)
         train_images = round(len(samples.paths) * config.split[0] if not config.limit else
                              config.limit * config.split[0])
         config, recipe = complete_recipe(config, built.weights, train_images, ctx.runtime.device.type)
+        if automatic:
+            built.plan = apply_strategy(built.model, first_strategy(config, 1))
         config.check()
         check_stages_unfreeze(config, built)
         data = prepare_data(data_spec(config), samples, built.preprocessing, ctx.folder, ctx.log, ctx.progress,
@@ -374,6 +382,8 @@ def start_training(config: TrainConfig, setup: Setup, data_note: str, ctx: RunCo
             ema.load_state_dict(checkpoint["ema"])
         state.history, state.best = checkpoint["history"], checkpoint["best"]
         state.start_epoch, state.train_seconds = checkpoint["epoch"] + 1, checkpoint["train_seconds"]
+        # as the epochs left them: a run killed after its last epoch trains none now, and still records these
+        state.record.best_epoch, state.record.train_seconds = state.best["epoch"], round(state.train_seconds, 2)
         ctx.log(f"resuming after epoch {checkpoint['epoch']}")
     ctx.log(f"optimiser {config.optimizer}, {describe_groups(opt.optimizer)}, weight decay {config.weight_decay:g}, "
             f"{config.scheduler} schedule" + (f", EMA {config.ema:g}" if ema else "")
@@ -459,6 +469,8 @@ def run_epochs(config: TrainConfig, setup: Setup, source, state: TrainingState, 
     if precise_bn and state.start_epoch == 1:
         ctx.log("batch norm: statistics recomputed over training images before each validation (no pretraining; "
                 "--precise-bn off to skip)")
+    if config.epochs == 0 and not state.history:
+        _keep_starting_model(config, setup, evaluator, state, ctx)
     for epoch in range(state.start_epoch, config.epochs + 1):
         if _early_stop(config, state, epoch - 1, ctx):
             break
@@ -497,6 +509,19 @@ def run_epochs(config: TrainConfig, setup: Setup, source, state: TrainingState, 
         if _observer_stop(state, row, ctx):
             break
     return source
+
+
+def _keep_starting_model(config: TrainConfig, setup: Setup, evaluator: Evaluator, state: TrainingState,
+                         ctx: RunContext) -> None:
+    """--epochs 0: no training. The starting model (e.g. a pretrained classifier as head: --head fer2013:happy) is
+    validated and saved as epoch 0, so evaluate, predict, serve and export use it as any run."""
+    ctx.log("--epochs 0: no training; the starting weights and head are validated, saved and tested as they are")
+    began = time.perf_counter()
+    val = evaluate_split(evaluator, setup.data.index("val"), "validate", ctx)
+    row = {"epoch": 0, "train_loss": float("nan"), "train_acc": float("nan"), "val_loss": val["loss"],
+           "val_acc": val["acc"], "lr": 0.0, "strategy": setup.built.plan.strategy,
+           "seconds": time.perf_counter() - began}
+    _end_epoch(config, state, row, ctx)
 
 
 def enter_stage(config: TrainConfig, setup: Setup, stage: Stage, state: TrainingState, ctx: RunContext):

