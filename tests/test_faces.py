@@ -184,8 +184,8 @@ def test_unknown_detector_and_bad_settings_are_one_line():
     with pytest.raises(FacetlError, match=r"unknown face detector 'retina'; valid detectors: mtcnn") as exc:
         create_detector("retina")
     assert "\n" not in str(exc.value)
-    with pytest.raises(FacetlError, match="template 'dlib'.*multi-face rule 'most'") as exc:
-        faces_in_photo(np.zeros((64, 64, 3), np.uint8), FaceAlignment(template="dlib", multi_face="most"), 64)
+    with pytest.raises(FacetlError, match="template 'openface'.*multi-face rule 'most'") as exc:
+        faces_in_photo(np.zeros((64, 64, 3), np.uint8), FaceAlignment(template="openface", multi_face="most"), 64)
     assert "\n" not in str(exc.value)
 
 
@@ -319,3 +319,34 @@ def test_the_store_keeps_crops_of_each_landmark_source_apart(tmp_path, astronaut
               for source in ("detector", "refined")]
     assert stores[0].key != stores[1].key
     assert not np.array_equal(stores[0].images[0], stores[1].images[0])
+
+
+def test_the_box_framing_cuts_the_face_box_as_found_not_turned_upright(celebrity_crops, detector):
+    """FER's framing (mini_xception declares it): the detector's box, squared and widened by a tenth on every
+    side, with the face left at the angle it has in the photo; the ArcFace framing turns it upright."""
+    from facetl.data.faces.align import BOX_MARGIN, box_transform
+
+    photo, _ = _one_face_photo(celebrity_crops[0], side=200, angle=20.0)
+    (boxed,) = faces_in_photo(photo, FaceAlignment(template="box"), 64, detector=detector).used
+    (upright,) = faces_in_photo(photo, ALIGN, 64, detector=detector).used
+    assert boxed.crop.shape == (64, 64, 3) and boxed.face.box == upright.face.box
+
+    def eye_angle(matrix):
+        eyes = (matrix @ np.c_[boxed.face.landmarks[:2], np.ones(2)].T)[:2].T
+        return np.degrees(np.arctan2(*(eyes[1] - eyes[0])[::-1]))
+
+    to_box = box_transform(boxed.face.box, 64)
+    assert abs(abs(eye_angle(to_box)) - 20.0) < 6.0  # the paste's tilt is kept
+    assert abs(eye_angle(alignment_transform(boxed.face.landmarks, "arcface", 64))) < 5.0  # a 5-point fit
+    x, y, w, h = boxed.face.box
+    centre = to_box @ np.array([x + w / 2, y + h / 2, 1.0])
+    assert np.allclose(centre[:2], 32.0)  # the box's centre is the crop's
+    assert np.isclose(to_box[0, 0] * max(w, h) * (1 + 2 * BOX_MARGIN), 64.0)  # the widened box fills the crop
+    # and the crop is that region of the photo (averaged down, as the warp shrinks a large face), not another
+    def region(shift: float) -> np.ndarray:
+        to_big = np.diag([4.0, 4.0, 1.0]) @ box_transform((x + shift, y, w, h), 64)
+        big = Image.fromarray(photo).transform((256, 256), Image.AFFINE, tuple(np.linalg.inv(to_big)[:2].ravel()),
+                                               resample=Image.BILINEAR)
+        return np.asarray(big.reduce(4)).astype(int)
+
+    assert np.abs(region(0) - boxed.crop).mean() < 3.0 and np.abs(region(0.1 * w) - boxed.crop).mean() > 10.0

@@ -19,7 +19,10 @@ from facetl.models.weights import WeightsUnavailable
 from facetl.preprocessing import Preprocessing
 from facetl.record import RunRecord, RuntimeUsed, StartingWeights
 
-BACKBONES = ["vgg16", "vgg19", "mobilenet_v2", "resnet18", "mini_xception"]  # resnet18: a timm model
+BACKBONES = ["vgg16", "vgg19", "mobilenet_v2", "resnet18", "mini_xception", "dlib_resnet"]  # resnet18: a timm model
+# the smallest input a backbone takes, where 32 pixels are too few (dlib_resnet's strided convolutions have
+# no padding)
+IMG_SIZE = {"dlib_resnet": 104}
 STRATEGIES = ["frozen", "last-block", "from:K", "full"]
 LAST_BLOCK = {  # parameter-name prefixes that last-block trains, besides the head
     "vgg16": [f"backbone.features.{i}." for i in range(24, 31)],
@@ -27,6 +30,7 @@ LAST_BLOCK = {  # parameter-name prefixes that last-block trains, besides the he
     "mobilenet_v2": [f"backbone.features.{i}." for i in range(14, 19)],
     "resnet18": ["backbone.features.0.model.layer4."],
     "mini_xception": ["backbone.features.5."],  # the last residual unit
+    "dlib_resnet": ["backbone.features.14.", "backbone.features.15."],  # alevel0 and the 128-d embedding
 }
 MOBILENET_FILE = "mobilenet_v2-b0353104.pth"
 
@@ -78,8 +82,8 @@ def expected_trainable(model, backbone, strategy, plan) -> set[str]:
     return head | {f"backbone.{layer}.{p}" for layer, module in later for p, _ in module.named_parameters()}
 
 
-def tiny_batch(n=2):
-    return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+def tiny_batch(n=2, size=32):
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(0))
 
 
 # ---------------------------------------------------------------- every backbone x strategy
@@ -88,7 +92,8 @@ def tiny_batch(n=2):
 @pytest.mark.parametrize("strategy", STRATEGIES)
 @pytest.mark.parametrize("backbone", BACKBONES)
 def test_backbone_strategy_trains_the_right_part(fast_backbones, backbone, strategy):
-    model, plan = make(backbone, strategy)
+    size = IMG_SIZE.get(backbone, 32)
+    model, plan = make(backbone, strategy, img_size=size)
     trainable = trainable_names(model)
     assert trainable == expected_trainable(model, backbone, strategy, plan)
     assert plan.trainable_params == sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -102,7 +107,7 @@ def test_backbone_strategy_trains_the_right_part(fast_backbones, backbone, strat
         assert plan.trainable_params == plan.total_params and plan.cut == 0
     if strategy in ("last-block", "from:K"):
         assert 0 < plan.trainable_params < plan.total_params
-    x = tiny_batch()
+    x = tiny_batch(size=size)
 
     # eval mode: the frozen prefix then the trainable suffix is the whole forward, at any cut
     model.eval()
@@ -294,7 +299,7 @@ def differs(a, b) -> bool:
                if x.is_floating_point())
 
 
-@pytest.mark.parametrize("backbone", ["mobilenet_v2", "resnet18", "mini_xception"])
+@pytest.mark.parametrize("backbone", ["mobilenet_v2", "resnet18", "mini_xception", "dlib_resnet"])
 def test_state_dict_file_loads(tmp_path, backbone):
     source = create_backbone(backbone, "none")
     if backbone == "resnet18":  # a timm file uses the model's bare names
@@ -359,6 +364,18 @@ def test_weights_from_a_run_bring_its_preprocessing(tmp_path, fast_backbones):
     built = build_model(TrainConfig(data="x", backbone="mobilenet_v2", weights=str(tmp_path / "plain.pth")), 2,
                         log=logged.append)
     assert built.preprocessing.size == 224 and built.weights.kind == "file"
+
+
+def test_dlib_weights_belong_to_dlib_resnet_which_has_no_imagenet_weights():
+    with pytest.raises(FacetlError, match="backbone dlib_resnet's .*use --backbone dlib_resnet --weights dlib"):
+        create_backbone("mobilenet_v2", "dlib")
+    with pytest.raises(WeightsUnavailable, match="dlib_resnet has no ImageNet weights; .* --weights dlib"):
+        create_backbone("dlib_resnet", "imagenet")
+    config = TrainConfig(data="x", backbone="dlib_resnet", weights="none", faces="detect")
+    built = build_model(config, 2, log=lambda message: None)
+    assert built.preprocessing.size == 150 and built.preprocessing.faces.template == "dlib"
+    assert built.model.backbone.flat_dim(150) == 128  # a linear head sees the 128-d face descriptor
+    assert classifier.resolve_preprocessing(config, log=lambda message: None) == built.preprocessing
 
 
 def test_wrong_shape_file_is_refused(tmp_path):

@@ -339,12 +339,13 @@ def test_photo_from_bytes_reads_as_read_photo_does(tmp_path, astronaut):
 class RecordingClassifier:
     """A stand-in run trained with --faces detect at 48 px: it keeps the crops it is shown."""
 
-    def __init__(self, landmarks: str, size: int = 48):
+    def __init__(self, landmarks: str, size: int = 48, template: str = "arcface"):
         from facetl.preprocessing import FaceAlignment, Preprocessing
 
         from facetl.inference.decision import Decision
 
-        self.preprocessing = Preprocessing(size, (0.5,) * 3, (0.5,) * 3, faces=FaceAlignment(landmarks=landmarks))
+        self.preprocessing = Preprocessing(size, (0.5,) * 3, (0.5,) * 3,
+                                           faces=FaceAlignment(landmarks=landmarks, template=template))
         self.class_names, self.crops = ["no", "yes"], []
         self.title, self.decision = "recording", Decision(self.class_names, 0.5)
 
@@ -388,3 +389,29 @@ def test_sigterm_stops_the_server_promptly_with_exit_code_0(server):
     assert time.monotonic() - started < 10
     log = server.log.read_text()
     assert "facetl serve: stopped" in log and "Traceback" not in log and '" 500' not in log, log
+
+
+def test_runs_with_different_framings_each_get_the_crop_predict_would_cut():
+    """A FER-like run (the face box), a dlib-like run (dlib's chip) and an ArcFace run served together: each is
+    shown the crop `facetl predict` cuts for it."""
+    from types import SimpleNamespace
+
+    from skimage import data
+
+    from facetl.data.faces import create_detector, faces_in_photo
+    from facetl.serve.reader import PhotoReader
+    from facetl.serve.runs import ServedRun
+
+    photo = data.astronaut()
+    templates = ("arcface", "box", "dlib")
+    classifiers = [RecordingClassifier("refined", template=template) for template in templates]
+    reader = PhotoReader([ServedRun(SimpleNamespace(name=name), c) for name, c in zip(templates, classifiers)])
+    [face] = reader.read(photo).faces
+    detector = create_detector("mtcnn")
+    crops = []
+    for classifier in classifiers:
+        expected = faces_in_photo(photo, classifier.preprocessing.faces, 48, multi_face="all", detector=detector)
+        [[crop]] = classifier.crops
+        assert np.array_equal(crop, expected.used[0].crop), f"the {classifier.preprocessing.faces.template} run"
+        crops.append(crop.astype(int))
+    assert all(np.abs(a - b).mean() > 5 for i, a in enumerate(crops) for b in crops[i + 1:])  # three cuts

