@@ -309,3 +309,39 @@ def test_sigterm_on_tune_with_two_workers_ends_them_and_the_rerun_replaces_their
     # grace ran out, and the rerun would have nothing to do): the rerun ran trials in its place
     states = [r["state"] for r in trial_rows(study)]
     assert states.count("COMPLETE") == 2 and "FAIL" in states and "RUNNING" not in states, states
+
+
+# ---- 13. SIGTERM on a plain `facetl train` (scancel, a time limit, `kill`) stops it as Ctrl-C does ----
+
+def test_sigterm_on_train_stops_it_as_ctrl_c_does_and_resume_finishes(data, tmp_path):
+    import csv
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from commandline import ENV
+
+    run = tmp_path / "run"
+    train = subprocess.Popen([sys.executable, "-m", "facetl", "train", "--data", str(data), "--weights", "none",
+                              "--img-size", "64", "--epochs", "8", "--strategy", "full", "--batch-size", "4",
+                              "--out", str(run)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    deadline = time.monotonic() + 300
+    while not (run / "history.csv").is_file() or not (run / "history.csv").read_text().count("\n") >= 2:
+        assert train.poll() is None and time.monotonic() < deadline, train.communicate()  # an epoch written
+        time.sleep(0.05)
+    train.send_signal(signal.SIGTERM)
+    _, err = train.communicate(timeout=120)
+    # before: killed by the signal (-15), no word said, its lock file left behind
+    assert train.returncode == 130 and "interrupted" in err and "--resume" in err and "Traceback" not in err, \
+        (train.returncode, err)
+    assert not (run / ".lock").exists()
+    with open(run / "history.csv", newline="") as f:
+        kept = len(list(csv.DictReader(f)))
+    assert 1 <= kept < 8 and (run / "last.pt").is_file()
+
+    resumed = facetl("train", "--resume", str(run))
+    assert resumed.returncode == 0, resumed.stderr
+    with open(run / "history.csv", newline="") as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f)] == list(range(1, 9))
+    assert (run / "metrics.json").is_file()
