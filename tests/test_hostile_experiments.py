@@ -115,9 +115,43 @@ def test_two_tunes_started_at_once_on_a_new_out_share_one_study_and_draw_apart(d
     for process, (out, err) in zip(both, outputs):
         assert process.returncode == 0, err
         assert "Traceback" not in err and "IntegrityError" not in err, err
-    rows = trial_rows(study)  # two workers that end trials at once may each start one more: 4 or a few more
-    assert 4 <= len(rows) <= 6 and {r["state"] for r in rows} == {"COMPLETE"}
+    rows = trial_rows(study)  # before: two workers that ended trials at once each started one more (5 of 4)
+    assert len(rows) == 4 and {r["state"] for r in rows} == {"COMPLETE"}, rows
+    assert len(list(study.glob("trial-*"))) == 4
     assert len({r["lr"] for r in rows}) == len(rows), rows  # before: the two processes drew the same values
+
+
+ANOTHER_WORKER_BETWEEN_COUNT_AND_TRIAL = """
+import sys
+import optuna
+optimize = optuna.study.Study.optimize
+def optimize_after_another_worker(self, *args, **kwargs):
+    # the moment of the race: this worker counted 2 of --trials 3 and is about to make its trial, when another
+    # worker makes one first (left RUNNING: that worker is still training it)
+    if len(self.get_trials(deepcopy=False)) == 2:
+        self.ask()
+    return optimize(self, *args, **kwargs)
+optuna.study.Study.optimize = optimize_after_another_worker
+from facetl.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_trial_made_after_another_worker_filled_the_study_does_not_train(data, tmp_path):
+    import subprocess
+    import sys
+
+    from commandline import ENV
+
+    study, script = tmp_path / "study", tmp_path / "race.py"
+    script.write_text(ANOTHER_WORKER_BETWEEN_COUNT_AND_TRIAL)
+    result = subprocess.run([sys.executable, str(script), "tune", "--data", str(data), *TUNE, "--trials", "3",
+                             "--out", str(study)], capture_output=True, text=True, env=ENV, timeout=600)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert sorted(p.name for p in study.glob("trial-*")) == ["trial-000", "trial-001"]  # before: trial-003 too
+    rows = trial_rows(study)  # the other worker's trial, still running, is the third
+    assert [(r["trial"], r["state"]) for r in rows] == [("0", "COMPLETE"), ("1", "COMPLETE"), ("2", "RUNNING")]
+    assert "trial 3" not in result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("storage", ["garbage://x", "sqlite:////no/such/folder/study.db"])
