@@ -15,6 +15,7 @@ from facetl.config import (BOUNDS, FIELDS, HELP, RECIPE_KEYS, TrainConfig, build
                            with_old_recipe)
 from facetl.errors import FacetlError
 from facetl.inference.tta import TTA_HELP, TTA_MODES
+from facetl.launch.signals import terminate_as_interrupt
 from facetl.preprocessing import LANDMARK_SOURCES
 from facetl.outputs import data_reads, input_reads, refuse_misplaced
 from facetl.runfolder import atomic_write_csv
@@ -448,7 +449,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return COMMANDS[args.command](args) or 0
+        with terminate_as_interrupt():  # scancel, a time limit, `kill`: each command stops as on Ctrl-C
+            return COMMANDS[args.command](args) or 0
     except FacetlError as exc:
         print(f"facetl {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -115,9 +115,43 @@ def test_two_tunes_started_at_once_on_a_new_out_share_one_study_and_draw_apart(d
     for process, (out, err) in zip(both, outputs):
         assert process.returncode == 0, err
         assert "Traceback" not in err and "IntegrityError" not in err, err
-    rows = trial_rows(study)  # two workers that end trials at once may each start one more: 4 or a few more
-    assert 4 <= len(rows) <= 6 and {r["state"] for r in rows} == {"COMPLETE"}
+    rows = trial_rows(study)  # before: two workers that ended trials at once each started one more (5 of 4)
+    assert len(rows) == 4 and {r["state"] for r in rows} == {"COMPLETE"}, rows
+    assert len(list(study.glob("trial-*"))) == 4
     assert len({r["lr"] for r in rows}) == len(rows), rows  # before: the two processes drew the same values
+
+
+ANOTHER_WORKER_BETWEEN_COUNT_AND_TRIAL = """
+import sys
+import optuna
+optimize = optuna.study.Study.optimize
+def optimize_after_another_worker(self, *args, **kwargs):
+    # the moment of the race: this worker counted 2 of --trials 3 and is about to make its trial, when another
+    # worker makes one first (left RUNNING: that worker is still training it)
+    if len(self.get_trials(deepcopy=False)) == 2:
+        self.ask()
+    return optimize(self, *args, **kwargs)
+optuna.study.Study.optimize = optimize_after_another_worker
+from facetl.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_trial_made_after_another_worker_filled_the_study_does_not_train(data, tmp_path):
+    import subprocess
+    import sys
+
+    from commandline import ENV
+
+    study, script = tmp_path / "study", tmp_path / "race.py"
+    script.write_text(ANOTHER_WORKER_BETWEEN_COUNT_AND_TRIAL)
+    result = subprocess.run([sys.executable, str(script), "tune", "--data", str(data), *TUNE, "--trials", "3",
+                             "--out", str(study)], capture_output=True, text=True, env=ENV, timeout=600)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert sorted(p.name for p in study.glob("trial-*")) == ["trial-000", "trial-001"]  # before: trial-003 too
+    rows = trial_rows(study)  # the other worker's trial, still running, is the third
+    assert [(r["trial"], r["state"]) for r in rows] == [("0", "COMPLETE"), ("1", "COMPLETE"), ("2", "RUNNING")]
+    assert "trial 3" not in result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("storage", ["garbage://x", "sqlite:////no/such/folder/study.db"])
@@ -309,3 +343,39 @@ def test_sigterm_on_tune_with_two_workers_ends_them_and_the_rerun_replaces_their
     # grace ran out, and the rerun would have nothing to do): the rerun ran trials in its place
     states = [r["state"] for r in trial_rows(study)]
     assert states.count("COMPLETE") == 2 and "FAIL" in states and "RUNNING" not in states, states
+
+
+# ---- 13. SIGTERM on a plain `facetl train` (scancel, a time limit, `kill`) stops it as Ctrl-C does ----
+
+def test_sigterm_on_train_stops_it_as_ctrl_c_does_and_resume_finishes(data, tmp_path):
+    import csv
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from commandline import ENV
+
+    run = tmp_path / "run"
+    train = subprocess.Popen([sys.executable, "-m", "facetl", "train", "--data", str(data), "--weights", "none",
+                              "--img-size", "48", "--epochs", "5", "--strategy", "full", "--batch-size", "4",
+                              "--out", str(run)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    deadline = time.monotonic() + 300
+    while not (run / "history.csv").is_file() or not (run / "history.csv").read_text().count("\n") >= 2:
+        assert train.poll() is None and time.monotonic() < deadline, train.communicate()  # an epoch written
+        time.sleep(0.05)
+    train.send_signal(signal.SIGTERM)
+    _, err = train.communicate(timeout=120)
+    # before: killed by the signal (-15), no word said, its lock file left behind
+    assert train.returncode == 130 and "interrupted" in err and "--resume" in err and "Traceback" not in err, \
+        (train.returncode, err)
+    assert not (run / ".lock").exists()
+    with open(run / "history.csv", newline="") as f:
+        kept = len(list(csv.DictReader(f)))
+    assert 1 <= kept < 5 and (run / "last.pt").is_file()
+
+    resumed = facetl("train", "--resume", str(run))
+    assert resumed.returncode == 0, resumed.stderr
+    with open(run / "history.csv", newline="") as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f)] == list(range(1, 6))
+    assert (run / "metrics.json").is_file()

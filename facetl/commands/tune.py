@@ -42,6 +42,7 @@ SPACE_HELP = "write KEY=log:LOW:HIGH, KEY=float:LOW:HIGH, KEY=int:LOW:HIGH or KE
 INSTALL = "facetl tune needs Optuna: pip install 'facetl[tune]'"
 # trials that count towards --trials: a failed one (an error, a killed worker) is retried by the next
 COUNTED = ("COMPLETE", "PRUNED", "RUNNING", "WAITING")
+SURPLUS = "surplus"  # a trial's user attribute: made beyond --trials by a worker that raced another; not trained
 JOBS_FILE = "jobs.json"  # the workers' job ids and states, as a sweep keeps its points'
 START_LOCK = "start.lock"  # held while a tune makes or joins DIR's study
 
@@ -352,19 +353,33 @@ def run_worker(folder: str | Path, index: int = 0, progress: bool = False, log=p
     study = read_study(Path(folder).expanduser().resolve())
     optuna = optuna_module()
     loaded = open_study(study, sampler_seed=study.base.seed)
-    counted = tuple(getattr(optuna.trial.TrialState, s) for s in COUNTED)
     ran = 0
     with terminate_as_interrupt():  # scancel, a time limit: the trial is marked FAIL now, not after 2 minutes
         while True:
             optuna.storages.fail_stale_trials(loaded)  # a killed worker's trial: no heartbeat, so FAIL now
-            if len(loaded.get_trials(deepcopy=False, states=counted)) >= study.trials:
+            if len(counted_trials(loaded)) >= study.trials:
                 break
             # one trial a call: optimize keeps the trial's heartbeat and marks it FAIL on an error (re-raised)
+            made = []
             loaded.optimize(lambda trial: run_trial(study, trial, progress, log, pictures, index), n_trials=1,
-                            catch=())
+                            catch=(), callbacks=[lambda _, trial: made.append(trial)])
+            if made[-1].user_attrs.get(SURPLUS):
+                break  # another worker made the study's last trial between the count above and this one
             ran += 1
             write_results(study, loaded)
     return ran
+
+
+def counted_trials(loaded) -> list:
+    """The trials that count towards --trials: finished, pruned or running ones, not failed or surplus ones."""
+    counted = tuple(getattr(optuna_module().trial.TrialState, s) for s in COUNTED)
+    return [t for t in loaded.get_trials(deepcopy=False, states=counted) if not t.user_attrs.get(SURPLUS)]
+
+
+def surplus(study: Study, trial) -> bool:
+    """Whether `trial` came beyond --trials: workers that count at once each make one, so the trials made
+    before it (by number) decide, the same way in every worker."""
+    return sum(t.number < trial.number for t in counted_trials(trial.study)) >= study.trials
 
 
 def run_trial(study: Study, trial, progress: bool, log, pictures, worker: int = 0) -> float:
@@ -372,6 +387,9 @@ def run_trial(study: Study, trial, progress: bool, log, pictures, worker: int = 
     the objective is the validation loss at the epoch the run selected."""
     from facetl.train.fit import fit
 
+    if surplus(study, trial):  # ended before drawing values, so the sampler learns nothing from it
+        trial.set_user_attr(SURPLUS, True)
+        raise optuna_module().TrialPruned("the study has its --trials")
     values = {d.key: d.suggest(trial) for d in study.dimensions}
     folder = study.folder / f"trial-{trial.number:03d}"
     trial.set_user_attr("run", folder.name)
@@ -426,6 +444,8 @@ def trial_rows(study: Study, loaded) -> list[dict]:
     """Every trial of the study: its state (COMPLETE, PRUNED, FAIL, RUNNING), values, and validation figures."""
     rows = []
     for trial in loaded.get_trials(deepcopy=False):
+        if trial.user_attrs.get(SURPLUS):
+            continue
         run = study.folder / trial.user_attrs.get("run", f"trial-{trial.number:03d}")
         val_loss = val_acc = epochs = None
         if (run / "run.json").is_file():
@@ -543,7 +563,7 @@ def telling_trials(study: Study, log):
 def _say_finished(loaded, said: set, log) -> set:
     done = set()
     for trial in loaded.get_trials(deepcopy=False):
-        if trial.state.is_finished() and trial.number not in said:
+        if trial.state.is_finished() and trial.number not in said and not trial.user_attrs.get(SURPLUS):
             value = "" if trial.value is None else f", val loss {trial.value:.4f}"
             log(f"trial {trial.number}: {trial.state.name}{value}")
             done.add(trial.number)

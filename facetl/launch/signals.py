@@ -3,7 +3,8 @@
 `kill PID`, a SLURM scancel or time limit, and a container's stop all send SIGTERM. Python's default for it is
 to die at once, so a sweep or tune that launched jobs left them running under PID 1 (still holding their run
 folders' locks) and its jobs.json saying "running". Heard as KeyboardInterrupt, SIGTERM takes the path Ctrl-C
-takes: the launcher ends its jobs, records them, and the command says what it kept.
+takes: the launcher ends its jobs, records them, and the command says what it kept. `facetl`'s entry (cli.main)
+runs every command inside `terminate_as_interrupt`, so a plain `train` also stops as on Ctrl-C.
 """
 from __future__ import annotations
 
