@@ -56,16 +56,17 @@ def collect_images(inputs: list[str]) -> list[Path]:
             files.append(path)
         else:
             raise FacetlError(f"image or folder not found: {path}")
-    return once_each(files)
+    return once_each(files, follow_links=False)
 
 
-def once_each(files: list[Path]) -> list[Path]:
-    """Each photo or video once, in the order first given: a file named twice (directly, through a folder, a
-    link or `./`) would give its rows twice (and a video tracks longer than itself). Says which were repeated."""
+def once_each(files: list[Path], follow_links: bool = True) -> list[Path]:
+    """Each photo or video once, in the order first given: a file named twice (directly, through a folder or
+    `./`) would give its rows twice (and a video tracks longer than itself). Says which were repeated. A photo
+    reached through a link under another name keeps its own row (`follow_links=False`): the CSV names both."""
     first: dict[str, Path] = {}
     repeated: dict[str, int] = {}
     for path in files:
-        key = os.path.realpath(path)
+        key = os.path.realpath(path) if follow_links else os.path.abspath(path)
         if key in first:
             repeated[key] = repeated.get(key, 1) + 1
         else:
