@@ -6,6 +6,8 @@ fresh process with `--every 5`, as a user runs it.
 """
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.commandline import facetl
+from tests.commandline import ENV, facetl, one_line_error
 from tests.test_video import faces_data, matched, read_csv, run  # noqa: F401  (fixtures: a tiny run)
 
 av = pytest.importorskip("av")
@@ -44,8 +46,16 @@ def write(path: Path, frames: list[np.ndarray]) -> Path:
     return path
 
 
+def predict(run: Path, clip: Path, out: Path, *flags: str, env: dict | None = None):
+    args = ("predict", str(run), str(clip), "--out", str(out), "--every", "5", *flags)
+    if env is None:
+        return facetl(*args)
+    return subprocess.run([sys.executable, "-m", "facetl", *args], capture_output=True, text=True,
+                          env=dict(ENV, **env), timeout=600)
+
+
 def predict_tracks(run: Path, clip: Path, out: Path, *flags: str) -> list[dict]:
-    result = facetl("predict", str(run), str(clip), "--out", str(out), "--every", "5", *flags)
+    result = predict(run, clip, out, *flags)
     assert result.returncode == 0, result.stderr
     return read_csv(out)
 
@@ -88,6 +98,22 @@ def test_without_reid_the_hidden_face_comes_back_as_a_new_track(run, hidden_clip
     clip, truth = hidden_clip
     tracks = hidden_face_tracks(predict_tracks(run, clip, tmp_path / "frames.csv", "--reid", "off"), truth)
     assert len(tracks) >= 2 and tracks.most_common(1)[0][1] < 0.95 * sum(tracks.values()), tracks
+
+
+@pytest.mark.slow
+def test_without_the_dlib_weights_tracking_works_as_before_and_one_line_says_how_to_get_them(
+        run, hidden_clip, tmp_path):  # noqa: F811
+    clip, truth = hidden_clip
+    empty = {"FACETL_CACHE": str(tmp_path / "empty-cache")}
+    result = predict(run, clip, tmp_path / "frames.csv", env=empty)
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "facetl backbones --fetch dlib" in lines[0], result.stderr
+    tracks = hidden_face_tracks(read_csv(tmp_path / "frames.csv"), truth)
+    assert len(tracks) >= 2, tracks   # a new number after the gap, as with --reid off
+    asked = predict(run, clip, tmp_path / "asked.csv", "--reid", "on", env=empty)
+    one_line_error(asked, "facetl backbones --fetch dlib")
+    assert not (tmp_path / "asked.csv").exists()
 
 
 @pytest.mark.slow

@@ -286,11 +286,11 @@ def predict_videos(classifier: Classifier, videos: list[Path], alignment: FaceAl
     files, or nothing under their names."""
     check_videos(videos, request)
     targets = plan_video_outputs(videos, request)
+    embedder = open_embedder(request.reid)  # before any output is opened: --reid on without the weights stops here
     multi = classifier.decision.multi_attribute
     summary = TrackSummary(classifier.class_names, multi)
     table = StreamedCsv(request.out, video_header(classifier.class_names, multi)) if request.out else None
     results = []
-    embedder = open_embedder(request.reid)
     try:
         if table is not None:
             table.write(photo_rows or [])
