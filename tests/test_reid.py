@@ -22,16 +22,22 @@ av = pytest.importorskip("av")
 
 from facetl.data.faces.composite import background, moving_faces  # noqa: E402
 from facetl.data.video import VideoWriter  # noqa: E402
+from facetl.data.store import cache_root  # noqa: E402
 from facetl.models.packaged import cached_path, packaged  # noqa: E402
 
 FPS, WIDTH, HEIGHT, SEED = 15, 640, 480, 3
 HIDDEN = range(30, 60)   # frames 2 to 4 s: 2 s without the face
 
 
+REAL_CACHE = cache_root()  # read before the isolated_cache fixture points FACETL_CACHE at a temporary folder;
+# the commands run by facetl() see the real one too (tests/commandline.py's ENV is taken at import)
+
+
 @pytest.fixture(scope="module")
-def dlib_cached():
-    if not cached_path(packaged("dlib")).is_file():
+def dlib_cached() -> Path:
+    if not cached_path(packaged("dlib"), REAL_CACHE).is_file():
         pytest.skip("the dlib weights are not cached: `facetl backbones --fetch dlib`")
+    return cached_path(packaged("dlib"), REAL_CACHE)
 
 
 def celebrity(shared_datasets, name: str, index: int = 0) -> np.ndarray:
@@ -128,3 +134,37 @@ def test_two_people_in_turn_at_the_same_place_get_two_numbers(run, shared_datase
     before = {r["track"] for r in rows if int(r["frame"]) < 30}
     after = {r["track"] for r in rows if int(r["frame"]) >= 45}
     assert before and after and not before & after, (before, after)
+
+
+def test_a_lost_face_is_taken_back_only_when_both_appearance_and_place_agree(shared_datasets, dlib_cached):
+    """FaceReID on its own, with the real dlib network: the same person near where they were lost comes back
+    under the old number; another person at that place, or the same person across the frame, does not."""
+    from facetl.data.faces.composite import paste_faces
+    from facetl.inference.reid import DlibEmbedder, FaceReID
+    from facetl.inference.video import FaceTracker
+
+    scene = background(WIDTH, HEIGHT, SEED)
+    people = [celebrity(shared_datasets, name) for name in ("Hugh Laurie", "Mark Ruffalo")]
+
+    def seen(person: int, x: float):
+        frame, (face,) = paste_faces(scene, [people[person]], [(x, 240.0, 110, 0.0)])
+        return frame, face.box, face.landmarks
+
+    def follow(tracker: FaceTracker, reid: FaceReID, time_s: float, person: int, x: float) -> int:
+        frame, box, landmarks = seen(person, x)
+        numbers = tracker.update([box], [0.999], time_s,
+                                 lambda new: reid.returning(frame, time_s, [landmarks], [box]))
+        reid.observe(frame, time_s, [landmarks], [box], numbers, tracker.live)
+        return numbers[0]
+
+    embedder = DlibEmbedder(dlib_cached)
+    answers = {}
+    for case, (person, x) in {"same here": (0, 330.0), "other here": (1, 330.0), "same far": (0, 600.0)}.items():
+        tracker, reid = FaceTracker(), FaceReID(embedder)
+        assert follow(tracker, reid, 0.0, 0, 300.0) == follow(tracker, reid, 0.33, 0, 305.0) == 1
+        for time_s in np.arange(0.66, 2.01, 0.33):       # 1.7 s without the face: the tracker ends track 1
+            tracker.update([], [], time_s)
+            reid.observe(scene, time_s, [], [], [], tracker.live)
+        assert tracker.live == set() and list(reid.lost) == [1]
+        answers[case] = follow(tracker, reid, 2.5, person, x)
+    assert answers == {"same here": 1, "other here": 2, "same far": 2}

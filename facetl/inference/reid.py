@@ -25,7 +25,7 @@ from facetl.models.packaged import cached_path, fetch_command, packaged, weight_
 REID_MODES = ("auto", "on", "off")
 SAME_PERSON = 0.6      # dlib's threshold on the Euclidean distance of two descriptors
 KEEP_SECONDS = 5.0     # how long a lost track may still come back
-REACH = 1.0            # face sides a lost face may have moved, per second away, beyond one side
+REACH = 0.5            # face sides a lost face may have moved per second away, beyond one side
 
 
 class DlibEmbedder:
