@@ -68,7 +68,8 @@ def open_embedder(mode: str) -> DlibEmbedder | None:
 
 @dataclass
 class _Sighting:
-    """Where a track's face was last detected: its frame (a reference, not a copy) and landmarks."""
+    """Where a track's face was last detected: its frame (a reference, not a copy: the pipeline's frames are
+    fresh arrays that nothing writes into afterwards) and landmarks."""
     frame: np.ndarray
     landmarks: np.ndarray
     box: tuple[float, float, float, float]
