@@ -41,6 +41,7 @@ from facetl.data.faces.composite import box_iou, moving_faces
 from facetl.data.faces.detect import MTCNNDetector
 from facetl.data.video import VideoReader, VideoWriter
 from facetl.inference.classifiers import open_classifier
+from facetl.inference.reid import FaceReID
 from facetl.inference.video import FaceTracker, ProbabilitySmoother
 from facetl.runtime import Runtime
 
@@ -93,7 +94,8 @@ class StageClock:
         self.wrap(MTCNNDetector, "detect", "detect")
         self.wrap(inference_video, "faces_of_frame", "align")
         self.wrap(inference_video, "with_tta", "classify")
-        self.wrap(FaceTracker, "update", "track")
+        self.wrap(FaceTracker, "update", "track")   # with re-identification's look-up of lost tracks inside
+        self.wrap(FaceReID, "observe", "track")      # and its chips of the tracks that ended
         self.wrap(ProbabilitySmoother, "__call__", "track")
         self.wrap(FacePainter, "paint", "paint")
         self.wrap(VideoWriter, "write", "encode")

@@ -275,6 +275,10 @@ def _add_run_users(sub) -> None:
     predict.add_argument("--smooth", type=float, default=0.0, metavar="SECONDS",
                          help="videos: smooth each track's probabilities over time, an exponential moving average "
                               "with this time constant (default 0: none); the raw label stays in raw_label")
+    predict.add_argument("--reid", choices=["auto", "on", "off"], default="auto",
+                         help="videos: a face the detector lost for up to 5 s keeps its track number when its dlib "
+                              "descriptor and place match (default auto: on when the dlib weights are cached, "
+                              "`facetl backbones --fetch dlib`)")
     add_runtime_flags(predict)
 
 
@@ -712,7 +716,7 @@ def cmd_predict(args) -> int:
         check_csv_out(out, args.overwrite)
     if videos:  # a bad video or output is said before the run is loaded
         request = VideoRequest(args.every, args.smooth, args.tta, Path(args.annotate) if args.annotate else None,
-                               out, args.overwrite)
+                               out, args.overwrite, reid=args.reid)
         check_videos(videos, request)
     classifier = open_classifier(args.run, args.engine, Runtime.for_inference(args.device, args.precision))
     if videos:

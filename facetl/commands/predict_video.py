@@ -26,6 +26,7 @@ from facetl.data.folders import is_image_name
 from facetl.data.video import VideoReader, VideoWriter, is_video_name
 from facetl.errors import FacetlError
 from facetl.inference.classifiers import Classifier
+from facetl.inference.reid import open_embedder
 from facetl.inference.video import FramePipeline, TrackedFace
 from facetl.outputs import inside
 from facetl.progress import progress_bar
@@ -55,6 +56,7 @@ class VideoRequest:
     out: Path | None = None       # frames CSV; its tracks go to tracks_path(out)
     overwrite: bool = False
     progress: bool = True
+    reid: str = "auto"            # re-identify faces lost for a while: auto (when the dlib weights are cached), on, off
 
 
 def split_media(inputs: list[str]) -> tuple[list[str], list[Path]]:
@@ -284,6 +286,7 @@ def predict_videos(classifier: Classifier, videos: list[Path], alignment: FaceAl
     files, or nothing under their names."""
     check_videos(videos, request)
     targets = plan_video_outputs(videos, request)
+    embedder = open_embedder(request.reid)  # before any output is opened: --reid on without the weights stops here
     multi = classifier.decision.multi_attribute
     summary = TrackSummary(classifier.class_names, multi)
     table = StreamedCsv(request.out, video_header(classifier.class_names, multi)) if request.out else None
@@ -292,7 +295,7 @@ def predict_videos(classifier: Classifier, videos: list[Path], alignment: FaceAl
         if table is not None:
             table.write(photo_rows or [])
         for path, target in zip(videos, targets):
-            pipeline = FramePipeline(classifier, alignment, request.smooth, request.tta)
+            pipeline = FramePipeline(classifier, alignment, request.smooth, request.tta, embedder)
             results.append(_one_video(pipeline, path, target, request, table, summary))
         if table is not None:
             table.finish()

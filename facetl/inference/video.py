@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -19,6 +19,7 @@ from PIL import Image
 from facetl.data.faces import check_alignment, create_detector, faces_of_frame
 from facetl.data.faces.detect import torch_threads
 from facetl.inference.classifiers import Classifier
+from facetl.inference.reid import DlibEmbedder, FaceReID
 from facetl.inference.tta import with_tta
 from facetl.preprocessing import FaceAlignment
 
@@ -31,11 +32,13 @@ def crop_colour(crop: np.ndarray, colour: str) -> np.ndarray:
 
 @dataclass(frozen=True)
 class FoundFace:
-    """One face of one frame, classified: its box (x, y, w, h in frame pixels), detector score, probabilities."""
+    """One face of one frame, classified: its box (x, y, w, h in frame pixels), detector score, probabilities
+    and five landmarks (frame pixels, for re-identification's dlib chip)."""
 
     box: tuple[float, float, float, float]
     score: float
     probs: np.ndarray
+    landmarks: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,8 @@ class FrameAnalyser:
         crops = [crop_colour(face.crop, prep.colour) for used in judged for face in used]
         with torch_threads(self.threads):
             probs = iter(with_tta(self.classifier.classify, np.stack(crops), self.tta) if crops else [])
-        return [[FoundFace(face.face.box, face.face.score, next(probs)) for face in used] for used in judged]
+        return [[FoundFace(face.face.box, face.face.score, next(probs), face.face.landmarks) for face in used]
+                for used in judged]
 
 
 @dataclass
@@ -93,7 +97,8 @@ class FaceTracker:
     tracks left, so an unsure detection never takes a track from a sure one. A face left unmatched starts a
     track; a track unmatched for up to `keep_seconds`, or three times the gap between the last two updates
     when that is longer (`--every` on a slow video), survives missed detections and ends after that, so a
-    face that leaves and comes back later gets a new number.
+    face that leaves and comes back later gets a new number, unless `update`'s `returning` (re-identification,
+    inference/reid.py) says which ended track it is.
 
     A library tracker was the first choice: supervision 0.31 no longer ships ByteTrack (0.28-0.30 kept it
     deprecated, "removed in v0.31"; it moved to the `trackers` package, which requires the GUI build of OpenCV
@@ -107,8 +112,9 @@ class FaceTracker:
         self.gap_s = 0.0                   # seconds between the last two updates
 
     def update(self, boxes: Sequence[tuple[float, float, float, float]], scores: Sequence[float],
-               time_s: float) -> list[int]:
-        """The track number of each face (boxes x, y, w, h) of the frame at `time_s`."""
+               time_s: float, returning: Callable[[list[int]], list[int | None]] | None = None) -> list[int]:
+        """The track number of each face (boxes x, y, w, h) of the frame at `time_s`. `returning`: given the
+        faces about to start a track (their indices), the old number of each one that is a face come back."""
         if self.last_s is not None:
             self.gap_s = time_s - self.last_s
         self.last_s = time_s
@@ -121,11 +127,14 @@ class FaceTracker:
         unsure = [i for i, s in enumerate(scores) if s < self.confident]
         for group in (confident, unsure):
             free = self._match(group, corners, free, numbers, time_s)
-        for i, number in enumerate(numbers):
+        new = [i for i, number in enumerate(numbers) if number is None]
+        old = returning(new) if returning and new else [None] * len(new)
+        for i, number in zip(new, old):
             if number is None:
                 self.started += 1
-                self.tracks.append(_Track(self.started, corners[i], time_s))
-                numbers[i] = self.started
+                number = self.started
+            self.tracks.append(_Track(number, corners[i], time_s))
+            numbers[i] = number
         return numbers
 
     @property
@@ -200,20 +209,22 @@ class ProbabilitySmoother:
 
 
 class FramePipeline:
-    """Frames of one video (or camera) in order, in batches -> per frame its tracked, labelled faces."""
+    """Frames of one video (or camera) in order, in batches -> per frame its tracked, labelled faces.
+    With an `embedder` (inference/reid.py), a face lost for a while comes back under its old number."""
 
     def __init__(self, classifier: Classifier, alignment: FaceAlignment, smooth_seconds: float = 0.0,
-                 tta: str = "none"):
+                 tta: str = "none", embedder: DlibEmbedder | None = None):
         self.classifier = classifier
         self.analyser = FrameAnalyser(classifier, alignment, tta)
         self.tracker = FaceTracker()
         self.smoother = ProbabilitySmoother(smooth_seconds)
+        self.reid = FaceReID(embedder) if embedder is not None else None
 
     def process(self, frames: Sequence[np.ndarray], times: Sequence[float]) -> list[list[TrackedFace]]:
         decision = self.classifier.decision
         answers = []
-        for faces, time_s in zip(self.analyser.analyse(frames), times):
-            tracks = self.tracker.update([f.box for f in faces], [f.score for f in faces], time_s)
+        for frame, faces, time_s in zip(frames, self.analyser.analyse(frames), times):
+            tracks = self._track(frame, faces, time_s)
             tracked = []
             for face, track in zip(faces, tracks):
                 probs = self.smoother(track, time_s, face.probs)
@@ -224,3 +235,15 @@ class FramePipeline:
             self.smoother.keep_only(self.tracker.live)
             answers.append(tracked)
         return answers
+
+    def _track(self, frame: np.ndarray, faces: list[FoundFace], time_s: float) -> list[int]:
+        boxes, scores = [f.box for f in faces], [f.score for f in faces]
+        if self.reid is None:
+            return self.tracker.update(boxes, scores, time_s)
+
+        def returning(new: list[int]) -> list[int | None]:
+            return self.reid.returning(frame, time_s, [faces[i].landmarks for i in new], [boxes[i] for i in new])
+
+        tracks = self.tracker.update(boxes, scores, time_s, returning)
+        self.reid.observe(frame, time_s, [f.landmarks for f in faces], boxes, tracks, self.tracker.live)
+        return tracks
