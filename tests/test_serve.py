@@ -286,6 +286,40 @@ def test_page_in_a_real_browser(server, astronaut, tmp_path):
         driver.quit()
 
 
+def test_labels_stay_inside_a_photo_whose_faces_fill_its_height(server, shared_datasets, tmp_path):
+    """Three celebrity_faces photos side by side, as docs/serve-group.png: a face as tall as the photo has room
+    neither above nor below its box, so its label goes inside it instead of over the status line."""
+    people = sorted(p for p in (shared_datasets / "celebrity_faces").iterdir() if p.is_dir())[:3]
+    tiles = [Image.open(sorted(p.glob("*.jpg"))[0]).convert("RGB").resize((250, 320)) for p in people]
+    canvas = Image.new("RGB", (810, 340), (236, 232, 226))
+    for i, tile in enumerate(tiles):
+        canvas.paste(tile, (10 + 270 * i, 10))
+    photo = tmp_path / "group.jpg"
+    canvas.save(photo, quality=95)
+    driver = headless_chromium("--hide-scrollbars", window="1280,860")
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    try:
+        driver.get(server.url)
+        wait = WebDriverWait(driver, 60)
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".model")) == 2)
+        driver.find_element(By.ID, "file").send_keys(str(photo))
+        wait.until(lambda d: "faces in group.jpg" in d.find_element(By.ID, "status").text)
+        time.sleep(0.5)  # the image's load places the labels again
+        frame, status, labels = driver.execute_script(
+            "const r = (e) => { const b = e.getBoundingClientRect(); return [b.left, b.top, b.right, b.bottom]; };"
+            "return [r(document.getElementById('photo')), r(document.getElementById('status')),"
+            " [...document.querySelectorAll('#photo .face-label')].map(r)];")
+        driver.save_screenshot(str(tmp_path / "group.png"))
+    finally:
+        driver.quit()
+    assert len(labels) == 3
+    for left, top, right, bottom in labels:
+        assert frame[0] <= left and right <= frame[2] and frame[1] <= top and bottom <= frame[3], (labels, frame)
+        assert bottom <= status[1], "a label covers the status line"
+
+
 def _readme_screenshot(shot: Path, target: Path) -> None:
     """1000 px wide, 256 colours: small enough for the repository (under 200 KB)."""
     image = Image.open(shot).convert("RGB")

