@@ -98,8 +98,9 @@ SMILES = "../shared/datasets/SMILEsmileD/SMILEs"
 # Two or three commands that work, ending each subcommand's --help; every one is also in the README or a docs
 # page (a test checks both), run from the repository root, and they build on each other: train makes runs/smile first.
 EXAMPLES = {
-    "train": [(f"facetl train --data {SMILES} --backbone mobilenet_v2 --weights auto --strategy last-block "
-               "--out runs/smile", "a smile detector; ImageNet weights when they can be had"),
+    "train": [(f"facetl train --data {SMILES} --backbone mini_xception --weights fer2013 --strategy frozen "
+               "--out runs/smile", "a smile detector from FER-2013's face-pretrained weights "
+               "(facetl backbones --fetch fer2013)"),
               ("facetl train --resume runs/smile --epochs 20",
                "continue a killed run, or train a finished one further"),
               ("facetl train --config runs/smile/config.yaml --out runs/smile-again", "rerun a run exactly")],

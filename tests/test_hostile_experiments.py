@@ -2,8 +2,9 @@
 a bad or raced tune storage, a continued study that explores, a resumed run's figures, and a sweep that dies
 with its children on SIGTERM.
 
-Every case runs the real command in a fresh process (tests/commandline.py `facetl`), with real signals. The
-cases of several processes at once (slow) run in `make test-all` and in .ci/run.
+Every case runs the real command in a fresh process (tests/commandline.py `facetl`), with real signals. Most
+train several tiny runs, so the whole file is marked slow (3.5 min of `make test`'s 12): .ci/run runs it after
+`make test`, and so does `make test-all`.
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import pytest
 
 from commandline import facetl, one_line_error
 from conftest import write_image
+
+pytestmark = pytest.mark.slow
 
 TINY = ["--weights", "none", "--img-size", "32", "--epochs", "1", "--strategy", "full", "--batch-size", "8"]
 

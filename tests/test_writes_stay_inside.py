@@ -124,6 +124,7 @@ NEEDS = {"predict a video": "av", "train --track": "mlflow", "resume a copy": "m
          "sweep": "mlflow", "tune": "optuna"}
 
 
+@pytest.mark.slow  # every command in turn (2 min): .ci/run runs it after `make test`, as does `make test-all`
 def test_no_command_writes_outside_its_output_whatever_paths_the_data_holds(world):
     for name, args, allowed in COMMANDS:
         if name in NEEDS and not importlib.util.find_spec(NEEDS[name]):
