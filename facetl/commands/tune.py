@@ -183,7 +183,8 @@ def start_study(base: TrainConfig, space_items: list[str], out: str | Path, tria
     folder = Path(out).expanduser().resolve()
     default_storage = f"sqlite:///{folder / 'study.db'}"
     study = Study(folder, base, list(space_items), trials, storage or default_storage, folder.name, startup_trials)
-    _refuse_other_files(folder)
+    if not (folder / START_LOCK).exists():  # else another tune is starting this study: judged under its lock below
+        _refuse_other_files(folder)
     created = not folder.exists()
     prepare_run_folder(folder)
     try:
