@@ -49,6 +49,7 @@ class TrainConfig:
     colour: str | None = None            # rgb | grey; None: rgb, or what a facetl run given as --weights used
     augment: list[str] | None = None     # None: the recipe chooses (facetl/train/recipe.py)
     faces: str = "none"                  # none (images are face crops) | detect (find and align faces in photos)
+    crops: str | None = None             # arcface: the crops' template; re-cut to the backbone's framing
     multi_face: str = "largest"          # a training photo with several faces: largest | skip | error
     min_face: int = 20                   # smallest face side, in pixels, that counts as a face
     landmarks: str = FaceAlignment.landmarks  # what faces are aligned with: detector | refined (preprocessing.py)
@@ -111,6 +112,7 @@ class TrainConfig:
             "optimizer": (None, "adam", "adamw", "sgd"),
             "precise_bn": ("auto", "on", "off"),
             "faces": ("none", "detect"),
+            "crops": (None, "arcface", "dlib"),
             "multi_face": ("largest", "skip", "error"),
             "landmarks": LANDMARK_SOURCES,
             "balance": ("none", "loss", "sampler"),
@@ -168,6 +170,8 @@ class TrainConfig:
             problems += multi_attribute_problems(self)
         if self.folds is not None and self.split_file:
             problems.append("folds: each fold makes its own split; it cannot be combined with split_file")
+        if self.crops is not None and self.faces == "detect":
+            problems.append("crops: the images are face crops already; it cannot be combined with faces detect")
         problems += tracking_problems(self)
         if not 0 <= self.dropout < 1:
             problems.append(f"dropout: {self.dropout} must be in [0, 1)")
@@ -227,6 +231,8 @@ HELP = {
     "augment": "training augmentation: flip, jitter, rotate[:DEGREES], shift[:PIXELS], scale[:PERCENT], none "
                "(comma separated; shift and scale make a model tolerate face-alignment error)",
     "faces": "none: images are face crops | detect: find and align faces in whole photos (MTCNN)",
+    "crops": "the template the image crops were cut to: arcface (insightface / Glint360K crops, like celebrity_faces) "
+             "| dlib; a backbone trained on another framing (dlib_resnet) gets each crop re-cut to it, not resized",
     "multi_face": "a training photo with several faces: largest | skip | error",
     "min_face": "smallest face side that counts, in photo pixels",
     "landmarks": "the five landmarks faces are aligned with: detector (MTCNN's, as found) | refined (found again "

@@ -53,10 +53,31 @@ class Preprocessing:
     std: tuple[float, float, float]
     colour: str = "rgb"                       # rgb | grey (made three-channel: a model trained on grey photos)
     faces: FaceAlignment | None = None        # None: images are face crops already
+    # the face crop the backbone's weights were trained on (a face template: dlib, box, ...); faces found in a
+    # photo for a run on crops are cut this way. None: any (cut as ArcFace crops, as every run before this was)
+    framing: str | None = None
+    # the template the run's image crops were already cut to (--crops arcface): each is re-cut to `framing`
+    # (data/faces/align.reframe) rather than resized whole. None: not declared, crops are resized
+    crops: str | None = None
 
     def to_dict(self) -> dict:
         return {"size": self.size, "mean": list(self.mean), "std": list(self.std), "colour": self.colour,
-                "faces": self.faces.to_dict() if self.faces else None}
+                "faces": self.faces.to_dict() if self.faces else None, "framing": self.framing,
+                "crops": self.crops}
+
+    @property
+    def recut(self) -> tuple[str, str] | None:
+        """(from, to) templates when crops are re-cut to the backbone's framing; None when they are resized."""
+        if self.faces is None and self.crops and self.framing and self.crops != self.framing:
+            return self.crops, self.framing
+        return None
+
+    def photo_faces(self) -> FaceAlignment:
+        """How faces found in a whole photo are cut for this run: as it was trained on photos, else (a run on
+        crops) to its backbone's framing, else as ArcFace crops."""
+        if self.faces is not None:
+            return self.faces
+        return FaceAlignment(template=self.framing) if self.framing not in (None, "arcface") else FaceAlignment()
 
     def __post_init__(self) -> None:
         # a saved record is read back through here: a damaged one fails naming its field, not on every image
@@ -69,6 +90,10 @@ class Preprocessing:
             raise ValueError(f"preprocessing.std: {list(self.std)} has a value that is not above 0")
         if self.colour not in COLOURS:
             raise ValueError(f"preprocessing.colour: {self.colour!r} is not one of {', '.join(COLOURS)}")
+        for name in ("framing", "crops"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, str) and value.isidentifier()):
+                raise ValueError(f"preprocessing.{name}: {value!r} is not the name of a face template")
 
     @classmethod
     def from_dict(cls, values: dict) -> "Preprocessing":
@@ -78,13 +103,15 @@ class Preprocessing:
         size = values["size"]
         return cls(int(size) if isinstance(size, str) and size.isdigit() else size,
                    tuple(float(v) for v in values["mean"]), tuple(float(v) for v in values["std"]),
-                   values.get("colour", "rgb"), FaceAlignment.from_dict(faces) if faces else None)
+                   values.get("colour", "rgb"), FaceAlignment.from_dict(faces) if faces else None,
+                   values.get("framing"), values.get("crops"))
 
     def describe(self) -> str:
         mean = ", ".join(f"{v:.3f}" for v in self.mean)
         std = ", ".join(f"{v:.3f}" for v in self.std)
         faces = f", faces aligned by {self.faces.detector} to {self.faces.template}" if self.faces else ""
-        return f"{self.size}x{self.size} {self.colour}, mean ({mean}) std ({std}){faces}"
+        recut = f", {self.recut[0]} crops re-cut to the {self.recut[1]} framing" if self.recut else ""
+        return f"{self.size}x{self.size} {self.colour}, mean ({mean}) std ({std}){faces}{recut}"
 
     def with_overrides(self, size: int | None = None, normalize: list[float] | None = None,
                        colour: str | None = None) -> tuple["Preprocessing", list[str]]:

@@ -7,6 +7,7 @@ reason, where they are missing. The weights come from facetl's cache (`facetl ba
 """
 from __future__ import annotations
 
+import csv
 import importlib.util
 import subprocess
 import sys
@@ -260,3 +261,52 @@ def test_a_frozen_dlib_run_caches_its_features_and_exports_to_onnx(cached_weight
     chips = np.stack([np.asarray(Image.fromarray(rgb(f)).resize((150, 150), Image.BILINEAR)) for f in files[:6]])
     expected = loaded.classify(chips, Runtime.for_inference("cpu", "fp32"))
     assert np.abs(onnx.classify(chips) - expected).max() < 1e-4
+
+
+def test_arcface_crops_are_recut_to_dlibs_framing_everywhere(cached_weights, shared_datasets, tmp_path,
+                                                              torch_one_thread):
+    """`--crops arcface`: celebrity_faces' ArcFace crops are cut again as dlib's chips for dlib_resnet (the face
+    at dlib's size and place, not the 112-pixel crop stretched to 150), in training, predict and the ONNX export;
+    a photo's faces are cut to dlib's framing too, not to ArcFace's."""
+    from facetl.cli import main
+    from facetl.inference.onnx import OnnxClassifier
+    from facetl.inference.run import load_run
+    from facetl.runtime import Runtime
+
+    files, labels = celebrity_files(shared_datasets, per_person=6)
+    data = tmp_path / "three"
+    for file, label in zip(files, labels):
+        if label < 3:
+            (data / file.parent.name).mkdir(parents=True, exist_ok=True)
+            (data / file.parent.name / file.name).write_bytes(file.read_bytes())
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--backbone", "dlib_resnet", "--weights", "dlib", "--crops",
+                 "arcface", "--epochs", "2", "--out", str(run)]) == 0
+    record = load_run(run).record
+    assert record.preprocessing.recut == ("arcface", "dlib")
+    assert "arcface crops re-cut to the dlib framing" in record.preprocessing.describe()
+    assert record.preprocessing.photo_faces().template == "dlib"
+
+    crop, loaded, cpu = rgb(files[0]), load_run(run), Runtime.for_inference("cpu", "fp32")
+    recut = loaded.classify(reframe(crop, "arcface", "dlib", 150)[None], cpu)[0]
+    stretched = loaded.classify(np.asarray(Image.fromarray(crop).resize((150, 150), Image.BILINEAR))[None], cpu)[0]
+    assert np.abs(recut - stretched).max() > 1e-3  # the two cuts are different pictures to the model
+    out = tmp_path / "predicted.csv"
+    assert main(["predict", str(run), str(files[0]), "--faces", "none", "--out", str(out)]) == 0
+    with out.open() as table:
+        row = next(csv.DictReader(table))
+    predicted = [float(row[f"p_{name}"]) for name in loaded.class_names]
+    assert np.abs(np.array(predicted) - recut).max() < 1e-3, (row, recut)
+
+    assert main(["export", str(run)]) == 0
+    onnx = OnnxClassifier(run / "model.onnx")
+    assert onnx.preprocessing.recut == ("arcface", "dlib")
+
+
+def test_crops_and_faces_detect_together_are_refused_in_one_line(tiny_folder_dataset, tmp_path):
+    from commandline import facetl
+
+    result = facetl("train", "--data", str(tiny_folder_dataset), "--crops", "arcface", "--faces", "detect",
+                    "--out", str(tmp_path / "run"))
+    one_line_error(result, "crops", "faces detect")
+    assert not (tmp_path / "run").exists()

@@ -54,7 +54,7 @@ def evaluate_run(folder: str | Path, split: str = "test", runtime: Runtime | Non
     files = [every_file[i] for i in index]
     prep = record.preprocessing
     store = open_image_store(files, prep.size, cache_root(config.cache_dir) if config.cache else None,
-                             config.workers, progress, prep.colour, prep.faces)
+                             config.workers, progress, prep.colour, prep.faces, prep.recut)
     if store.errors:
         first = next(iter(store.errors))
         raise FacetlError(f"{files[first]} is unreadable: {store.errors[first]}")

@@ -34,6 +34,7 @@ from torch import nn
 
 from facetl.data.augment import normalize, to_float
 from facetl.data.images import UnreadableImage, decode_image
+from facetl.data.store import recut_crop
 from facetl.errors import FacetlError
 from facetl.evaluate.plots import clip, short_name
 from facetl.inference.decision import Decision
@@ -205,9 +206,10 @@ def prepare_files(run: LoadedRun, files: Sequence[Path]) -> tuple[list[Path], li
     prep = run.record.preprocessing
     kept, arrays, skipped = [], [], []
     if prep.faces is None:
+        recut = recut_crop(prep.recut, prep.size)
         for f in files:
             try:
-                arrays.append(decode_image(f, prep.size, prep.colour)[0])
+                arrays.append(decode_image(f, prep.size, prep.colour, recut)[0])
                 kept.append(Path(f))
             except UnreadableImage as exc:
                 skipped.append((str(f), str(exc)))

@@ -70,6 +70,8 @@ def onnx_metadata(preprocessing: Preprocessing, class_names: list[str], title: s
         "facetl.std": json.dumps(list(preprocessing.std)),
         "facetl.colour": preprocessing.colour,
         "facetl.faces": json.dumps(preprocessing.faces.to_dict() if preprocessing.faces else None),
+        "facetl.framing": json.dumps(preprocessing.framing),
+        "facetl.crops": json.dumps(preprocessing.crops),
         "facetl.class_names": json.dumps(list(class_names)),
         "facetl.threshold": json.dumps(threshold),  # two classes: class 1 when its probability reaches it
         "facetl.temperature": json.dumps(temperature),  # already applied inside the graph; for the record

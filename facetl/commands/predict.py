@@ -21,6 +21,7 @@ from PIL import Image, ImageDraw, ImageFont
 from facetl.data.faces import faces_in_photos
 from facetl.data.folders import find_images
 from facetl.data.images import UnreadableImage, decode_image, read_photo
+from facetl.data.store import recut_crop
 from facetl.errors import FacetlError
 from facetl.inference.classifiers import Classifier
 from facetl.inference.video import crop_colour
@@ -81,7 +82,7 @@ def face_alignment_for(classifier, faces: str, min_face: int | None) -> FaceAlig
     trained = classifier.preprocessing.faces
     if faces == "none" or (faces == "auto" and trained is None):
         return None
-    alignment = trained or FaceAlignment()
+    alignment = classifier.preprocessing.photo_faces()  # a run on crops: cut as its backbone's weights expect
     return dataclasses.replace(alignment, min_face=min_face or alignment.min_face)
 
 
@@ -120,12 +121,13 @@ def _labelled(classifier: Classifier, path: str, probs: np.ndarray, **face) -> P
 
 def _predict_crops(classifier, files: list[Path], batch_size: int, tta: str):
     prep = classifier.preprocessing
+    recut = recut_crop(prep.recut, prep.size)
     predictions, skipped = [], []
     for start in range(0, len(files), batch_size):
         batch_files, arrays = [], []
         for f in files[start:start + batch_size]:
             try:
-                arrays.append(decode_image(f, prep.size, prep.colour)[0])
+                arrays.append(decode_image(f, prep.size, prep.colour, recut)[0])
                 batch_files.append(f)
             except UnreadableImage as exc:
                 skipped.append((str(f), str(exc)))

@@ -22,16 +22,21 @@ class UnreadableImage(Exception):
     """The file is not a decodable image; the message says why."""
 
 
-def decode_image(path: Path, size: int, colour: str = "rgb") -> tuple[np.ndarray, str]:
+def decode_image(path: Path, size: int, colour: str = "rgb",
+                 recut: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, str]:
     """Return the image resized to (size, size, 3) uint8 and the SHA-1 of the file's bytes.
 
-    `colour="grey"` makes it grey in all three channels, as for a model trained on grey photos."""
+    `colour="grey"` makes it grey in all three channels, as for a model trained on grey photos. `recut`, when
+    given, cuts the RGB face crop again (to another face template) before it is resized."""
     data = _read_bytes(path, MAX_PIXELS)
     digest = hashlib.sha1(data).hexdigest()
 
     def square(image: Image.Image) -> np.ndarray:
-        image.draft("RGB", (size, size))  # JPEG: decode at a reduced scale when much larger
+        if recut is None:
+            image.draft("RGB", (size, size))  # JPEG: decode at a reduced scale when much larger
         image = _to_rgb(ImageOps.exif_transpose(image))
+        if recut is not None:
+            image = Image.fromarray(recut(np.asarray(image, dtype=np.uint8)))
         if colour == "grey":
             image = image.convert("L").convert("RGB")
         return np.asarray(image.resize((size, size), Image.BILINEAR), dtype=np.uint8)

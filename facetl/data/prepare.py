@@ -59,7 +59,7 @@ def open_store_together(files: list[Path], preprocessing: Preprocessing, store_d
     """With several processes, the first on each machine decodes; the others then open its store."""
     def open_store(show: bool) -> ImageStore:
         return open_image_store(files, preprocessing.size, store_dir, workers, show, preprocessing.colour,
-                                preprocessing.faces)
+                                preprocessing.faces, preprocessing.recut)
 
     if group is None or not group.active or store_dir is None:
         return open_store(progress)

@@ -11,6 +11,7 @@ photo without a usable face is recorded like an unreadable one, with the reason.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -21,11 +22,12 @@ import weakref
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from PIL import Image
 
-from facetl.data.faces import face_rows, faces_in_photos
+from facetl.data.faces import face_rows, faces_in_photos, reframe
 from facetl.data.images import UnreadableImage, decode_image
 from facetl.data.integrity import building_prefix, file_digest, problem_with, remove_stale_builds
 from facetl.errors import FacetlError
@@ -73,12 +75,16 @@ def files_key(files: list[Path], extra: str = "", root: Path | None = None) -> s
 
 
 def open_image_store(files: list[Path], size: int, cache_dir: Path | None, workers: int | None = None,
-                     progress: bool = True, colour: str = "rgb", faces: FaceAlignment | None = None) -> ImageStore:
+                     progress: bool = True, colour: str = "rgb", faces: FaceAlignment | None = None,
+                     recut: tuple[str, str] | None = None) -> ImageStore:
     """Return the decoded store for `files`, building it if needed.
 
-    With `cache_dir=None` the store is built in a private temporary folder removed with the object.
+    With `cache_dir=None` the store is built in a private temporary folder removed with the object. `recut`
+    (from, to): face crops cut to one template are cut again to another (Preprocessing.recut), not resized whole.
     """
     extra = f"size={size}" + ("" if colour == "rgb" else f",colour={colour}")
+    if recut is not None:
+        extra += f",recut={recut[0]}>{recut[1]}"
     if faces is not None:
         extra += ",faces=" + json.dumps(faces.to_dict(), sort_keys=True)
     key = files_key(files, extra)
@@ -99,7 +105,7 @@ def open_image_store(files: list[Path], size: int, cache_dir: Path | None, worke
         raise FacetlError(f"cannot write the image cache in {parent}: {exc.strerror}") from None
     try:
         if faces is None:
-            _build(building, files, size, colour, workers, progress)
+            _build(building, files, size, colour, workers, progress, recut)
         else:
             _build_faces(building, files, size, colour, faces, progress)
         if final is None:
@@ -143,12 +149,13 @@ def _chunks(n: int, parts: int) -> list[tuple[int, int]]:
 
 
 def _decode_chunk(args) -> tuple[int, list[str], dict[int, str]]:
-    store_path, files, start, stop, count, size, colour = args
+    store_path, files, start, stop, count, size, colour, recut = args
     images = np.memmap(store_path, dtype=np.uint8, mode="r+", shape=(count, size, size, 3))
     hashes, errors = [], {}
+    cut_again = recut_crop(recut, size)
     for i in range(start, stop):
         try:
-            images[i], digest = decode_image(files[i - start], size, colour)
+            images[i], digest = decode_image(files[i - start], size, colour, cut_again)
         except UnreadableImage as exc:
             digest, errors[i] = "", str(exc)
         hashes.append(digest)
@@ -156,13 +163,21 @@ def _decode_chunk(args) -> tuple[int, list[str], dict[int, str]]:
     return start, hashes, errors
 
 
-def _build(folder: Path, files: list[Path], size: int, colour: str, workers: int | None, progress: bool) -> None:
+def recut_crop(recut: tuple[str, str] | None, size: int) -> Callable[[np.ndarray], np.ndarray] | None:
+    """The function that cuts a face crop of template recut[0] again as template recut[1], at size pixels."""
+    if recut is None:
+        return None
+    return functools.partial(reframe, source=recut[0], target=recut[1], size=size)
+
+
+def _build(folder: Path, files: list[Path], size: int, colour: str, workers: int | None, progress: bool,
+           recut: tuple[str, str] | None = None) -> None:
     count = len(files)
     store_path = folder / "images.u8"
     np.memmap(store_path, dtype=np.uint8, mode="w+", shape=(max(count, 1), size, size, 3)).flush()
     # the cores this process may use: a sweep's parallel runs are each given their own (facetl.launch)
     workers = workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-    jobs = [(store_path, files[a:b], a, b, count, size, colour) for a, b in _chunks(count, workers * 4)]
+    jobs = [(store_path, files[a:b], a, b, count, size, colour, recut) for a, b in _chunks(count, workers * 4)]
     hashes: list[str] = [""] * count
     errors: dict[int, str] = {}
     bar = progress_bar(total=count, desc=f"decoding images at {size}px", unit="img", enabled=progress)

@@ -117,7 +117,12 @@ def _with_flags(config, default: Preprocessing, from_run: bool, log, framing: st
 
         if framing in TEMPLATES:
             faces = dataclasses.replace(faces, template=framing)
-    preprocessing = dataclasses.replace(preprocessing, faces=faces)
+    # the crops' own template is a property of the new run's data too; the framing comes with the weights
+    preprocessing = dataclasses.replace(preprocessing, faces=faces, crops=config.crops,
+                                        framing=preprocessing.framing or framing)
+    if preprocessing.recut:
+        log(f"crops: the {config.crops} crops are re-cut to the {preprocessing.framing} framing the weights were "
+            "trained on, not resized whole (--crops)")
     if from_run and changed:
         log(f"warning: --weights {config.weights} was trained with {default.describe()}; the flags change its "
             f"{', '.join(changed)} to {preprocessing.describe()}")
