@@ -120,6 +120,10 @@ def _with_flags(config, default: Preprocessing, from_run: bool, log, framing: st
     # the crops' own template is a property of the new run's data too; the framing comes with the weights
     preprocessing = dataclasses.replace(preprocessing, faces=faces, crops=config.crops,
                                         framing=preprocessing.framing or framing)
+    if preprocessing.recut and not _landmark_template(preprocessing.framing):
+        log(f"crops: the {preprocessing.framing} framing is cut from a detector's face box, not from landmarks; "
+            f"the {config.crops} crops are resized whole")
+        preprocessing = dataclasses.replace(preprocessing, crops=None)
     if preprocessing.recut:
         log(f"crops: the {config.crops} crops are re-cut to the {preprocessing.framing} framing the weights were "
             "trained on, not resized whole (--crops)")
@@ -127,6 +131,12 @@ def _with_flags(config, default: Preprocessing, from_run: bool, log, framing: st
         log(f"warning: --weights {config.weights} was trained with {default.describe()}; the flags change its "
             f"{', '.join(changed)} to {preprocessing.describe()}")
     return preprocessing
+
+
+def _landmark_template(name: str | None) -> bool:
+    from facetl.data.faces import TEMPLATES  # the face cutter (skimage and all) only when faces are cut
+
+    return name in TEMPLATES and TEMPLATES[name][1] is not None
 
 
 @dataclass
