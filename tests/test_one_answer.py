@@ -79,7 +79,7 @@ def served_answer(run: Path, photo: Path) -> dict:
     from facetl.serve.reader import PhotoReader
     from facetl.serve.runs import open_runs
 
-    reader = PhotoReader(open_runs([str(run)], "auto", Runtime.for_inference("cpu")))
+    reader = PhotoReader(open_runs([str(run)], "torch", Runtime.for_inference("cpu")))
     with TestClient(create_app(reader)) as client:
         response = client.post("/api/predict", files={"image": (photo.name, photo.read_bytes(), "image/png")})
     assert response.status_code == 200, response.text
