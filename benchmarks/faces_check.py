@@ -32,6 +32,7 @@ from facetl.data.faces import align_face, alignment_transform, faces_in_photo, f
 from facetl.data.faces.composite import PastedFace, box_iou, match_faces, random_composite
 from facetl.data.faces.detect import create_detector
 from facetl.preprocessing import FaceAlignment
+from facetl.tables import markdown_table
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "celebrity_faces"
 SIZE_BINS = ((20, 40), (40, 60), (60, 90), (90, 130), (130, 201))
@@ -158,17 +159,18 @@ def training_files(run_folder: Path) -> set[str]:
 
 def report(stats: dict, photos: int, seconds: float) -> str:
     rows = stats["rows"]
-    lines = ["| faces (side px) | faces | recall | median IoU | IoU p10 | landmark error / eye distance "
-             "| alignment error, px at 112 (mean, p90) |", "|---|---|---|---|---|---|---|"]
+    cells = []
     for low, high in (*SIZE_BINS, (60, 201)):
         part = rows[(rows[:, 0] >= low) & (rows[:, 0] < high)]
         if not len(part):
             continue
         hit = part[part[:, 1] == 1]
         label = f"{low}-{high - 1}" if (low, high) in SIZE_BINS else f"all {low}-{high - 1} (the goal's)"
-        lines.append(f"| {label} | {len(part)} | {hit.shape[0] / len(part):.3f} | {np.median(hit[:, 2]):.2f} | "
-                     f"{np.percentile(hit[:, 2], 10):.2f} | {np.mean(hit[:, 3]):.3f} | "
-                     f"{np.mean(hit[:, 4]):.2f}, {np.percentile(hit[:, 4], 90):.2f} |")
+        cells.append([label, len(part), f"{hit.shape[0] / len(part):.3f}", f"{np.median(hit[:, 2]):.2f}",
+                      f"{np.percentile(hit[:, 2], 10):.2f}", f"{np.mean(hit[:, 3]):.3f}",
+                      f"{np.mean(hit[:, 4]):.2f}, {np.percentile(hit[:, 4], 90):.2f}"])
+    lines = markdown_table(["faces (side px)", "faces", "recall", "median IoU", "IoU p10",
+                            "landmark error / eye distance", "alignment error, px at 112 (mean, p90)"], cells)
     recall = rows[rows[:, 0] >= 60, 1].mean()
     lines.append(f"\n{photos} photos, {len(rows)} pasted faces, {stats['false']} false detections, "
                  f"{seconds:.1f} s. Recall at >= 60 px {recall:.3f} (goal >= 0.95): "
