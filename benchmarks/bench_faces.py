@@ -33,6 +33,7 @@ from facetl.data.faces import align_face, aligned_landmarks, create_detector, fa
 from facetl.data.faces.composite import background, paste_faces
 from facetl.data.images import read_photo
 from facetl.preprocessing import FaceAlignment
+from facetl.tables import markdown_table
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "celebrity_faces"
 CLASSIFIER_SIZE = 64
@@ -167,16 +168,15 @@ def table(rows, rate: float, found: int, folder_size: int, args, alignment: Face
     model = f"run {args.run}" if args.run else "untrained MobileNetV2 (weights=None) + linear head"
     lines = [f"Face pipeline on this CPU ({torch.get_num_threads()} torch threads for the classifier, "
              f"{args.detector_threads} for the detector), classifier: {model} at {CLASSIFIER_SIZE} px, "
-             f"landmarks: {alignment.landmarks}, median of {3 if args.quick else 10} runs, milliseconds per photo.", "",
-             "| photo | faces found | decode | detect | refine landmarks | align (all faces) | classify (all faces) "
-             "| end to end |", "|---|---|---|---|---|---|---|---|"]
-    for (width, height), r in rows:
-        total = sum(r[s] for s in STAGES)
-        lines.append(f"| {width}x{height} | {r['faces']} | {r['decode']:.1f} | {r['detect']:.1f} | {r['refine']:.1f} "
-                     f"| {r['align']:.1f} | {r['classify']:.1f} | **{total:.1f}** |")
-    lines.append(f"| folder of {folder_size} 640x480 photos (1-3 faces, {found} found), batched | | | | | | | "
-                 f"**{rate:.1f} photos/s** |")
-    return "\n".join(lines)
+             f"landmarks: {alignment.landmarks}, median of {3 if args.quick else 10} runs, milliseconds per photo.", ""]
+    header = ["photo", "faces found", "decode", "detect", "refine landmarks", "align (all faces)",
+              "classify (all faces)", "end to end"]
+    cells = [[f"{width}x{height}", r["faces"], *(f"{r[s]:.1f}" for s in ("decode", "detect", "refine", "align",
+                                                                        "classify")),
+              f"**{sum(r[s] for s in STAGES):.1f}**"] for (width, height), r in rows]
+    cells.append([f"folder of {folder_size} 640x480 photos (1-3 faces, {found} found), batched", *[""] * 6,
+                  f"**{rate:.1f} photos/s**"])
+    return "\n".join(lines + markdown_table(header, cells))
 
 
 if __name__ == "__main__":

@@ -31,8 +31,8 @@ from PIL import Image
 from facetl.data.faces import align_face, alignment_transform, faces_in_photo, faces_in_photos, template_points
 from facetl.data.faces.composite import PastedFace, box_iou, match_faces, random_composite
 from facetl.data.faces.detect import create_detector
-from facetl.commands.predict import crop_colour
 from facetl.preprocessing import FaceAlignment
+from facetl.tables import markdown_table
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "celebrity_faces"
 SIZE_BINS = ((20, 40), (40, 60), (60, 90), (90, 130), (130, 201))
@@ -102,7 +102,7 @@ def label_agreement(run_folder: Path, composites: list[Composite], landmarks: st
     """The share of pasted faces whose label predicted from the photo (detected, aligned as `facetl predict`
     aligns) equals the label predicted from the crop itself (prepared as training prepared it)."""
     from facetl.inference.classifiers import TorchClassifier
-    from facetl.commands.predict import face_alignment_for
+    from facetl.inference.photos import face_alignment_for
     from facetl.inference.run import load_run
     from facetl.runtime import Runtime
 
@@ -129,7 +129,7 @@ def label_agreement(run_folder: Path, composites: list[Composite], landmarks: st
         aligned = [found[m].crop if not true_landmarks else
                    align_face(item.photo, item.truth[k].landmarks, prep.size, alignment.template, alignment.scale)
                    for k, m in hits]
-        from_photo = run.classify(np.stack([crop_colour(a, prep.colour) for a in aligned]), runtime).argmax(1)
+        from_photo = run.classify(np.stack([prep.colour_crop(a) for a in aligned]), runtime).argmax(1)
         same += int((from_crops == from_photo).sum())
         compared += len(hits)
     return {"faces": compared, "agree": same, "agreement": same / max(compared, 1), "not_found": missed,
@@ -146,7 +146,7 @@ def crop_as_trained(path: Path, prep) -> np.ndarray | None:
     used = next(faces_in_photos([path], prep.faces, prep.size)).used
     if not used:
         return None
-    return crop_colour(used[0].crop, prep.colour)
+    return prep.colour_crop(used[0].crop)
 
 
 def training_files(run_folder: Path) -> set[str]:
@@ -159,17 +159,18 @@ def training_files(run_folder: Path) -> set[str]:
 
 def report(stats: dict, photos: int, seconds: float) -> str:
     rows = stats["rows"]
-    lines = ["| faces (side px) | faces | recall | median IoU | IoU p10 | landmark error / eye distance "
-             "| alignment error, px at 112 (mean, p90) |", "|---|---|---|---|---|---|---|"]
+    cells = []
     for low, high in (*SIZE_BINS, (60, 201)):
         part = rows[(rows[:, 0] >= low) & (rows[:, 0] < high)]
         if not len(part):
             continue
         hit = part[part[:, 1] == 1]
         label = f"{low}-{high - 1}" if (low, high) in SIZE_BINS else f"all {low}-{high - 1} (the goal's)"
-        lines.append(f"| {label} | {len(part)} | {hit.shape[0] / len(part):.3f} | {np.median(hit[:, 2]):.2f} | "
-                     f"{np.percentile(hit[:, 2], 10):.2f} | {np.mean(hit[:, 3]):.3f} | "
-                     f"{np.mean(hit[:, 4]):.2f}, {np.percentile(hit[:, 4], 90):.2f} |")
+        cells.append([label, len(part), f"{hit.shape[0] / len(part):.3f}", f"{np.median(hit[:, 2]):.2f}",
+                      f"{np.percentile(hit[:, 2], 10):.2f}", f"{np.mean(hit[:, 3]):.3f}",
+                      f"{np.mean(hit[:, 4]):.2f}, {np.percentile(hit[:, 4], 90):.2f}"])
+    lines = markdown_table(["faces (side px)", "faces", "recall", "median IoU", "IoU p10",
+                            "landmark error / eye distance", "alignment error, px at 112 (mean, p90)"], cells)
     recall = rows[rows[:, 0] >= 60, 1].mean()
     lines.append(f"\n{photos} photos, {len(rows)} pasted faces, {stats['false']} false detections, "
                  f"{seconds:.1f} s. Recall at >= 60 px {recall:.3f} (goal >= 0.95): "

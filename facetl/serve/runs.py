@@ -8,7 +8,6 @@ from pathlib import Path
 from facetl.errors import FacetlError
 from facetl.evaluate.metrics import summary_metrics
 from facetl.inference.classifiers import Classifier, TorchClassifier, open_classifier
-from facetl.preprocessing import FaceAlignment
 from facetl.record import RunRecord
 from facetl.runreader import read_metrics, read_record
 from facetl.runtime import Runtime
@@ -84,8 +83,11 @@ def model_card(name: str, path: Path, classifier: Classifier, engine: str) -> Mo
         faces = (f"trained on faces found in whole photos ({prep.faces.detector}, {prep.faces.landmarks} "
                  f"landmarks, aligned to the {prep.faces.template} template); served the same way")
     else:
-        faces = ("trained on face crops; served on faces found by MTCNN and aligned by their "
-                 f"{FaceAlignment().landmarks} landmarks to the ArcFace template")
+        cut = prep.photo_faces()
+        faces = ("trained on face crops; served on faces found by MTCNN and "
+                 + ("cut from their face box" if cut.template == "box" else
+                    f"aligned by their {cut.landmarks} landmarks to the {cut.template} template")
+                 + (f" (the {prep.framing} framing its weights expect)" if prep.framing else ""))
     return ModelCard(name=name, path=str(path), engine=engine,
                      title=record.title if record else classifier.title or name,
                      backbone=backbone, classes=list(classifier.class_names),
