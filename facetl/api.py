@@ -8,7 +8,6 @@ torch is imported when one of these is first called, not at `import facetl`.
 from __future__ import annotations
 
 import dataclasses
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence, Union
@@ -27,7 +26,7 @@ ImageInput = Union[str, Path, "Image"]
 
 
 class Model:
-    """A trained run, opened once and ready to classify images. Made by [`facetl.load`][facetl.load].
+    """A trained run, opened once and ready to classify images. Made by [`facetl.load`][facetl.api.load].
 
     Attributes:
         folder: the run folder it was opened from.
@@ -67,6 +66,8 @@ class Model:
         Raises:
             FacetlError: an image or folder that does not exist, or none of the images could be read.
         """
+        import tempfile
+
         from facetl.commands.predict import predict
 
         items = list(images) if isinstance(images, (list, tuple)) else [images]
@@ -161,7 +162,7 @@ def train(config: str | Path | dict[str, Any] | "TrainConfig", out: str | Path |
 
 @dataclass
 class Evaluation:
-    """What [`facetl.evaluate`][facetl.evaluate] measured.
+    """What [`facetl.evaluate`][facetl.api.evaluate] measured.
 
     Attributes:
         metrics: `accuracy`, `balanced_accuracy`, `roc_auc`, `n_images` and the rest, as `report.md` shows them.
