@@ -8,8 +8,8 @@ mini_xception --weights fer2013 --strategy frozen`; `facetl backbones --fetch fe
 the real command in a fresh process: `facetl evaluate` (the report's curves, confusion matrix, ROC and PR
 curves, Grad-CAM gallery), `facetl explain` on one test photo, `facetl lr-find`, `facetl inspect`, and
 `facetl predict` on a clip. There is no video of real people in ../shared/datasets, so the clip is made here from
-real face photos: held-out celebrity_faces photos drifting over a blurred colour field (facetl's
-`moving_faces`); the captions say so. Every picture is copied into docs/img/ with at most 256 colours (each well
+real face photos: four celebrity_faces photos (chosen by eye: two smiling, two not) drifting over a plain grey
+background; the captions say so. Every picture is copied into docs/img/ with at most 256 colours (each well
 under 300 KB). Look at each before committing it.
 """
 from __future__ import annotations
@@ -90,38 +90,43 @@ def inspect_picture(work: Path, img: Path) -> None:
     out = work / "inspect"
     if not (out / "samples.png").is_file():
         facetl("inspect", "--data", str(SMILES), "--out", str(out))
-    save_small(out / "samples.png", img / "inspect-samples.png", 1000)
+    save_small(out / "samples.png", img / "inspect-samples.png", 800)
 
 
-def held_out_faces(count: int, seed: int = 0) -> list[np.ndarray]:
-    """One photo each of `count` people of celebrity_faces, chosen by the seed (the smile run never saw them)."""
-    rng = np.random.default_rng(seed)
-    people = sorted(p for p in CELEBRITIES.iterdir() if p.is_dir())
-    chosen = [people[i] for i in rng.choice(len(people), size=count, replace=False)]
-    faces = []
-    for person in chosen:
-        photos = sorted(person.glob("*.jpg"))
-        faces.append(np.asarray(Image.open(photos[rng.integers(len(photos))]).convert("RGB")))
-    return faces
+# four celebrity_faces photos chosen by eye, two of a broad smile and two of a straight face, so that the frames
+# show both answers; the smile run never saw celebrity_faces
+CLIP_FACES = ["Robert Downey Jr/8161.jpg", "Mark Ruffalo/6427.jpg", "Miley Cyrus/6927.jpg", "James Spader/3914.jpg"]
 
 
-def write_clip(path: Path, faces: list[np.ndarray], frames: int = 100, fps: int = 25) -> None:
-    """A 640x480 H.264 clip of the photos drifting, each in its own lane (facetl's test clips' maker)."""
+def drifting_faces(faces: list[np.ndarray], width: int = 640, height: int = 480, frames: int = 100):
+    """Frames of the photos drifting slowly over a plain grey background, each in its own lane, turning a little."""
+    from facetl.data.faces.composite import paste_faces
+
+    scene = np.full((height, width, 3), 200, dtype=np.uint8)
+    margin, side = 40, 130  # room at the right edge for the last face's label
+    lane = (width - 2 * margin) / len(faces)
+    for t in range(frames):
+        phase = 2 * np.pi * t / frames
+        placements = [(margin + (i + 0.5) * lane + 8 * np.sin(phase + i), height / 2 + 60 * np.sin(phase + 2 * i), side,
+                       6 * np.sin(phase + 3 * i)) for i in range(len(faces))]
+        yield paste_faces(scene, faces, placements)[0]
+
+
+def write_clip(path: Path, faces: list[np.ndarray], fps: int = 25) -> None:
+    """A 4-second 640x480 H.264 clip of the photos drifting (PyAV, as facetl's video path reads it)."""
     import av
-
-    from facetl.data.faces.composite import moving_faces
 
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = 640, 480, "yuv420p"
-        for frame, _ in moving_faces(faces, 640, 480, frames, seed=1, sides=(150, 190), speed=2.0):
+        for frame in drifting_faces(faces):
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())
 
 
 def video_picture(run: Path, work: Path, img: Path) -> None:
     clip, out = work / "clip.mp4", work / "video"
-    write_clip(clip, held_out_faces(3))
+    write_clip(clip, [np.asarray(Image.open(CELEBRITIES / name).convert("RGB")) for name in CLIP_FACES])
     facetl("predict", str(run), str(clip), "--out", str(work / "frames.csv"), "--annotate", str(out),
            "--smooth", "0.5", "--overwrite")
     with open(work / "frames.csv", newline="") as f:
@@ -131,7 +136,7 @@ def video_picture(run: Path, work: Path, img: Path) -> None:
     annotated = next(out.glob("*.mp4"))
     with av.open(str(annotated)) as container:
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-    picks = [frames[i] for i in np.linspace(0, len(frames) - 1, 4).astype(int)]
+    picks = [frames[i] for i in (0, 25, 50, 75)]
     sheet = np.concatenate([np.concatenate(picks[:2], axis=1), np.concatenate(picks[2:], axis=1)], axis=0)
     Image.fromarray(sheet).save(work / "video-frames.png")
     save_small(work / "video-frames.png", img / "video-frames.png", 1000)
