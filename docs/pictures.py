@@ -131,15 +131,23 @@ def video_picture(run: Path, work: Path, img: Path) -> None:
            "--smooth", "0.5", "--overwrite")
     with open(work / "frames.csv", newline="") as f:
         print(f"frames.csv: {sum(1 for _ in csv.DictReader(f))} rows (one per face per analysed frame)")
+    frame_sheet(next(out.glob("*.mp4")), work / "video-frames.png")
+    save_small(work / "video-frames.png", img / "video-frames.png", 1000)
+
+
+def frame_sheet(video: Path, png: Path, gap: int = 8) -> None:
+    """Frames 0, 25, 50 and 75 of the annotated video, two by two with a white gap between them."""
     import av
 
-    annotated = next(out.glob("*.mp4"))
-    with av.open(str(annotated)) as container:
+    with av.open(str(video)) as container:
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-    picks = [frames[i] for i in (0, 25, 50, 75)]
-    sheet = np.concatenate([np.concatenate(picks[:2], axis=1), np.concatenate(picks[2:], axis=1)], axis=0)
-    Image.fromarray(sheet).save(work / "video-frames.png")
-    save_small(work / "video-frames.png", img / "video-frames.png", 1000)
+    height, width, _ = frames[0].shape
+    sheet = np.full((2 * height + gap, 2 * width + gap, 3), 255, dtype=np.uint8)
+    for k, index in enumerate((0, 25, 50, 75)):
+        row, col = divmod(k, 2)
+        sheet[row * (height + gap):row * (height + gap) + height, col * (width + gap):col * (width + gap) + width] = \
+            frames[index]
+    Image.fromarray(sheet).save(png)
 
 
 if __name__ == "__main__":
