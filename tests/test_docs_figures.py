@@ -86,10 +86,11 @@ def test_the_figure_rule_finds_measurements_and_leaves_settings_and_code_alone()
             " in 4 min 35 s, 40.5 ms a frame, 59.2 frames/s.\n"
             "Killed 30 s later; threshold 0.5; weight decay 0.05; `0.5 x ln 2 = 0.35` s; `--ema 0.999`.\n"
             "```sh\nfacetl evaluate runs/smile   # accuracy 0.930, 93.0%\n```\n"
-            "    indented output: 0.777 and 12%\n")
+            "    indented output: 0.777 and 12%\n"
+            "Label flips from about 35 per track per minute to none; 7-13 answers a\nsecond.\n")
     assert [(k, n) for _, k, n in figures(prose(page))] == [
         ("rate", "16.5"), ("percent", "84"), ("fraction", "0.921"), ("fraction", "0.87"), ("fraction", "0.91"),
-        ("fraction", "0.94"), ("minutes", "4:35"), ("ms", "40.5"), ("rate", "59.2")]
+        ("fraction", "0.94"), ("minutes", "4:35"), ("ms", "40.5"), ("rate", "59.2"), ("rate", "35"), ("rate", "13")]
 
 
 @pytest.mark.parametrize("page", GUIDES + [REPOSITORY / "README.md"], ids=lambda p: p.name)
