@@ -46,7 +46,7 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     img.mkdir(parents=True, exist_ok=True)
     run = Path(args.run) if args.run else work / "smile"
-    if not (run / "best.pt").is_file():
+    if not (run / "report.md").is_file():  # a finished run has its report
         facetl("train", *TRAIN, "--out", str(run))
     report_pictures(run, img)
     explain_picture(run, work, img)
@@ -54,7 +54,7 @@ def main() -> int:
     inspect_picture(work, img)
     video_picture(run, work, img)
     for picture in sorted(img.glob("*.png")):
-        print(f"{picture.relative_to(ROOT)}: {picture.stat().st_size // 1024} KB")
+        print(f"{picture}: {picture.stat().st_size // 1024} KB")
     return 0
 
 

@@ -40,8 +40,9 @@ FIGURE = re.compile(
     rf"|(?<![\d.])(?P<fraction>0\.\d{{3,}})"
     rf"|(?<![\d.])(?P<near_metric>0\.\d{{2}})(?=[^\n;]{{0,25}}\b{METRIC})"
     rf"|(?:{METRIC}) (?P<after_metric>0\.\d{{2}})\b")
-HISTORY = re.compile(r"\bissues? #?\d+|(?<![\w&])#\d+\b|\bPR #?\d+|(?<!login )\bsessions?\b|\blent\b|\brenovation\b|\bmain at\b",
-                     re.I)
+# issue and pull-request numbers, the sessions and lent machines of development, renovations, commits on main
+HISTORY = re.compile(r"\bissues? #?\d+|(?<![\w&])#\d+\b|\bPR #?\d+|(?<!login )\bsessions?\b|\blent\b"
+                     r"|\brenovation\b|\bmain at\b", re.I)
 HASH = re.compile(r"`[0-9a-f]{7,40}`")
 
 
