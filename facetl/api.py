@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # for the signatures only: importing these pulls in torch
     from facetl.train.fit import RunResult
 
 ImageInput = Union[str, Path, "Image"]
+PNG_MODES = {"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"}
 
 
 class Model:
@@ -51,7 +52,8 @@ class Model:
         Args:
             images: one image or a list of them: paths of image files or folders of images, or PIL images.
                 A PIL image gets exactly the answer its pixels would get saved as a PNG file and named to
-                `facetl predict`; its answer's `path` is `<image N>`, N its place in `images`.
+                `facetl predict` (it is so saved, in a temporary folder removed before `predict` returns);
+                its answer's `path` is `<image N>`, N its place in `images`. Videos: `facetl predict`.
             faces: `auto` finds the faces in each photo when the run needs it (as the command does),
                 `detect` always finds faces, `none` classifies each image whole.
             tta: `flip` averages each image's probabilities with its mirror image's.
@@ -88,6 +90,8 @@ def _as_paths(items: list, scratch: Path) -> tuple[list[str], dict[str, str]]:
             paths.append(str(item))
         elif hasattr(item, "save") and hasattr(item, "mode"):  # a PIL image, without importing PIL here
             path = scratch / f"image-{n}.png"
+            if item.mode not in PNG_MODES:  # CMYK, YCbCr, ...: PNG has no such mode
+                item = item.convert("RGB")
             item.save(path, format="PNG")
             paths.append(str(path))
             names[str(path)] = f"<image {n}>"

@@ -87,6 +87,8 @@ def test_a_pil_image_gets_the_answer_of_its_file(examples_ran):
     assert from_pil.path == "<image 0>" and from_file.path == str(photo)
     assert from_pil.label == from_file.label
     assert from_pil.probs == pytest.approx(from_file.probs, abs=1e-6)
+    (from_cmyk,) = model.predict(Image.open(photo).convert("CMYK"))  # a mode PNG cannot hold is made RGB
+    assert from_cmyk.label in model.class_names
 
 
 def test_evaluate_returns_what_report_md_says(examples_ran):
