@@ -143,3 +143,17 @@ def test_each_study_is_defined_where_it_is_first_named(study):
             continue
         assert re.search(r"smil|gender|identit|celebrit", first, flags=re.I) and \
             re.search(r"VGG|MobileNet", first), f"{page.name} names {study} without saying what it is: {first[:200]!r}"
+
+
+def test_every_picture_is_shown_by_a_page_and_small():
+    """A picture in docs/ that no page shows is stale; one over 300 KB weighs down the repository and the site."""
+    shown = set()
+    for page in DOCS.glob("*.md"):
+        shown |= {(DOCS / link).resolve() for link in re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", page.read_text())}
+    pictures = sorted(DOCS.rglob("*.png"))
+    assert pictures, "docs/ has no pictures"
+    for picture in pictures:
+        assert picture.resolve() in shown, f"{picture.relative_to(DOCS)} is shown by no page"
+        assert picture.stat().st_size < 300 * 1024, f"{picture.relative_to(DOCS)} is over 300 KB"
+    for target in shown:
+        assert target.is_file(), f"a page shows {target}, which does not exist"
