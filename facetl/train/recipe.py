@@ -1,9 +1,10 @@
 """Defaults that fit the situation: what a run does with the training keys the user left out.
 
 The studies' recipe (Adam 1e-4, constant, 10 epochs) assumes ImageNet weights and a frozen or lightly tuned
-backbone. Measured on SMILEsmileD it fails elsewhere: from random weights it reaches 0.57 test accuracy where
-lr 1e-3 with a schedule and augmentation reaches 0.93, and a linear head on frozen features is still
-undertrained after 10 epochs at 1e-4. So the recipe depends on where the weights come from and on what trains:
+backbone. Measured on SMILEsmileD it fails elsewhere: from random weights it falls well short of these defaults,
+and a linear head on frozen features is still undertrained after 10 epochs at 1e-4 (the figures, with their
+commands: docs/benchmarks.md, "The training recipe on real faces"). So the recipe depends on where the weights
+come from and on what trains:
 
 | situation                        | optimiser       | peak lr | lr decay | schedule | epochs        | augmentation        |
 |----------------------------------|-----------------|---------|----------|----------|---------------|---------------------|
