@@ -581,11 +581,11 @@ def _oom_guard(run, batch_size: int | None):
 
 
 def cmd_evaluate(args) -> int:
-    from facetl.commands.evaluate import evaluate_run
+    from facetl.commands.evaluate import DataLocation, evaluate_run
     from facetl.runtime import Runtime
 
-    metrics, out = evaluate_run(args.run, args.split, Runtime.for_inference(args.device, args.precision),
-                                True, args.allow_changed_data, args.data, args.images, args.tta, args.groups)
+    metrics, out = evaluate_run(args.run, args.split, Runtime.for_inference(args.device, args.precision), True,
+                                DataLocation(args.data, args.images, args.allow_changed_data), args.tta, args.groups)
     tta = "" if args.tta == "none" else f" (tta {args.tta})"
     if metrics.get("attributes"):  # a multi-attribute run: the per-attribute table, its last row the means
         from facetl.evaluate.report import attribute_table
@@ -769,11 +769,12 @@ def _print_predictions(result) -> None:
 
 def cmd_faces(args) -> int:
     from facetl.commands.faces import extract_faces
+    from facetl.data.spec import DataSpec
     from facetl.preprocessing import FaceAlignment
 
     alignment = FaceAlignment(min_face=args.min_face, multi_face=args.multi_face, landmarks=args.landmarks)
     _one_target(args.target, "faces")
-    summary = extract_faces(args.data, args.out, args.images, args.target, alignment, args.size,
+    summary = extract_faces(DataSpec(args.data, args.images, args.target), args.out, alignment, args.size,
                             progress=True)
     if summary.get("unreadable"):
         print(f"warning: {summary['unreadable']} photo(s) could not be read and were skipped (faces.csv says why)",
@@ -862,7 +863,7 @@ def cmd_backbones(args) -> int:
 
 
 def cmd_explain(args) -> int:
-    from facetl.commands.explain import explain
+    from facetl.commands.explain import ExplainOptions, explain
     from facetl.commands.predict import collect_images
     from facetl.inference.run import load_run
     from facetl.runtime import Runtime
@@ -871,7 +872,7 @@ def cmd_explain(args) -> int:
     files = collect_images(args.images)
     run = load_run(args.run)
     result = explain(run, files, Path(args.out), Runtime.for_inference(args.device, args.precision),
-                     args.class_name, args.layer, args.overwrite, progress=True)
+                     ExplainOptions(args.class_name, args.layer, args.overwrite), progress=True)
     if not result.explained:
         first = f"; the first: {result.skipped[0][0]}: {result.skipped[0][1]}" if result.skipped else ""
         raise FacetlError(f"none of the images could be explained{first}")

@@ -20,6 +20,7 @@ from facetl.cli import main
 from facetl.data.folders import find_images
 from facetl.data.images import decode_image
 from facetl.errors import FacetlError
+from facetl.evaluate.predictions import SplitResult
 from facetl.commands.evaluate import evaluate_run, write_gradcam_gallery
 from facetl.commands.explain import default_layer, grad_cam, map_sides, output_stems, resolve_layer, run_targets
 from facetl.inference.run import load_run
@@ -196,7 +197,8 @@ def test_a_failing_gallery_is_one_warning_and_leaves_no_file(runs, tmp_path, mon
 
     monkeypatch.setattr(facetl.commands.evaluate, "gradcam_gallery", broken)
     with pytest.warns(UserWarning, match="no gradients today") as caught:
-        write_gradcam_gallery(load_run(runs["smile"]), np.zeros((2, SIZE, SIZE, 3), np.uint8), np.array([0, 1]),
-                              np.array([[0.9, 0.1], [0.2, 0.8]]), ["a", "b"], path, CPU)
+        split = SplitResult("test", np.array([0, 1]), np.array([[0.9, 0.1], [0.2, 0.8]]),
+                            np.zeros((2, SIZE, SIZE, 3), np.uint8), ["a", "b"])
+        write_gradcam_gallery(load_run(runs["smile"]), split, path, CPU)
     assert len(caught) == 1 and "second line" not in str(caught[0].message)
     assert not path.exists()

@@ -191,6 +191,7 @@ def test_unknown_detector_and_bad_settings_are_one_line():
 
 def test_extract_faces_end_to_end(tmp_path, astronaut, celebrity_crops, detector):
     from facetl.commands.faces import FACES_CSV_HEADER, extract_faces
+    from facetl.data.spec import DataSpec
 
     data = tmp_path / "photos"
     (data / "astro").mkdir(parents=True)
@@ -203,7 +204,7 @@ def test_extract_faces_end_to_end(tmp_path, astronaut, celebrity_crops, detector
         Image.fromarray(photo).save(data / "group" / f"g{n}.jpg", quality=95)
     (data / "group" / "broken.jpg").write_bytes(b"oops")
     out = tmp_path / "crops"
-    summary = extract_faces(data, out, alignment=ALIGN, size=96, progress=False)
+    summary = extract_faces(DataSpec(str(data)), out, alignment=ALIGN, size=96, progress=False)
 
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.jpg")) == ["astro/a.jpg", "group/g0.jpg",
                                                                                   "group/g1.jpg"]
@@ -217,7 +218,7 @@ def test_extract_faces_end_to_end(tmp_path, astronaut, celebrity_crops, detector
     assert (summary["photos"], summary["crops"], summary["no_face"], summary["unreadable"]) == (5, 3, 1, 1)
     assert Image.open(out / "faces.png").size[0] > 500
     with pytest.raises(FacetlError, match="not empty"):
-        extract_faces(data, out, progress=False)
+        extract_faces(DataSpec(str(data)), out, progress=False)
 
 
 def _alignment_error(found: np.ndarray, truth: np.ndarray) -> float:

@@ -85,7 +85,8 @@ def test_error_captions_name_the_files_and_only_shown_images_are_read(tmp_path):
         def __len__(self):
             return len(labels)
 
-    fig = plot_errors(Lazy(), labels, probs, ["neutral", "smile"], tmp_path / "errors.png", names, count=2)
+    fig = plot_errors(SplitResult("test", labels, probs, Lazy(), names), ["neutral", "smile"], tmp_path / "errors.png",
+                      count=2)
     captions = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert captions[0] == "negatives7/2.jpg\ntrue neutral\npred smile 0.80"
     assert captions[1] == "positives7/123.jpg\ntrue smile\npred neutral 0.70"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +26,18 @@ from facetl.runtime import Runtime
 from facetl.inference.tta import with_tta
 
 
+@dataclass(frozen=True)
+class DataLocation:
+    """Where a run's data is now, when it moved since training, and whether its files may have changed since
+    the split was made."""
+    data: str | None = None       # --data: the data folder or table, as it is here
+    images: str | None = None     # --images: a table's image folder
+    allow_changed: bool = False   # --allow-changed-data
+
+
 def evaluate_run(folder: str | Path, split: str = "test", runtime: Runtime | None = None, progress: bool = True,
-                 allow_changed_data: bool = False, data: str | None = None,
-                 images: str | None = None, tta: str = "none", groups: str | None = None) -> tuple[dict, Path]:
+                 located: DataLocation = DataLocation(), tta: str = "none",
+                 groups: str | None = None) -> tuple[dict, Path]:
     """Evaluate the best checkpoint on `split`; results go in RUN/eval-SPLIT/, beside the training-time ones.
     `tta` flip: each image's probabilities are averaged with its mirror image's (facetl.inference.run.with_tta).
     `groups` (a column or path:REGEX) adds metrics per group; by default, the run's own --groups."""
@@ -37,7 +47,7 @@ def evaluate_run(folder: str | Path, split: str = "test", runtime: Runtime | Non
     if problem:
         raise FacetlError(f"cannot write the evaluation into {out}: {problem}; copy the run somewhere writable "
                           "and evaluate the copy")
-    config, record = locate_data(run.config, run.folder, data, images), run.record
+    config, record = locate_data(run.config, run.folder, located.data, located.images), run.record
     group_by = groups or config.groups
     problems = group_spec_problems(group_by, "--groups") if group_by is not None else []
     if problems:
@@ -46,7 +56,7 @@ def evaluate_run(folder: str | Path, split: str = "test", runtime: Runtime | Non
     runtime = runtime or Runtime.for_inference()
     samples, assignment = load_split(run.folder / "split.csv", data_root(data_spec(config)), run.class_names,
                                     record.multi_attribute)
-    check_unchanged(samples, run.folder / "split.csv", allow_changed_data)
+    check_unchanged(samples, run.folder / "split.csv", located.allow_changed)
     index = np.flatnonzero(assignment == split)
     if len(index) == 0:
         raise FacetlError(f"the {split} split of {run.folder} is empty")
@@ -61,11 +71,11 @@ def evaluate_run(folder: str | Path, split: str = "test", runtime: Runtime | Non
     labels = samples.labels[index]
     probs = split_probabilities(run, store.images, runtime, tta, config.batch_size * 2, split, progress)
     names = [samples.paths[i] for i in index]
-    if not record.multi_attribute:  # the gallery shows one decision per image
-        write_gradcam_gallery(run, store.images, labels, probs, names, out / "gradcam.png", runtime)
     split_groups = [group_of.get(n, "(none)") for n in names] if group_of is not None else None
-    metrics = write_evaluation(out, SplitResult(split, labels, probs, store.images, names, split_groups, group_by),
-                               record, run.history, config.to_dict(), tta)
+    result = SplitResult(split, labels, probs, store.images, names, split_groups, group_by)
+    if not record.multi_attribute:  # the gallery shows one decision per image
+        write_gradcam_gallery(run, result, out / "gradcam.png", runtime)
+    metrics = write_evaluation(out, result, record, run.history, config.to_dict(), tta)
     write_predictions(out / "predictions.csv", names, labels, probs, run)
     return metrics, out
 
@@ -104,16 +114,15 @@ def training_pictures(folder: Path, config, record, model, history: list[dict], 
                       runtime: Runtime) -> None:
     """The Grad-CAM gallery of a run that just finished training (fit's `pictures`), beside its errors.png."""
     run = LoadedRun(folder, config, record, model, history)
-    write_gradcam_gallery(run, split.images, split.labels, split.probs, split.names, folder / "gradcam.png", runtime)
+    write_gradcam_gallery(run, split, folder / "gradcam.png", runtime)
 
 
-def write_gradcam_gallery(run, images, labels: np.ndarray, probs: np.ndarray, names: list[str], path: Path,
-                          runtime: Runtime) -> None:
+def write_gradcam_gallery(run, split: SplitResult, path: Path, runtime: Runtime) -> None:
     """gradcam.png beside errors.png, before report.md is written (the report mentions it when it exists).
     A picture is not worth a failed evaluation: anything going wrong is one warning, and no stale file stays."""
     path.unlink(missing_ok=True)
     try:
-        gradcam_gallery(run, images, labels, probs, names, path, runtime)
+        gradcam_gallery(run, split, path, runtime)
     except Exception as exc:  # noqa: BLE001 - any failure of an extra picture
         path.unlink(missing_ok=True)
         why = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__

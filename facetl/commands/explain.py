@@ -36,6 +36,7 @@ from facetl.data.images import UnreadableImage, decode_image
 from facetl.data.store import recut_crop
 from facetl.errors import FacetlError
 from facetl.evaluate.plots import clip, short_name
+from facetl.evaluate.predictions import SplitResult
 from facetl.inference.decision import Decision
 from facetl.inference.run import LoadedRun
 from facetl.models.outputs import probabilities
@@ -263,17 +264,25 @@ class Explained:
     explained: int = 0           # images with both pictures written
 
 
-def explain(run: LoadedRun, files: Sequence[Path], out: Path, runtime: Runtime, class_name: str | None = None,
-            layer: str | None = None, overwrite: bool = False, progress: bool = False,
+@dataclass(frozen=True)
+class ExplainOptions:
+    """What `facetl explain` draws, and whether it may replace pictures already there."""
+    class_name: str | None = None  # --class: explained besides the predicted class
+    layer: str | None = None       # --layer; None: default_layer
+    overwrite: bool = False        # --overwrite
+
+
+def explain(run: LoadedRun, files: Sequence[Path], out: Path, runtime: Runtime,
+            options: ExplainOptions = ExplainOptions(), progress: bool = False,
             log: Callable[[str], None] = print) -> Explained:
-    """For each file: OUT/<stem>.gradcam.png (the image, Grad-CAM of the predicted class and of `class_name`)
-    and OUT/<stem>.features.png (the top channels of `layer`). Every refusal comes before any work; an image
-    whose pictures cannot be written is skipped with a warning, and the others are kept."""
+    """For each file: OUT/<stem>.gradcam.png (the image, Grad-CAM of the predicted class and of the option's
+    class) and OUT/<stem>.features.png (the top channels of its layer). Every refusal comes before any work; an
+    image whose pictures cannot be written is skipped with a warning, and the others are kept."""
     out, files = Path(out), list(dict.fromkeys(Path(f) for f in files))
-    extra = target_index(run, class_name) if class_name is not None else None
-    layer_name, _ = resolve_layer(run, layer)
+    extra = target_index(run, options.class_name) if options.class_name is not None else None
+    layer_name, _ = resolve_layer(run, options.layer)
     pairs = [(out / f"{s}.gradcam.png", out / f"{s}.features.png") for s in output_stems(files)]
-    _prepare_out(out, run, pairs, overwrite)
+    _prepare_out(out, run, pairs, options.overwrite)
 
     kept, arrays, skipped = prepare_files(run, files)
     for path, why in skipped:
@@ -402,13 +411,13 @@ def plot_feature_maps(image: np.ndarray, activation: np.ndarray, path: Path, tit
 
 # --- the evaluation's gallery -------------------------------------------------------------------------------
 
-def gradcam_gallery(run: LoadedRun, images: Sequence, labels: np.ndarray, probs: np.ndarray,
-                    names: Sequence[str] | None, out_png: Path, runtime: Runtime | None = None,
+def gradcam_gallery(run: LoadedRun, split: SplitResult, out_png: Path, runtime: Runtime | None = None,
                     count: int = 6, layer: str | None = None) -> Figure:
     """One PNG: Grad-CAM (predicted class) of the `count` most confident right and `count` most confident
-    wrong images. Only those images are read from `images` (it may be a lazy view of a large store), and
-    they take one forward and one backward pass together."""
+    wrong images of `split`. Only those images are read from `split.images` (it may be a lazy view of a large
+    store), and they take one forward and one backward pass together."""
     runtime = runtime or Runtime.for_inference("cpu")
+    images, labels, probs, names = split.images, split.labels, split.probs, split.names
     predicted = Decision.of(run.record).decide(probs)
     confidence = probs[np.arange(len(probs)), predicted]
     rows = []

@@ -21,6 +21,7 @@ import io
 import json
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -30,6 +31,7 @@ from facetl.data.faces import FACES_CSV_HEADER, NO_FACE, PhotoFaces, detector_fo
 from facetl.data.images import UnreadableImage, read_photo
 from facetl.data.load import load_samples
 from facetl.data.samples import Samples
+from facetl.data.spec import DataSpec
 from facetl.data.tables import read_table
 from facetl.errors import FacetlError
 from facetl.outputs import contained_name, inside, refuse_misplaced, unique_names
@@ -45,11 +47,12 @@ CROP_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG"}
 _STATUS = FACES_CSV_HEADER.index("status")
 
 
-def extract_faces(data: str | Path, out: str | Path, images: str | Path | None = None, target: str | None = None,
-                  alignment: FaceAlignment = FaceAlignment(), size: int = 112, progress: bool = True,
-                  seed: int = 0) -> dict:
-    """Detect and align the faces of every photo of `data` into OUT; return the counts written to faces.json."""
+def extract_faces(source: DataSpec, out: str | Path, alignment: FaceAlignment = FaceAlignment(), size: int = 112,
+                  progress: bool = True, seed: int = 0) -> dict:
+    """Detect and align the faces of every photo of `source` (its data, images and target) into OUT; return the
+    counts written to faces.json."""
     start = time.perf_counter()
+    data, images, target = source.data, source.images, source.target
     samples = load_samples(str(data), str(images) if images else None, target)
     table_copy = _table_copy_name(Path(data)) if target else None
     names = crop_names(samples.paths, [*OUTPUT_FILES, *([table_copy] if table_copy else [])])
@@ -57,12 +60,11 @@ def extract_faces(data: str | Path, out: str | Path, images: str | Path | None =
     out = _open_out(Path(out), samples.root)
     with RunLock(out):
         done = _resume_or_begin(out, plan)
-        detector = detector_for(alignment)
+        cut = _Cutting(samples, names, out, alignment, size, detector_for(alignment))
         sheet_sources = _sheet_sample(samples, seed)
-        sheet = _detect_all(samples, names, done, out, alignment, size, detector, sheet_sources, progress)
+        sheet = _detect_all(cut, done, sheet_sources, progress)
         missing = sorted(sheet_sources - set(sheet))  # sampled photos done by an earlier, interrupted run
-        sheet.update(zip(missing, faces_in_photos([samples.root / p for p in missing], alignment, size,
-                                                  detector=detector)))
+        sheet.update(zip(missing, cut.faces([samples.root / p for p in missing])))
         rows = [row for p in samples.paths for row in done[p]]
         if table_copy:
             _write_table(Path(data), out / table_copy, _crops(done))
@@ -160,13 +162,27 @@ def _read_journal(path: Path) -> dict[str, list[list]]:
     return done
 
 
-def _detect_all(samples: Samples, names: list[str], done: dict[str, list[list]], out: Path,
-                alignment: FaceAlignment, size: int, detector, sheet_sources: set[str],
+@dataclass(frozen=True)
+class _Cutting:
+    """One run of `facetl faces`: its photos, their crops' names, OUT, and how faces are found and cut."""
+    samples: Samples
+    names: list[str]              # each photo's crop name inside OUT (crop_names)
+    out: Path
+    alignment: FaceAlignment
+    size: int                     # the crops' side in pixels
+    detector: object
+
+    def faces(self, photos: list[Path]) -> list[PhotoFaces]:
+        return faces_in_photos(photos, self.alignment, self.size, detector=self.detector)
+
+
+def _detect_all(cut: _Cutting, done: dict[str, list[list]], sheet_sources: set[str],
                 progress: bool) -> dict[str, PhotoFaces]:
     """Every photo not done yet: its crop, then its rows in the journal (and in `done`); return the
     sampled photos' results for the contact sheet."""
+    samples, names, out = cut.samples, cut.names, cut.out
     todo = [i for i, p in enumerate(samples.paths) if p not in done]
-    results = faces_in_photos([samples.root / samples.paths[i] for i in todo], alignment, size, detector=detector)
+    results = cut.faces([samples.root / samples.paths[i] for i in todo])
     sheet = {}
     with open(out / JOURNAL, "a", encoding="utf-8", newline="") as journal:
         for i, result in progress_bar(zip(todo, results), total=len(todo), unit="photo", desc="faces",

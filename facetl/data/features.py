@@ -196,8 +196,8 @@ def open_feature_source(frozen: FrozenPart, request: FeatureRequest, preprocessi
         _discard_if_damaged(final)
     runtime.group.barrier()
     if not (final / "meta.json").is_file():
-        plan = _FeatureJob(final, key_text, shape, store_dtype, jobs, views)
-        _build_features(plan, frozen, request, preprocessing, runtime, batch_size, progress)
+        plan = _FeatureJob(final, key_text, shape, store_dtype, jobs, views, batch_size, progress)
+        _build_features(plan, frozen, request, preprocessing, runtime)
     else:
         description += ", reused from cache"
     runtime.group.barrier()  # nobody trains on a cache that is still being written
@@ -227,10 +227,12 @@ class _FeatureJob:
     dtype: type
     jobs: list                    # (view number, store indices) in row order
     views: str
+    batch_size: int
+    progress: bool                # show a progress bar
 
 
 def _build_features(job: _FeatureJob, frozen: FrozenPart, request: FeatureRequest, preprocessing: Preprocessing,
-                    runtime: Runtime, batch_size: int, progress: bool) -> None:
+                    runtime: Runtime) -> None:
     """Fill the feature file batch by batch; with several processes on a machine, each takes every
     local_world-th batch of one shared file, and local rank 0 publishes it when all are done."""
     group, final = runtime.group, job.final
@@ -248,7 +250,7 @@ def _build_features(job: _FeatureJob, frozen: FrozenPart, request: FeatureReques
     try:
         feats = np.memmap(building / "features.bin", dtype=job.dtype, mode="r+" if group.active else "w+",
                           shape=job.shape)
-        _compute_features(feats, job, frozen, request, preprocessing, runtime, batch_size, progress)
+        _compute_features(feats, job, frozen, request, preprocessing, runtime)
         feats.flush()
         del feats
         group.barrier()
@@ -266,12 +268,13 @@ def _build_features(job: _FeatureJob, frozen: FrozenPart, request: FeatureReques
 
 
 def _compute_features(feats: np.ndarray, job: _FeatureJob, frozen: FrozenPart, request: FeatureRequest,
-                      preprocessing: Preprocessing, runtime: Runtime, batch_size: int, progress: bool) -> None:
+                      preprocessing: Preprocessing, runtime: Runtime) -> None:
     group, device, precision = runtime.group, runtime.device, runtime.precision
+    batch_size = job.batch_size
     generator = torch.Generator().manual_seed(request.seed + 7919)
     was_training = frozen.model.training
     frozen.model.eval()
-    bar = progress_bar(total=job.shape[0], desc="caching frozen features", unit="img", enabled=progress)
+    bar = progress_bar(total=job.shape[0], desc="caching frozen features", unit="img", enabled=job.progress)
     row, number = 0, 0
     for view, index in job.jobs:
         for start in range(0, len(index), batch_size):

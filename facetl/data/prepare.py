@@ -77,35 +77,69 @@ def prepare_data(spec: DataSpec, samples: Samples, preprocessing: Preprocessing,
     writes = group is None or group.is_main
     cache_dir = cache_folder(spec)
     store_dir = cache_dir if spec.cache else None
-    split_file = folder / "split.csv" if (folder / "split.csv").is_file() else (
-        Path(spec.split_file) if spec.split_file else None)
+
+    def open_store(files: list[Path]) -> ImageStore:
+        return open_store_together(files, preprocessing, store_dir, spec.workers, progress, group)
+
+    split_file = split_file_to_reuse(spec, folder)
     if split_file is not None:
-        split_samples, split_assignment = load_split(split_file, samples.root, samples.class_names,
-                                                     samples.multi_attribute)
-        check_unchanged(split_samples, split_file, remedy=(
-            "resuming needs the data the run started with" if split_file.parent == folder else
-            "leave out --split-file to make a new split of the data as it is now"))
-        base, assignment = split_over_store_files(spec, samples, split_samples, split_assignment)
-        store = open_store_together(base.files(), preprocessing, store_dir, spec.workers, progress, group)
-        broken = [i for i in np.flatnonzero(assignment != "") if i in store.errors]
-        if broken:
-            raise FacetlError(f"{base.files()[broken[0]]} has become unreadable since the split was made: "
-                              f"{store.errors[broken[0]]}")
-        log(f"split: reused {split_file} ({_counts(assignment)})")
-        if split_samples.groups is not None:
-            log(f"split by {spec.split_by or 'group'}: "
-                f"{group_counts(split_samples, split_assignment)}")
-        if split_file != folder / "split.csv" and writes:
-            save_split(folder / "split.csv", split_samples, split_assignment)
-            if split_file.with_suffix(".json").is_file():
-                (folder / "split.json").write_bytes(split_file.with_suffix(".json").read_bytes())
+        base, assignment, store = _reuse_split(spec, samples, split_file, folder, open_store, log, writes)
         return PreparedData(base, store, assignment, cache_dir)
 
     samples = stratified_limit(samples, spec.limit, spec.seed)
     kinds = "attributes, images with each" if samples.multi_attribute else "classes"
     log(f"data: {len(samples)} images, {len(samples.class_names)} {kinds} "
         f"({', '.join(f'{k} {v}' for k, v in samples.counts().items())})"[:400])
-    store = open_store_together(samples.files(), preprocessing, store_dir, spec.workers, progress, group)
+    store = open_store(samples.files())
+    kept = _usable_images(spec, samples, store, folder, log, writes)
+    assignment = np.full(len(samples), "", dtype=object)
+    assignment[kept] = make_split(samples.take(kept), [store.hashes[i] for i in kept], list(spec.split), spec.seed)
+    if writes:
+        write_split(folder, samples.take(kept), assignment[kept], spec.seed, list(spec.split))
+    log(f"split: {_counts(assignment)} (seed {spec.seed}), saved to {folder / 'split.csv'}")
+    if samples.groups is not None:
+        log(f"split by {spec.split_by}: {group_counts(samples.take(kept), assignment[kept])}")
+    check_classes_per_split(samples, assignment, log)
+    return PreparedData(samples, store, assignment, cache_dir)
+
+
+def split_file_to_reuse(spec: DataSpec, folder: Path) -> Path | None:
+    """The run folder's own split.csv (a resumed run), else --split-file, else none: a new split is made."""
+    if (folder / "split.csv").is_file():
+        return folder / "split.csv"
+    return Path(spec.split_file) if spec.split_file else None
+
+
+def _reuse_split(spec: DataSpec, samples: Samples, split_file: Path, folder: Path, open_store, log,
+                 writes: bool) -> tuple[Samples, np.ndarray, ImageStore]:
+    """The split `split_file` records, over a decoded store; copied into the run folder when it came from
+    elsewhere. Its files must be unchanged and still readable."""
+    split_samples, split_assignment = load_split(split_file, samples.root, samples.class_names,
+                                                 samples.multi_attribute)
+    check_unchanged(split_samples, split_file, remedy=(
+        "resuming needs the data the run started with" if split_file.parent == folder else
+        "leave out --split-file to make a new split of the data as it is now"))
+    base, assignment = split_over_store_files(spec, samples, split_samples, split_assignment)
+    store = open_store(base.files())
+    broken = [i for i in np.flatnonzero(assignment != "") if i in store.errors]
+    if broken:
+        raise FacetlError(f"{base.files()[broken[0]]} has become unreadable since the split was made: "
+                          f"{store.errors[broken[0]]}")
+    log(f"split: reused {split_file} ({_counts(assignment)})")
+    if split_samples.groups is not None:
+        log(f"split by {spec.split_by or 'group'}: "
+            f"{group_counts(split_samples, split_assignment)}")
+    if split_file != folder / "split.csv" and writes:
+        save_split(folder / "split.csv", split_samples, split_assignment)
+        if split_file.with_suffix(".json").is_file():
+            (folder / "split.json").write_bytes(split_file.with_suffix(".json").read_bytes())
+    return base, assignment, store
+
+
+def _usable_images(spec: DataSpec, samples: Samples, store: ImageStore, folder: Path, log,
+                   writes: bool) -> np.ndarray:
+    """Indices of the images a new split is made of: readable (with a face, when faces are used) and kept by
+    the duplicate policy. faces.csv and skipped_images.csv say what was found and what was left out."""
     keep = store.readable()
     if store.faces is not None and writes:
         atomic_write_csv(folder / "faces.csv", FACES_CSV_HEADER, store.faces)
@@ -121,19 +155,10 @@ def prepare_data(spec: DataSpec, samples: Samples, preprocessing: Preprocessing,
     duplicate_keep, note = apply_duplicate_policy(samples, store.hashes, spec.duplicates)
     if note:
         log(note)
-    keep &= duplicate_keep
-    kept = np.flatnonzero(keep)
+    kept = np.flatnonzero(keep & duplicate_keep)
     if not samples.multi_attribute and len(np.unique(samples.labels[kept])) < 2:
         raise FacetlError("fewer than two classes have readable images; nothing to learn")
-    assignment = np.full(len(samples), "", dtype=object)
-    assignment[kept] = make_split(samples.take(kept), [store.hashes[i] for i in kept], list(spec.split), spec.seed)
-    if writes:
-        write_split(folder, samples.take(kept), assignment[kept], spec.seed, list(spec.split))
-    log(f"split: {_counts(assignment)} (seed {spec.seed}), saved to {folder / 'split.csv'}")
-    if samples.groups is not None:
-        log(f"split by {spec.split_by}: {group_counts(samples.take(kept), assignment[kept])}")
-    check_classes_per_split(samples, assignment, log)
-    return PreparedData(samples, store, assignment, cache_dir)
+    return kept
 
 
 def write_split(folder: Path, samples: Samples, assignment: np.ndarray, seed: int, fractions: list[float],

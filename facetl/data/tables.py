@@ -88,13 +88,7 @@ def read_attribute_columns(path: Path, targets: list[str] | None, images: Path |
     A row with no value for any of them is left out; one attribute's missing value only masks that one."""
     names, files, rows = read_table(path)
     group_column = _column(path, names, group, f"{flag} ") if group else None
-    if targets is None:
-        columns = [i for i, name in enumerate(names) if i != group_column
-                   and all(row[i] in BINARY_VALUES or row[i] == "" for row in rows)]
-        if not columns:
-            raise FacetlError(f"--target all: {path.name} has no column of 1/0/-1 values")
-    else:
-        columns = [_column(path, names, t, "") for t in targets]
+    columns = _target_columns(path, names, rows, targets, group_column)
     images = images or path.parent
     if not images.is_dir():
         raise FacetlError(f"image folder not found: {images} (give it with --images DIR)")
@@ -133,6 +127,18 @@ def read_attribute_columns(path: Path, targets: list[str] | None, images: Path |
                                                                if targets is None else ""))
     return Samples(images, paths, labels, [names[c] for c in columns],
                    groups if group_column is not None else None)
+
+
+def _target_columns(path: Path, names: list[str], rows: list[list[str]], targets: list[str] | None,
+                    group_column: int | None) -> list[int]:
+    """The columns of `targets`; None: every column (the group column aside) whose values are all 1/0/-1 or empty."""
+    if targets is not None:
+        return [_column(path, names, t, "") for t in targets]
+    columns = [i for i, name in enumerate(names) if i != group_column
+               and all(row[i] in BINARY_VALUES or row[i] == "" for row in rows)]
+    if not columns:
+        raise FacetlError(f"--target all: {path.name} has no column of 1/0/-1 values")
+    return columns
 
 
 def _column(path: Path, names: list[str], column: str, flag: str) -> int:

@@ -19,6 +19,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from facetl.evaluate.metrics import (average_roc_curves, decide, expected_calibration_error, per_class_auc,  # noqa: E402
                                      reliability_bins, roc_curves)
+from facetl.evaluate.predictions import SplitResult  # noqa: E402
 from facetl.runfolder import atomic_write_bytes  # noqa: E402
 
 MANY_CLASSES = 10  # above this, one ROC line per class is an unreadable tangle: per-class AUC bars instead
@@ -255,12 +256,13 @@ def image_grid(images: Sequence, captions: list[str], path: Path, title: str = "
     return _save(fig, path)
 
 
-def plot_errors(images: Sequence, labels: np.ndarray, probs: np.ndarray, class_names: list[str], path: Path,
-                names: Sequence[str] | None = None, count: int = 24, threshold: float | None = None) -> Figure:
+def plot_errors(result: SplitResult, class_names: list[str], path: Path, count: int = 24,
+                threshold: float | None = None) -> Figure:
     """The most confident mistakes, each captioned with its file, true label, prediction and probability.
 
-    Only the images shown are read from `images` (it may be a lazy view of a large store).
+    Only the images shown are read from `result.images` (it may be a lazy view of a large store).
     """
+    images, labels, probs, names = result.images, result.labels, result.probs, result.names
     predicted = decide(probs, threshold)
     wrong = np.flatnonzero(predicted != labels)
     shown = wrong[np.argsort(-probs[wrong, predicted[wrong]], kind="stable")][:count]

@@ -1,8 +1,6 @@
 """Write a split's evaluation into a run folder: metrics.json, the plots, and report.md tying them together."""
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,22 +11,10 @@ from facetl.evaluate.metrics import (CALIBRATION_BINS, attribute_mean_keys, attr
                                      per_class_auc, summary_metrics, val_loss_jumps)
 from facetl.evaluate.plots import (plot_attribute_metrics, plot_confusion, plot_curves, plot_errors,
                                    plot_precision_recall, plot_reliability, plot_roc)
+from facetl.evaluate.predictions import SplitResult
 from facetl.record import RunRecord
 from facetl.runfolder import atomic_write_csv, atomic_write_json, atomic_write_text
 from facetl.tables import markdown_table
-
-
-@dataclass
-class SplitResult:
-    """A model's predictions on one split: what every metric, plot and gallery is made from."""
-
-    split: str                    # 'test', 'val', ...
-    labels: np.ndarray
-    probs: np.ndarray             # (images, classes)
-    images: Sequence              # uint8 HxWx3 per image, read only for the galleries
-    names: Sequence[str] | None = None   # each image's file, relative to the data folder, for the captions
-    groups: Sequence[str] | None = None  # each image's group (--groups), for the metrics per group
-    group_by: str | None = None          # what the groups are: the column or path:REGEX
 
 
 JUMP_FACTOR = 1.5  # a validation loss above 1.5x the best before it is a jump worth a sentence
@@ -75,8 +61,7 @@ def write_evaluation(folder: Path, result: SplitResult, record: RunRecord, histo
                               record.threshold)
     plot_reliability(result.labels, result.probs, class_names, folder / "reliability.png", result.split,
                      record.temperature)
-    plot_errors(result.images, result.labels, result.probs, class_names, folder / "errors.png", result.names,
-                threshold=record.threshold)
+    plot_errors(result, class_names, folder / "errors.png", threshold=record.threshold)
     atomic_write_json(folder / "metrics.json", metrics)
     atomic_write_text(folder / "report.md", render_report(metrics, record, config, history,
                                                           gradcam=(folder / "gradcam.png").is_file()))

@@ -10,6 +10,7 @@ Only this file reaches inside torchvision and timm models.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from types import SimpleNamespace
 
 import torch
@@ -23,19 +24,27 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGENET_SIZE = 224  # what torchvision's ImageNet weights (every adapter registered here) expect
 
 
+@dataclass(frozen=True)
+class PretrainedInput:
+    """The input a backbone's pretrained weights expect: side in pixels, and the per-channel mean and std."""
+    size: int = IMAGENET_SIZE
+    mean: tuple = IMAGENET_MEAN
+    std: tuple = IMAGENET_STD
+
+
 class Backbone(nn.Module):
     colour = "rgb"                # the colour its pretrained weights expect: rgb | grey
     framing: str | None = None    # the face crop they were trained on (a FaceAlignment template); None: any
 
     def __init__(self, name: str, features: nn.Sequential, block_starts: list[int], channels: int,
-                 flat_pool: nn.Module, mean=IMAGENET_MEAN, std=IMAGENET_STD, input_size: int = IMAGENET_SIZE):
+                 flat_pool: nn.Module, expects: PretrainedInput = PretrainedInput()):
         super().__init__()
         self.name = name
         self.features = features
         self.block_starts = block_starts
         self.channels = channels
         self.flat_pool = flat_pool
-        self.mean, self.std, self.input_size = tuple(mean), tuple(std), input_size
+        self.mean, self.std, self.input_size = tuple(expects.mean), tuple(expects.std), expects.size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
@@ -136,9 +145,8 @@ class TimmBackbone(Backbone):
             model = load_imagenet_timm(name)
         else:
             model = timm.create_model(name, pretrained=False, num_classes=0)
-        size, mean, std = _input_of(model.pretrained_cfg)
         super().__init__(name, nn.Sequential(_TimmTrunk(model)), [0], model.num_features,
-                         nn.AdaptiveAvgPool2d(1), mean, std, size)
+                         nn.AdaptiveAvgPool2d(1), PretrainedInput(*_input_of(model.pretrained_cfg)))
         if weights not in ("imagenet", "none"):
             load_state_file(self, weights)
 

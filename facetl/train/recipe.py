@@ -62,53 +62,65 @@ def complete_recipe(config: TrainConfig, weights: StartingWeights, train_images:
     tuned = config.strategy != "frozen"
     situation = ("no pretraining" if not pretrained else
                  f"{weights.describe()}, {'frozen backbone' if not tuned else config.strategy + ' fine-tuning'}")
-    chosen: list[str] = []
     given = [f"{key} {_show(getattr(config, key))}" for key in RECIPE_KEYS if getattr(config, key) is not None]
-    choices: dict = {}
-
-    def now(key: str):
-        return choices.get(key, getattr(config, key))
-
-    def choose(key: str, value, why: str) -> None:
-        if now(key) is None:
-            choices[key] = value
-            chosen.append(f"{key} {_show(value)} ({why})")
-
-    choose("optimizer", "adamw", "decoupled weight decay")
-    choose("weight_decay", 0.05 if not pretrained else 0.01,
-           "random weights need regularising" if not pretrained else "light: the weights start somewhere good")
-    if now("epochs") == 0:  # nothing trains: views the feature cache would compute for training are waste
-        choose("augment", ["none"], "--epochs 0: nothing trains")
-    if not pretrained:
-        choose("lr", 2e-3, "random weights take large steps")
-        choose("epochs", min(max(round(200_000 / max(train_images, 1)), 15), 40),
-               f"about 200k images seen, from {train_images:,} training images")
-        choose("augment", ["flip", "jitter", "rotate:10"], "no pretraining: the data must teach invariance")
-    elif not tuned:
-        choose("augment", ["flip"], "flipped features are cached; jitter would recompute the frozen part")
-        cached = set(now("augment")) <= {"flip"}
-        # measured (docs/benchmarks.md, bench_recipe C): 1e-3 for 10 epochs left a linear head 3.5 points of balanced
-        # accuracy under a logistic regression on the same features; 3e-3 for 30 epochs matched it
-        choose("lr", 3e-3, "a new head on fixed features: larger steps than fine-tuning")
-        choose("epochs", 30 if cached else 10, "cached features make an epoch cost little" if cached else
-               "every epoch recomputes the frozen part for its augmentation")
-    else:
-        choose("lr", 1e-3, "the head's LR: a new linear layer on fixed features needs more than 1e-4")
-        choose("epochs", 12 if config.strategy == "gradual" else 10, "pretrained features converge fast")
-        choose("augment", ["flip", "jitter"], "fine-tuning sees new pixels every epoch")
-    choose("lr_decay", 0.5 if pretrained and tuned else 1.0,
-           "earlier pretrained blocks change less" if pretrained and tuned else "every layer learns alike")
-    choose("scheduler", "onecycle", "warm up, then anneal within each stage")
-    choose("batch_size", *GPU_BATCH if device_type == "cuda" else CPU_BATCH)
+    recipe = _Recipe(config)
+    recipe.choose("optimizer", "adamw", "decoupled weight decay")
+    recipe.choose("weight_decay", 0.05 if not pretrained else 0.01,
+                  "random weights need regularising" if not pretrained else "light: the weights start somewhere good")
+    if recipe.now("epochs") == 0:  # nothing trains: views the feature cache would compute for training are waste
+        recipe.choose("augment", ["none"], "--epochs 0: nothing trains")
+    _choose_steps(recipe, pretrained, tuned, train_images)
+    recipe.choose("lr_decay", 0.5 if pretrained and tuned else 1.0,
+                  "earlier pretrained blocks change less" if pretrained and tuned else "every layer learns alike")
+    recipe.choose("scheduler", "onecycle", "warm up, then anneal within each stage")
+    recipe.choose("batch_size", *GPU_BATCH if device_type == "cuda" else CPU_BATCH)
     if config.strategy == "gradual":
-        choose("unfreeze", "1:frozen,2:full" if now("epochs") > 1 else "1:frozen",
-               "the new head for one epoch, then everything")
+        recipe.choose("unfreeze", "1:frozen,2:full" if recipe.now("epochs") > 1 else "1:frozen",
+                      "the new head for one epoch, then everything")
     lines = [f"given, so the recipe keeps them: {', '.join(given)}"] if given else []
-    chosen[:0] = automatic
+    chosen = automatic + recipe.chosen
     if chosen:
         lines.append(f"recipe for {situation}, {train_images:,} training images: " + "; ".join(chosen)
                      + " (a flag or config key overrides any of these)")
-    return dataclasses.replace(config, **choices), lines
+    return dataclasses.replace(config, **recipe.choices), lines
+
+
+class _Recipe:
+    """The keys chosen so far over a config: a key the config or an earlier choice sets is kept."""
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self.choices: dict = {}
+        self.chosen: list[str] = []  # one "key value (why)" per choice made
+
+    def now(self, key: str):
+        return self.choices.get(key, getattr(self.config, key))
+
+    def choose(self, key: str, value, why: str) -> None:
+        if self.now(key) is None:
+            self.choices[key] = value
+            self.chosen.append(f"{key} {_show(value)} ({why})")
+
+
+def _choose_steps(recipe: _Recipe, pretrained: bool, tuned: bool, train_images: int) -> None:
+    """Learning rate, epochs and augmentation: how far and how long the weights move, by where they start."""
+    if not pretrained:
+        recipe.choose("lr", 2e-3, "random weights take large steps")
+        recipe.choose("epochs", min(max(round(200_000 / max(train_images, 1)), 15), 40),
+                      f"about 200k images seen, from {train_images:,} training images")
+        recipe.choose("augment", ["flip", "jitter", "rotate:10"], "no pretraining: the data must teach invariance")
+    elif not tuned:
+        recipe.choose("augment", ["flip"], "flipped features are cached; jitter would recompute the frozen part")
+        cached = set(recipe.now("augment")) <= {"flip"}
+        # measured (docs/benchmarks.md, bench_recipe C): 1e-3 for 10 epochs left a linear head 3.5 points of balanced
+        # accuracy under a logistic regression on the same features; 3e-3 for 30 epochs matched it
+        recipe.choose("lr", 3e-3, "a new head on fixed features: larger steps than fine-tuning")
+        recipe.choose("epochs", 30 if cached else 10, "cached features make an epoch cost little" if cached else
+                      "every epoch recomputes the frozen part for its augmentation")
+    else:
+        recipe.choose("lr", 1e-3, "the head's LR: a new linear layer on fixed features needs more than 1e-4")
+        recipe.choose("epochs", 12 if recipe.config.strategy == "gradual" else 10, "pretrained features converge fast")
+        recipe.choose("augment", ["flip", "jitter"], "fine-tuning sees new pixels every epoch")
 
 
 def _show(value) -> str:

@@ -24,64 +24,86 @@ def run_cascade(mtcnn, photos: Sequence[np.ndarray], min_size: float,
     `mtcnn`: facenet-pytorch's MTCNN, for its networks and thresholds; `min_size`: the smallest face
     searched for, in pixels; `factor`: each pyramid level's size relative to the last."""
     import torch
-    from facenet_pytorch.models.utils.detect_face import (bbreg, batched_nms_numpy, generateBoundingBox, pad,
-                                                          rerec)
-    from torchvision.ops.boxes import batched_nms
 
     images = [_Mipmap(photo) for photo in photos]
     height, width = photos[0].shape[:2]
-    thresholds = mtcnn.thresholds
     scales = _pyramid(height, width, min_size, factor)
     if not scales:  # the photo is smaller than the smallest face searched for
         return [(np.zeros((0, 5), np.float32), np.zeros((0, 5, 2), np.float32)) for _ in photos]
     with torch.no_grad():
-        # stage 1: P-Net slides over a pyramid whose first level makes a min_size face 12 pixels
-        boxes, image_inds = [], []
-        for scale in scales:
-            size = (int(width * scale + 1), int(height * scale + 1))
-            level = _tensor([image.resized(size) for image in images])
-            reg, probs = mtcnn.pnet(level)
-            found, inds = generateBoundingBox(reg, probs[:, 1], scale, thresholds[0])
-            pick = batched_nms(found[:, :4], found[:, 4], inds, 0.5)
-            boxes.append(found[pick])
-            image_inds.append(inds[pick])
-        boxes, image_inds = torch.cat(boxes), torch.cat(image_inds)
-        pick = batched_nms(boxes[:, :4], boxes[:, 4], image_inds, 0.7)
-        boxes, image_inds = boxes[pick], image_inds[pick]
-        regw, regh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-        boxes = torch.stack([boxes[:, 0] + boxes[:, 5] * regw, boxes[:, 1] + boxes[:, 6] * regh,
-                             boxes[:, 2] + boxes[:, 7] * regw, boxes[:, 3] + boxes[:, 8] * regh,
-                             boxes[:, 4]], dim=1)
-        boxes = rerec(boxes)
-
-        # stage 2: R-Net judges each candidate at 24x24 and corrects its box
-        boxes, image_inds, crops = _crops(images, boxes, image_inds, 24, pad, width, height)
-        if len(boxes):
-            reg, probs = mtcnn.rnet(crops)
-            keep = probs[:, 1] > thresholds[1]
-            boxes = torch.cat([boxes[keep, :4], probs[keep, 1:2]], dim=1)
-            image_inds, reg = image_inds[keep], reg[keep]
-            pick = batched_nms(boxes[:, :4], boxes[:, 4], image_inds, 0.7)
-            boxes = rerec(bbreg(boxes[pick], reg[pick]))
-            image_inds = image_inds[pick]
-
-        # stage 3: O-Net judges each at 48x48, gives the landmarks and the final box
-        points = torch.zeros(0, 5, 2)
-        boxes, image_inds, crops = _crops(images, boxes, image_inds, 48, pad, width, height)
-        if len(boxes):
-            reg, marks, probs = mtcnn.onet(crops)
-            keep = probs[:, 1] > thresholds[2]
-            boxes = torch.cat([boxes[keep, :4], probs[keep, 1:2]], dim=1)
-            image_inds, reg, marks = image_inds[keep], reg[keep], marks[keep]
-            side_x = (boxes[:, 2] - boxes[:, 0] + 1)[:, None]
-            side_y = (boxes[:, 3] - boxes[:, 1] + 1)[:, None]
-            points = torch.stack([side_x * marks[:, :5] + boxes[:, 0:1] - 1,
-                                  side_y * marks[:, 5:] + boxes[:, 1:2] - 1], dim=2)
-            boxes = bbreg(boxes, reg)
-            pick = batched_nms_numpy(boxes[:, :4], boxes[:, 4], image_inds, 0.7, "Min")
-            boxes, image_inds, points = boxes[pick], image_inds[pick], points[pick]
+        boxes, image_inds = _proposals(mtcnn, images, scales)
+        boxes, image_inds = _refined(mtcnn, images, boxes, image_inds)
+        boxes, image_inds, points = _final(mtcnn, images, boxes, image_inds)
     boxes, points, image_inds = boxes.numpy(), points.numpy(), image_inds.numpy()
     return [(boxes[image_inds == i], points[image_inds == i]) for i in range(len(photos))]
+
+
+def _proposals(mtcnn, images: list["_Mipmap"], scales: list[float]):
+    """Stage 1: P-Net slides over a pyramid whose first level makes a min_size face 12 pixels; its
+    candidates, merged across levels, corrected and made square."""
+    import torch
+    from facenet_pytorch.models.utils.detect_face import generateBoundingBox, rerec
+    from torchvision.ops.boxes import batched_nms
+
+    width, height = images[0].size
+    boxes, image_inds = [], []
+    for scale in scales:
+        size = (int(width * scale + 1), int(height * scale + 1))
+        level = _tensor([image.resized(size) for image in images])
+        reg, probs = mtcnn.pnet(level)
+        found, inds = generateBoundingBox(reg, probs[:, 1], scale, mtcnn.thresholds[0])
+        pick = batched_nms(found[:, :4], found[:, 4], inds, 0.5)
+        boxes.append(found[pick])
+        image_inds.append(inds[pick])
+    boxes, image_inds = torch.cat(boxes), torch.cat(image_inds)
+    pick = batched_nms(boxes[:, :4], boxes[:, 4], image_inds, 0.7)
+    boxes, image_inds = boxes[pick], image_inds[pick]
+    regw, regh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    boxes = torch.stack([boxes[:, 0] + boxes[:, 5] * regw, boxes[:, 1] + boxes[:, 6] * regh,
+                         boxes[:, 2] + boxes[:, 7] * regw, boxes[:, 3] + boxes[:, 8] * regh,
+                         boxes[:, 4]], dim=1)
+    return rerec(boxes), image_inds
+
+
+def _refined(mtcnn, images: list["_Mipmap"], boxes, image_inds):
+    """Stage 2: R-Net judges each candidate at 24x24 and corrects its box."""
+    import torch
+    from facenet_pytorch.models.utils.detect_face import bbreg, pad, rerec
+    from torchvision.ops.boxes import batched_nms
+
+    width, height = images[0].size
+    boxes, image_inds, crops = _crops(images, boxes, image_inds, 24, pad, width, height)
+    if not len(boxes):
+        return boxes, image_inds
+    reg, probs = mtcnn.rnet(crops)
+    keep = probs[:, 1] > mtcnn.thresholds[1]
+    boxes = torch.cat([boxes[keep, :4], probs[keep, 1:2]], dim=1)
+    image_inds, reg = image_inds[keep], reg[keep]
+    pick = batched_nms(boxes[:, :4], boxes[:, 4], image_inds, 0.7)
+    return rerec(bbreg(boxes[pick], reg[pick])), image_inds[pick]
+
+
+def _final(mtcnn, images: list["_Mipmap"], boxes, image_inds):
+    """Stage 3: O-Net judges each at 48x48, gives the landmarks and the final box."""
+    import torch
+    from facenet_pytorch.models.utils.detect_face import batched_nms_numpy, bbreg, pad
+
+    width, height = images[0].size
+    points = torch.zeros(0, 5, 2)
+    boxes, image_inds, crops = _crops(images, boxes, image_inds, 48, pad, width, height)
+    if not len(boxes):
+        return boxes, image_inds, points
+    reg, marks, probs = mtcnn.onet(crops)
+    keep = probs[:, 1] > mtcnn.thresholds[2]
+    boxes = torch.cat([boxes[keep, :4], probs[keep, 1:2]], dim=1)
+    image_inds, reg, marks = image_inds[keep], reg[keep], marks[keep]
+    side_x = (boxes[:, 2] - boxes[:, 0] + 1)[:, None]
+    side_y = (boxes[:, 3] - boxes[:, 1] + 1)[:, None]
+    points = torch.stack([side_x * marks[:, :5] + boxes[:, 0:1] - 1,
+                          side_y * marks[:, 5:] + boxes[:, 1:2] - 1], dim=2)
+    boxes = bbreg(boxes, reg)
+    pick = batched_nms_numpy(boxes[:, :4], boxes[:, 4], image_inds, 0.7, "Min")
+    return boxes[pick], image_inds[pick], points[pick]
 
 
 def _pyramid(height: int, width: int, min_size: float, factor: float) -> list[float]:
@@ -123,6 +145,7 @@ class _Mipmap:
 
     def __init__(self, photo: np.ndarray):
         self.levels = [Image.fromarray(photo)]
+        self.size = self.levels[0].size  # (width, height)
         while min(self.levels[-1].size) >= 96:
             self.levels.append(self.levels[-1].reduce(2))
 
