@@ -340,7 +340,7 @@ def cmd_tune(args) -> int:
 def cmd_predict(args) -> int:
     from facetl.inference.classifiers import open_classifier
     from facetl.commands.predict import check_csv_out, plan_annotations, predict, prediction_table, write_annotations
-    from facetl.commands.predict_video import VideoRequest, check_videos, predict_media, split_media
+    from facetl.commands.predict import VideoRequest, check_videos, predict_media, split_media
     from facetl.runtime import Runtime
 
     out = Path(args.out) if args.out else None
@@ -374,7 +374,7 @@ def cmd_predict(args) -> int:
 def _check_predict_outputs(args, out: Path | None, videos: bool) -> None:
     """predict's outputs by the one rule, before any work: never an input (even with --overwrite), never inside
     an input folder (a rerun would read it) or a run folder."""
-    from facetl.commands.predict_video import tracks_path
+    from facetl.commands.predict import tracks_path
 
     run = Path(args.run).expanduser()
     reads = input_reads(args.images) + [("run folder" if run.is_dir() else "run", run)]

@@ -47,6 +47,7 @@ from facetl.record import StartingWeights
 from facetl.runfolder import atomic_write_bytes, atomic_write_text, csv_text, prepare_run_folder
 from facetl.commands.sweep import sweep_points
 from facetl.runreader import read_metrics, read_record
+from facetl.tables import markdown_table
 from facetl.train.fit import fit
 from facetl.train.recipe import complete_recipe
 from facetl.flags import RANGE, add_out, whole_number
@@ -430,12 +431,10 @@ def demo_table(rows: list[dict], weights: str, data: Path, people: str = "") -> 
     chance = 1 / classes
     header = ["run", "what trains", "accuracy", "balanced acc", "ROC-AUC", "trainable params", "train s",
               "starting weights"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-             f"| majority class | nothing: always '{top}' | {share:.3f} | {chance:.3f} | 0.500 | 0 | 0 | none |"]
-    for r in rows:
-        lines.append("| " + " | ".join([r["run"], r["trains"], cell(r["accuracy"]), cell(r["balanced_accuracy"]),
-                                        cell(r["roc_auc"]), cell(r["trainable_params"], ","),
-                                        cell(r["train_seconds"], ".0f"), r["pretraining"]]) + " |")
+    cells = [["majority class", f"nothing: always '{top}'", f"{share:.3f}", f"{chance:.3f}", "0.500", 0, 0, "none"]]
+    cells += [[r["run"], r["trains"], cell(r["accuracy"]), cell(r["balanced_accuracy"]), cell(r["roc_auc"]),
+               cell(r["trainable_params"], ","), cell(r["train_seconds"], ".0f"), r["pretraining"]] for r in rows]
+    lines = markdown_table(header, cells)
     lines += ["", f"Test split: {images:,} images of {data.name} in {classes} classes, the same for every run "
                   f"(the most common, '{top}', is {share:.3f} of them). Balanced accuracy is the mean recall of the "
                   f"{classes} classes: {chance:.3f} for any model that answers one class.",

@@ -29,10 +29,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from PIL import Image
 from torch import nn
 
-from facetl.data.augment import normalize, to_float
+from facetl.data.augment import to_float
 from facetl.data.images import UnreadableImage, decode_image
 from facetl.errors import FacetlError
 from facetl.evaluate.plots import clip, short_name
@@ -204,8 +203,7 @@ def _grad_cam(run: LoadedRun, images: np.ndarray, runtime: Runtime, layer_name: 
               targets: Sequence[int] | None, keep_activations: bool) -> GradCams:
     model = run.model.to(runtime.device).eval()
     prep = run.record.preprocessing
-    x = normalize(to_float(images, runtime.device), torch.tensor(prep.mean, device=runtime.device),
-                  torch.tensor(prep.std, device=runtime.device))
+    x = prep.normalize(to_float(images, runtime.device))
     all_targets = run_targets(run)
 
     def scores(batch: torch.Tensor) -> torch.Tensor:
@@ -259,11 +257,8 @@ def prepare_files(run: LoadedRun, files: Sequence[Path]) -> tuple[list[Path], li
         if result.error or not result.used:
             skipped.append((result.source, result.error or result.note))
             continue
-        crop = result.used[0].crop
-        if prep.colour == "grey":  # as the store made the training crops
-            crop = np.asarray(Image.fromarray(crop).convert("L").convert("RGB"))
         kept.append(Path(result.source))
-        arrays.append(crop)
+        arrays.append(prep.colour_crop(result.used[0].crop))
     return kept, arrays, skipped
 
 
