@@ -12,20 +12,23 @@ from pathlib import Path
 
 from facetl.config import tracked_together
 from facetl.errors import FacetlError
-from facetl.flags import (HelpFormatter, Parser, RANGE, add_config_flags, add_runtime_flags, config_from_args,
-                          examples_epilog, whole_number)
-from facetl.inference.tta import TTA_HELP, TTA_MODES
+from facetl.flags import HelpFormatter, Parser, add_config_flags, config_from_args, examples_epilog, whole_number
 from facetl.launch.signals import terminate_as_interrupt
-from facetl.outputs import input_reads, refuse_misplaced
-from facetl.runfolder import atomic_write_csv
+from facetl.outputs import refuse_misplaced
 
 # The commands, in `facetl --help`'s order: facetl/commands/<module>.py each (lr_find.py is `facetl lr-find`).
-MODULES = ("train", "lr_find", "evaluate", "explain", "faces", "inspect", "cache", "backbones", "export", "demo",
-           "serve")
+MODULES = ("train", "lr_find", "evaluate", "predict", "explain", "faces", "inspect", "cache", "backbones", "export",
+           "demo", "serve")
 
 
 def command_module(name: str):
     return importlib.import_module("facetl.commands." + name.replace("-", "_"))
+
+
+def command_word(argv: list[str]) -> str | None:
+    """The command given; "" when there is none and no help is asked for (--version): no command is imported."""
+    word = next((word for word in argv if not word.startswith("-")), None)
+    return word if word is not None or not argv or {"-h", "--help"} & set(argv) else ""
 
 
 SMILES = "../shared/datasets/SMILEsmileD/SMILEs"
@@ -36,12 +39,6 @@ EXAMPLES = {
                "--grid strategy=frozen,last-block --out runs/study4", "study 4: two strategies, one split"),
               (f"facetl sweep --data {SMILES} --weights auto --grid lr=1e-3,1e-4 --folds 5 --out runs/smile-lr",
                "two learning rates, each cross-validated over 5 folds")],
-    "predict": [(f"facetl predict runs/smile {SMILES}/negatives/negatives7/10105.jpg",
-                 "one photo, a table on screen"),
-                (f"facetl predict runs/smile {SMILES}/positives --out smiles.csv --tta flip",
-                 "a folder, every class's probability in a CSV"),
-                ("facetl predict runs/smile clip.mp4 --out frames.csv --annotate annotated/ --every 5 --smooth 0.5",
-                 "a video: a row per face per 5th frame, tracks, smoothed labels, an annotated MP4")],
     "runs": [("facetl runs runs/", "every run under runs/ as one table"),
              ("facetl runs runs/study4 --sort roc_auc --out study4.md", "best ROC-AUC first, as a markdown table")],
     "tune": [(f"facetl tune --data {SMILES} --weights auto --epochs 5 --space lr=log:1e-5:1e-2 "
@@ -67,7 +64,7 @@ def installed_version() -> str:
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    """Every command's parser, or, with `only`, that command's whole and the others' names (no imports)."""
+    """Every command's parser, or, with `only`, that command's whole and the others' names only (no imports)."""
     parser = Parser(prog="facetl", description="Transfer learning of face classifiers.")
     parser.add_argument("--version", action="version", version=f"facetl {installed_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
@@ -76,11 +73,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             add_command(sub, command_module(name))
         else:
             sub.add_parser(name.replace("_", "-"))
-    for add in (_add_training, _add_run_users, _add_search):
+    for add in (_add_training, _add_search):
         add(sub)
     for name, command in sub.choices.items():  # --help ends with examples, kept as written
         if name in EXAMPLES:
-            command.epilog, command.formatter_class = examples_epilog(EXAMPLES[name]), argparse.RawDescriptionHelpFormatter
+            command.epilog, command.formatter_class = examples_epilog(EXAMPLES[name]), HelpFormatter
     return parser
 
 
@@ -95,7 +92,7 @@ def add_command(sub, module) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(only=next((word for word in argv if not word.startswith("-")), None))
+    parser = build_parser(only=command_word(argv))
     args = parser.parse_args(argv)
     args.argv = argv
     if not args.command:
@@ -161,39 +158,6 @@ def add_launcher_flags(parser, unit: str, what: str, parallel_help: str) -> None
                        help=f"CPUs each {unit}'s job asks for; its threads follow (default: the cluster's, often 1)")
     slurm.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE",
                        help="another sbatch option for every job, e.g. account=myproj or qos=short; repeat for more")
-
-
-def _add_run_users(sub) -> None:
-    """predict: label new images with a run (moves to commands/predict.py once photo prediction is in inference/)."""
-    predict = sub.add_parser("predict", help="label new images with a run")
-    predict.add_argument("run", help="a run folder (or, with --engine onnx, a .onnx file)")
-    predict.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER",
-                         help="photos or videos, or folders searched for them")
-    predict.add_argument("--out", help="write a CSV here (path, [face, box, score,] label, probability, one column "
-                                       "per class) instead of printing a table; videos: a row per face per analysed "
-                                       "frame (docs/video.md) and NAME.tracks.csv beside it")
-    predict.add_argument("--faces", choices=["auto", "detect", "none"], default="auto",
-                         help="auto (default): find faces when the run was trained with --faces detect; detect: find "
-                              "and align every face in each photo; none: label each image as a whole")
-    predict.add_argument("--min-face", type=whole_number(*RANGE["min_face"]), metavar="PIXELS",
-                         help="smallest face side that counts, in photo pixels (default: the run's, or 20)")
-    predict.add_argument("--annotate", metavar="DIR", help="also write each photo (PNG) or video (H.264 MP4) with "
-                                                         "its faces boxed and labelled")
-    predict.add_argument("--overwrite", action="store_true", help="replace existing --out or --annotate files")
-    predict.add_argument("--engine", choices=["torch", "onnx"], default="torch",
-                         help="torch (default): the run's best.pt; onnx: RUN/model.onnx from facetl export, on "
-                              "ONNX Runtime (RUN may also be the .onnx file)")
-    predict.add_argument("--tta", choices=TTA_MODES, default="none", help=TTA_HELP + " (default none)")
-    predict.add_argument("--every", type=whole_number(1, 10_000), default=1, metavar="K",
-                         help="videos: analyse every K-th frame (default 1); tracks follow faces between them")
-    predict.add_argument("--smooth", type=float, default=0.0, metavar="SECONDS",
-                         help="videos: smooth each track's probabilities over time, an exponential moving average "
-                              "with this time constant (default 0: none); the raw label stays in raw_label")
-    predict.add_argument("--reid", choices=["auto", "on", "off"], default="auto",
-                         help="videos: a face the detector lost for up to 5 s keeps its track number when its dlib "
-                              "descriptor and place match (default auto: on when the dlib weights are cached, "
-                              "`facetl backbones --fetch dlib`)")
-    add_runtime_flags(predict)
 
 
 def _add_search(sub) -> None:
@@ -337,68 +301,7 @@ def cmd_tune(args) -> int:
     return 0
 
 
-def cmd_predict(args) -> int:
-    from facetl.inference.classifiers import open_classifier
-    from facetl.commands.predict import check_csv_out, plan_annotations, predict, prediction_table, write_annotations
-    from facetl.commands.predict import VideoRequest, check_videos, predict_media, split_media
-    from facetl.runtime import Runtime
-
-    out = Path(args.out) if args.out else None
-    photos, videos = split_media(args.images)
-    _check_predict_outputs(args, out, bool(videos))
-    if out is not None:
-        check_csv_out(out, args.overwrite)
-    if videos:  # a bad video or output is said before the run is loaded
-        request = VideoRequest(args.every, args.smooth, args.tta, Path(args.annotate) if args.annotate else None,
-                               out, args.overwrite, reid=args.reid)
-        check_videos(videos, request)
-    classifier = open_classifier(args.run, args.engine, Runtime.for_inference(args.device, args.precision))
-    if videos:
-        return predict_media(classifier, photos, videos, request, args.faces, args.min_face)
-    result = predict(classifier, args.images, args.faces, args.min_face, tta=args.tta)
-    if not result.rows:
-        raise FacetlError("none of the images could be read")
-    annotations = (plan_annotations(result.rows, Path(args.annotate), args.overwrite, out) if args.annotate
-                   else [])
-    if out is not None:
-        atomic_write_csv(out, *prediction_table(result))
-        print(f"wrote {len(result.rows)} predictions to {out}")
-    else:
-        _print_predictions(result)
-    if args.annotate:
-        written = write_annotations(annotations)
-        print(f"annotated {len(written)} photo(s) in {args.annotate}")
-    return 1 if result.skipped else 0
-
-
-def _check_predict_outputs(args, out: Path | None, videos: bool) -> None:
-    """predict's outputs by the one rule, before any work: never an input (even with --overwrite), never inside
-    an input folder (a rerun would read it) or a run folder."""
-    from facetl.commands.predict import tracks_path
-
-    run = Path(args.run).expanduser()
-    reads = input_reads(args.images) + [("run folder" if run.is_dir() else "run", run)]
-    if out is not None:
-        refuse_misplaced(out, "--out", reads)
-        if videos:
-            refuse_misplaced(tracks_path(out), "--out", reads, given=f"{out} (its tracks CSV {tracks_path(out)})")
-    if args.annotate:
-        refuse_misplaced(args.annotate, "--annotate", reads)
-
-
-def _print_predictions(result) -> None:
-    width = min(max(len(r.path) for r in result.rows), 80)
-    names = result.class_names if len(result.class_names) <= 4 else []  # every class's probability, when few
-    print(f"{'path':<{width}}  " + ("face  " if result.faces else "") + f"{'label':<20}  probability"
-          + "".join(f"  {name[:12]:>12}" for name in names))
-    for r in result.rows:
-        face = (f"{'-' if r.face is None else r.face:<4}  " if result.faces else "")
-        probability = "" if r.probability is None else f"{r.probability:.4f}"
-        probs = "".join(f"  {q:>12.4f}" for q in r.probs) if names and r.probs else ""
-        print(f"{r.path:<{width}}  {face}{(r.label or r.note):<20}  {probability:<11}{probs}")
-
-
-COMMANDS = {"predict": cmd_predict, "sweep": cmd_sweep, "runs": cmd_runs, "tune": cmd_tune}
+COMMANDS = {"sweep": cmd_sweep, "runs": cmd_runs, "tune": cmd_tune}
 
 if __name__ == "__main__":
     sys.exit(main())

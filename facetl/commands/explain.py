@@ -69,7 +69,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from facetl.commands.predict import collect_images
+    from facetl.inference.photos import collect_images
     from facetl.inference.run import load_run
 
     refuse_misplaced(args.out, "--out", input_reads(args.images))
