@@ -16,7 +16,7 @@ def test_an_abbreviated_flag_is_refused_and_the_full_name_suggested():
     result = facetl("train", "--data", "x", "--epoch", "0")
     line = one_line_error(result, "unrecognized arguments: --epoch", "did you mean --epochs?")
     assert line.startswith("facetl train: error:") and line.endswith("(see facetl train --help)")
-    one_line_error(facetl("inspect", "--dat", "x", "--out", "y"), "unrecognized arguments: --dat")
+    one_line_error(facetl("export", "runs/x", "--ou", "y"), "unrecognized arguments: --ou", "did you mean --out?")
 
 
 @pytest.mark.parametrize("args, command", [(["export", "runs/x", "--bogus"], "export"),
