@@ -15,7 +15,7 @@ from facetl.config import (BOUNDS, FIELDS, HELP, RECIPE_KEYS, TrainConfig, build
                            with_old_recipe)
 from facetl.errors import FacetlError
 from facetl.inference.tta import TTA_HELP, TTA_MODES
-from facetl.launch.signals import terminate_as_interrupt
+from facetl.runtime.signals import terminate_as_interrupt
 from facetl.preprocessing import LANDMARK_SOURCES
 from facetl.outputs import data_reads, input_reads, refuse_misplaced
 from facetl.runfolder import atomic_write_csv
@@ -208,9 +208,11 @@ def _add_training(sub) -> None:
 
 
 def _add_launch_flags(sweep) -> None:
-    """How a sweep's points run: in this process one after another, or as jobs (facetl.launch)."""
-    add_launcher_flags(sweep, "point", "run each point as its own `facetl train` process",
-                       "points at once (local: implies --launcher local; slurm: the array's parallelism) "
+    """How a sweep's points run: through a launcher (facetl.experiments.launchers)."""
+    from facetl.experiments.launchers import add_launcher_flags
+
+    add_launcher_flags(sweep, "how each point runs",
+                       "points at once (without --launcher: local processes; slurm: the array's parallelism) "
                        "(default 1 locally, as many as SLURM allows on a cluster)")
     sweep.add_argument("--nproc", type=whole_number(1, 1024), default=1, metavar="N",
                        help="train each point with N processes (torchrun inside its job; implies --launcher local)")
@@ -218,24 +220,6 @@ def _add_launch_flags(sweep) -> None:
                                                        "table, then exit")
     sweep.add_argument("--detach", action="store_true",
                        help="slurm: return once the array is submitted (follow with --status)")
-
-
-def add_launcher_flags(parser, unit: str, what: str, parallel_help: str) -> None:
-    """--launcher, --parallel and the SLURM flags, shared by sweep (a job per point) and tune (a job per worker)."""
-    parser.add_argument("--launcher", choices=["local", "slurm"],
-                        help=f"{what}: local (--parallel at once on this machine, the cores or GPUs divided between "
-                             "them) or slurm (one job array) (default: in this process)")
-    parser.add_argument("--parallel", type=whole_number(1, 1024), metavar="N", help=parallel_help)
-    slurm = parser.add_argument_group("SLURM (--launcher slurm)")
-    slurm.add_argument("--partition", help="the partition to submit to (default: the cluster's own)")
-    slurm.add_argument("--time", type=whole_number(1, 525_600), default=60, metavar="MINUTES",
-                       help=f"each {unit}'s time limit in minutes (default 60)")
-    slurm.add_argument("--gpus-per-run", type=whole_number(0, 64), default=0, metavar="N",
-                       help=f"GPUs each {unit}'s job asks for (default 0)")
-    slurm.add_argument("--cpus-per-run", type=whole_number(1, 1024), metavar="N",
-                       help=f"CPUs each {unit}'s job asks for; its threads follow (default: the cluster's, often 1)")
-    slurm.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE",
-                       help="another sbatch option for every job, e.g. account=myproj or qos=short; repeat for more")
 
 
 def _add_run_users(sub) -> None:
@@ -426,9 +410,11 @@ def _add_search(sub) -> None:
                            "repeat for more keys")
     tune.add_argument("--trials", type=whole_number(1, 100_000), default=20, metavar="N",
                       help="trials the study should have, counting earlier ones (default 20)")
-    add_launcher_flags(tune, "worker", "run the trials in worker processes sharing the study",
-                       "workers sharing the study (local: at once on this machine, implies --launcher local; "
-                       "slurm: the job array's tasks) (default 1)")
+    from facetl.experiments.launchers import add_launcher_flags
+
+    add_launcher_flags(tune, "how the workers sharing the study run",
+                       "workers sharing the study (without --launcher, more than 1: local processes at once on "
+                       "this machine; slurm: the job array's tasks) (default 1)")
     tune.add_argument("--storage", metavar="URL", help="Optuna RDB storage, e.g. postgresql://... for workers on "
                                                        "several machines (default sqlite:///OUT/study.db)")
     tune.add_argument("--startup-trials", type=whole_number(0, 100_000), default=5, metavar="N",
@@ -517,14 +503,15 @@ def cmd_lr_find(args) -> int:
 
 
 def cmd_folds(args, config: TrainConfig, pictures) -> int:
-    from facetl.commands.folds import cross_validate
+    from facetl.experiments.folds import cross_validate
+    from facetl.experiments.run import Launch
 
     if args.nproc > 1:
         raise FacetlError("--folds trains its folds one after another in this process; drop --nproc")
     config.check()
     if not config.out:
         config = dataclasses.replace(config, out=_default_out(config))
-    _oom_guard(lambda: cross_validate(config, progress=True, pictures=pictures), config.batch_size)
+    _oom_guard(lambda: cross_validate(config, Launch(pictures=pictures)), config.batch_size)
     print((Path(config.out) / "results.md").read_text())
     return 0
 
@@ -603,7 +590,10 @@ def cmd_evaluate(args) -> int:
 
 def cmd_sweep(args) -> int:
     from facetl.commands.evaluate import training_pictures
-    from facetl.commands.sweep import parse_grid, sweep
+    from facetl.experiments.grid import parse_grid
+    from facetl.experiments.launchers import launcher_from_flags
+    from facetl.experiments.run import Launch
+    from facetl.experiments.sweep import sweep
 
     if args.status:
         return sweep_status(args)
@@ -612,48 +602,15 @@ def cmd_sweep(args) -> int:
         raise FacetlError("sweep needs --out DIR for its runs and results table")
     config = tracked_together(config, config.out)  # --track: the points are one MLflow parent run's children
     grid = parse_grid(args.grid)
-    if args.detach and (args.launcher or "local") != "slurm":
-        raise FacetlError("--detach is for --launcher slurm (local jobs end with the sweep)")
-    launcher = launcher_from_flags(args, Path(config.out), implied_local=bool(args.parallel) or args.nproc > 1)
-    if launcher is not None:
-        from facetl.commands.sweep_jobs import launch_sweep
-
-        launch_sweep(config, grid, config.out, launcher, args.nproc, args.detach)
-        if args.detach:
-            return 0
-    elif config.folds:
-        from facetl.commands.folds import sweep_folds
-
-        sweep_folds(config, grid, config.out, progress=True, pictures=training_pictures)
-    else:
-        sweep(config, grid, config.out, progress=True, pictures=training_pictures)
-    print((Path(config.out) / "results.md").read_text())
+    launcher = launcher_from_flags(args, Path(config.out))
+    sweep(config, grid, config.out, Launch(launcher, args.nproc, args.detach, pictures=training_pictures))
+    if not args.detach:
+        print((Path(config.out) / "results.md").read_text())
     return 0
 
 
-def launcher_from_flags(args, out: Path, implied_local: bool):
-    """The launcher --launcher and its flags ask for (facetl.launch), or None: the work runs in this process.
-    `implied_local`: flags that mean --launcher local when none is given (sweep's --parallel or --nproc)."""
-    launcher = args.launcher or ("local" if implied_local else None)
-    if launcher == "local":
-        from facetl.launch import LocalLauncher
-
-        return LocalLauncher(parallel=args.parallel or 1)
-    if launcher == "slurm":
-        from facetl.launch import SlurmLauncher, SlurmOptions
-        from facetl.launch.slurm import require_slurm
-
-        require_slurm()
-        options = SlurmOptions(partition=args.partition, minutes=args.time, gpus_per_job=args.gpus_per_run,
-                               cpus_per_job=args.cpus_per_run, parallel=args.parallel, sbatch=tuple(args.sbatch),
-                               job_name=f"facetl-{out.name}")
-        options.submitit_parameters()  # a malformed --sbatch is one line now, before anything is made
-        return SlurmLauncher(options, logs=out / "slurm")
-    return None
-
-
 def sweep_status(args) -> int:
-    from facetl.commands.sweep_jobs import sweep_status as statuses
+    from facetl.experiments.sweep import sweep_status as statuses
 
     from collections import Counter
 
@@ -671,7 +628,7 @@ def sweep_status(args) -> int:
 
 
 def cmd_runs(args) -> int:
-    from facetl.commands.runs import check_table_out, runs_table, text_table, write_table
+    from facetl.experiments.runs import best_line, check_table_out, runs_table, text_table, write_table
 
     out = Path(args.out) if args.out else None
     if out is not None:
@@ -683,12 +640,16 @@ def cmd_runs(args) -> int:
     else:
         write_table(rows, out)
         print(f"wrote {len(rows)} runs to {out}")
+    print(best_line(rows, args.sort), file=sys.stderr)  # the table alone on stdout, for pipes
     return 0
 
 
 def cmd_tune(args) -> int:
     from facetl.commands.evaluate import training_pictures
-    from facetl.commands.tune import run_worker, tune, worker_index
+    from facetl.evaluate.metrics import best_words, metric
+    from facetl.experiments.launchers import launcher_from_flags
+    from facetl.experiments.run import Launch
+    from facetl.experiments.tune import Search, run_worker, tune, worker_index
 
     if args.worker:
         run_worker(args.worker, worker_index(args.worker_index), pictures=training_pictures)
@@ -696,13 +657,15 @@ def cmd_tune(args) -> int:
     config = config_from_args(args)
     if not config.out:
         raise FacetlError("tune needs --out DIR for its study, trials and best.yaml")
-    launcher = launcher_from_flags(args, Path(config.out), implied_local=(args.parallel or 1) > 1)
-    best = tune(config, args.space, config.out, args.trials, launcher, args.parallel or 1, args.storage,
-                args.startup_trials, progress=sys.stderr.isatty(), pictures=training_pictures)
+    launcher = launcher_from_flags(args, Path(config.out))
+    best = tune(config, Search(args.space, args.trials, args.storage, args.startup_trials), config.out,
+                Launch(launcher, progress=sys.stderr.isatty(), pictures=training_pictures), args.parallel or 1)
     print((Path(config.out) / "trials.md").read_text(), end="")
     if best is None:
         raise FacetlError("no trial finished unpruned yet; rerun to go on, or raise --trials")
-    print(f"best: {best['run']} (val loss {best['val_loss']:.4f}); its config: {Path(config.out) / 'best.yaml'}")
+    chosen = metric(best["metric"])
+    print(f"best: {best['run']} ({chosen.label} {best['value']:.4f}, {best_words(best['metric'])}); "
+          f"its config: {Path(config.out) / 'best.yaml'}")
     return 0
 
 

@@ -44,7 +44,8 @@ from facetl.models.packaged import PACKAGED, fetch_command, packaged, weight_fil
 from facetl.models.weights import WeightsUnavailable
 from facetl.record import StartingWeights
 from facetl.runfolder import atomic_write_bytes, atomic_write_text, csv_text, prepare_run_folder
-from facetl.commands.sweep import sweep_points
+from facetl.experiments.run import Launch
+from facetl.experiments.sweep import sweep_configs
 from facetl.runreader import read_metrics, read_record
 from facetl.train.fit import fit
 from facetl.train.recipe import complete_recipe
@@ -118,7 +119,7 @@ def run_demo(options: DemoOptions, pictures=None, progress: bool = True, log=pri
     arms = _arms(source, target)
     t0 = time.perf_counter()
     folder = _sweep_folder(arms, out / source / task, log)
-    rows = sweep_points(arms, folder, progress=progress, log=log, pictures=pictures)
+    rows = sweep_configs(arms, folder, Launch(progress=progress, pictures=pictures, log=log))
     seconds[f"{task}: " + ", ".join(name.removeprefix("strategy-") for name, _ in arms)] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - began
     rows = [{**r, **_more(folder / r["run"])} for r in rows]

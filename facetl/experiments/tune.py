@@ -12,9 +12,13 @@ trial-NNN/ (ordinary run folders), trials.csv and trials.md (every trial, PRUNED
 (the best trial's resolved config: `facetl train --config DIR/best.yaml --out NEW` reruns it).
 
 A worker is one command line, `python -m facetl tune --worker DIR [--worker-index K]` (worker_command): it runs
-trials until the study has its --trials. A launcher (facetl.launch) starts N of them: LocalLauncher on this
-machine (--parallel N), SlurmLauncher as one SLURM job array (--launcher slurm) on nodes that see DIR and the
-storage; DIR/jobs.json keeps their job ids and states, DIR/workers/worker-K/ their exit records (and local logs).
+trials until the study has its --trials. Any launcher starts them, by one path (launch_workers): the in-process
+launcher runs the one worker here, local processes N of them on this machine (--parallel N), SLURM one job array
+on nodes that see DIR and the storage; DIR/jobs.json keeps their job ids and states, DIR/workers/worker-K/ their
+exit records (and local logs).
+
+"Best" is the metric table's (facetl.evaluate.metrics.best_of): the trial whose value of the selection metric
+(--select, val loss by default), at the epoch the run selected, is best in that metric's direction.
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ import os
 import shutil
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,9 +37,12 @@ import yaml
 
 from facetl.config import FIELDS, TrainConfig, build_config, dump_yaml, load_yaml, with_absolute_paths
 from facetl.errors import FacetlError
-from facetl.launch.signals import terminate_as_interrupt
+from facetl.evaluate.metrics import best_of, best_words, metric
+from facetl.experiments.results import read_run
+from facetl.experiments.jobs import Job, JobBook
+from facetl.experiments.run import Launch
+from facetl.runtime.signals import terminate_as_interrupt
 from facetl.runfolder import atomic_write_csv, atomic_write_json, atomic_write_text, prepare_run_folder
-from facetl.runreader import read_history, read_record
 
 KINDS = ("log", "float", "int")
 SPACE_HELP = "write KEY=log:LOW:HIGH, KEY=float:LOW:HIGH, KEY=int:LOW:HIGH or KEY=A,B,C"
@@ -134,6 +141,16 @@ def check_space(space: list[Dimension], base: TrainConfig) -> None:
 
 
 @dataclass(frozen=True)
+class Search:
+    """What a tune asks for: the --space items, how many trials, where the study lives, when pruning starts."""
+
+    space: list[str]
+    trials: int = 20
+    storage: str | None = None     # None: sqlite:///DIR/study.db
+    startup_trials: int = 5
+
+
+@dataclass(frozen=True)
 class Study:
     """What a study searches and where it lives: tune.json and base.yaml in its folder."""
 
@@ -148,6 +165,15 @@ class Study:
     @property
     def dimensions(self) -> list[Dimension]:
         return parse_space(self.space)
+
+    @property
+    def select(self) -> str:
+        """The metric that scores a trial: the one each run selects its epoch by (--select)."""
+        return self.base.select
+
+    @property
+    def direction(self) -> str:
+        return "maximize" if metric(self.select).higher_is_better else "minimize"
 
     def describe(self) -> dict:
         return {"study": self.name, "storage": self.storage, "trials": self.trials, "space": self.space,
@@ -166,8 +192,7 @@ def optuna_module():
     return optuna
 
 
-def start_study(base: TrainConfig, space_items: list[str], out: str | Path, trials: int, storage: str | None,
-                startup_trials: int) -> Study:
+def start_study(base: TrainConfig, search: Search, out: str | Path) -> Study:
     """Check everything, then make or reopen DIR's study. The same command again continues it (with more
     --trials, it goes on further); another search in the same DIR is refused."""
     optuna = optuna_module()
@@ -175,14 +200,15 @@ def start_study(base: TrainConfig, space_items: list[str], out: str | Path, tria
 
     if base.folds:
         raise FacetlError("tune trains one run per trial on one split; leave out --folds")
-    space = parse_space(space_items)
+    space = parse_space(search.space)
     base = with_absolute_paths(dataclasses.replace(base, out=None))
     base.check()
     check_space(space, base)
     check_output_places(base, out, run=False)  # base has no out: the flag is the --out given
     folder = Path(out).expanduser().resolve()
     default_storage = f"sqlite:///{folder / 'study.db'}"
-    study = Study(folder, base, list(space_items), trials, storage or default_storage, folder.name, startup_trials)
+    study = Study(folder, base, list(search.space), search.trials, search.storage or default_storage, folder.name,
+                  search.startup_trials)
     if not (folder / START_LOCK).exists():  # else another tune is starting this study: judged under its lock below
         _refuse_other_files(folder)
     created = not folder.exists()
@@ -190,7 +216,7 @@ def start_study(base: TrainConfig, space_items: list[str], out: str | Path, tria
     try:
         with _holding(folder / START_LOCK):  # two tunes started at once on a new --out: one makes it, one joins
             _refuse_other_files(folder)
-            study = _same_search(study, storage)
+            study = _same_search(study, search.storage)
             create_study(optuna, study)  # before tune.json records the storage: a bad one is never kept
             atomic_write_text(folder / "base.yaml", dump_yaml(base))
             atomic_write_json(folder / "tune.json", study.describe())
@@ -226,7 +252,7 @@ def create_study(optuna, study: Study, tries: int = 5) -> None:
     for attempt in range(tries):
         try:
             optuna.create_study(storage=_storage(optuna, study.storage), study_name=study.name,
-                                direction="minimize", load_if_exists=True)
+                                direction=study.direction, load_if_exists=True)
             return
         except Exception as exc:  # an RDB URL that does not open: SQLAlchemy's or Optuna's own words, one line
             if "IntegrityError" in type(exc).__name__ and attempt + 1 < tries:
@@ -313,19 +339,21 @@ def trial_seeded_sampler(optuna, seed: int):
 
 
 class PruneTrial:
-    """The run observer of one trial: each epoch's validation loss goes to Optuna, whose median pruner may stop it."""
+    """The run observer of one trial: each epoch's selection metric (val loss by default) goes to Optuna, whose
+    median pruner may stop it."""
 
-    def __init__(self, trial):
-        self.trial, self.reason = trial, None
+    def __init__(self, trial, select: str = "val_loss"):
+        self.trial, self.select, self.reason = trial, select, None
 
     def run_started(self, config, record, folder, resumed_after) -> None:
         pass
 
     def epoch_ended(self, row: dict, best: dict) -> str | None:
-        self.trial.report(row["val_loss"], row["epoch"])
+        self.trial.report(row[self.select], row["epoch"])
         if self.trial.should_prune():
-            self.reason = (f"pruned (trial {self.trial.number}: val loss {row['val_loss']:.4f} at epoch "
-                           f"{row['epoch']} is worse than the median of earlier trials there)")
+            self.reason = (f"pruned (trial {self.trial.number}: {metric(self.select).label} "
+                           f"{row[self.select]:.4f} at epoch {row['epoch']} is worse than the median of earlier "
+                           "trials there)")
         return self.reason
 
     def run_finished(self, folder: Path, metrics: dict) -> None:
@@ -385,7 +413,7 @@ def surplus(study: Study, trial) -> bool:
 
 def run_trial(study: Study, trial, progress: bool, log, pictures, worker: int = 0) -> float:
     """One trial: its values on the base config, trained as the run folder DIR/trial-NNN on the study's split;
-    the objective is the validation loss at the epoch the run selected."""
+    the objective is the selection metric (val loss by default) at the epoch the run selected."""
     from facetl.train.fit import fit
 
     if surplus(study, trial):  # ended before drawing values, so the sampler learns nothing from it
@@ -396,16 +424,16 @@ def run_trial(study: Study, trial, progress: bool, log, pictures, worker: int = 
     trial.set_user_attr("run", folder.name)
     trial.set_user_attr("worker", worker)  # which worker ran it (its log says more)
     log(f"trial {trial.number}: " + ", ".join(f"{k}={_shown(v)}" for k, v in values.items()) + f" -> {folder}")
-    observer = PruneTrial(trial)
+    observer = PruneTrial(trial, study.select)
     with shared_split(study, folder) as split_file:
         config = dataclasses.replace(build_config(values, study.base), out=str(folder), split_file=split_file)
         fit(config, progress=progress, observers=[observer], pictures=pictures)
-    val_loss, _ = selected_validation(folder)
+    value = selected_value(folder, study.select)
     if observer.reason:
         log(f"trial {trial.number}: {observer.reason}")
         raise optuna_module().TrialPruned(observer.reason)
-    log(f"trial {trial.number}: val loss {val_loss:.4f}")
-    return val_loss
+    log(f"trial {trial.number}: {metric(study.select).label} {value:.4f}")
+    return value
 
 
 @contextmanager
@@ -428,13 +456,13 @@ def shared_split(study: Study, folder: Path):
                 shutil.copyfile(folder / name, study.folder / name)
 
 
-def selected_validation(folder: Path) -> tuple[float, float | None]:
-    """The validation loss and accuracy at the epoch the run selected (its best.pt)."""
-    record = read_record(folder)
-    row = next((h for h in read_history(folder) if h["epoch"] == record.best_epoch), None)
-    if row is None:
-        raise FacetlError(f"{folder}: history.csv has no row for the selected epoch {record.best_epoch}")
-    return row["val_loss"], row.get("val_acc")
+def selected_value(folder: Path, key: str) -> float:
+    """The run's `key` (val_loss, val_acc) at the epoch it selected (its best.pt), as the one reader reads it."""
+    value = read_run(folder, folder.name)[key]
+    if value is None:
+        raise FacetlError(f"{folder}: no {metric(key).label} at its selected epoch (run.json or history.csv is "
+                          "missing or damaged)")
+    return value
 
 
 def _shown(value) -> str:
@@ -442,54 +470,52 @@ def _shown(value) -> str:
 
 
 def trial_rows(study: Study, loaded) -> list[dict]:
-    """Every trial of the study: its state (COMPLETE, PRUNED, FAIL, RUNNING), values, and validation figures."""
+    """Every trial of the study: its state (COMPLETE, PRUNED, FAIL, RUNNING), values, and validation figures at
+    the epoch its run selected (n/a for a damaged trial folder: the study's state still says what happened)."""
     rows = []
     for trial in loaded.get_trials(deepcopy=False):
         if trial.user_attrs.get(SURPLUS):
             continue
         run = study.folder / trial.user_attrs.get("run", f"trial-{trial.number:03d}")
-        val_loss = val_acc = epochs = None
-        if (run / "run.json").is_file():
-            try:
-                val_loss, val_acc = selected_validation(run)
-                epochs = len(read_history(run))
-            except FacetlError:
-                pass  # a damaged trial folder: its figures are n/a, the study's state still says what happened
+        read = read_run(run, run.name) if (run / "run.json").is_file() else {}
         rows.append({"trial": trial.number, "state": trial.state.name,
                      **{d.key: trial.params.get(d.key) for d in study.dimensions},
-                     "val_loss": val_loss, "val_acc": val_acc, "epochs": epochs, "run": run.name})
+                     "val_loss": read.get("val_loss"), "val_acc": read.get("val_acc"),
+                     "epochs": read.get("epochs_run"), "run": run.name})
     return rows
 
 
-def best_trial(loaded):
-    try:
-        return loaded.best_trial  # the finished trial of lowest validation loss; pruned ones do not compete
-    except ValueError:
-        return None
+def best_row(study: Study, rows: list[dict]) -> dict | None:
+    """The best finished trial by the study's selection metric (the metric table's best_of); pruned, failed and
+    running ones do not compete."""
+    finished = [r if r["state"] == "COMPLETE" else {**r, study.select: None} for r in rows]
+    best = best_of(finished, study.select)
+    return rows[best] if best is not None else None
 
 
 def write_results(study: Study, loaded) -> dict | None:
     """trials.csv, trials.md and best.yaml, rewritten whole after every trial (by whichever worker ran it)."""
     rows = trial_rows(study, loaded)
-    best = best_trial(loaded)
+    best = best_row(study, rows)
     keys = list(rows[0]) if rows else ["trial", "state"]
     atomic_write_csv(study.folder / "trials.csv", keys + ["best"],
-                     [[r[k] for k in keys] + [best is not None and r["trial"] == best.number] for r in rows])
-    atomic_write_text(study.folder / "trials.md", trials_table(rows, best.number if best else None))
+                     [[r[k] for k in keys] + [r is best] for r in rows])
+    atomic_write_text(study.folder / "trials.md", trials_table(rows, best["trial"] if best else None, study.select))
     if best is None:
         return None
-    run = study.folder / best.user_attrs.get("run", f"trial-{best.number:03d}")
+    run = study.folder / best["run"]
     values = load_yaml(run / "config.yaml")
     values.pop("out", None)  # the rerun's --out, or the default; never the trial's own folder
     if (study.folder / "split.csv").is_file():
         values["split_file"] = str(study.folder / "split.csv")  # the split the trial was scored on
-    header = (f"# facetl tune {study.folder}: the best trial, {run.name} (val loss {best.value:.4f}).\n"
-              f"# Rerun it: facetl train --config {study.folder / 'best.yaml'} --out NEW\n")
+    chosen = metric(study.select)
+    header = (f"# facetl tune {study.folder}: the best trial, {run.name} ({chosen.label} "
+              f"{best[study.select]:.4f}).\n# Rerun it: facetl train --config {study.folder / 'best.yaml'} --out NEW\n")
     atomic_write_text(study.folder / "best.yaml", header + yaml.safe_dump(values, sort_keys=False))
-    return {"trial": best.number, "run": run, "val_loss": best.value}
+    return {"trial": best["trial"], "run": run, "metric": study.select, "value": best[study.select]}
 
 
-def trials_table(rows: list[dict], best: int | None) -> str:
+def trials_table(rows: list[dict], best: int | None, select: str = "val_loss") -> str:
     if not rows:
         return "No trials yet.\n"
     keys = list(rows[0])
@@ -499,8 +525,9 @@ def trials_table(rows: list[dict], best: int | None) -> str:
         if r["trial"] == best:
             cells[0] = f"**{cells[0]}** (best)"
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines + ["", "val loss and val acc: at the epoch each run selected; a PRUNED trial stopped "
-                                  "early, its run.json says at which epoch and why.", ""])
+    return "\n".join(lines + ["", f"val loss and val acc: at the epoch each run selected; 'best' is "
+                                  f"{best_words(select)} of the finished trials. A PRUNED trial stopped early, its "
+                                  "run.json says at which epoch and why.", ""])
 
 
 def _cell(value) -> str:
@@ -511,26 +538,30 @@ def _cell(value) -> str:
     return str(value)
 
 
-def launch_workers(study: Study, launcher, workers: int, log=print) -> list:
-    """Start `workers` workers of the study through `launcher` (facetl.launch: LocalLauncher dividing this
-    machine's cores or GPUs between them, or SlurmLauncher's one job array), say each trial as it ends, and
-    wait for them all. Their job ids and states are kept in DIR/jobs.json; a worker that did not finish is
-    one line naming its log."""
-    from facetl.launch import Job, JobBook
-
+def launch_workers(study: Study, launch: Launch, workers: int) -> list:
+    """Start `workers` workers of the study through `launch.launcher` (the one path, whatever the launcher), say
+    each trial as it ends, and wait for them all. Their job ids and states are kept in DIR/jobs.json; a worker
+    that did not finish is one line naming its log."""
+    launcher, log = launch.launcher, launch.log
     book = JobBook(study.folder / JOBS_FILE, meta={"workers": workers, "launcher": launcher.name})
-    jobs = [Job(f"worker-{k}", worker_command(study.folder, k), study.folder / "workers" / f"worker-{k}")
+    jobs = [Job(f"worker-{k}", worker_command(study.folder, k), study.folder / "workers" / f"worker-{k}",
+                here=lambda k=k: run_worker(study.folder, k, launch.progress, log, launch.pictures))
             for k in range(workers)]
+    said: dict[str, str] = {}
 
     def changed(status) -> None:
         book.update(status)
-        if status.state != "running" or launcher.name != "local":  # a local worker runs at once: no news
+        news = status.state != "running" or said.get(status.name) == "pending"  # running at once: no news
+        said[status.name] = status.state
+        if news and not launcher.in_this_process:
             log(f"{status.name}: {status.state} (job {status.job_id}"
                 f"{'; ' + status.detail if status.detail else ''})")
 
-    log(f"{workers} worker{'s' if workers > 1 else ''} ({launcher.name}) share the study; their logs: "
-        f"{study.folder / 'workers'}" + (f" and {study.folder / 'slurm'}" if launcher.name == "slurm" else ""))
-    with telling_trials(study, log):
+    if not launcher.in_this_process:
+        logs = launcher.logs()
+        log(f"{workers} worker{'s' if workers > 1 else ''} ({launcher.name}) share the study; their logs: "
+            f"{study.folder / 'workers'}" + (f" and {logs}" if logs else ""))
+    with telling_trials(study, log) if not launcher.in_this_process else nullcontext():
         statuses = launcher.wait(launcher.launch(jobs, changed), changed)
     failed = [s for s in statuses if s.state != "finished"]
     if failed:
@@ -580,15 +611,11 @@ def _last_line(path: Path) -> str:
     return lines[-1][:200] if lines else "no output"
 
 
-def tune(base: TrainConfig, space_items: list[str], out: str | Path, trials: int, launcher=None, workers: int = 1,
-         storage: str | None = None, startup_trials: int = 5, progress: bool = False, log=print,
-         pictures=None) -> dict | None:
-    """Start or continue DIR's study, run its trials (here, or in `workers` workers started through
-    `launcher`), and write trials.csv, trials.md and best.yaml. Returns the best trial (None when no trial
-    finished)."""
-    study = start_study(base, space_items, out, trials, storage, startup_trials)
-    if launcher is not None:
-        launch_workers(study, launcher, workers, log)
-    else:
-        run_worker(study.folder, 0, progress, log, pictures)
+def tune(base: TrainConfig, search: Search, out: str | Path, launch: Launch | None = None, workers: int = 1
+         ) -> dict | None:
+    """Start or continue DIR's study, run its trials in `workers` workers through `launch` (one worker in this
+    process by default), and write trials.csv, trials.md and best.yaml. Returns the best trial (None when no
+    trial finished)."""
+    study = start_study(base, search, out)
+    launch_workers(study, launch or Launch(), workers)
     return write_results(study, open_study(study))
