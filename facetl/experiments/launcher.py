@@ -51,21 +51,6 @@ class Launcher(Protocol):
         """Where its own logs go, besides each job's folder (None: nowhere else)."""
 
 
-def whole_number(low: int, high: int):
-    """An argparse type for a launcher's flags: an integer from low to high, or one line saying so."""
-    import argparse
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{value} is out of range ({low} to {high})")
-        return value
-    return parse
-
-
 _LAUNCHERS: dict[str, type] = {}
 
 

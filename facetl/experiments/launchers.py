@@ -10,7 +10,8 @@ from pathlib import Path
 
 from facetl.errors import FacetlError
 from facetl.experiments import inprocess, local, slurm  # noqa: F401  (each registers itself)
-from facetl.experiments.launcher import Launcher, registered, whole_number
+from facetl.experiments.launcher import Launcher, registered
+from facetl.flags import whole_number
 
 
 def add_launcher_flags(parser, what: str, parallel_help: str) -> None:

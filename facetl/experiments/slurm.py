@@ -24,7 +24,8 @@ from typing import Callable, ClassVar
 
 from facetl.errors import FacetlError
 from facetl.experiments.jobs import Job, JobStatus, read_exit, state_of_exit, write_exit
-from facetl.experiments.launcher import register_launcher, whole_number
+from facetl.experiments.launcher import register_launcher
+from facetl.flags import whole_number
 
 POLL_SECONDS = 3.0
 # squeue's states (long form) as a launcher's
