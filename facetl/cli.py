@@ -25,7 +25,7 @@ from facetl.outputs import data_reads, input_reads, refuse_misplaced
 from facetl.runfolder import atomic_write_csv
 
 # The commands, in `facetl --help`'s order: facetl/commands/<module>.py each (lr_find.py is `facetl lr-find`).
-MODULES = ("backbones", "export")
+MODULES = ("backbones", "export", "sweep", "runs", "tune")
 
 
 def command_module(name: str):
@@ -42,10 +42,6 @@ EXAMPLES = {
               ("facetl train --resume runs/smile --epochs 20",
                "continue a killed run, or train a finished one further"),
               ("facetl train --config runs/smile/config.yaml --out runs/smile-again", "rerun a run exactly")],
-    "sweep": [(f"facetl sweep --config configs/study4_smile_mobilenetv2.yaml --data {SMILES} "
-               "--grid strategy=frozen,last-block --out runs/study4", "study 4: two strategies, one split"),
-              (f"facetl sweep --data {SMILES} --weights auto --grid lr=1e-3,1e-4 --folds 5 --out runs/smile-lr",
-               "two learning rates, each cross-validated over 5 folds")],
     "evaluate": [("facetl evaluate runs/smile", "the test split: runs/smile/eval-test/report.md"),
                  ("facetl evaluate runs/smile --split val --tta flip", "the validation split, each image averaged "
                                                                         "with its mirror image")],
@@ -75,20 +71,6 @@ EXAMPLES = {
     "demo": [("facetl demo", "transfer learning in one command: frozen, then fine-tuned, from the best weights"),
              ("facetl demo --source faces", "the offline demo even where ImageNet weights are cached"),
              ("facetl demo --epochs 2 --limit 1000 --pretrain-epochs 2 --out runs/demo-quick", "a quick look")],
-    "runs": [("facetl runs runs/", "every run under runs/ as one table"),
-             ("facetl runs runs/study4 --sort roc_auc --out study4.md", "best ROC-AUC first, as a markdown table")],
-    "tune": [(f"facetl tune --data {SMILES} --weights auto --epochs 5 --space lr=log:1e-5:1e-2 "
-              "--space strategy=frozen,last-block,gradual --trials 30 --out runs/smile-tune",
-              "30 trials of a TPE search; bad ones pruned; runs/smile-tune/best.yaml"),
-             ("facetl train --config runs/smile-tune/best.yaml --out runs/smile-best",
-              "rerun the best trial's configuration"),
-             ("facetl tune --config configs/study4_smile_mobilenetv2.yaml --data ../shared/datasets/SMILEsmileD/SMILEs "
-              "--space lr=log:1e-5:1e-2 --trials 16 --parallel 2 --out runs/study4-tune",
-              "two worker processes sharing one study"),
-             ("facetl tune --config configs/study4_smile_mobilenetv2.yaml --data ../shared/datasets/SMILEsmileD/SMILEs "
-              "--space lr=log:1e-5:1e-2 --trials 32 --out runs/study4-tune --launcher slurm --parallel 4 "
-              "--partition gpu --gpus-per-run 1 --cpus-per-run 8 --time 240 --sbatch account=myproj",
-              "four workers as one SLURM job array")],
     "serve": [("facetl serve runs/smile", "http://127.0.0.1:8000/"),
               ("facetl serve runs/smile --engine onnx --port 0", "the ONNX model, on any free port")],
 }
@@ -111,7 +93,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             add_command(sub, command_module(name))
         else:
             sub.add_parser(name.replace("_", "-"))
-    for add in (_add_training, _add_run_users, _add_explain, _add_data_tools, _add_tools, _add_serve, _add_search):
+    for add in (_add_training, _add_run_users, _add_explain, _add_data_tools, _add_tools, _add_serve):
         add(sub)
     for name, command in sub.choices.items():  # --help ends with examples, kept as written
         if name in EXAMPLES:
@@ -159,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _add_training(sub) -> None:
-    """train and sweep: the commands that make runs."""
+    """train and lr-find: the commands that make runs."""
     train = sub.add_parser("train", help="train one model into a run folder")
     add_config_flags(train)
     train.add_argument("--resume", metavar="RUN", help="continue a killed run from its last finished epoch")
@@ -170,27 +152,6 @@ def _add_training(sub) -> None:
                                              "suggested LR for these training options", epilog=examples_epilog(EXAMPLES["lr-find"]),
                              formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_flags(lr_find)
-
-    sweep = sub.add_parser("sweep", help="every combination of a grid, on one split, with a results table")
-    add_config_flags(sweep)
-    sweep.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
-                       help="a configuration key and its values; repeat for more keys")
-    _add_launch_flags(sweep)
-
-
-def _add_launch_flags(sweep) -> None:
-    """How a sweep's points run: through a launcher (facetl.experiments.launchers)."""
-    from facetl.experiments.launchers import add_launcher_flags
-
-    add_launcher_flags(sweep, "how each point runs",
-                       "points at once (without --launcher: local processes; slurm: the array's parallelism) "
-                       "(default 1 locally, as many as SLURM allows on a cluster)")
-    sweep.add_argument("--nproc", type=whole_number(1, 1024), default=1, metavar="N",
-                       help="train each point with N processes (torchrun inside its job; implies --launcher local)")
-    sweep.add_argument("--status", metavar="DIR", help="show the jobs of the sweep in DIR and rebuild its results "
-                                                       "table, then exit")
-    sweep.add_argument("--detach", action="store_true",
-                       help="slurm: return once the array is submitted (follow with --status)")
 
 
 def _add_run_users(sub) -> None:
@@ -351,44 +312,9 @@ def _add_serve(sub) -> None:
     add_runtime_flags(serve)
 
 
-def _add_search(sub) -> None:
-    """runs and tune: which of many runs was best, and a search that learns from finished runs."""
-    runs = sub.add_parser("runs", help="every run folder under a folder as one table, sortable by any metric")
-    runs.add_argument("dir", metavar="DIR", help="a folder searched for run folders (sweeps, folds, tune studies)")
-    runs.add_argument("--sort", metavar="COLUMN", help="sort by this column, best first: descending for scores, "
-                                                      "ascending for losses and seconds (default: by path)")
-    runs.add_argument("--out", metavar="FILE", help="write the table to FILE.csv or FILE.md instead of printing it")
-    runs.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-
-    tune = sub.add_parser("tune", help="a search of the configuration (Optuna TPE, median pruning on validation "
-                                       "loss) on one split; every trial a run folder, the best one's config written")
-    add_config_flags(tune)
-    tune.add_argument("--space", action="append", default=[], metavar="KEY=SPEC",
-                      help="a key and where to search it: log:LOW:HIGH, float:LOW:HIGH, int:LOW:HIGH or A,B,C; "
-                           "repeat for more keys")
-    tune.add_argument("--trials", type=whole_number(1, 100_000), default=20, metavar="N",
-                      help="trials the study should have, counting earlier ones (default 20)")
-    from facetl.experiments.launchers import add_launcher_flags
-
-    add_launcher_flags(tune, "how the workers sharing the study run",
-                       "workers sharing the study (without --launcher, more than 1: local processes at once on "
-                       "this machine; slurm: the job array's tasks) (default 1)")
-    tune.add_argument("--storage", metavar="URL", help="Optuna RDB storage, e.g. postgresql://... for workers on "
-                                                       "several machines (default sqlite:///OUT/study.db)")
-    tune.add_argument("--startup-trials", type=whole_number(0, 100_000), default=5, metavar="N",
-                      help="trials that finish before the median pruner stops any (default 5)")
-    tune.add_argument("--worker", metavar="DIR", help="run as one worker of the study in DIR until it has its "
-                                                      "trials: what --parallel and cluster launchers start")
-    tune.add_argument("--worker-index", type=whole_number(0, 1_000_000), metavar="K",
-                      help="this worker's number, recorded with its trials (default "
-                           "$SLURM_ARRAY_TASK_ID, or 0)")
-
-
 # What an interrupted command keeps, and how to go on; a command not listed keeps nothing worth saying.
 INTERRUPTED = {"train": "finished epochs are kept (facetl train --resume RUN)",
-               "sweep": "finished runs are kept; the same command goes on from there",
-               "faces": "the crops made so far are kept; the same command goes on from there",
-               "tune": "finished trials are kept in the study; the same command goes on from there"}
+               "faces": "the crops made so far are kept; the same command goes on from there"}
 
 
 def cmd_train(args) -> int:
@@ -433,16 +359,14 @@ def cmd_lr_find(args) -> int:
 
 
 def cmd_folds(args, config: TrainConfig, pictures) -> int:
-    from facetl.experiments.folds import cross_validate
+    """`train --folds K`: cross-validation (facetl.experiments.folds.train_folds), in this process."""
+    from facetl.experiments.folds import train_folds
     from facetl.experiments.run import Launch
 
     if args.nproc > 1:
         raise FacetlError("--folds trains its folds one after another in this process; drop --nproc")
-    config.check()
-    if not config.out:
-        config = dataclasses.replace(config, out=_default_out(config))
-    oom_guard(lambda: cross_validate(config, Launch(pictures=pictures)), config.batch_size)
-    print((Path(config.out) / "results.md").read_text())
+    results = oom_guard(lambda: train_folds(config, Launch(pictures=pictures)), config.batch_size)
+    print(results.read_text())
     return 0
 
 
@@ -502,87 +426,6 @@ def cmd_evaluate(args) -> int:
 
     print(f"{args.split}{tta}: {metric_line(metrics)}  ({metrics['n_images']} images)")
     print(f"report: {out / 'report.md'}")
-    return 0
-
-
-def cmd_sweep(args) -> int:
-    from facetl.commands.evaluate import training_pictures
-    from facetl.experiments.grid import parse_grid
-    from facetl.experiments.launchers import launcher_from_flags
-    from facetl.experiments.run import Launch
-    from facetl.experiments.sweep import sweep
-
-    if args.status:
-        return sweep_status(args)
-    config = config_from_args(args)
-    if not config.out:
-        raise FacetlError("sweep needs --out DIR for its runs and results table")
-    config = tracked_together(config, config.out)  # --track: the points are one MLflow parent run's children
-    grid = parse_grid(args.grid)
-    launcher = launcher_from_flags(args, Path(config.out))
-    sweep(config, grid, config.out, Launch(launcher, args.nproc, args.detach, pictures=training_pictures))
-    if not args.detach:
-        print((Path(config.out) / "results.md").read_text())
-    return 0
-
-
-def sweep_status(args) -> int:
-    from facetl.experiments.sweep import sweep_status as statuses
-
-    from collections import Counter
-
-    out = Path(args.status)
-    rows = [["point", "state", "job", "detail", "log"]] + [[s.name, s.state, s.job_id, s.detail, s.log]
-                                                           for s in statuses(out)]
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    for row in rows:  # the log last, unpadded: it is the long one
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[4])
-    counts = Counter(row[1] for row in rows[1:])
-    print(", ".join(f"{n} {state}" for state, n in counts.items()) + f" of {len(rows) - 1} points")
-    if (out / "results.md").is_file():
-        print(f"results (rebuilt): {out / 'results.md'}")
-    return 0
-
-
-def cmd_runs(args) -> int:
-    from facetl.experiments.runs import best_line, check_table_out, runs_table, text_table, write_table
-
-    out = Path(args.out) if args.out else None
-    if out is not None:
-        refuse_misplaced(out, "--out")  # a table beside the runs, never inside one: a run's folder is its own
-        check_table_out(out, args.overwrite)
-    rows = runs_table(args.dir, args.sort)
-    if out is None:
-        print(text_table(rows), end="")
-    else:
-        write_table(rows, out)
-        print(f"wrote {len(rows)} runs to {out}")
-    print(best_line(rows, args.sort), file=sys.stderr)  # the table alone on stdout, for pipes
-    return 0
-
-
-def cmd_tune(args) -> int:
-    from facetl.commands.evaluate import training_pictures
-    from facetl.evaluate.metrics import best_words, metric
-    from facetl.experiments.launchers import launcher_from_flags
-    from facetl.experiments.run import Launch
-    from facetl.experiments.tune import Search, run_worker, tune, worker_index
-
-    if args.worker:
-        run_worker(args.worker, worker_index(args.worker_index), pictures=training_pictures)
-        return 0
-    config = config_from_args(args)
-    if not config.out:
-        raise FacetlError("tune needs --out DIR for its study, trials and best.yaml")
-    launcher = launcher_from_flags(args, Path(config.out))
-    best = tune(config, Search(args.space, args.trials, args.storage, args.startup_trials), config.out,
-                Launch(launcher, progress=sys.stderr.isatty(), pictures=training_pictures), args.parallel or 1)
-    print((Path(config.out) / "trials.md").read_text(), end="")
-    if best is None:
-        raise FacetlError("no trial finished unpruned yet; rerun to go on, or raise --trials")
-    chosen = metric(best["metric"])
-    print(f"best: {best['run']} ({chosen.label} {best['value']:.4f}, {best_words(best['metric'])}); "
-          f"its config: {Path(config.out) / 'best.yaml'}")
     return 0
 
 
@@ -753,10 +596,9 @@ def cmd_serve(args) -> int:
                                          args.max_connections, args.allowed_hosts, args.max_streams, args.smooth))
 
 
-COMMANDS = {"faces": cmd_faces, "train": cmd_train, "evaluate": cmd_evaluate, "sweep": cmd_sweep, "predict": cmd_predict,
+COMMANDS = {"faces": cmd_faces, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
             "inspect": cmd_inspect, "cache": cmd_cache, "demo": cmd_demo,
-            "explain": cmd_explain, "serve": cmd_serve, "lr-find": cmd_lr_find,
-            "runs": cmd_runs, "tune": cmd_tune}
+            "explain": cmd_explain, "serve": cmd_serve, "lr-find": cmd_lr_find}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -85,6 +85,16 @@ def cross_validate(config: TrainConfig, launch: Launch | None = None) -> dict:
     return summary([read_run(t.folder, t.name) for t in trials])
 
 
+def train_folds(config: TrainConfig, launch: Launch | None = None) -> Path:
+    """What `facetl train --folds K` runs: cross_validate into --out (or the default run folder); returns the path
+    of its results.md."""
+    config.check()
+    if not config.out:
+        config = dataclasses.replace(config, out=default_out(config))
+    cross_validate(config, launch)
+    return Path(config.out) / "results.md"
+
+
 def fold_trials(config: TrainConfig, out: Path, log=print, progress: bool = True, prefix: str = "") -> list[Trial]:
     """Each fold as a trial (named PREFIX + fold-i), its split.csv written into its folder (kept when a rerun finds
     one): ordinary runs that any launcher can train. Bad data is refused before OUT exists."""

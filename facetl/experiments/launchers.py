@@ -14,15 +14,18 @@ from facetl.experiments.launcher import Launcher, registered
 from facetl.flags import whole_number
 
 
-def add_launcher_flags(parser, what: str, parallel_help: str) -> None:
-    """--launcher, --parallel and every launcher's own flags: sweep's (a job per point), tune's (a job per worker)."""
+def add_launcher_flags(parser, title: str, what: str, parallel_help: str):
+    """--launcher and --parallel in a --help group `title` (returned, for the command's own job flags), and each
+    launcher's own flags in its own group: sweep's (a job per point), tune's (a job per worker)."""
     names = list(registered())
     default = next(name for name, cls in registered().items() if cls.default)
-    parser.add_argument("--launcher", choices=names,
-                        help=f"{what}: {', '.join(names)} (default: {default}, unless --parallel asks for more)")
-    parser.add_argument("--parallel", type=whole_number(1, 1024), metavar="N", help=parallel_help)
+    group = parser.add_argument_group(title)
+    group.add_argument("--launcher", choices=names,
+                       help=f"{what}: {', '.join(names)} (default: {default}, unless --parallel asks for more)")
+    group.add_argument("--parallel", type=whole_number(1, 1024), metavar="N", help=parallel_help)
     for cls in registered().values():
         cls.add_arguments(parser)
+    return group
 
 
 def launcher_from_flags(args, out: Path) -> Launcher:
