@@ -11,7 +11,7 @@ import warnings
 from datetime import datetime
 from pathlib import Path
 
-from facetl.config import (BOUNDS, FIELDS, HELP, RECIPE_KEYS, TrainConfig, build_config, load_yaml, tracked_together,
+from facetl.config import (BOUNDS, FIELDS, HELP, RECIPE_KEYS, TRACKING_KEYS, TrainConfig, build_config, load_yaml,
                            with_old_recipe)
 from facetl.errors import FacetlError
 from facetl.inference.tta import TTA_HELP, TTA_MODES
@@ -58,6 +58,11 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(flag, dest=name, default=argparse.SUPPRESS, metavar=name.upper(),
                             nargs="+" if "list" in str(field.type) else None,
                             help=f"{HELP.get(name, '')} (default: {_default(name)})")
+    from facetl.track.settings import HELP as TRACKING_HELP
+
+    for name in TRACKING_KEYS:  # the command's tracking settings (facetl/track/settings.py), not the run's config
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS, metavar=name.upper(),
+                            nargs="+" if name == "track" else None, help=f"{TRACKING_HELP[name]} (default: none)")
 
 
 DEFAULTS = TrainConfig()
@@ -488,15 +493,17 @@ def cmd_train(args) -> int:
             return 0
     else:
         config = config_from_args(args)
-    from facetl.commands.evaluate import training_pictures
+    from facetl.commands.evaluate import TrainingPictures
+    from facetl.track import callbacks_for, tracking_from
 
+    tracking = tracking_from(args)
     if config.folds and not args.resume:
-        return cmd_folds(args, config, training_pictures)
+        return cmd_folds(args, config, tracking)
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
-        return launch_torchrun(args, config)
+        return launch_torchrun(args, config, callbacks_for(tracking))
 
-    _oom_guard(lambda: fit(config, resume=bool(args.resume), progress=True, pictures=training_pictures),
-               config.batch_size)
+    callbacks = [TrainingPictures(), *callbacks_for(tracking)]
+    _oom_guard(lambda: fit(config, resume=bool(args.resume), progress=True, callbacks=callbacks), config.batch_size)
     return 0
 
 
@@ -516,20 +523,23 @@ def cmd_lr_find(args) -> int:
     return 0
 
 
-def cmd_folds(args, config: TrainConfig, pictures) -> int:
+def cmd_folds(args, config: TrainConfig, tracking) -> int:
+    from facetl.commands.evaluate import TrainingPictures
     from facetl.commands.folds import cross_validate
+    from facetl.track import callbacks_for
 
     if args.nproc > 1:
         raise FacetlError("--folds trains its folds one after another in this process; drop --nproc")
     config.check()
     if not config.out:
         config = dataclasses.replace(config, out=_default_out(config))
-    _oom_guard(lambda: cross_validate(config, progress=True, pictures=pictures), config.batch_size)
+    callbacks = [TrainingPictures(), *callbacks_for(tracking.together(config.out))]  # folds: one MLflow parent
+    _oom_guard(lambda: cross_validate(config, progress=True, callbacks=callbacks), config.batch_size)
     print((Path(config.out) / "results.md").read_text())
     return 0
 
 
-def launch_torchrun(args, config: TrainConfig) -> int:
+def launch_torchrun(args, config: TrainConfig, callbacks=()) -> int:
     """Check the input here (one clear line on bad input), then run this same command under torchrun."""
     from facetl.data.prepare import read_samples
     from facetl.data.spec import data_spec
@@ -537,7 +547,8 @@ def launch_torchrun(args, config: TrainConfig) -> int:
     from facetl.train.fit import check_output_places
 
     config.check()
-    check_output_places(config, config.out or _default_out(config), "--out" if config.out else "the default --out")
+    check_output_places(config, config.out or _default_out(config), "--out" if config.out else "the default --out",
+                        callbacks=callbacks)
     read_samples(data_spec(config))
     pretrained_input(config.backbone)  # an unknown backbone is refused here, without building one
     if not config.out:
@@ -602,15 +613,16 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from facetl.commands.evaluate import training_pictures
+    from facetl.commands.evaluate import TrainingPictures
     from facetl.commands.sweep import parse_grid, sweep
+    from facetl.track import callbacks_for, tracking_from
 
     if args.status:
         return sweep_status(args)
     config = config_from_args(args)
     if not config.out:
         raise FacetlError("sweep needs --out DIR for its runs and results table")
-    config = tracked_together(config, config.out)  # --track: the points are one MLflow parent run's children
+    tracking = tracking_from(args).together(config.out)  # --track: the points are one MLflow parent run's children
     grid = parse_grid(args.grid)
     if args.detach and (args.launcher or "local") != "slurm":
         raise FacetlError("--detach is for --launcher slurm (local jobs end with the sweep)")
@@ -618,15 +630,15 @@ def cmd_sweep(args) -> int:
     if launcher is not None:
         from facetl.commands.sweep_jobs import launch_sweep
 
-        launch_sweep(config, grid, config.out, launcher, args.nproc, args.detach)
+        launch_sweep(config, grid, config.out, launcher, args.nproc, args.detach, tracking=tracking.values())
         if args.detach:
             return 0
     elif config.folds:
         from facetl.commands.folds import sweep_folds
 
-        sweep_folds(config, grid, config.out, progress=True, pictures=training_pictures)
+        sweep_folds(config, grid, config.out, progress=True, callbacks=[TrainingPictures(), *callbacks_for(tracking)])
     else:
-        sweep(config, grid, config.out, progress=True, pictures=training_pictures)
+        sweep(config, grid, config.out, progress=True, callbacks=[TrainingPictures(), *callbacks_for(tracking)])
     print((Path(config.out) / "results.md").read_text())
     return 0
 
@@ -687,18 +699,18 @@ def cmd_runs(args) -> int:
 
 
 def cmd_tune(args) -> int:
-    from facetl.commands.evaluate import training_pictures
+    from facetl.commands.evaluate import TrainingPictures
     from facetl.commands.tune import run_worker, tune, worker_index
 
     if args.worker:
-        run_worker(args.worker, worker_index(args.worker_index), pictures=training_pictures)
+        run_worker(args.worker, worker_index(args.worker_index), callbacks=[TrainingPictures()])
         return 0
     config = config_from_args(args)
     if not config.out:
         raise FacetlError("tune needs --out DIR for its study, trials and best.yaml")
     launcher = launcher_from_flags(args, Path(config.out), implied_local=(args.parallel or 1) > 1)
     best = tune(config, args.space, config.out, args.trials, launcher, args.parallel or 1, args.storage,
-                args.startup_trials, progress=sys.stderr.isatty(), pictures=training_pictures)
+                args.startup_trials, progress=sys.stderr.isatty(), callbacks=[TrainingPictures()])
     print((Path(config.out) / "trials.md").read_text(), end="")
     if best is None:
         raise FacetlError("no trial finished unpruned yet; rerun to go on, or raise --trials")
@@ -890,12 +902,12 @@ def cmd_export(args) -> int:
 
 def cmd_demo(args) -> int:
     from facetl.commands.demo import DemoOptions, run_demo
-    from facetl.commands.evaluate import training_pictures
+    from facetl.commands.evaluate import TrainingPictures
 
     options = DemoOptions(Path(args.out), args.source, args.epochs, args.limit,
                           Path(args.data) if args.data else None, args.pretrain_epochs, args.pretrain_limit,
                           Path(args.pretrain_data) if args.pretrain_data else None)
-    result = run_demo(options, pictures=training_pictures, progress=sys.stderr.isatty())
+    result = run_demo(options, callbacks=[TrainingPictures()], progress=sys.stderr.isatty())
     print()
     print(result.table)
     print("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items()))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facetl.config import TrainConfig, tracked_together
+from facetl.config import TrainConfig
 from facetl.data.prepare import cache_folder, open_store_together, read_samples, write_split
 from facetl.data.samples import Samples, stratified_limit
 from facetl.data.spec import data_spec
@@ -66,19 +66,19 @@ def make_fold_splits(config: TrainConfig, log=print, progress: bool = True) -> F
     return Folds(usable, assignments)
 
 
-def cross_validate(config: TrainConfig, progress: bool = True, log=print, pictures=None) -> dict:
+def cross_validate(config: TrainConfig, progress: bool = True, log=print, callbacks=()) -> dict:
     """Train config.folds runs into OUT/fold-1..K; write OUT/results.md and results.csv; return the mean row."""
     config.check()
     if not config.folds:
         raise FacetlError("cross_validate needs folds (2 or more)")
     out = Path(config.out or default_out(config))
-    check_output_places(config, out, "--out" if config.out else "the default --out", run=False)
+    check_output_places(config, out, "--out" if config.out else "the default --out", run=False, callbacks=callbacks)
     rows = []
     for name, folder, fold_config in fold_runs(config, out, log, progress):
         if (folder / "metrics.json").is_file():
             log(f"  finished earlier: {folder / 'metrics.json'}")
         else:
-            fit(fold_config, resume=(folder / "last.pt").is_file(), progress=progress, pictures=pictures)
+            fit(fold_config, resume=(folder / "last.pt").is_file(), progress=progress, callbacks=callbacks)
         rows.append(run_row(name, folder))
         write_fold_results(out, rows, config)
     return summary(rows)
@@ -89,7 +89,6 @@ def fold_runs(config: TrainConfig, out: Path, log=print, progress: bool = True) 
     ordinary runs that a launcher can start as `facetl train`. Bad data is refused before OUT exists."""
     folds = make_fold_splits(config, log, progress)
     out = prepare_run_folder(out)
-    config = tracked_together(config, out)  # --track: the folds are one MLflow parent run's children
     runs = []
     for number, assignment in enumerate(folds.assignments, start=1):
         name = f"fold-{number}"
@@ -155,14 +154,14 @@ def write_fold_results(out: Path, rows: list[dict], config: TrainConfig) -> None
 
 
 def sweep_folds(base: TrainConfig, grid: dict[str, list[str]], out: str | Path, progress: bool = True, log=print,
-                pictures=None) -> list[dict]:
+                callbacks=()) -> list[dict]:
     """Every grid point cross-validated into OUT/POINT/fold-1..K; OUT/results.md has mean ± std per point."""
     configs = grid_configs(base, grid, out)
     out = Path(out)
     rows = []
     for number, (name, config) in enumerate(configs, start=1):
         log(f"[{number}/{len(configs)}] {name}")
-        total = cross_validate(dataclasses.replace(config, out=str(out / name)), progress, log, pictures)
+        total = cross_validate(dataclasses.replace(config, out=str(out / name)), progress, log, callbacks)
         rows.append({"run": name, **total, "results": str(out / name / "results.md")})
         write_sweep_results(out, rows, base)
     return rows

@@ -74,24 +74,24 @@ def refuse_same_points(configs: list[tuple[str, TrainConfig]]) -> None:
 
 
 def sweep(base: TrainConfig, grid: dict[str, list[str]], out: str | Path, progress: bool = True,
-          log=print, pictures=None) -> list[dict]:
-    return sweep_points(grid_configs(base, grid, out), out, progress, log, pictures)
+          log=print, callbacks=()) -> list[dict]:
+    return sweep_points(grid_configs(base, grid, out), out, progress, log, callbacks)
 
 
 def sweep_points(configs: list[tuple[str, TrainConfig]], out: str | Path, progress: bool = True, log=print,
-                 pictures=None) -> list[dict]:
+                 callbacks=()) -> list[dict]:
     """Train each (name, config) into OUT/name on the first one's split, as a grid's points are."""
     created = not Path(out).exists()
     out = prepare_run_folder(out)
     try:
-        return _sweep(configs, out, progress, log, pictures)
+        return _sweep(configs, out, progress, log, callbacks)
     except FacetlError:
         if created and not any(out.iterdir()):  # refused before any run began: leave nothing behind
             out.rmdir()
         raise
 
 
-def _sweep(configs: list[tuple[str, TrainConfig]], out: Path, progress: bool, log, pictures) -> list[dict]:
+def _sweep(configs: list[tuple[str, TrainConfig]], out: Path, progress: bool, log, callbacks) -> list[dict]:
     rows, split_file = [], None
     for number, (name, config) in enumerate(configs, start=1):
         folder = out / name
@@ -101,7 +101,7 @@ def _sweep(configs: list[tuple[str, TrainConfig]], out: Path, progress: bool, lo
         if (folder / "metrics.json").is_file():
             log(f"  finished earlier: {folder / 'metrics.json'}")
         else:
-            fit(config, resume=(folder / "last.pt").is_file(), progress=progress, pictures=pictures)
+            fit(config, resume=(folder / "last.pt").is_file(), progress=progress, callbacks=callbacks)
         split_file = split_file or folder / "split.csv"
         rows.append(run_row(name, folder))
         write_results(out, rows)

@@ -42,7 +42,8 @@ def finished(folder: Path) -> bool:
 
 
 def launch_sweep(base: TrainConfig, grid: dict[str, list[str]], out: str | Path, launcher, nproc: int = 1,
-                 detach: bool = False, log=print, progress: bool = True) -> list[JobStatus]:
+                 detach: bool = False, log=print, progress: bool = True, tracking: dict | None = None
+                 ) -> list[JobStatus]:
     """Train every point of the grid through `launcher` (facetl.launch); write OUT/results.md as they finish.
     `detach`: return once submitted (SLURM), for `--status` to follow. Points that did not finish are one
     FacetlError line at the end (the others' results are written)."""
@@ -73,7 +74,7 @@ def launch_sweep(base: TrainConfig, grid: dict[str, list[str]], out: str | Path,
             log(f"[{number}/{len(points)}] {point.name}: still {now.state} as job {now.job_id}")
             waiting.append(now)
         else:
-            jobs.append(Job(point.name, point_command(point, nproc), point.folder, nproc))
+            jobs.append(Job(point.name, point_command(point, nproc, tracking), point.folder, nproc))
 
     def changed(status: JobStatus) -> None:
         book.update(status)
@@ -129,14 +130,15 @@ def fold_points(configs: list[tuple[str, TrainConfig]], out: Path, log, progress
                                                        out / name, log, progress)]
 
 
-def point_command(point: Point, nproc: int) -> list[str]:
-    """`facetl train` for the point, as a fresh process: resumed where a killed run left last.pt."""
+def point_command(point: Point, nproc: int, tracking: dict | None = None) -> list[str]:
+    """`facetl train` for the point, as a fresh process: resumed where a killed run left last.pt. Its config.yaml
+    carries the sweep's tracking settings (`tracking`, facetl.track.settings) beside the run's config."""
     command = [sys.executable, "-m", "facetl", "train"]
     if (point.folder / "last.pt").is_file():
         command += ["--resume", str(point.folder)]
     else:
         point.folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(point.folder / "config.yaml", dump_yaml(with_absolute_paths(point.config)))
+        atomic_write_text(point.folder / "config.yaml", dump_yaml(with_absolute_paths(point.config), tracking))
         command += ["--config", str(point.folder / "config.yaml"), "--out", str(point.folder)]
     return command + (["--nproc", str(nproc)] if nproc > 1 else [])
 

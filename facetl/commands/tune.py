@@ -2,7 +2,7 @@
 
 A search that learns from finished runs: Optuna's TPE sampler proposes each trial's values, a median pruner stops
 a trial whose validation loss at an epoch is worse than the median of earlier trials at that epoch (heard
-through fit's observers, so the stopped run is still a whole run folder whose run.json says why), and the
+through fit's callbacks, so the stopped run is still a whole run folder whose run.json says why), and the
 study lives in an RDB storage (SQLite in DIR unless --storage names another), so rerunning continues it and any
 number of workers share it.
 
@@ -313,7 +313,7 @@ def trial_seeded_sampler(optuna, seed: int):
 
 
 class PruneTrial:
-    """The run observer of one trial: each epoch's validation loss goes to Optuna, whose median pruner may stop it."""
+    """The run callback of one trial: each epoch's validation loss goes to Optuna, whose median pruner may stop it."""
 
     def __init__(self, trial):
         self.trial, self.reason = trial, None
@@ -321,7 +321,7 @@ class PruneTrial:
     def run_started(self, config, record, folder, resumed_after) -> None:
         pass
 
-    def epoch_ended(self, row: dict, best: dict) -> str | None:
+    def on_epoch_end(self, row: dict, best: dict) -> str | None:
         self.trial.report(row["val_loss"], row["epoch"])
         if self.trial.should_prune():
             self.reason = (f"pruned (trial {self.trial.number}: val loss {row['val_loss']:.4f} at epoch "
@@ -348,7 +348,7 @@ def worker_index(given: int | None) -> int:
     return int(task) if task.isdigit() else 0
 
 
-def run_worker(folder: str | Path, index: int = 0, progress: bool = False, log=print, pictures=None) -> int:
+def run_worker(folder: str | Path, index: int = 0, progress: bool = False, log=print, callbacks=()) -> int:
     """Run trials of DIR's study until it has its --trials (finished, pruned or running); returns how many this
     worker ran. An error in a trial marks it FAIL in the study and ends the worker with that error."""
     study = read_study(Path(folder).expanduser().resolve())
@@ -362,7 +362,7 @@ def run_worker(folder: str | Path, index: int = 0, progress: bool = False, log=p
                 break
             # one trial a call: optimize keeps the trial's heartbeat and marks it FAIL on an error (re-raised)
             made = []
-            loaded.optimize(lambda trial: run_trial(study, trial, progress, log, pictures, index), n_trials=1,
+            loaded.optimize(lambda trial: run_trial(study, trial, progress, log, callbacks, index), n_trials=1,
                             catch=(), callbacks=[lambda _, trial: made.append(trial)])
             if made[-1].user_attrs.get(SURPLUS):
                 break  # another worker made the study's last trial between the count above and this one
@@ -383,7 +383,7 @@ def surplus(study: Study, trial) -> bool:
     return sum(t.number < trial.number for t in counted_trials(trial.study)) >= study.trials
 
 
-def run_trial(study: Study, trial, progress: bool, log, pictures, worker: int = 0) -> float:
+def run_trial(study: Study, trial, progress: bool, log, callbacks, worker: int = 0) -> float:
     """One trial: its values on the base config, trained as the run folder DIR/trial-NNN on the study's split;
     the objective is the validation loss at the epoch the run selected."""
     from facetl.train.fit import fit
@@ -399,7 +399,7 @@ def run_trial(study: Study, trial, progress: bool, log, pictures, worker: int = 
     observer = PruneTrial(trial)
     with shared_split(study, folder) as split_file:
         config = dataclasses.replace(build_config(values, study.base), out=str(folder), split_file=split_file)
-        fit(config, progress=progress, observers=[observer], pictures=pictures)
+        fit(config, progress=progress, callbacks=[observer, *callbacks])
     val_loss, _ = selected_validation(folder)
     if observer.reason:
         log(f"trial {trial.number}: {observer.reason}")
@@ -582,7 +582,7 @@ def _last_line(path: Path) -> str:
 
 def tune(base: TrainConfig, space_items: list[str], out: str | Path, trials: int, launcher=None, workers: int = 1,
          storage: str | None = None, startup_trials: int = 5, progress: bool = False, log=print,
-         pictures=None) -> dict | None:
+         callbacks=()) -> dict | None:
     """Start or continue DIR's study, run its trials (here, or in `workers` workers started through
     `launcher`), and write trials.csv, trials.md and best.yaml. Returns the best trial (None when no trial
     finished)."""
@@ -590,5 +590,5 @@ def tune(base: TrainConfig, space_items: list[str], out: str | Path, trials: int
     if launcher is not None:
         launch_workers(study, launcher, workers, log)
     else:
-        run_worker(study.folder, 0, progress, log, pictures)
+        run_worker(study.folder, 0, progress, log, callbacks)
     return write_results(study, open_study(study))

@@ -43,6 +43,7 @@ class RunInfo:
     record: RunRecord       # the run's record; fit fills in its threshold, calibration and stop as they happen
     resumed_after: int      # the last finished epoch of a resumed run, 0 for a new run
     runtime: Runtime        # where it runs
+    log: Callable[[str], None]  # a line above any progress bar, kept in the run's train.log
 
 
 @dataclass(frozen=True)
