@@ -14,7 +14,7 @@ import warnings
 from datetime import datetime
 from pathlib import Path
 
-from facetl.config import HELP, TrainConfig, tracked_together
+from facetl.config import HELP, TrainConfig
 from facetl.errors import FacetlError
 from facetl.flags import (DEFAULTS, Parser, RANGE, add_config_flags, add_runtime_flags, config_from_args, examples_epilog,
                           oom_guard, whole_number)
@@ -330,15 +330,17 @@ def cmd_train(args) -> int:
             return 0
     else:
         config = config_from_args(args)
-    from facetl.commands.evaluate import training_pictures
+    from facetl.commands.evaluate import TrainingPictures
+    from facetl.track import callbacks_for, tracking_from
 
+    tracking = tracking_from(args)
     if config.folds and not args.resume:
-        return cmd_folds(args, config, training_pictures)
+        return cmd_folds(args, config, tracking)
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
-        return launch_torchrun(args, config)
+        return launch_torchrun(args, config, callbacks_for(tracking))
 
-    oom_guard(lambda: fit(config, resume=bool(args.resume), progress=True, pictures=training_pictures),
-               config.batch_size)
+    callbacks = [TrainingPictures(), *callbacks_for(tracking)]
+    oom_guard(lambda: fit(config, resume=bool(args.resume), progress=True, callbacks=callbacks), config.batch_size)
     return 0
 
 
@@ -358,19 +360,24 @@ def cmd_lr_find(args) -> int:
     return 0
 
 
-def cmd_folds(args, config: TrainConfig, pictures) -> int:
+def cmd_folds(args, config: TrainConfig, tracking) -> int:
     """`train --folds K`: cross-validation (facetl.experiments.folds.train_folds), in this process."""
+    from facetl.commands.evaluate import TrainingPictures
     from facetl.experiments.folds import train_folds
     from facetl.experiments.run import Launch
+    from facetl.track import callbacks_for
 
     if args.nproc > 1:
         raise FacetlError("--folds trains its folds one after another in this process; drop --nproc")
-    results = oom_guard(lambda: train_folds(config, Launch(pictures=pictures)), config.batch_size)
+    if not config.out:
+        config = dataclasses.replace(config, out=_default_out(config))
+    callbacks = [TrainingPictures(), *callbacks_for(tracking.together(config.out))]  # folds: one MLflow parent
+    results = oom_guard(lambda: train_folds(config, Launch(callbacks=callbacks)), config.batch_size)
     print(results.read_text())
     return 0
 
 
-def launch_torchrun(args, config: TrainConfig) -> int:
+def launch_torchrun(args, config: TrainConfig, callbacks=()) -> int:
     """Check the input here (one clear line on bad input), then run this same command under torchrun."""
     from facetl.data.prepare import read_samples
     from facetl.data.spec import data_spec
@@ -378,7 +385,8 @@ def launch_torchrun(args, config: TrainConfig) -> int:
     from facetl.train.fit import check_output_places
 
     config.check()
-    check_output_places(config, config.out or _default_out(config), "--out" if config.out else "the default --out")
+    check_output_places(config, config.out or _default_out(config), "--out" if config.out else "the default --out",
+                        callbacks=callbacks)
     read_samples(data_spec(config))
     pretrained_input(config.backbone)  # an unknown backbone is refused here, without building one
     if not config.out:
@@ -574,12 +582,12 @@ def cmd_explain(args) -> int:
 
 def cmd_demo(args) -> int:
     from facetl.commands.demo import DemoOptions, run_demo
-    from facetl.commands.evaluate import training_pictures
+    from facetl.commands.evaluate import TrainingPictures
 
     options = DemoOptions(Path(args.out), args.source, args.epochs, args.limit,
                           Path(args.data) if args.data else None, args.pretrain_epochs, args.pretrain_limit,
                           Path(args.pretrain_data) if args.pretrain_data else None)
-    result = run_demo(options, pictures=training_pictures, progress=sys.stderr.isatty())
+    result = run_demo(options, callbacks=[TrainingPictures()], progress=sys.stderr.isatty())
     print()
     print(result.table)
     print("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items()))

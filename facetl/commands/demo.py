@@ -89,7 +89,7 @@ class DemoResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def run_demo(options: DemoOptions, pictures=None, progress: bool = True, log=print) -> DemoResult:
+def run_demo(options: DemoOptions, callbacks=(), progress: bool = True, log=print) -> DemoResult:
     began, seconds = time.perf_counter(), {}
     if options.data is not None and not Path(options.data).is_dir():  # before any training
         raise FacetlError(f"--data {options.data}: not a folder of class folders")
@@ -111,7 +111,7 @@ def run_demo(options: DemoOptions, pictures=None, progress: bool = True, log=pri
         pretrain = _sized(pretrain_values, options.pretrain_epochs, options.pretrain_limit)
         log(f"pretraining the backbone on {_task(pretrain)} instead of ImageNet ({why_not})")
         t0 = time.perf_counter()
-        folder = _fit_or_reuse(pretrain, out / "faces" / "pretrain", pictures, progress, log)
+        folder = _fit_or_reuse(pretrain, out / "faces" / "pretrain", callbacks, progress, log)
         seconds["pretraining on faces"] = time.perf_counter() - t0
         weights = _pretraining_words(folder, pretrain, why_not)
         target = _target_config(TRANSFER, options, {"weights": str(folder.resolve())}, data)
@@ -119,7 +119,7 @@ def run_demo(options: DemoOptions, pictures=None, progress: bool = True, log=pri
     arms = _arms(source, target)
     t0 = time.perf_counter()
     folder = _sweep_folder(arms, out / source / task, log)
-    rows = sweep_configs(arms, folder, Launch(progress=progress, pictures=pictures, log=log))
+    rows = sweep_configs(arms, folder, Launch(progress=progress, callbacks=callbacks, log=log))
     seconds[f"{task}: " + ", ".join(name.removeprefix("strategy-") for name, _ in arms)] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - began
     rows = [{**r, **_more(folder / r["run"])} for r in rows]
@@ -302,7 +302,7 @@ def _fresh(base: Path, fits) -> Path:
     return candidate
 
 
-def _fit_or_reuse(config: TrainConfig, base: Path, pictures, progress: bool, log) -> Path:
+def _fit_or_reuse(config: TrainConfig, base: Path, callbacks, progress: bool, log) -> Path:
     def fits(folder: Path):
         return difference(folder, config)
 
@@ -313,7 +313,7 @@ def _fit_or_reuse(config: TrainConfig, base: Path, pictures, progress: bool, log
         log(f"reusing finished run {folder} (same resolved configuration)")
         return folder
     fit(dataclasses.replace(config, out=str(folder)), resume=(folder / "last.pt").is_file(), progress=progress,
-        pictures=pictures)
+        callbacks=callbacks)
     return folder
 
 

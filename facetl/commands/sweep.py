@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from facetl.config import tracked_together
 from facetl.errors import FacetlError
 from facetl.experiments.grid import parse_grid
 from facetl.experiments.launchers import add_launcher_flags, launcher_from_flags
 from facetl.experiments.run import Launch
 from facetl.experiments.sweep import sweep, sweep_status
 from facetl.flags import add_config_flags, config_from_args, whole_number
+from facetl.track import callbacks_for, tracking_from
 
 NAME = "sweep"
 SUMMARY = "every combination of a grid, on one split, with a results table"
@@ -40,17 +40,18 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from facetl.commands.evaluate import training_pictures  # the Grad-CAM gallery: a callback once train has them
+    from facetl.commands.evaluate import TrainingPictures  # the Grad-CAM gallery (a callback)
 
     if args.status:
         return show_status(Path(args.status))
     config = config_from_args(args)
     if not config.out:
         raise FacetlError("sweep needs --out DIR for its runs and results table")
-    config = tracked_together(config, config.out)  # --track: the points are one MLflow parent run's children
+    tracking = tracking_from(args).together(config.out)  # --track: the points are one MLflow parent run's children
     grid = parse_grid(args.grid)
     launcher = launcher_from_flags(args, Path(config.out))
-    sweep(config, grid, config.out, Launch(launcher, args.nproc, args.detach, pictures=training_pictures))
+    sweep(config, grid, config.out, Launch(launcher, args.nproc, args.detach, callbacks=[
+        TrainingPictures(), *callbacks_for(tracking)], tracking=tracking.values()))
     if not args.detach:
         print((Path(config.out) / "results.md").read_text())
     return 0

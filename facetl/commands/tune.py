@@ -32,7 +32,8 @@ INTERRUPTED = "finished trials are kept in the study; the same command goes on f
 
 
 def add_arguments(parser) -> None:
-    add_config_flags(parser, exclude=("folds",))  # a trial is one run on one split
+    # a trial is one run on one split; its trials are not tracked
+    add_config_flags(parser, exclude=("folds", "track", "track_dir", "tracking_uri", "track_group"))
     search = parser.add_argument_group("search")
     search.add_argument("--space", action="append", default=[], metavar="KEY=SPEC",
                         help="a key and where to search it: log:LOW:HIGH, float:LOW:HIGH, int:LOW:HIGH or A,B,C; "
@@ -53,17 +54,17 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from facetl.commands.evaluate import training_pictures  # the Grad-CAM gallery: a callback once train has them
+    from facetl.commands.evaluate import TrainingPictures  # the Grad-CAM gallery (a callback)
 
     if args.worker:
-        run_worker(args.worker, worker_index(args.worker_index), pictures=training_pictures)
+        run_worker(args.worker, worker_index(args.worker_index), callbacks=[TrainingPictures()])
         return 0
     config = config_from_args(args)
     if not config.out:
         raise FacetlError("tune needs --out DIR for its study, trials and best.yaml")
     launcher = launcher_from_flags(args, Path(config.out))
     best = tune(config, Search(args.space, args.trials, args.storage, args.startup_trials), config.out,
-                Launch(launcher, progress=sys.stderr.isatty(), pictures=training_pictures), args.parallel or 1)
+                Launch(launcher, progress=sys.stderr.isatty(), callbacks=[TrainingPictures()]), args.parallel or 1)
     print((Path(config.out) / "trials.md").read_text(), end="")
     if best is None:
         raise FacetlError("no trial finished unpruned yet; rerun to go on, or raise --trials")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facetl.config import TrainConfig, tracked_together
+from facetl.config import TrainConfig
 from facetl.data.prepare import cache_folder, open_store_together, read_samples, write_split
 from facetl.data.samples import Samples, stratified_limit
 from facetl.data.spec import data_spec
@@ -72,7 +72,8 @@ def cross_validate(config: TrainConfig, launch: Launch | None = None) -> dict:
     if not config.folds:
         raise FacetlError("cross_validate needs folds (2 or more)")
     out = Path(config.out or default_out(config))
-    check_output_places(config, out, "--out" if config.out else "the default --out", run=False)
+    check_output_places(config, out, "--out" if config.out else "the default --out", run=False,
+                        callbacks=launch.callbacks)
     trials = fold_trials(config, out, launch.log, launch.progress)
     book = JobBook(out / JOBS_FILE, meta={"points": [t.name for t in trials]})
 
@@ -100,7 +101,6 @@ def fold_trials(config: TrainConfig, out: Path, log=print, progress: bool = True
     one): ordinary runs that any launcher can train. Bad data is refused before OUT exists."""
     folds = make_fold_splits(config, log, progress)
     out = prepare_run_folder(out)
-    config = tracked_together(config, out)  # --track: the folds are one MLflow parent run's children
     runs = []
     for number, assignment in enumerate(folds.assignments, start=1):
         name = f"fold-{number}"

@@ -8,7 +8,7 @@ rewrites its results tables then).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 from facetl.errors import FacetlError
 from facetl.experiments.inprocess import InProcessLauncher
@@ -25,7 +25,8 @@ class Launch:
     nproc: int = 1                    # processes per trial (torchrun inside its job)
     detach: bool = False              # return once submitted, for `--status` to follow (detaching launchers)
     progress: bool = True             # progress bars for trials trained in this process
-    pictures: Callable | None = None  # Grad-CAM pictures for trials trained in this process
+    callbacks: Sequence = ()          # fit's callbacks for trials trained in this process (trackers, pictures)
+    tracking: dict | None = None      # the tracking settings a trial trained in a process of its own is given
     log: Callable[[str], None] = print
 
 
@@ -45,7 +46,7 @@ def run_trials(trials: list[Trial], book: JobBook, launch: Launch, on_end: Calla
         else:
             if launcher.in_this_process:
                 log(f"[{number}/{len(trials)}] {trial.name}")
-            jobs.append(trial.job(launch.nproc, launch.progress, launch.pictures))
+            jobs.append(trial.job(launch))
 
     def changed(status: JobStatus) -> None:
         book.update(status)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Sequence
 
 from facetl.config import TrainConfig, dump_yaml, with_absolute_paths
 from facetl.experiments.jobs import Job
@@ -27,24 +27,26 @@ class Trial:
     def finished(self) -> bool:
         return (self.folder / "metrics.json").is_file()
 
-    def command(self, nproc: int = 1) -> list[str]:
-        """`facetl train` for the trial, as a fresh process: resumed where a killed run left last.pt."""
+    def command(self, nproc: int = 1, tracking: dict | None = None) -> list[str]:
+        """`facetl train` for the trial, as a fresh process: resumed where a killed run left last.pt. Its
+        config.yaml carries the experiment's tracking settings (`tracking`) beside the run's config."""
         command = [sys.executable, "-m", "facetl", "train"]
         if (self.folder / "last.pt").is_file():
             command += ["--resume", str(self.folder)]
         else:
             self.folder.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.folder / "config.yaml", dump_yaml(with_absolute_paths(self.config)))
+            atomic_write_text(self.folder / "config.yaml", dump_yaml(with_absolute_paths(self.config), tracking))
             command += ["--config", str(self.folder / "config.yaml"), "--out", str(self.folder)]
         return command + (["--nproc", str(nproc)] if nproc > 1 else [])
 
-    def train_here(self, progress: bool = True, pictures: Callable | None = None) -> None:
+    def train_here(self, progress: bool = True, callbacks: Sequence = ()) -> None:
         """Train it in this process, resuming where a killed run left last.pt."""
         from facetl.train.fit import fit
 
-        fit(self.config, resume=(self.folder / "last.pt").is_file(), progress=progress, pictures=pictures)
+        fit(self.config, resume=(self.folder / "last.pt").is_file(), progress=progress, callbacks=callbacks)
 
-    def job(self, nproc: int = 1, progress: bool = True, pictures: Callable | None = None) -> Job:
-        """The job any launcher runs: its command, and the same work as a call for the in-process launcher."""
-        return Job(self.name, self.command(nproc), self.folder, nproc,
-                   here=lambda: self.train_here(progress, pictures))
+    def job(self, launch) -> Job:
+        """The job any launcher runs, as `launch` (facetl.experiments.run.Launch) asks: its command, and the same
+        work as a call for the in-process launcher."""
+        return Job(self.name, self.command(launch.nproc, launch.tracking), self.folder, launch.nproc,
+                   here=lambda: self.train_here(launch.progress, launch.callbacks))

@@ -2,7 +2,7 @@
 
 A search that learns from finished runs: Optuna's TPE sampler proposes each trial's values, a median pruner stops
 a trial whose validation loss at an epoch is worse than the median of earlier trials at that epoch (heard
-through fit's observers, so the stopped run is still a whole run folder whose run.json says why), and the
+through fit's callbacks (pruning.PruneTrial), so the stopped run is still a whole run folder whose run.json says why), and the
 study lives in an RDB storage (SQLite in DIR unless --storage names another), so rerunning continues it and any
 number of workers share it.
 
@@ -40,6 +40,7 @@ from facetl.errors import FacetlError
 from facetl.evaluate.metrics import best_of, best_words, metric
 from facetl.experiments.results import read_run
 from facetl.experiments.jobs import Job, JobBook
+from facetl.experiments.pruning import PruneTrial
 from facetl.experiments.run import Launch
 from facetl.runtime.signals import terminate_as_interrupt
 from facetl.runfolder import atomic_write_csv, atomic_write_json, atomic_write_text, prepare_run_folder
@@ -338,28 +339,6 @@ def trial_seeded_sampler(optuna, seed: int):
     return TrialSeeded()
 
 
-class PruneTrial:
-    """The run observer of one trial: each epoch's selection metric (val loss by default) goes to Optuna, whose
-    median pruner may stop it."""
-
-    def __init__(self, trial, select: str = "val_loss"):
-        self.trial, self.select, self.reason = trial, select, None
-
-    def run_started(self, config, record, folder, resumed_after) -> None:
-        pass
-
-    def epoch_ended(self, row: dict, best: dict) -> str | None:
-        self.trial.report(row[self.select], row["epoch"])
-        if self.trial.should_prune():
-            self.reason = (f"pruned (trial {self.trial.number}: {metric(self.select).label} "
-                           f"{row[self.select]:.4f} at epoch {row['epoch']} is worse than the median of earlier "
-                           "trials there)")
-        return self.reason
-
-    def run_finished(self, folder: Path, metrics: dict) -> None:
-        pass
-
-
 def worker_command(folder: str | Path, index: int | None = None) -> list[str]:
     """The command line of one worker of DIR's study: what --parallel starts here and a launcher starts anywhere
     (without --worker-index, a SLURM array task takes $SLURM_ARRAY_TASK_ID)."""
@@ -376,7 +355,7 @@ def worker_index(given: int | None) -> int:
     return int(task) if task.isdigit() else 0
 
 
-def run_worker(folder: str | Path, index: int = 0, progress: bool = False, log=print, pictures=None) -> int:
+def run_worker(folder: str | Path, index: int = 0, progress: bool = False, log=print, callbacks=()) -> int:
     """Run trials of DIR's study until it has its --trials (finished, pruned or running); returns how many this
     worker ran. An error in a trial marks it FAIL in the study and ends the worker with that error."""
     study = read_study(Path(folder).expanduser().resolve())
@@ -390,7 +369,7 @@ def run_worker(folder: str | Path, index: int = 0, progress: bool = False, log=p
                 break
             # one trial a call: optimize keeps the trial's heartbeat and marks it FAIL on an error (re-raised)
             made = []
-            loaded.optimize(lambda trial: run_trial(study, trial, progress, log, pictures, index), n_trials=1,
+            loaded.optimize(lambda trial: run_trial(study, trial, progress, log, callbacks, index), n_trials=1,
                             catch=(), callbacks=[lambda _, trial: made.append(trial)])
             if made[-1].user_attrs.get(SURPLUS):
                 break  # another worker made the study's last trial between the count above and this one
@@ -411,7 +390,7 @@ def surplus(study: Study, trial) -> bool:
     return sum(t.number < trial.number for t in counted_trials(trial.study)) >= study.trials
 
 
-def run_trial(study: Study, trial, progress: bool, log, pictures, worker: int = 0) -> float:
+def run_trial(study: Study, trial, progress: bool, log, callbacks, worker: int = 0) -> float:
     """One trial: its values on the base config, trained as the run folder DIR/trial-NNN on the study's split;
     the objective is the selection metric (val loss by default) at the epoch the run selected."""
     from facetl.train.fit import fit
@@ -424,14 +403,14 @@ def run_trial(study: Study, trial, progress: bool, log, pictures, worker: int = 
     trial.set_user_attr("run", folder.name)
     trial.set_user_attr("worker", worker)  # which worker ran it (its log says more)
     log(f"trial {trial.number}: " + ", ".join(f"{k}={_shown(v)}" for k, v in values.items()) + f" -> {folder}")
-    observer = PruneTrial(trial, study.select)
+    pruner = PruneTrial(trial, study.select)
     with shared_split(study, folder) as split_file:
         config = dataclasses.replace(build_config(values, study.base), out=str(folder), split_file=split_file)
-        fit(config, progress=progress, observers=[observer], pictures=pictures)
+        fit(config, progress=progress, callbacks=[pruner, *callbacks])
     value = selected_value(folder, study.select)
-    if observer.reason:
-        log(f"trial {trial.number}: {observer.reason}")
-        raise optuna_module().TrialPruned(observer.reason)
+    if pruner.reason:
+        log(f"trial {trial.number}: {pruner.reason}")
+        raise optuna_module().TrialPruned(pruner.reason)
     log(f"trial {trial.number}: {metric(study.select).label} {value:.4f}")
     return value
 
@@ -545,7 +524,7 @@ def launch_workers(study: Study, launch: Launch, workers: int) -> list:
     launcher, log = launch.launcher, launch.log
     book = JobBook(study.folder / JOBS_FILE, meta={"workers": workers, "launcher": launcher.name})
     jobs = [Job(f"worker-{k}", worker_command(study.folder, k), study.folder / "workers" / f"worker-{k}",
-                here=lambda k=k: run_worker(study.folder, k, launch.progress, log, launch.pictures))
+                here=lambda k=k: run_worker(study.folder, k, launch.progress, log, launch.callbacks))
             for k in range(workers)]
     said: dict[str, str] = {}
 
