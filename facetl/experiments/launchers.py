@@ -10,7 +10,6 @@ from pathlib import Path
 
 from facetl.errors import FacetlError
 from facetl.experiments import inprocess, local, slurm  # noqa: F401  (each registers itself)
-from facetl.experiments import dryrun  # noqa: F401
 from facetl.experiments.launcher import Launcher, registered
 from facetl.flags import whole_number
 
