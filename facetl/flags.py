@@ -11,7 +11,8 @@ import argparse
 import difflib
 import sys
 
-from facetl.config import BOUNDS, FIELDS, HELP, RECIPE_KEYS, TrainConfig, build_config, load_yaml, with_old_recipe
+from facetl.config import (BOUNDS, FIELDS, HELP, RECIPE_KEYS, TRACKING_KEYS, TrainConfig, build_config, load_yaml,
+                           with_old_recipe)
 from facetl.errors import FacetlError
 
 RANGE = {key: (low, high) for key, low, high in BOUNDS}  # the configuration's bounds, for flags outside it
@@ -171,7 +172,22 @@ def add_config_flags(parser, exclude: tuple[str, ...] = ()) -> dict[str, argpars
     for name in FIELDS:
         if name not in exclude:
             _add_config_flag(placed.get(name, parser), name)
+    _add_tracking_flags(groups["tracking"], exclude)
     return groups
+
+
+def _add_tracking_flags(group, exclude: tuple[str, ...]) -> None:
+    """The command's tracking settings (facetl/track/settings.py), not the run's config; --track-group hidden."""
+    from facetl.track.settings import HELP as TRACKING_HELP
+
+    for name in TRACKING_KEYS:
+        if name not in exclude:
+            text = TRACKING_HELP[name]
+            said = (text.replace("(None: ", "(default ") if "(None: " in text else
+                    text + " (default none)" if name == "track" else text)
+            group.add_argument("--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS,
+                               metavar=METAVARS.get(name, "WORD"), nargs="+" if name == "track" else None,
+                               help=argparse.SUPPRESS if name in HIDDEN else said)
 
 
 def _add_config_flag(group, name: str) -> None:

@@ -45,7 +45,8 @@ from facetl.models.packaged import PACKAGED, fetch_command, packaged, weight_fil
 from facetl.models.weights import WeightsUnavailable
 from facetl.record import StartingWeights
 from facetl.runfolder import atomic_write_bytes, atomic_write_text, csv_text, prepare_run_folder
-from facetl.commands.sweep import sweep_points
+from facetl.experiments.run import Launch
+from facetl.experiments.sweep import sweep_configs
 from facetl.runreader import read_metrics, read_record
 from facetl.tables import markdown_table
 from facetl.train.fit import fit
@@ -91,12 +92,12 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from facetl.commands.evaluate import training_pictures
+    from facetl.commands.evaluate import TrainingPictures
 
     options = DemoOptions(Path(args.out), args.source, args.epochs, args.limit,
                           Path(args.data) if args.data else None, args.pretrain_epochs, args.pretrain_limit,
                           Path(args.pretrain_data) if args.pretrain_data else None)
-    result = run_demo(options, pictures=training_pictures, progress=sys.stderr.isatty())
+    result = run_demo(options, callbacks=[TrainingPictures()], progress=sys.stderr.isatty())
     print()
     print(result.table)
     print("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items()))
@@ -143,7 +144,7 @@ class DemoResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def run_demo(options: DemoOptions, pictures=None, progress: bool = True, log=print) -> DemoResult:
+def run_demo(options: DemoOptions, callbacks=(), progress: bool = True, log=print) -> DemoResult:
     began, seconds = time.perf_counter(), {}
     if options.data is not None and not Path(options.data).is_dir():  # before any training
         raise FacetlError(f"--data {options.data}: not a folder of class folders")
@@ -165,7 +166,7 @@ def run_demo(options: DemoOptions, pictures=None, progress: bool = True, log=pri
         pretrain = _sized(pretrain_values, options.pretrain_epochs, options.pretrain_limit)
         log(f"pretraining the backbone on {_task(pretrain)} instead of ImageNet ({why_not})")
         t0 = time.perf_counter()
-        folder = _fit_or_reuse(pretrain, out / "faces" / "pretrain", pictures, progress, log)
+        folder = _fit_or_reuse(pretrain, out / "faces" / "pretrain", callbacks, progress, log)
         seconds["pretraining on faces"] = time.perf_counter() - t0
         weights = _pretraining_words(folder, pretrain, why_not)
         target = _target_config(TRANSFER, options, {"weights": str(folder.resolve())}, data)
@@ -173,7 +174,7 @@ def run_demo(options: DemoOptions, pictures=None, progress: bool = True, log=pri
     arms = _arms(source, target)
     t0 = time.perf_counter()
     folder = _sweep_folder(arms, out / source / task, log)
-    rows = sweep_points(arms, folder, progress=progress, log=log, pictures=pictures)
+    rows = sweep_configs(arms, folder, Launch(progress=progress, callbacks=callbacks, log=log))
     seconds[f"{task}: " + ", ".join(name.removeprefix("strategy-") for name, _ in arms)] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - began
     rows = [{**r, **_more(folder / r["run"])} for r in rows]
@@ -356,7 +357,7 @@ def _fresh(base: Path, fits) -> Path:
     return candidate
 
 
-def _fit_or_reuse(config: TrainConfig, base: Path, pictures, progress: bool, log) -> Path:
+def _fit_or_reuse(config: TrainConfig, base: Path, callbacks, progress: bool, log) -> Path:
     def fits(folder: Path):
         return difference(folder, config)
 
@@ -367,7 +368,7 @@ def _fit_or_reuse(config: TrainConfig, base: Path, pictures, progress: bool, log
         log(f"reusing finished run {folder} (same resolved configuration)")
         return folder
     fit(dataclasses.replace(config, out=str(folder)), resume=(folder / "last.pt").is_file(), progress=progress,
-        pictures=pictures)
+        callbacks=callbacks)
     return folder
 
 

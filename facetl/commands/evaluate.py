@@ -22,6 +22,7 @@ from facetl.runreader import locate_data
 from facetl.progress import progress_bar
 from facetl.runfolder import atomic_write_csv
 from facetl.runtime import Runtime
+from facetl.train.callbacks import Callback, FinalSplit, RunInfo
 from facetl.inference.tta import TTA_HELP, TTA_MODES, with_tta
 from facetl.flags import add_data, add_run, add_runtime_flags, renamed
 
@@ -141,11 +142,22 @@ def write_attribute_predictions(path: Path, names: list[str], labels: np.ndarray
     atomic_write_csv(path, header, rows)
 
 
-def training_pictures(folder: Path, config, record, model, history: list[dict], split: SplitResult,
-                      runtime: Runtime) -> None:
-    """The Grad-CAM gallery of a run that just finished training (fit's `pictures`), beside its errors.png."""
-    run = LoadedRun(folder, config, record, model, history)
-    write_gradcam_gallery(run, split.images, split.labels, split.probs, split.names, folder / "gradcam.png", runtime)
+class TrainingPictures(Callback):
+    """fit's callback that draws the Grad-CAM gallery of a run that just finished training (gradcam.png, beside its
+    errors.png), before its report is written."""
+
+    name = "the Grad-CAM gallery"
+
+    def on_fit_start(self, run: RunInfo) -> None:
+        self.run = run
+
+    def on_final_split(self, final: FinalSplit) -> None:
+        if self.run.record.multi_attribute:  # the gallery shows one decision per image
+            return
+        run, split = self.run, final.split
+        loaded = LoadedRun(run.folder, run.config, run.record, final.model, final.history)
+        write_gradcam_gallery(loaded, split.images, split.labels, split.probs, split.names,
+                              run.folder / "gradcam.png", run.runtime)
 
 
 def write_gradcam_gallery(run, images, labels: np.ndarray, probs: np.ndarray, names: list[str], path: Path,

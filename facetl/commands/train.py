@@ -37,10 +37,12 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from facetl.commands.evaluate import training_pictures
+    from facetl.commands.evaluate import TrainingPictures
+    from facetl.track import callbacks_for, tracking_from
     from facetl.train.fit import fit
 
     resumed = resumed_run(args)
+    args.resume = str(resumed) if resumed else None  # as tracking_from reads it
     if resumed:
         from facetl.train.resume import nothing_left, resume_config
 
@@ -51,12 +53,13 @@ def run(args) -> int:
             return 0
     else:
         config = config_from_args(args)
+    tracking = tracking_from(args)
     if config.folds and not resumed:
-        return train_folds(args, config, training_pictures)
+        return train_folds(args, config, tracking)
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
-        return launch_torchrun(args, config, resumed)
-    oom_guard(lambda: fit(config, resume=bool(resumed), progress=True, pictures=training_pictures),
-              config.batch_size)
+        return launch_torchrun(args, config, resumed, callbacks_for(tracking))
+    callbacks = [TrainingPictures(), *callbacks_for(tracking)]
+    oom_guard(lambda: fit(config, resume=bool(resumed), progress=True, callbacks=callbacks), config.batch_size)
     return 0
 
 
@@ -73,20 +76,24 @@ def resumed_run(args) -> Path | None:
     return Path(given) if given else None
 
 
-def train_folds(args, config: TrainConfig, pictures) -> int:
-    from facetl.commands.folds import cross_validate
+def train_folds(args, config: TrainConfig, tracking) -> int:
+    """`train --folds K`: cross-validation (facetl.experiments.folds.train_folds), in this process."""
+    from facetl.commands.evaluate import TrainingPictures
+    from facetl.experiments.folds import train_folds as cross_validate
+    from facetl.experiments.run import Launch
+    from facetl.track import callbacks_for
 
     if args.nproc > 1:
         raise FacetlError("--folds trains its folds one after another in this process; drop --nproc")
-    config.check()
     if not config.out:
         config = dataclasses.replace(config, out=default_out(config))
-    oom_guard(lambda: cross_validate(config, progress=True, pictures=pictures), config.batch_size)
-    print((Path(config.out) / "results.md").read_text())
+    callbacks = [TrainingPictures(), *callbacks_for(tracking.together(config.out))]  # folds: one MLflow parent
+    results = oom_guard(lambda: cross_validate(config, Launch(callbacks=callbacks)), config.batch_size)
+    print(results.read_text())
     return 0
 
 
-def launch_torchrun(args, config: TrainConfig, resumed: Path | None) -> int:
+def launch_torchrun(args, config: TrainConfig, resumed: Path | None, callbacks=()) -> int:
     """Check the input here (one clear line on bad input), then run this same command under torchrun."""
     from facetl.data.prepare import read_samples
     from facetl.data.spec import data_spec
@@ -94,7 +101,8 @@ def launch_torchrun(args, config: TrainConfig, resumed: Path | None) -> int:
     from facetl.train.fit import check_output_places
 
     config.check()
-    check_output_places(config, config.out or default_out(config), "--out" if config.out else "the default --out")
+    check_output_places(config, config.out or default_out(config), "--out" if config.out else "the default --out",
+                        callbacks=callbacks)
     read_samples(data_spec(config))
     pretrained_input(config.backbone)  # an unknown backbone is refused here, without building one
     if not config.out:

@@ -159,7 +159,7 @@ def _build(folder: Path, files: list[Path], size: int, colour: str, workers: int
     count = len(files)
     store_path = folder / "images.u8"
     np.memmap(store_path, dtype=np.uint8, mode="w+", shape=(max(count, 1), size, size, 3)).flush()
-    # the cores this process may use: a sweep's parallel runs are each given their own (facetl.launch)
+    # the cores this process may use: a sweep's parallel runs are each given their own (facetl.experiments.local)
     workers = workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     jobs = [(store_path, files[a:b], a, b, count, size, colour) for a, b in _chunks(count, workers * 4)]
     hashes: list[str] = [""] * count
