@@ -37,7 +37,7 @@ def installed_version() -> str:
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """Every command's parser, or, with `only`, that command's whole and the others' names only (no imports)."""
-    parser = Parser(prog="facetl", description="Transfer learning of face classifiers.")
+    parser = Parser(prog="facetl", description="Transfer learning of face classifiers.", formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"facetl {installed_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for name in MODULES:

@@ -55,9 +55,8 @@ from facetl.flags import RANGE, add_out, whole_number
 
 
 NAME = "demo"
-SUMMARY = ("transfer learning shown: a MobileNetV2 smile detector on SMILEsmileD from ImageNet weights (study 4: "
-           "frozen vs last-block) or, offline, a backbone it first trains to tell men from women on half the people "
-           "of celebrity_faces, transferred to telling the other half apart (frozen vs last-block vs gradual)")
+SUMMARY = ("transfer learning in one command: frozen against fine-tuned, from ImageNet, FER-2013 or "
+           "face-pretrained weights (whichever this machine has; --source)")
 EXAMPLES = [("facetl demo", "transfer learning in one command: frozen, then fine-tuned, from the best weights"),
             ("facetl demo --source faces", "the offline demo even where ImageNet weights are cached"),
             ("facetl demo --epochs 2 --limit 1000 --pretrain-epochs 2 --out runs/demo-quick", "a quick look")]
