@@ -103,7 +103,7 @@ def linear_probe(run_folder: Path, split_folder: Path) -> dict:
 
     from facetl.data.load import data_root
     from facetl.data.split import load_split
-    from facetl.data.store import cache_root, open_image_store
+    from facetl.data.store import cache_root, RowCut, open_image_store
     from facetl.inference.run import load_run
     from facetl.runreader import locate_data
     from facetl.runtime import Runtime
@@ -113,7 +113,7 @@ def linear_probe(run_folder: Path, split_folder: Path) -> dict:
     samples, assignment = load_split(split_folder / "split.csv", data_root(config), run.class_names)
     prep = run.record.preprocessing
     store = open_image_store(samples.files(), prep.size, cache_root(config.cache_dir), config.workers, False,
-                             prep.colour, prep.faces)
+                             RowCut.of(prep))
     runtime = Runtime.for_inference()
     source = run.image_source(store.images, runtime)
     features = []

@@ -49,7 +49,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["FACETL_CACHE"] = str(Path(tmp) / "cache")
         # the decoded images once, untimed: the split made into a throwaway folder
-        sweep_warm = [sys.executable, "-c", "from facetl.commands.sweep_jobs import make_split; "
+        sweep_warm = [sys.executable, "-c", "from facetl.experiments.sweep import make_split; "
                       "from facetl.config import TrainConfig; from pathlib import Path; "
                       f"make_split(TrainConfig(data={str(args.data)!r}, weights='none', strategy='full', "
                       f"img_size={args.img_size}, limit={args.limit}), Path({tmp!r}) / 'warm', print, False)"]

@@ -183,8 +183,7 @@ class Evaluation:
 
 
 def evaluate(run: str | Path, split: str = "test", data: str | None = None, images: str | None = None,
-             tta: str = "none", groups: str | None = None, device: str = "auto",
-             precision: str = "auto") -> Evaluation:
+             tta: str = "none", groups: str | None = None, device: str = "auto") -> Evaluation:
     """Evaluate a run's best checkpoint on one of its splits, as `facetl evaluate RUN` does.
 
     Args:
@@ -194,8 +193,7 @@ def evaluate(run: str | Path, split: str = "test", data: str | None = None, imag
         images: the images folder of an attribute table, when it has moved (`--images`).
         tta: `flip` averages each image's probabilities with its mirror image's.
         groups: a column of the data table (or `path:REGEX`) to add metrics per group.
-        device: `auto`, `cpu`, `cuda` or `cuda:N`.
-        precision: `auto`, `fp32` or `bf16`.
+        device: `auto`, `cpu`, `cuda` or `cuda:N` (in the precision `auto` picks for it).
 
     Returns:
         An [`Evaluation`][facetl.api.Evaluation]: the metrics, and the folder `RUN/eval-SPLIT/` holding the
@@ -204,9 +202,9 @@ def evaluate(run: str | Path, split: str = "test", data: str | None = None, imag
     Raises:
         FacetlError: not a finished run, its data has changed or cannot be found, or the split is empty.
     """
-    from facetl.commands.evaluate import evaluate_run
+    from facetl.commands.evaluate import DataLocation, evaluate_run
     from facetl.runtime import Runtime
 
-    metrics, folder = evaluate_run(run, split, Runtime.for_inference(device, precision), False,
-                                   data=data, images=images, tta=tta, groups=groups)
+    metrics, folder = evaluate_run(run, split, Runtime.for_inference(device), False,
+                                   DataLocation(data, images), tta=tta, groups=groups)
     return Evaluation(metrics, Path(folder))

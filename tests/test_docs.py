@@ -53,7 +53,8 @@ def test_the_reference_has_every_command_with_its_whole_help():
     for name, command in commands.items():
         assert f"## facetl {name}\n" in page, f"facetl {name} is missing from the command reference"
         section = page.split(f"## facetl {name}\n", 1)[1].split("\n## ", 1)[0]
-        options = {o for a in command._actions for o in a.option_strings if o.startswith("--")}
+        options = {o for a in command._actions if a.help != argparse.SUPPRESS  # hidden: internal or renamed
+                   for o in a.option_strings if o.startswith("--")}
         missing = sorted(o for o in options if o not in section)
         assert not missing, f"facetl {name}'s options missing from its reference section: {missing}"
         assert "examples:" in section, f"facetl {name}'s reference section lacks the examples its --help ends with"

@@ -312,11 +312,12 @@ def test_faces_the_detector_misses_are_no_face_rows_not_crashes(celebrity_crops,
 
 
 def test_the_store_keeps_crops_of_each_landmark_source_apart(tmp_path, astronaut, detector):
-    from facetl.data.store import open_image_store
+    from facetl.data.store import RowCut, open_image_store
 
     path = tmp_path / "astronaut.jpg"
     Image.fromarray(astronaut).save(path, quality=95)
-    stores = [open_image_store([path], 64, tmp_path / "cache", progress=False, faces=FaceAlignment(landmarks=source))
+    stores = [open_image_store([path], 64, tmp_path / "cache", progress=False,
+                               cut=RowCut(faces=FaceAlignment(landmarks=source)))
               for source in ("detector", "refined")]
     assert stores[0].key != stores[1].key
     assert not np.array_equal(stores[0].images[0], stores[1].images[0])

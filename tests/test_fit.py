@@ -13,7 +13,8 @@ from PIL import Image
 from facetl.config import TrainConfig
 from facetl.train.fit import fit
 from facetl.train.loop import batch_bounds
-from facetl.commands.sweep import sweep
+from facetl.experiments.run import Launch
+from facetl.experiments.sweep import sweep
 
 DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 SMILES = DATASETS / "SMILEsmileD" / "SMILEs"
@@ -100,7 +101,7 @@ def test_same_config_and_seed_give_the_same_split_file_and_metrics(tmp_path):
 def test_sweep_runs_every_combination_on_one_split_and_marks_the_best(tmp_path):
     base = small(tmp_path, "unused", epochs=1, limit=120, strategy="frozen", backbone="mobilenet_v2")
     rows = sweep(base, {"lr": ["1e-3", "1e-4"], "strategy": ["frozen", "last-block"]}, tmp_path / "grid",
-                 progress=False, log=lambda _: None)
+                 Launch(progress=False, log=lambda _: None))
     assert len(rows) == 4
     splits = {(tmp_path / "grid" / r["run"] / "split.csv").read_bytes() for r in rows}
     assert len(splits) == 1
@@ -116,7 +117,7 @@ def test_sweep_runs_every_combination_on_one_split_and_marks_the_best(tmp_path):
     # a rerun skips the finished runs instead of training them again
     messages = []
     again = sweep(base, {"lr": ["1e-3", "1e-4"], "strategy": ["frozen", "last-block"]}, tmp_path / "grid",
-                  progress=False, log=messages.append)
+                  Launch(progress=False, log=messages.append))
     assert sum("finished earlier" in m for m in messages) == 4
     assert [r["accuracy"] for r in again] == [r["accuracy"] for r in rows]
 
@@ -223,7 +224,7 @@ def test_a_sweep_decodes_its_data_once_even_when_duplicates_were_dropped(tiny_fo
     shutil.copy(tiny_folder_dataset / "smile" / "03.jpg", tiny_folder_dataset / "no_smile" / "copy.jpg")
     base = TrainConfig(data=str(tiny_folder_dataset), weights="none", img_size=32, epochs=1, strategy="full",
                        backbone="mobilenet_v2")
-    sweep(base, {"lr": ["1e-3", "1e-4"]}, tmp_path / "grid", progress=False, log=lambda _: None)
+    sweep(base, {"lr": ["1e-3", "1e-4"]}, tmp_path / "grid", Launch(progress=False, log=lambda _: None))
     stores = [p for p in (isolated_cache / "images").iterdir() if ".building-" not in p.name]
     assert len(stores) == 1
     paths = [line.split(",")[0] for line in (tmp_path / "grid" / "lr-1e-4" / "split.csv").read_text().splitlines()]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from commandline import in_process, one_line_error
-from facetl.launch.local import available_cores
+from facetl.experiments.local import available_cores
 from conftest import write_image
 
 TINY = ["--weights", "none", "--img-size", "32", "--epochs", "1", "--strategy", "full", "--batch-size", "8"]

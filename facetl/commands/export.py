@@ -26,12 +26,34 @@ from torch import nn
 
 import facetl
 from facetl.errors import FacetlError
+from facetl.flags import add_out, add_overwrite, add_run
 from facetl.inference.onnx import FORMAT_VERSION, INPUT_NAME, OUTPUT_NAME, first_line
 from facetl.inference.run import load_run
 from facetl.models.outputs import probabilities
 from facetl.outputs import refuse_misplaced
 from facetl.preprocessing import Preprocessing
 from facetl.runfolder import atomic_write_bytes
+
+NAME = "export"
+SUMMARY = "a run's whole classifier as one file for other runtimes (ONNX)"
+EXAMPLES = [("facetl export runs/smile", "runs/smile/model.onnx"),
+            ("facetl predict runs/smile ../shared/datasets/SMILEsmileD/SMILEs/positives --engine onnx",
+             "then predict with it on ONNX Runtime")]
+
+
+def add_arguments(parser) -> None:
+    add_run(parser)
+    parser.add_argument("--format", default="onnx", metavar="FORMAT", help="onnx (default)")
+    add_out(parser, "where to write it (default RUN/model.onnx)", metavar="FILE")
+    add_overwrite(parser, "FILE if it exists")
+
+
+def run(args) -> int:
+    out = export_run(args.run, args.format, args.out, args.overwrite)
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB): input uint8 (batch, H, W, 3) RGB, "
+          f"output class probabilities; preprocessing and class names in its metadata")
+    return 0
+
 
 FORMATS = ("onnx",)
 PROTOBUF_LIMIT = 2 * 1024**3   # one .onnx file is one protobuf message, which cannot exceed 2 GiB

@@ -14,7 +14,7 @@ from facetl.data.samples import Samples, stratified_limit
 from facetl.data.spec import DataSpec
 from facetl.data.split import (apply_duplicate_policy, group_counts, load_split, make_split, save_split,
                                 split_hash)
-from facetl.data.store import ImageStore, cache_root, files_key, open_image_store
+from facetl.data.store import ImageStore, cache_root, files_key, RowCut, open_image_store
 from facetl.errors import FacetlError
 from facetl.preprocessing import Preprocessing
 from facetl.runfolder import atomic_write_csv, atomic_write_json
@@ -58,8 +58,7 @@ def open_store_together(files: list[Path], preprocessing: Preprocessing, store_d
                         workers: int | None, progress: bool, group) -> ImageStore:
     """With several processes, the first on each machine decodes; the others then open its store."""
     def open_store(show: bool) -> ImageStore:
-        return open_image_store(files, preprocessing.size, store_dir, workers, show, preprocessing.colour,
-                                preprocessing.faces, preprocessing.recut)
+        return open_image_store(files, preprocessing.size, store_dir, workers, show, RowCut.of(preprocessing))
 
     if group is None or not group.active or store_dir is None:
         return open_store(progress)

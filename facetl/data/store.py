@@ -73,14 +73,27 @@ def files_key(files: list[Path], extra: str = "", root: Path | None = None) -> s
     return digest.hexdigest()[:24]
 
 
+@dataclass(frozen=True)
+class RowCut:
+    """What each row of a store holds besides its size: its colour, the face found in a whole photo (`faces`), or
+    a face crop of one template cut again to another (`recut`: Preprocessing.recut) rather than resized whole."""
+
+    colour: str = "rgb"
+    faces: FaceAlignment | None = None
+    recut: tuple[str, str] | None = None
+
+    @classmethod
+    def of(cls, preprocessing) -> "RowCut":
+        return cls(preprocessing.colour, preprocessing.faces, preprocessing.recut)
+
+
 def open_image_store(files: list[Path], size: int, cache_dir: Path | None, workers: int | None = None,
-                     progress: bool = True, colour: str = "rgb", faces: FaceAlignment | None = None,
-                     recut: tuple[str, str] | None = None) -> ImageStore:
+                     progress: bool = True, cut: RowCut = RowCut()) -> ImageStore:
     """Return the decoded store for `files`, building it if needed.
 
-    With `cache_dir=None` the store is built in a private temporary folder removed with the object. `recut`
-    (from, to): face crops cut to one template are cut again to another (Preprocessing.recut), not resized whole.
+    With `cache_dir=None` the store is built in a private temporary folder removed with the object.
     """
+    colour, faces, recut = cut.colour, cut.faces, cut.recut
     extra = f"size={size}" + ("" if colour == "rgb" else f",colour={colour}")
     if recut is not None:
         extra += f",recut={recut[0]}>{recut[1]}"
@@ -174,7 +187,7 @@ def _build(folder: Path, files: list[Path], size: int, colour: str, workers: int
     count = len(files)
     store_path = folder / "images.u8"
     np.memmap(store_path, dtype=np.uint8, mode="w+", shape=(max(count, 1), size, size, 3)).flush()
-    # the cores this process may use: a sweep's parallel runs are each given their own (facetl.launch)
+    # the cores this process may use: a sweep's parallel runs are each given their own (facetl.experiments.local)
     workers = workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     jobs = [(store_path, files[a:b], a, b, count, size, colour, recut) for a, b in _chunks(count, workers * 4)]
     hashes: list[str] = [""] * count

@@ -78,6 +78,39 @@ def summary_metrics() -> list[Metric]:
     return [m for m in METRICS if m.summary]
 
 
+# The validation figures at the epoch a run selected (history.csv's): what chooses an epoch within a run
+# (--select), and a run within a sweep or a study; they are not computed from a split's predictions.
+VALIDATION: tuple[Metric, ...] = (
+    Metric("val_loss", "val loss", higher_is_better=False, summary=False),
+    Metric("val_acc", "val acc", summary=False),
+)
+
+
+def metric(key: str) -> Metric:
+    """The metric `key` (a test metric or a validation figure), which knows its direction; KeyError if none."""
+    found = next((m for m in (*METRICS, *VALIDATION) if m.key == key), None)
+    if found is None:
+        raise KeyError(key)
+    return found
+
+
+def best_of(rows: list[dict], key: str) -> int | None:
+    """The index of the best row by metric `key`, in the metric's direction (the first of equals); rows without
+    the value do not compete; None when none has it. The one meaning of "best" in sweeps, studies and `runs`."""
+    chosen = metric(key)
+    present = [i for i, r in enumerate(rows) if r.get(key) is not None]
+    if not present:
+        return None
+    sign = 1 if chosen.higher_is_better else -1
+    return max(present, key=lambda i: (sign * rows[i][key], -i))
+
+
+def best_words(key: str) -> str:
+    """How `key` chose the best, for a table's note: 'the lowest val loss'."""
+    chosen = metric(key)
+    return f"the {'highest' if chosen.higher_is_better else 'lowest'} {chosen.label}"
+
+
 def group_metrics_shown() -> list[Metric]:
     return [m for m in METRICS if m.per_group]
 

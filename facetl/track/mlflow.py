@@ -15,34 +15,54 @@ import hashlib
 import logging
 import math
 import os
+import re
 import time
 from pathlib import Path
 
 from facetl.errors import FacetlError
+from facetl.history import MLFLOW_METRICS
 from facetl.outputs import refuse_misplaced
+from facetl.track.base import Tracker
 from facetl.track.places import (hyperparameters, local_path, moved_from, read_tracking, relative_name, remember,
-                                 known_uri, set_folder, set_tags, stored_uri)
+                                 known_uri, set_folder, set_tags, stored_uri, tracking_uri)
 
 EXPERIMENT = "facetl"  # MLFLOW_EXPERIMENT_NAME chooses another
-EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
 ARTIFACTS = ("report.md", "metrics.json", "config.yaml", "history.csv")
 BATCH = 100  # MLflow takes at most 100 params in one call
 PARAM_LENGTH = 6000  # and values up to 6000 characters
 
 
-class MlflowTracker:
-    def __init__(self, uri: str, log=lambda line: None):
-        self.uri, self.client, self.run_id, self.step, self.log = uri, None, None, 0, log
+class MlflowTracker(Tracker):
+    name, flag = "MLflow tracking", "mlflow"
+    needs = ("mlflow",)
+    own_settings = ("tracking_uri",)
+
+    def __init__(self, settings, log=lambda line: None):
+        super().__init__(settings, log)
+        self.uri, self.client, self.run_id, self.step, self.folder = None, None, None, 0, None
         self.store, self.was = None, None  # the local SQLite file written; the folder the run was copied from
 
-    def run_started(self, config, record, folder: Path, resumed_after: int) -> None:
-        from mlflow.entities import Param
+    def places(self, where) -> list[tuple[str, str, Path]]:
+        """MLflow's store, when local: an SQLite file, or a file store's folder (none for a server)."""
+        path = local_path(tracking_uri(where))
+        if path is None:
+            return []
+        return [("--tracking-uri", where.tracking_uri, path) if where.tracking_uri else
+                ("MLflow's default store", tracking_uri(where), path)]
+
+    def check_settings(self, where) -> None:
+        if where.tracking_uri:
+            check_tracking_uri(where.tracking_uri)
+
+    def on_fit_start(self, run) -> None:
         from mlflow.tracking import MlflowClient
 
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial MLflow database"
         logging.getLogger("alembic").setLevel(logging.WARNING)
-        known = read_tracking(folder).get("mlflow") if resumed_after else None
-        self.step = resumed_after
+        folder, where = run.folder, self.where(run)
+        self.uri, self.folder, self.run_id, self.client = tracking_uri(where), folder, None, None
+        known = read_tracking(folder).get("mlflow") if run.resumed_after else None
+        self.step = run.resumed_after
         uri = known_uri(folder, known) if known else None
         self.was = moved_from(folder, known) if known else None
         if known and uri is None:
@@ -50,18 +70,26 @@ class MlflowTracker:
                      f"{self.uri}, and the original's MLflow run is left alone")
         if uri is not None:
             return self._reopen(MlflowClient(uri), uri, known, folder)
+        self._start(run, where)
+
+    def _start(self, run, where) -> None:
+        """A new MLflow run (a child of its sweep's or folds' parent run), its params the resolved config."""
+        from mlflow.entities import Param
+        from mlflow.tracking import MlflowClient
+
+        folder = run.folder
         path = local_path(self.uri)
         self.store = path if self.uri.startswith("sqlite:") else None
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
         self.client = MlflowClient(self.uri)
         experiment = self._experiment(path if self.uri.startswith("sqlite:") else None)
-        tags = {"facetl.run_folder": str(folder), **set_tags(config)}
-        if config.track_group:
-            tags["mlflow.parentRunId"] = self._parent(experiment, set_folder(config))
-        self.run_id = self.client.create_run(experiment, run_name=relative_name(config), tags=tags).info.run_id
+        tags = {"facetl.run_folder": str(folder), **set_tags(where)}
+        if where.track_group:
+            tags["mlflow.parentRunId"] = self._parent(experiment, set_folder(where))
+        self.run_id = self.client.create_run(experiment, run_name=relative_name(where), tags=tags).info.run_id
         remember(folder, "mlflow", {**stored_uri(folder, self.uri), "experiment_id": experiment, "run_id": self.run_id})
-        params = [Param(k, str(v)[:PARAM_LENGTH]) for k, v in hyperparameters(config, record).items()]
+        params = [Param(k, str(v)[:PARAM_LENGTH]) for k, v in hyperparameters(run.config, run.record).items()]
         for start in range(0, len(params), BATCH):
             self.client.log_batch(self.run_id, params=params[start:start + BATCH])
 
@@ -110,17 +138,18 @@ class MlflowTracker:
             self.client.delete_run(mine)
         return chosen
 
-    def epoch_ended(self, row: dict, best: dict) -> None:
+    def on_epoch_end(self, row: dict, best: dict) -> None:
         from mlflow.entities import Metric
 
         self.step = row["epoch"]
         now = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(key, float(row[key]), now, self.step)
-                                                    for key in EPOCH_METRICS if _number(row.get(key))])
+                                                    for key in MLFLOW_METRICS if _number(row.get(key))])
 
-    def run_finished(self, folder: Path, metrics: dict) -> None:
+    def on_fit_end(self, metrics: dict) -> None:
         from mlflow.entities import Metric
 
+        folder = self.folder
         now = int(time.time() * 1000)
         final = [Metric(f"final_{key}", float(value), now, self.step) for key, value in metrics.items()
                  if _number(value)]
@@ -152,7 +181,7 @@ class MlflowTracker:
         return True
 
     def close(self) -> None:
-        pass
+        self.client, self.run_id = None, None
 
 
 def _number(value) -> bool:
@@ -163,3 +192,48 @@ def _tag(key: str, value: str):
     from mlflow.entities import RunTag
 
     return RunTag(key, str(value))
+
+
+# what MLflow's tracking stores take: a server, Databricks, or a database through SQLAlchemy (postgresql+psycopg2)
+SCHEMES = ("http", "https", "databricks", "databricks-uc", "uc", "sqlite", "postgresql", "mysql", "mssql")
+
+
+def check_tracking_uri(uri: str) -> None:
+    """A URI MLflow can use, said before any work: an unknown scheme, an SQLite database that is a folder, and a
+    file store (a plain path or file:, which MLflow 3 refuses unless MLFLOW_ALLOW_FILE_STORE is true) would
+    otherwise fail mid-run, or retry for minutes under SQLAlchemy's warnings, and leave the run untracked."""
+    scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*):", uri)
+    name = scheme.group(1).lower().split("+")[0] if scheme and len(scheme.group(1)) > 1 else ""
+    path = local_path(uri)
+    if uri in ("databricks", "databricks-uc"):  # MLflow's names for a Databricks workspace's store
+        return
+    if name == "sqlite":
+        if path is None or path.is_dir():
+            raise FacetlError(f"--tracking-uri {uri}: {'not sqlite:///FILE' if path is None else 'it is a folder'}; "
+                              f"name an SQLite database file, e.g. {_database_for(path or Path('mlflow.db'))}")
+        return
+    if name in ("", "file"):
+        if _file_store_refused():
+            raise FacetlError(f"--tracking-uri {uri} is MLflow's file store, which this MLflow no longer "
+                              f"writes; give a database, e.g. {_database_for(path)}")
+        if path.exists() and not path.is_dir():
+            raise FacetlError(f"--tracking-uri {uri}: a file store is a folder, and {path} is a file; for an "
+                              f"SQLite database write sqlite:///{path.as_posix()}")
+        return
+    if name not in SCHEMES:
+        raise FacetlError(f"--tracking-uri {uri}: MLflow does not know the scheme {scheme.group(1)}:// (it takes "
+                          f"sqlite:///FILE, http(s)://HOST, or {', '.join(SCHEMES[6:])} databases)")
+
+
+def _file_store_refused() -> bool:
+    """Whether the installed MLflow refuses a file store (MLflow 3 does, unless MLFLOW_ALLOW_FILE_STORE is true)."""
+    try:
+        from mlflow.environment_variables import MLFLOW_ALLOW_FILE_STORE
+    except ImportError:  # an MLflow from before the file store was retired
+        return False
+    return not MLFLOW_ALLOW_FILE_STORE.get()
+
+
+def _database_for(path: Path) -> str:
+    """The SQLite URI a user probably meant: the file itself when it has an extension, else one inside the folder."""
+    return f"sqlite:///{(path if path.suffix and not path.is_dir() else path / 'mlflow.db').as_posix()}"

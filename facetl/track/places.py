@@ -91,10 +91,11 @@ def moved_from(folder: Path, entry: dict | None = None) -> Path | None:
     return None
 
 
-def relocated_config(config: TrainConfig, folder: Path) -> TrainConfig:
-    """A copied or moved run's config for resuming it in `folder`: its tracking places inside the original folder
-    are taken to the same places inside this one, and those outside it (--track-dir, a --tracking-uri store, the
-    sweep's or folds' folder) are left to the original: the copy is tracked afresh inside itself."""
+def relocated(config: "TrackingSettings", folder: Path) -> "TrackingSettings":
+    """A copied or moved run's tracking settings for resuming it in `folder`: its tracking places inside the
+    original folder are taken to the same places inside this one, and those outside it (--track-dir, a
+    --tracking-uri store, the sweep's or folds' folder) are left to the original: the copy is tracked afresh inside
+    itself."""
     was = moved_from(folder)
     if was is None:
         return config
@@ -109,12 +110,12 @@ def relocated_config(config: TrainConfig, folder: Path) -> TrainConfig:
     return dataclasses.replace(config, **changes)
 
 
-def set_folder(config: TrainConfig) -> Path:
+def set_folder(config: "TrackingSettings") -> Path:
     """The folder the run belongs to: its sweep's or folds' folder, or the run folder itself."""
     return Path(config.track_group or config.out).expanduser().resolve()
 
 
-def relative_name(config: TrainConfig) -> str:
+def relative_name(config: "TrackingSettings") -> str:
     """The run's name within its set (POINT, fold-2, POINT/fold-2), or its folder's name."""
     run = Path(config.out).expanduser().resolve()
     if config.track_group:
@@ -125,7 +126,7 @@ def relative_name(config: TrainConfig) -> str:
     return run.name
 
 
-def set_tags(config: TrainConfig) -> dict[str, str]:
+def set_tags(config: "TrackingSettings") -> dict[str, str]:
     """sweep and point for a sweep's run, folds and fold for a fold of K, both for a sweep point's fold."""
     if not config.track_group:
         return {}
@@ -142,7 +143,7 @@ def set_tags(config: TrainConfig) -> dict[str, str]:
     return tags
 
 
-def event_folder(config: TrainConfig) -> Path:
+def event_folder(config: "TrackingSettings") -> Path:
     """TensorBoard's folder: the run folder, or with --track-dir DIR/RUN (DIR/SWEEP/POINT for a sweep's run)."""
     if not config.track_dir:
         return Path(config.out).expanduser().resolve()
@@ -152,7 +153,7 @@ def event_folder(config: TrainConfig) -> Path:
     return Path(config.track_dir).expanduser().resolve() / name
 
 
-def tracking_uri(config: TrainConfig) -> str:
+def tracking_uri(config: "TrackingSettings") -> str:
     """--tracking-uri, a relative SQLite path made absolute (the run may be resumed elsewhere); by default an SQLite
     database inside the output it was given, never beside it: a sweep's or folds' folder (one store for the set),
     or the run folder. Runs of several commands share a store when --tracking-uri names one."""

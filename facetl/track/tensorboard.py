@@ -12,38 +12,46 @@ from pathlib import Path
 
 import numpy as np
 
+from facetl.history import TENSORBOARD_SCALARS
+from facetl.track.base import Tracker
 from facetl.track.places import (event_folder, hyperparameters, known_place, moved_from, read_tracking, remember,
                                  stored_place)
 
-EPOCH_SCALARS = {"train/loss": "train_loss", "train/acc": "train_acc", "val/loss": "val_loss", "val/acc": "val_acc",
-                 "lr": "lr"}
+class TensorBoardTracker(Tracker):
+    name, flag = "TensorBoard tracking", "tensorboard"
+    needs = ("tensorboard", "torch.utils.tensorboard")
+    own_settings = ("track_dir",)
 
+    def __init__(self, settings, log=lambda line: None):
+        super().__init__(settings, log)
+        self.writer, self.step, self.split, self.folder = None, 0, None, None
 
-class TensorBoardTracker:
-    def __init__(self, log=lambda line: None):
-        self.writer, self.log = None, log
-        self.step = 0
-        self.split = None
+    def places(self, where) -> list[tuple[str, str, Path]]:
+        folder = event_folder(where)
+        return [("--track-dir", where.track_dir, folder) if where.track_dir else
+                ("TensorBoard's event folder", str(folder), folder)]
 
-    def run_started(self, config, record, folder: Path, resumed_after: int) -> None:
+    def on_fit_start(self, run) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
+        folder, resumed_after, where = run.folder, run.resumed_after, self.where(run)
+        self.folder, self.split = folder, None
         known = read_tracking(folder).get("tensorboard") if resumed_after else None
         known_dir = known_place(folder, known["log_dir"], known) if known else None
         if known and known_dir is None:
             self.log(f"TensorBoard: {folder} was copied or moved from {moved_from(folder, known) or 'elsewhere'}; its "
-                     f"events go on in {event_folder(config)}, and the original's ({known['log_dir']}) are left alone")
+                     f"events go on in {event_folder(where)}, and the original's ({known['log_dir']}) are left alone")
             known = None
-        log_dir = known_dir or event_folder(config)
+        log_dir = known_dir or event_folder(where)
         log_dir.mkdir(parents=True, exist_ok=True)
         # a resumed run drops any event of an epoch it trains again
         self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=resumed_after + 1 if resumed_after else None)
-        self.step, self.record = resumed_after, record
+        self.step, self.record = resumed_after, run.record
         remember(folder, "tensorboard", {"log_dir": stored_place(folder, log_dir)})
-        self.hparams = hyperparameters(config, record)
+        self.hparams = hyperparameters(run.config, run.record)
         if not known:  # a resumed run's hyperparameters are in its first event file
             self._write_hparams(start=True)
-            self.writer.add_text("recipe", "\n".join(f"- {line}" for line in record.recipe) or "(none)")
+            self.writer.add_text("recipe", "\n".join(f"- {line}" for line in run.record.recipe) or "(none)")
         self.writer.flush()
 
     def _write_hparams(self, start: bool) -> None:
@@ -54,16 +62,17 @@ class TensorBoardTracker:
         for summary in ((experiment, session_start) if start else (session_end,)):
             self.writer.file_writer.add_summary(summary)
 
-    def epoch_ended(self, row: dict, best: dict) -> None:
+    def on_epoch_end(self, row: dict, best: dict) -> None:
         self.step = row["epoch"]
-        for tag, key in EPOCH_SCALARS.items():
+        for tag, key in TENSORBOARD_SCALARS.items():
             self.writer.add_scalar(tag, row[key], self.step)
         self.writer.flush()  # a killed run keeps every finished epoch
 
-    def final_split(self, split) -> None:
-        self.split = split
+    def on_final_split(self, final) -> None:
+        self.split = final.split
 
-    def run_finished(self, folder: Path, metrics: dict) -> None:
+    def on_fit_end(self, metrics: dict) -> None:
+        folder = self.folder
         for key, value in metrics.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
                 self.writer.add_scalar(f"final/{key}", value, self.step)
@@ -74,11 +83,11 @@ class TensorBoardTracker:
             for name, labels, scores in pr_curves(self.split.labels, self.split.probs, self.record.class_names):
                 self.writer.add_pr_curve(f"pr_curve/{name}", labels, scores, self.step)
         self._write_hparams(start=False)
-        self.close()
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+        self.writer = None
 
 
 def _pixels(path: Path) -> np.ndarray:

@@ -21,7 +21,7 @@ import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -36,6 +36,8 @@ from facetl.data.load import load_groups
 from facetl.data.prepare import PreparedData, prepare_data, read_samples
 from facetl.data.spec import data_spec
 from facetl.errors import FacetlError
+from facetl.history import EPOCH, LR, SECONDS, TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS
+from facetl import history as epoch_history
 from facetl.evaluate.metrics import (choose_threshold, choose_thresholds, expected_calibration_error,
                                      fit_temperature, metric_line, negative_log_likelihood, scaled_probabilities)
 from facetl.evaluate.plots import plot_lr_find
@@ -53,14 +55,12 @@ from facetl.train.ema import WeightAverage
 from facetl.train.lrfind import range_test
 from facetl.train.loop import (Evaluator, NonFiniteLoss, Optimisation, accuracy, balanced_order, class_weights,
                                train_one_epoch)
-from facetl.train.observers import RunObserver
+from facetl.train.callbacks import Callbacks, FinalSplit, RunInfo, check_callbacks
 from facetl.train.optim import (carry_state, describe_groups, make_optimizer, parameter_groups,
                                 set_learning_rates)
 from facetl.train.recipe import complete_recipe
 from facetl.train.schedule import Stage, lr_factor, stage_at, stages
-from facetl.track import check_trackers, trackers_for
 
-HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "strategy", "seconds"]
 
 
 @dataclass
@@ -118,8 +118,7 @@ class RunContext:
     log: RunLog
     progress: bool
     runtime: Runtime
-    pictures: Callable | None = None  # extra pictures of the final split, from a layer above (Grad-CAM)
-    observers: Sequence[RunObserver] = ()  # trackers and searches that hear of each epoch (rank 0 only)
+    callbacks: Callbacks = field(default_factory=lambda: Callbacks((), print))  # rank 0's; none on other ranks
 
     @property
     def main(self) -> bool:
@@ -151,23 +150,23 @@ def default_out(config: TrainConfig) -> str:
     return f"runs/{config.backbone}-{config.strategy.replace(':', '')}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
-def check_output_places(config: TrainConfig, out: str | Path, flag: str = "--out", run: bool = True) -> None:
+def check_output_places(config: TrainConfig, out: str | Path, flag: str = "--out", run: bool = True,
+                        callbacks: Sequence = ()) -> None:
     """Before any work, every place a training command writes, by the one rule (facetl.outputs.refuse_misplaced):
-    OUT, a run folder (`run`) or a sweep's, folds' or study's folder of runs, and the trackers' places, never an
-    input, never inside the data (its plots would be the next run's images), never inside another run."""
+    OUT, a run folder (`run`) or a sweep's, folds' or study's folder of runs, and the callbacks' places (a tracker's),
+    never an input, never inside the data (its plots would be the next run's images), never inside another run."""
     reads = data_reads(config.data, config.images)
     own = out if run else None
     refuse_misplaced(out, flag, reads, own)
-    check_trackers(dataclasses.replace(config, out=str(out)), reads, own)
+    check_callbacks(callbacks, dataclasses.replace(config, out=str(out)), reads, own)
 
 
 def fit(config: TrainConfig, resume: bool = False, progress: bool = True, quiet: bool = False,
-        pictures: Callable | None = None, only_find_lr: bool = False,
-        observers: Sequence[RunObserver] = ()) -> RunResult:
-    """Train one run into config.out. `pictures(folder, config, record, model, history, split, runtime)`, when
-    given, draws extra pictures of the final split before its report is written (facetl.commands.evaluate's Grad-CAM).
-    `observers` hear of the run's start, each epoch and its end (facetl.train.observers), on rank 0 only.
-    `only_find_lr`: stop after the LR range test (facetl lr-find); metrics then hold {"suggested_lr": ...}."""
+        only_find_lr: bool = False, callbacks: Sequence = ()) -> RunResult:
+    """Train one run into config.out. `callbacks` (facetl.train.callbacks: trackers, a search's pruner, pictures of
+    the final split) hear of the run's start, each epoch, the final split and its end, on rank 0 only; each is
+    closed when the run ends, finished or failed. `only_find_lr`: stop after the LR range test (facetl lr-find);
+    metrics then hold {"suggested_lr": ...}."""
     config.check()
     runtime = Runtime.for_training(config.device, config.precision)
     try:
@@ -176,14 +175,13 @@ def fit(config: TrainConfig, resume: bool = False, progress: bool = True, quiet:
             shared = [out]
             torch.distributed.broadcast_object_list(shared, src=0)
             out = shared[0]
-        check_output_places(config, out, "--out" if config.out else "the default --out")
+        check_output_places(config, out, "--out" if config.out else "the default --out", callbacks=callbacks)
         created = not Path(out).exists()
         folder = prepare_run_folder(out)
         config = dataclasses.replace(config, out=str(folder))
         main = runtime.group.is_main
         log = RunLog(folder / "train.log" if main else None, quiet or not main)
-        ctx = RunContext(folder, log, progress and main, runtime, pictures,
-                         [*observers, *trackers_for(config, log)] if main else ())
+        ctx = RunContext(folder, log, progress and main, runtime, Callbacks(callbacks if main else (), log))
         if not main:
             return _fit(config, ctx, resume, only_find_lr)
         with RunLock(folder):
@@ -193,6 +191,8 @@ def fit(config: TrainConfig, resume: bool = False, progress: bool = True, quiet:
                 if created:  # bad input stopped it before any training: leave no half-made run folder
                     shutil.rmtree(folder, ignore_errors=True)
                 raise exc.cause from None
+            finally:
+                ctx.callbacks.close()
     finally:
         runtime.close()
 
@@ -214,16 +214,14 @@ def _fit(config: TrainConfig, ctx: RunContext, resume: bool, only_find_lr: bool 
             atomic_write_text(ctx.folder / "config.yaml", dump_yaml(config))
     cached = time.perf_counter()
     state = start_training(config, setup, source.description, ctx)
-    for observer in ctx.observers:
-        observer.run_started(config, state.record, ctx.folder, state.start_epoch - 1)
+    ctx.callbacks.fit_start(RunInfo(ctx.folder, config, state.record, state.start_epoch - 1, ctx.runtime, ctx.log))
     source = run_epochs(config, setup, source, state, ctx)
     state.record.wall_seconds = {"data and model": round(prepared - began, 1),
                                  "frozen features": round(cached - prepared, 1),
                                  "training": round(time.perf_counter() - cached - state.validation_seconds, 1),
                                  "validation": round(state.validation_seconds, 1)}
     result = dataclasses.replace(final_evaluation(config, setup, source, state, ctx), config=config)
-    for observer in ctx.observers:
-        observer.run_finished(ctx.folder, result.metrics)
+    ctx.callbacks.fit_end(result.metrics)
     stages = {**state.record.wall_seconds, "final evaluation": round(time.perf_counter() - began - sum(
         state.record.wall_seconds.values()), 1)}
     ctx.log("wall time: " + ", ".join(f"{k} {v:.1f} s" for k, v in stages.items())
@@ -257,7 +255,6 @@ def set_up(config: TrainConfig, ctx: RunContext, resume: bool) -> Setup:
         config, recipe = complete_recipe(config, built.weights, train_images, ctx.runtime.device.type)
         if automatic:
             built.plan = apply_strategy(built.model, first_strategy(config, 1))
-        config.check()
         check_stages_unfreeze(config, built)
         data = prepare_data(data_spec(config), samples, built.preprocessing, ctx.folder, ctx.log, ctx.progress,
                             ctx.runtime.group)
@@ -503,10 +500,10 @@ def run_epochs(config: TrainConfig, setup: Setup, source, state: TrainingState, 
                          if ema is not None else None)
         seconds = time.perf_counter() - began
         state.validation_seconds += time.perf_counter() - validating
-        row = {"epoch": epoch, "train_loss": loss_sum / seen, "train_acc": correct / seen, "val_loss": val["loss"],
-               "val_acc": val["acc"], "lr": sums["lr"], "strategy": stage.strategy, "seconds": seconds}
+        row = epoch_history.epoch_row(epoch, (loss_sum / seen, correct / seen), val, sums["lr"], stage.strategy,
+                                      seconds)
         _end_epoch(config, state, row, ctx, evaluated)
-        if _observer_stop(state, row, ctx):
+        if _callback_stop(state, row, ctx):
             break
     return source
 
@@ -518,9 +515,8 @@ def _keep_starting_model(config: TrainConfig, setup: Setup, evaluator: Evaluator
     ctx.log("--epochs 0: no training; the starting weights and head are validated, saved and tested as they are")
     began = time.perf_counter()
     val = evaluate_split(evaluator, setup.data.index("val"), "validate", ctx)
-    row = {"epoch": 0, "train_loss": float("nan"), "train_acc": float("nan"), "val_loss": val["loss"],
-           "val_acc": val["acc"], "lr": 0.0, "strategy": setup.built.plan.strategy,
-           "seconds": time.perf_counter() - began}
+    row = epoch_history.epoch_row(0, (float("nan"), float("nan")), val, 0.0, setup.built.plan.strategy,
+                                  time.perf_counter() - began)
     _end_epoch(config, state, row, ctx)
 
 
@@ -565,16 +561,15 @@ def _early_stop(config: TrainConfig, state: TrainingState, epoch: int, ctx: RunC
     return True
 
 
-def _observer_stop(state: TrainingState, row: dict, ctx: RunContext) -> bool:
-    """Tell the observers of the epoch; one (a search's pruner) may ask to stop. Every rank hears rank 0's answer."""
-    reasons = [reason for observer in ctx.observers if (reason := observer.epoch_ended(row, state.best))]
-    decision = [reasons[0] if reasons else None]
+def _callback_stop(state: TrainingState, row: dict, ctx: RunContext) -> bool:
+    """Tell the callbacks of the epoch; one (a search's pruner) may ask to stop. Every rank hears rank 0's answer."""
+    decision = [ctx.callbacks.epoch_end(row, state.best)]
     if ctx.runtime.group.active:
         torch.distributed.broadcast_object_list(decision, src=0)
     if decision[0] is None:
         return False
-    state.record.stopped_after, state.record.stopped_because = row["epoch"], decision[0]
-    ctx.log(f"stopped after epoch {row['epoch']}: {decision[0]}")
+    state.record.stopped_after, state.record.stopped_because = row[EPOCH], decision[0]
+    ctx.log(f"stopped after epoch {row[EPOCH]}: {decision[0]}")
     return True
 
 
@@ -582,33 +577,24 @@ def _end_epoch(config: TrainConfig, state: TrainingState, row: dict, ctx: RunCon
                evaluated: dict | None = None) -> None:
     """Record the epoch, choose the best, write checkpoints and history (rank 0), and wait for them."""
     state.history.append(row)
-    state.train_seconds += row["seconds"]
-    score = -row["val_loss"] if config.select == "val_loss" else row["val_acc"]
+    state.train_seconds += row[SECONDS]
+    score = -row[VAL_LOSS] if config.select == VAL_LOSS else row[VAL_ACC]
     improved = state.best["score"] is None or score > state.best["score"]
     if improved:
-        state.best = {"epoch": row["epoch"], "score": float(score)}
+        state.best = {"epoch": row[EPOCH], "score": float(score)}
     state.record.best_epoch, state.record.train_seconds = state.best["epoch"], round(state.train_seconds, 2)
-    ctx.log(f"epoch {row['epoch']:>3}/{config.epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}  "
-            f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}  lr {row['lr']:.3g}  {row['seconds']:.1f}s"
+    ctx.log(f"epoch {row[EPOCH]:>3}/{config.epochs}  train loss {row[TRAIN_LOSS]:.4f} acc {row[TRAIN_ACC]:.4f}  "
+            f"val loss {row[VAL_LOSS]:.4f} acc {row[VAL_ACC]:.4f}  lr {row[LR]:.3g}  {row[SECONDS]:.1f}s"
             + ("  *best" if improved else ""))
     if ctx.main:
-        meta = {"config": config.to_dict(), "record": state.record.to_dict(), "epoch": row["epoch"],
+        meta = {"config": config.to_dict(), "record": state.record.to_dict(), "epoch": row[EPOCH],
                 "history": state.history, "best": state.best, "train_seconds": state.train_seconds}
         resume = {"optimizer": state.opt.optimizer.state_dict(),
                   "ema": state.opt.ema.state_dict() if state.opt.ema is not None else None}
         state.checkpoints.save(improved, meta, resume, evaluated)
-        atomic_write_csv(ctx.folder / "history.csv", HISTORY_COLUMNS, [history_cells(h) for h in state.history])
+        atomic_write_csv(ctx.folder / "history.csv", epoch_history.HEADER,
+                         [epoch_history.cells(h) for h in state.history])
     ctx.runtime.group.barrier()  # checkpoints are complete before any rank goes on
-
-
-def history_cells(row: dict) -> list[str]:
-    """One history.csv row; runs from before a column existed leave it empty."""
-    cells = []
-    for column in HISTORY_COLUMNS:
-        value = row.get(column)
-        cells.append("" if value is None else str(value) if column in ("epoch", "strategy") else
-                     f"{value:.6g}" if column == "lr" else f"{value:.6f}")
-    return cells
 
 
 # 4. the test split, once, with the best epoch's weights
@@ -644,11 +630,7 @@ def final_evaluation(config: TrainConfig, setup: Setup, source, state: TrainingS
     split = SplitResult(final_split, data.labels[final_index], result["probs"],
                         StoreRows(data.store.images, final_index), [data.samples.paths[i] for i in final_index],
                         final_groups(config, data, final_index), config.groups)
-    for observer in ctx.observers:  # an observer that wants the final split's predictions (TensorBoard's PR curve)
-        if hasattr(observer, "final_split"):
-            observer.final_split(split)
-    if ctx.pictures is not None and not state.record.multi_attribute:  # the gallery shows one decision per image
-        ctx.pictures(ctx.folder, config, state.record, model, state.history, split, ctx.runtime)
+    ctx.callbacks.final_split(FinalSplit(split, model, state.history))  # pictures, TensorBoard's PR curve
     metrics = write_evaluation(ctx.folder, split, state.record, state.history, config.to_dict())
     ctx.log(f"{final_split}: {metric_line(metrics)}"
             + ("  (means over the attributes)" if state.record.multi_attribute else "") + f"  train {state.train_seconds:.1f}s  report {ctx.folder / 'report.md'}")

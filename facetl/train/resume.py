@@ -8,7 +8,6 @@ from pathlib import Path
 from facetl.config import TrainConfig, build_config, load_yaml
 from facetl.errors import FacetlError
 from facetl.runreader import epochs_recorded, locate_data
-from facetl.track.places import relocated_config
 
 
 def resume_config(run: Path, epochs: int | None = None) -> TrainConfig:
@@ -18,7 +17,6 @@ def resume_config(run: Path, epochs: int | None = None) -> TrainConfig:
     values = load_yaml(run / "config.yaml")
     values.setdefault("landmarks", "detector")  # a run from before the setting aligned with the detector's
     config = dataclasses.replace(locate_data(build_config(values), run), out=str(run))
-    config = relocated_config(config, run)  # a copied or moved run: tracked inside itself, not in the original's places
     return config if epochs is None else build_config({"epochs": epochs}, config)
 
 

@@ -1,5 +1,7 @@
-"""SlurmLauncher: jobs as one SLURM job array, submitted through submitit; their states from squeue and from
-the exit record each job writes (job.json), so nothing needs SLURM's accounting database.
+"""SlurmLauncher (`--launcher slurm`): jobs as one SLURM job array, submitted through submitit; their states from
+squeue and from the exit record each job writes (job.json), so nothing needs SLURM's accounting database. It owns
+the SLURM flags (--partition, --time, --gpus-per-run, --cpus-per-run, --sbatch); its job ids are SLURM's
+(ARRAY_TASK).
 
 On the node, each array task runs `run_job`: the command (or callable) with OMP_NUM_THREADS set to the CPUs
 SLURM gave the task, then its exit code written into the job's folder. A command that fails makes the task
@@ -18,10 +20,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar
 
 from facetl.errors import FacetlError
-from facetl.launch.jobs import Job, JobStatus, read_exit, state_of_exit, write_exit
+from facetl.experiments.jobs import Job, JobStatus, read_exit, state_of_exit, write_exit
+from facetl.experiments.launcher import register_launcher
+from facetl.flags import whole_number
 
 POLL_SECONDS = 3.0
 # squeue's states (long form) as a launcher's
@@ -69,11 +73,53 @@ def require_slurm() -> None:
         raise FacetlError("--launcher slurm needs submitit: pip install 'facetl[launch]'") from None
 
 
+@register_launcher
 @dataclass
 class SlurmLauncher:
     options: SlurmOptions = field(default_factory=SlurmOptions)
-    logs: Path = Path("slurm-logs")   # submitit's folder: the sbatch scripts, each task's output
-    name = "slurm"
+    log_folder: Path = Path("slurm-logs")   # submitit's folder: the sbatch scripts, each task's output
+    name: ClassVar[str] = "slurm"
+    default: ClassVar[bool] = False
+    detaches: ClassVar[bool] = True         # the array runs on without this command
+    in_this_process: ClassVar[bool] = False
+
+    @classmethod
+    def add_arguments(cls, parser) -> None:
+        slurm = parser.add_argument_group("SLURM (--launcher slurm)")
+        slurm.add_argument("--partition", help="the partition to submit to (default: the cluster's own)")
+        slurm.add_argument("--time", type=whole_number(1, 525_600), default=60, metavar="MINUTES",
+                           help="each job's time limit in minutes (default 60)")
+        slurm.add_argument("--gpus-per-run", type=whole_number(0, 64), default=0, metavar="N",
+                           help="GPUs each job asks for (default 0)")
+        slurm.add_argument("--cpus-per-run", type=whole_number(1, 1024), metavar="N",
+                           help="CPUs each job asks for; its threads follow (default: the cluster's, often 1)")
+        slurm.add_argument("--sbatch", action="append", default=[], metavar="KEY=VALUE",
+                           help="another sbatch option for every job, e.g. account=myproj or qos=short; repeat for "
+                                "more")
+
+    @classmethod
+    def implied_by(cls, args) -> bool:
+        return False
+
+    @classmethod
+    def from_args(cls, args, out: Path) -> "SlurmLauncher":
+        require_slurm()
+        options = SlurmOptions(partition=args.partition, minutes=args.time, gpus_per_job=args.gpus_per_run,
+                               cpus_per_job=args.cpus_per_run, parallel=getattr(args, "parallel", None),
+                               sbatch=tuple(args.sbatch), job_name=f"facetl-{Path(out).name}")
+        options.submitit_parameters()  # a malformed --sbatch is one line now, before anything is made
+        return cls(options, log_folder=Path(out) / "slurm")
+
+    @classmethod
+    def owns(cls, job_id: str) -> bool:
+        return re.fullmatch(r"\d+(_\d+)?", job_id) is not None
+
+    @classmethod
+    def observer(cls) -> "SlurmLauncher":
+        return cls()  # squeue and the jobs' exit records tell, from any process
+
+    def logs(self) -> Path:
+        return self.log_folder
 
     def launch(self, jobs: list[Job], on_change: Callable[[JobStatus], None] = lambda status: None
                ) -> list[JobStatus]:
@@ -81,7 +127,7 @@ class SlurmLauncher:
         require_slurm()
         import submitit
 
-        executor = submitit.SlurmExecutor(folder=str(self.logs), max_num_timeout=0)
+        executor = submitit.SlurmExecutor(folder=str(self.log_folder), max_num_timeout=0)
         executor.update_parameters(**self.options.submitit_parameters())
         try:  # submitit prints sbatch's refusal before raising it: it is said once, in the error below
             with contextlib.redirect_stderr(io.StringIO()), executor.batch():

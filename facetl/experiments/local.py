@@ -1,4 +1,5 @@
-"""LocalLauncher: N jobs at once as processes on this machine, each slot with its own GPUs or CPU cores.
+"""LocalLauncher (`--launcher local`): N jobs at once as processes on this machine, each slot with its own GPUs or
+CPU cores. Its job ids are `local-PID`.
 
 Dividing the machine is the point: three PyTorch runs on two cores, each with a thread per core, spin-wait
 against each other (an epoch 40x slower). A slot's cores are given by affinity and by OMP_NUM_THREADS, which
@@ -12,12 +13,14 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar
 
-from facetl.launch.jobs import Job, JobStatus, state_of_exit, write_exit
-from facetl.launch.signals import end_group, ignoring_signals, terminate_as_interrupt
+from facetl.experiments.jobs import Job, JobStatus, state_of_exit, write_exit
+from facetl.experiments.launcher import register_launcher
+from facetl.runtime.signals import end_group, ignoring_signals, terminate_as_interrupt
 
 POLL_SECONDS = 0.2
+JOB_ID_PREFIX = "local-"
 
 
 @dataclass(frozen=True)
@@ -58,12 +61,40 @@ def divide(items: list, parts: int) -> list[tuple]:
     return [tuple(items[bounds[i]:bounds[i + 1]]) for i in range(parts)]
 
 
+@register_launcher
 @dataclass
 class LocalLauncher:
     parallel: int = 1
     cores: list[int] = field(default_factory=available_cores)
     gpus: list[str] = field(default_factory=visible_gpus)
-    name = "local"
+    name: ClassVar[str] = "local"
+    default: ClassVar[bool] = False
+    detaches: ClassVar[bool] = False     # its jobs end with the command that started them
+    in_this_process: ClassVar[bool] = False
+
+    @classmethod
+    def add_arguments(cls, parser) -> None:
+        pass  # --parallel (shared) is all it takes
+
+    @classmethod
+    def implied_by(cls, args) -> bool:
+        """--parallel N or --nproc N (N > 1) without --launcher: N processes here."""
+        return (getattr(args, "parallel", None) or 1) > 1 or (getattr(args, "nproc", None) or 1) > 1
+
+    @classmethod
+    def from_args(cls, args, out: Path) -> "LocalLauncher":
+        return cls(parallel=getattr(args, "parallel", None) or 1)
+
+    @classmethod
+    def owns(cls, job_id: str) -> bool:
+        return job_id.startswith(JOB_ID_PREFIX)
+
+    @classmethod
+    def observer(cls) -> None:
+        return None  # a local job's state is the launching process's to tell (it may still be running it)
+
+    def logs(self) -> None:
+        return None  # each job's output is its folder's launch.log
 
     def slots(self) -> list[Slot]:
         gpus = divide(self.gpus, self.parallel) if self.gpus else [()] * self.parallel
@@ -122,7 +153,7 @@ def _start(job: Job, slot: Slot):
                                        preexec_fn=(lambda: _pin(slot.cores)) if slot.cores else None)
         pid = process.pid
     where = f"cores {','.join(map(str, slot.cores))}" + (f", GPUs {','.join(slot.gpus)}" if slot.gpus else "")
-    return process, JobStatus(job.name, f"local-{pid}", "running", str(log), where, str(folder))
+    return process, JobStatus(job.name, f"{JOB_ID_PREFIX}{pid}", "running", str(log), where, str(folder))
 
 
 def process_ended(process) -> bool:

@@ -1,4 +1,23 @@
-"""What a launcher runs (Job), what it says about it (JobStatus), and the file that remembers it (JobBook)."""
+"""What a launcher runs (Job), what it says about it (JobStatus), and the file that remembers it (JobBook).
+
+A job is `Job(name, command, folder, nproc=1, here=None)`: `command` is an argv list (run as a process) or a
+callable taking no arguments (run in a fresh process; on SLURM pickled by submitit, so a module-level function);
+`here` is the same work as a call in this process, for the in-process launcher (without one, it runs `command`);
+`folder` is where the job's own files go (its exit record, job.json; locally its output, launch.log). A job's
+state is a `JobStatus(name, job_id, state, log, detail)`, `state` one of STATES: pending, running, finished
+(exit 0), failed, cancelled (scancel, Ctrl-C), timeout, killed (ended without saying how).
+
+Every launcher has the same three calls (facetl.experiments.launcher):
+
+    statuses = launcher.launch(jobs, on_change)   # in this process or local: returns when every job has ended;
+                                                  # slurm: submits one array and returns them pending
+    statuses = launcher.wait(statuses, on_change) # until none is pending or running
+    statuses = launcher.refresh(statuses)         # the state now (after this process was restarted, too)
+
+`on_change(status)` hears of each job's every change of state (a sweep writes its results table as points
+finish); `JobBook(path)` keeps the latest status of each job in a JSON file (a sweep's jobs.json), so a rerun or
+`--status` knows them.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -6,7 +25,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Union
+from typing import Callable, Optional, Union
 
 from facetl.errors import FacetlError
 from facetl.runfolder import atomic_write_json
@@ -23,6 +42,7 @@ class Job:
     command: Union[list[str], Callable[[], object]]
     folder: Path
     nproc: int = 1  # processes the command starts (torchrun): a local slot gives it that many GPUs
+    here: Optional[Callable[[], object]] = None  # the same work as a call in this process (in-process launcher)
 
 
 @dataclass(frozen=True)
