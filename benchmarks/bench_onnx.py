@@ -42,6 +42,7 @@ from facetl.models.classifier import FaceClassifier  # noqa: E402
 from facetl.models.factory import create_backbone  # noqa: E402
 from facetl.models.heads import build_head  # noqa: E402
 from facetl.preprocessing import Preprocessing  # noqa: E402
+from facetl.tables import markdown_table  # noqa: E402
 
 CASES = (("mobilenet_v2", 64), ("vgg16", 224))
 BATCHES = (1, 32)
@@ -95,12 +96,10 @@ def measure_case(backbone: str, size: int, args, folder: Path) -> list[dict]:
 
 
 def table(rows: list[dict], header: list[str]) -> str:
-    lines = header + ["", "| case | batch | PyTorch images/s | ONNX Runtime images/s | ratio | max prob. diff | export s |",
-                      "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['case']} | {r['batch']} | {r['pytorch']:.1f} | {r['onnxruntime']:.1f} | "
-                     f"{r['onnxruntime'] / r['pytorch']:.2f}x | {r['diff']:.1e} | {r['export_s']:.1f} |")
-    return "\n".join(lines)
+    columns = ["case", "batch", "PyTorch images/s", "ONNX Runtime images/s", "ratio", "max prob. diff", "export s"]
+    cells = [[r["case"], r["batch"], f"{r['pytorch']:.1f}", f"{r['onnxruntime']:.1f}",
+              f"{r['onnxruntime'] / r['pytorch']:.2f}x", f"{r['diff']:.1e}", f"{r['export_s']:.1f}"] for r in rows]
+    return "\n".join(header + ["", *markdown_table(columns, cells)])
 
 
 def cpu_name() -> str:

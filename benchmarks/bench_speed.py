@@ -367,10 +367,9 @@ def render_table(rows: list[dict], header: list[str]) -> str:
     cols = ["case", "pipeline", "epoch 1 s", "epochs 2..N s/epoch", "total s", "where the time went",
             "peak RSS MiB", "peak anon MiB", "over imports MiB", "largest child MiB", "final val acc", "ref/facetl total",
             "ref/facetl per epoch"]
-    lines = header + ["", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for row in rows:
-        lines.append("| " + " | ".join(str(row.get(c, "")) for c in cols) + " |")
-    return "\n".join(lines) + "\n"
+    from facetl.tables import markdown_table  # here: the measuring process itself imports no more of facetl
+
+    return "\n".join(header + ["", *markdown_table(cols, [[row.get(c, "") for c in cols] for row in rows])]) + "\n"
 
 
 def table_rows(case: Case, ref: dict | None, fac: dict | None, error: str | None) -> list[dict]:

@@ -34,9 +34,9 @@ import numpy as np
 from PIL import Image
 
 import facetl.inference.video as inference_video
-from facetl.commands.predict import predict
-from facetl.commands.predict_video import (FacePainter, StreamedCsv, VideoRequest, predict_videos,
-                                           video_alignment)
+from facetl.inference.annotate import FacePainter
+from facetl.inference.photos import predict
+from facetl.inference.video_files import StreamedCsv, VideoRequest, predict_videos, video_alignment
 from facetl.data.faces.composite import box_iou, moving_faces
 from facetl.data.faces.detect import MTCNNDetector
 from facetl.data.video import VideoReader, VideoWriter

@@ -31,7 +31,6 @@ from PIL import Image
 from facetl.data.faces import align_face, alignment_transform, faces_in_photo, faces_in_photos, template_points
 from facetl.data.faces.composite import PastedFace, box_iou, match_faces, random_composite
 from facetl.data.faces.detect import create_detector
-from facetl.commands.predict import crop_colour
 from facetl.preprocessing import FaceAlignment
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "celebrity_faces"
@@ -102,7 +101,7 @@ def label_agreement(run_folder: Path, composites: list[Composite], landmarks: st
     """The share of pasted faces whose label predicted from the photo (detected, aligned as `facetl predict`
     aligns) equals the label predicted from the crop itself (prepared as training prepared it)."""
     from facetl.inference.classifiers import TorchClassifier
-    from facetl.commands.predict import face_alignment_for
+    from facetl.inference.photos import face_alignment_for
     from facetl.inference.run import load_run
     from facetl.runtime import Runtime
 
@@ -129,7 +128,7 @@ def label_agreement(run_folder: Path, composites: list[Composite], landmarks: st
         aligned = [found[m].crop if not true_landmarks else
                    align_face(item.photo, item.truth[k].landmarks, prep.size, alignment.template, alignment.scale)
                    for k, m in hits]
-        from_photo = run.classify(np.stack([crop_colour(a, prep.colour) for a in aligned]), runtime).argmax(1)
+        from_photo = run.classify(np.stack([prep.colour_crop(a) for a in aligned]), runtime).argmax(1)
         same += int((from_crops == from_photo).sum())
         compared += len(hits)
     return {"faces": compared, "agree": same, "agreement": same / max(compared, 1), "not_found": missed,
@@ -146,7 +145,7 @@ def crop_as_trained(path: Path, prep) -> np.ndarray | None:
     used = next(faces_in_photos([path], prep.faces, prep.size)).used
     if not used:
         return None
-    return crop_colour(used[0].crop, prep.colour)
+    return prep.colour_crop(used[0].crop)
 
 
 def training_files(run_folder: Path) -> set[str]:

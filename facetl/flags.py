@@ -45,6 +45,13 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Examples kept as written; help beside flags up to 20 characters (most of them)."""
+
+    def __init__(self, prog: str, **kwargs):
+        super().__init__(prog, max_help_position=22, **kwargs)
+
+
 def whole_number(low: int, high: int):
     """An argparse type: an integer from low to high, or one line saying so."""
     def parse(text: str) -> int:
@@ -89,12 +96,12 @@ def add_run(parser, help: str = "a run folder (with best.pt)", **kwargs) -> argp
     return parser.add_argument("run", metavar="RUN", help=help, **kwargs)
 
 
-def add_data(group, required: bool = False, target: bool = True) -> argparse.Action:
-    """--data, --images and --target: what the train, inspect and faces commands read."""
-    data = group.add_argument("--data", required=required, help=HELP["data"])
-    group.add_argument("--images", help="image folder for a table (default: the table's folder)")
+def add_data(group, required: bool = False, target: bool = True, help: str = HELP["data"]) -> argparse.Action:
+    """--data, --images and --target: what the train, inspect, faces and evaluate commands read."""
+    data = group.add_argument("--data", metavar="PATH", required=required, help=help)
+    group.add_argument("--images", metavar="DIR", help="image folder for a table (default: the table's folder)")
     if target:
-        group.add_argument("--target", help="attribute column of a table (Smiling, Male, ...)")
+        group.add_argument("--target", metavar="COLUMN", help="attribute column of a table (Smiling, Male, ...)")
     return data
 
 
@@ -138,7 +145,7 @@ GROUPS = {
              "duplicates", "groups"),
     "images and faces": ("img_size", "normalize", "colour", "faces", "multi_face", "min_face", "landmarks"),
     "model": ("backbone", "weights", "head", "strategy", "unfreeze", "dropout"),
-    "recipe (left out, the recipe chooses each for the backbone, weights and data, and train.log says what)":
+    "recipe (left out: the recipe's choice for the backbone, weights and data, said in train.log)":
         RECIPE_KEYS + ("warmup",),
     "training": ("label_smoothing", "patience", "ema", "select", "balance", "threshold", "precise_bn", "calibrate",
                  "seed"),
@@ -146,16 +153,21 @@ GROUPS = {
     "output": ("out",),
     "tracking": ("track", "track_dir", "tracking_uri"),
 }
-HIDDEN = ("track_group",)  # set by sweep and --folds for their runs, never by a user
+HIDDEN = ("track_group",)
+# short metavars keep a flag and its help on one line; a key not here is N (whole number), X (number) or WORD
+METAVARS = {"data": "PATH", "images": "DIR", "target": "COLUMN", "positive": "CLASS", "split": "F", "split_file": "CSV",
+            "split_by": "GROUPS", "groups": "GROUPS", "normalize": "X", "augment": "AUG", "backbone": "NAME",
+            "weights": "NAME", "unfreeze": "PLAN", "lr": "LR", "cache_dir": "DIR", "out": "DIR", "track": "NAME",
+            "track_dir": "DIR", "tracking_uri": "URI", "threshold": "P"}  # set by sweep and --folds for their runs, never by a user
 NONE_MEANS = {"warmup": "0", "patience": "off", "ema": "off"}
 
 
 def add_config_flags(parser, exclude: tuple[str, ...] = ()) -> dict[str, argparse._ArgumentGroup]:
     """--config and a flag per TrainConfig key (but `exclude`), in --help's groups; returns the groups by title's
     first word, for the command's own flags."""
+    parser.usage = "%(prog)s --data PATH [options]"
+    parser.add_argument("--config", metavar="YAML", help="a file supplying any of these options; flags override it")
     groups = {title.split()[0]: parser.add_argument_group(title) for title in GROUPS}
-    groups["output"].add_argument("--config", metavar="YAML",
-                                  help="a file supplying any of these options; flags override it")
     placed = {key: groups[title.split()[0]] for title, keys in GROUPS.items() for key in keys}
     for name in FIELDS:
         if name not in exclude:
@@ -170,9 +182,12 @@ def _add_tracking_flags(group, exclude: tuple[str, ...]) -> None:
 
     for name in TRACKING_KEYS:
         if name not in exclude:
+            text = TRACKING_HELP[name]
+            said = (text.replace("(None: ", "(default ") if "(None: " in text else
+                    text + " (default none)" if name == "track" else text)
             group.add_argument("--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS,
-                               metavar=name.upper(), nargs="+" if name == "track" else None,
-                               help=argparse.SUPPRESS if name in HIDDEN else f"{TRACKING_HELP[name]} (default: none)")
+                               metavar=METAVARS.get(name, "WORD"), nargs="+" if name == "track" else None,
+                               help=argparse.SUPPRESS if name in HIDDEN else said)
 
 
 def _add_config_flag(group, name: str) -> None:
@@ -185,15 +200,20 @@ def _add_config_flag(group, name: str) -> None:
     else:
         is_list = "list" in str(FIELDS[name].type)
         group.add_argument("--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS,
-                           metavar=name.upper(), nargs="+" if is_list else None,
+                           metavar=metavar(name), nargs="+" if is_list else None,
                            help=argparse.SUPPRESS if name in HIDDEN else config_help(name))
+
+
+def metavar(name: str) -> str:
+    kind = str(FIELDS[name].type)
+    return METAVARS.get(name) or ("N" if "int" in kind else "X" if "float" in kind else "WORD")
 
 
 def config_help(name: str) -> str:
     """The key's help line with its default said in words: never `None` or a Python list."""
-    text = HELP.get(name, "")
+    text = HELP.get(name, "").replace(" (None)", "")
     if "(None: " in text:  # the help says what leaving it out means
-        return text.replace("(None: ", "(default: ")
+        return text.replace("(None: ", "(default ")
     if name in RECIPE_KEYS and getattr(DEFAULTS, name) is None:
         return text  # the group's title says the recipe chooses
     value = getattr(DEFAULTS, name)
@@ -203,7 +223,7 @@ def config_help(name: str) -> str:
         said = " ".join(str(v) for v in value) or "none"
     else:
         said = str(value)
-    return f"{text} (default: {said})" if said else text
+    return f"{text} (default {said})" if said else text
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

@@ -3,13 +3,20 @@
 A run resolves its `Preprocessing` once, from its weights (a facetl run passes on its own, ImageNet
 weights their backbone's), then the flags on top. Every checkpoint stores it, and training, evaluation,
 prediction and anything later read it from there and nowhere else, so a photo is prepared at
-prediction exactly as the training images were.
+prediction exactly as the training images were. It also applies itself: `square` (a whole image: colour,
+then resized), `colour_crop` (an aligned face crop) and `normalize` (a float batch) are the only places an
+image is made grey or normalised, and `to_onnx_metadata` / `from_onnx_metadata` the only place its ONNX
+metadata keys are named.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
 
 COLOURS = ("rgb", "grey")
 MAX_SIZE = 4096  # a side beyond this is a damaged record, not a model (the --img-size flag stops at 2048)
@@ -79,6 +86,48 @@ class Preprocessing:
         return cls(int(size) if isinstance(size, str) and size.isdigit() else size,
                    tuple(float(v) for v in values["mean"]), tuple(float(v) for v in values["std"]),
                    values.get("colour", "rgb"), FaceAlignment.from_dict(faces) if faces else None)
+
+    @classmethod
+    def pixels(cls, size: int, colour: str = "rgb") -> "Preprocessing":
+        """Only the pixel part (size and colour), for what stores uint8 images before any run normalises them:
+        the decoded-image store and its workers."""
+        return cls(size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), colour)
+
+    def in_colour(self, image: Image.Image) -> Image.Image:
+        """An RGB image in the run's colour: grey is grey in all three channels (a model trained on grey photos)."""
+        return image.convert("L").convert("RGB") if self.colour == "grey" else image
+
+    def square(self, image: Image.Image) -> np.ndarray:
+        """A whole RGB image as the model's input: the run's colour, then resized (bilinear) to (size, size, 3)
+        uint8, as every training image of a run on crops was."""
+        return np.asarray(self.in_colour(image).resize((self.size, self.size), Image.BILINEAR), dtype=np.uint8)
+
+    def colour_crop(self, crop: np.ndarray) -> np.ndarray:
+        """An aligned face crop, already (size, size, 3) uint8, in the run's colour, as the store made the
+        training crops."""
+        return np.asarray(self.in_colour(Image.fromarray(crop))) if self.colour == "grey" else crop
+
+    def normalize(self, x):
+        """A float batch (N, 3, H, W) in [0, 1], a torch tensor, with the run's mean taken away and divided by its
+        std, per channel (in x's dtype, on x's device)."""
+        mean = x.new_tensor(self.mean).view(1, 3, 1, 1)
+        std = x.new_tensor(self.std).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+    def to_onnx_metadata(self) -> dict[str, str]:
+        """This record as an exported model's metadata (strings; lists and records as JSON)."""
+        return {"facetl.size": str(self.size), "facetl.mean": json.dumps(list(self.mean)),
+                "facetl.std": json.dumps(list(self.std)), "facetl.colour": self.colour,
+                "facetl.faces": json.dumps(self.faces.to_dict() if self.faces else None)}
+
+    @classmethod
+    def from_onnx_metadata(cls, metadata: dict[str, str]) -> "Preprocessing":
+        """The record `to_onnx_metadata` wrote (an export from before colour and faces were kept: rgb, crops).
+        KeyError, TypeError or ValueError when it is missing or damaged."""
+        return cls.from_dict({"size": metadata["facetl.size"], "mean": json.loads(metadata["facetl.mean"]),
+                              "std": json.loads(metadata["facetl.std"]),
+                              "colour": metadata.get("facetl.colour", "rgb"),
+                              "faces": json.loads(metadata.get("facetl.faces", "null"))})
 
     def describe(self) -> str:
         mean = ", ".join(f"{v:.3f}" for v in self.mean)

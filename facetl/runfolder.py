@@ -5,7 +5,6 @@ sees either the old complete file or the new complete file, never half of one.
 """
 from __future__ import annotations
 
-import csv
 import io
 import json
 import os
@@ -14,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from facetl.config import is_number
 from facetl.errors import FacetlError
+from facetl.tables import csv_text, plain_cell, spreadsheet_cell  # noqa: F401 (imported from here too)
 
 
 def temporary_beside(path: Path, suffix: str = ".tmp") -> tuple[int, str]:
@@ -57,41 +56,6 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def atomic_write_json(path: str | Path, value) -> None:
     atomic_write_text(path, json.dumps(value, indent=2) + "\n")
-
-
-# A cell starting with one of these is a formula to a spreadsheet (`=cmd|' /C calc'!A0` runs a program).
-# OWASP's advice: prefix such text with a single quote, which spreadsheets show but do not evaluate.
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
-def spreadsheet_cell(value):
-    """A CSV cell no spreadsheet will run: text (not a number) starting a formula gets a leading quote; text
-    already starting with a quote and such a character, or two quotes, gets one more, so `plain_cell` undoes it."""
-    if not isinstance(value, str) or not value:
-        return value
-    if value.startswith(FORMULA_START) and not is_number(value):
-        return "'" + value
-    if value[0] == "'" and value[1:2] and value[1:2] in (*FORMULA_START, "'"):
-        return "'" + value
-    return value
-
-
-def plain_cell(text: str) -> str:
-    """A cell as written before `spreadsheet_cell` (for facetl's own CSVs read back: tables, split.csv)."""
-    if text[:1] == "'" and text[1:2] and text[1:2] in (*FORMULA_START, "'"):
-        return text[1:]
-    return text
-
-
-def csv_text(header: list[str] | None, rows) -> str:
-    """Every CSV facetl writes goes through here: spreadsheet-safe cells, one line ending (header None: rows
-    to append to a file that has one)."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    if header is not None:
-        writer.writerow([spreadsheet_cell(c) for c in header])
-    writer.writerows([spreadsheet_cell(c) for c in row] for row in rows)
-    return buffer.getvalue()
 
 
 def atomic_write_csv(path: str | Path, header: list[str], rows) -> None:

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from facetl.config import TrainConfig
-from facetl.data.augment import BatchAugment, normalize, to_float
+from facetl.data.augment import BatchAugment, to_float
+from facetl.preprocessing import Preprocessing
 from facetl.errors import FacetlError
 from facetl.models import build_model
 from facetl.data.features import FeatureRequest, FeatureSource, FrozenPart, ImageSource, open_feature_source
@@ -47,8 +48,9 @@ def test_to_float_makes_channels_first_unit_range():
     x = to_float(images, CPU)
     assert x.shape == (2, 3, 5, 4) and x.dtype == torch.float32
     assert x[1, 2, 3, 1].item() == pytest.approx(images[1, 3, 1, 2] / 255.0)
-    mean, std = torch.tensor([0.5, 0.5, 0.5]), torch.tensor([0.5, 0.5, 0.5])
-    assert normalize(x, mean, std).min() >= -1 and normalize(x, mean, std).max() <= 1
+    normalised = Preprocessing(5, (0.5,) * 3, (0.5,) * 3).normalize(x)
+    assert normalised.min() >= -1 and normalised.max() <= 1 and normalised.dtype == torch.float32
+    assert normalised[1, 2, 3, 1].item() == pytest.approx((images[1, 3, 1, 2] / 255.0 - 0.5) / 0.5)
 
 
 def test_flip_mirrors_some_samples_and_keeps_the_rest(batch):

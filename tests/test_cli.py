@@ -115,7 +115,7 @@ def test_train_with_config_reproduces_a_run(trained_run, tmp_path):
 
 
 def test_evaluate_val_split_writes_its_own_folder(trained_run, capsys):
-    assert main(["evaluate", str(trained_run), "--split", "val"]) == 0
+    assert main(["evaluate", str(trained_run), "--subset", "val"]) == 0
     metrics = json.loads((trained_run / "eval-val" / "metrics.json").read_text())
     assert metrics["split"] == "val" and metrics["n_images"] == 20
     assert (trained_run / "eval-val" / "roc.png").is_file()

@@ -73,7 +73,7 @@ def test_a_run_recorded_before_landmark_refinement_still_cuts_faces_as_it_was_tr
 
     from facetl.data.faces import align_face, create_detector, faces_in_photo
     from facetl.inference.classifiers import TorchClassifier
-    from facetl.commands.predict import predict
+    from facetl.inference.photos import predict
     from facetl.runtime import Runtime
 
     assert load_run(face_run).record.preprocessing.faces.landmarks == "refined"  # a new run refines

@@ -11,7 +11,8 @@ import torch
 
 import facetl.train.fit as fit_module
 from commandline import in_process, one_line_error
-from facetl.cli import build_parser, config_from_args, main
+from facetl.cli import build_parser, main
+from facetl.flags import config_from_args
 from facetl.config import RECIPE_KEYS, TrainConfig, build_config, load_yaml, with_old_recipe
 from facetl.errors import FacetlError
 from facetl.models import build_model

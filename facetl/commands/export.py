@@ -25,7 +25,6 @@ import torch
 from torch import nn
 
 import facetl
-from facetl.data.augment import normalize
 from facetl.errors import FacetlError
 from facetl.flags import add_out, add_overwrite, add_run
 from facetl.inference.onnx import FORMAT_VERSION, INPUT_NAME, OUTPUT_NAME, first_line
@@ -71,13 +70,12 @@ class ExportedClassifier(nn.Module):
         super().__init__()
         self.model = model
         self.temperature = float(temperature)  # a constant of the graph: logits / T when the run was calibrated
-        self.register_buffer("mean", torch.tensor(preprocessing.mean, dtype=torch.float32))
-        self.register_buffer("std", torch.tensor(preprocessing.std, dtype=torch.float32))
+        self.preprocessing = preprocessing
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         # the same operations, in the same order, as to_float + ImageSource.prepare + probabilities
         x = images.permute(0, 3, 1, 2).float() / 255.0
-        return probabilities(self.model(normalize(x, self.mean, self.std)), self.temperature)
+        return probabilities(self.model(self.preprocessing.normalize(x)), self.temperature)
 
 
 def onnx_metadata(preprocessing: Preprocessing, class_names: list[str], title: str, backbone: str,
@@ -87,11 +85,7 @@ def onnx_metadata(preprocessing: Preprocessing, class_names: list[str], title: s
         "facetl.version": facetl.__version__,
         "facetl.title": title,
         "facetl.backbone": backbone,
-        "facetl.size": str(preprocessing.size),
-        "facetl.mean": json.dumps(list(preprocessing.mean)),
-        "facetl.std": json.dumps(list(preprocessing.std)),
-        "facetl.colour": preprocessing.colour,
-        "facetl.faces": json.dumps(preprocessing.faces.to_dict() if preprocessing.faces else None),
+        **preprocessing.to_onnx_metadata(),
         "facetl.class_names": json.dumps(list(class_names)),
         "facetl.threshold": json.dumps(threshold),  # two classes: class 1 when its probability reaches it
         "facetl.temperature": json.dumps(temperature),  # already applied inside the graph; for the record

@@ -15,6 +15,44 @@ from facetl.data.store import open_image_store
 from facetl.evaluate.plots import image_grid, plot_class_balance
 from facetl.errors import FacetlError
 from facetl.runfolder import atomic_write_csv, atomic_write_json, prepare_run_folder
+from facetl.flags import add_cache_dir, add_data, add_out
+from facetl.outputs import data_reads, refuse_misplaced
+
+
+NAME = "inspect"
+SUMMARY = "class balance, sample grid, unreadable and duplicate files"
+EXAMPLES = [("facetl inspect --data ../shared/datasets/SMILEsmileD/SMILEs --out inspect/smiles",
+             "class balance, samples, duplicates"),
+            ("facetl inspect --data ../shared/datasets/celebrity_faces_attributes.csv --images "
+             "../shared/datasets/celebrity_faces --target Male --out inspect/gender", "an attribute table")]
+
+
+def add_arguments(parser) -> None:
+    add_data(parser, required=True)
+    add_out(parser, "folder for the charts and lists", required=True)
+    add_cache_dir(parser)
+
+
+def run(args) -> int:
+    from facetl.data.load import load_samples
+    from facetl.data.store import cache_root
+
+    if args.target and ("," in args.target or args.target.strip() == "all"):
+        raise FacetlError(f"facetl inspect takes one --target column, not {args.target}; take the attributes one at "
+                          "a time")
+    refuse_misplaced(args.out, "--out", data_reads(args.data, args.images))
+    samples = load_samples(args.data, args.images, args.target)
+    summary = inspect_dataset(samples, args.out, cache_root(args.cache_dir), progress=True)
+    print(f"{summary['images']} images in {len(summary['classes'])} classes:")
+    for name, count in summary["classes"].items():
+        print(f"  {name:<30} {count:>7}")
+    print(f"unreadable images: {summary['unreadable']} (unreadable.csv)")
+    print(f"exact duplicate files: {summary['duplicate_files']} in {summary['duplicate_groups']} groups; "
+          f"{summary['conflicting_duplicate_groups']} groups filed under different labels (duplicates.csv)")
+    for example in summary["conflicting_examples"][:5]:
+        print(f"  conflicting: {' = '.join(example)}")
+    print(f"plots: {Path(args.out) / 'class_balance.png'}, {Path(args.out) / 'samples.png'}")
+    return 0
 
 PREVIEW_SIZE = 96
 

@@ -37,10 +37,6 @@ def read_rows(stored: np.ndarray, index: np.ndarray, device: torch.device) -> to
     return rows
 
 
-def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    return (x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
-
-
 class BatchAugment:
     """flip, jitter, rotate[:DEGREES], shift[:PIXELS] and scale[:PERCENT] applied per sample to a float batch in
     [0, 1]. Rotation, shift and scale are one similarity transform: small ones imitate the few pixels by which

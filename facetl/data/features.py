@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from facetl.data.augment import BatchAugment, normalize, read_rows, to_float
+from facetl.data.augment import BatchAugment, read_rows, to_float
 from facetl.data.integrity import building_prefix, file_digest, problem_with, remove_stale_builds
 from facetl.data.store import ImageStore
 from facetl.preprocessing import Preprocessing
@@ -79,8 +79,7 @@ class ImageSource:
     def __init__(self, images: np.ndarray, frozen: FrozenPart, preprocessing: Preprocessing, augment: BatchAugment,
                  runtime: Runtime):
         self.images, self.frozen = images, frozen
-        self.mean = torch.tensor(preprocessing.mean, device=runtime.device)
-        self.std = torch.tensor(preprocessing.std, device=runtime.device)
+        self.preprocessing = preprocessing
         self.augment, self.device, self.precision = augment, runtime.device, runtime.precision
         self.description = ("frozen part computed every batch" if frozen.cut > 0 else "whole backbone trains")
 
@@ -92,7 +91,7 @@ class ImageSource:
         """A float batch in [0, 1] -> the trainable part's input."""
         if generator is not None and self.augment.active:
             x = self.augment(x, generator)
-        x = normalize(x, self.mean, self.std)
+        x = self.preprocessing.normalize(x)
         if self.frozen.cut == 0:
             return x
         # no_grad, not inference_mode: the output feeds the trainable part, which autograd tracks
@@ -269,7 +268,6 @@ def _build_features(job: _FeatureJob, frozen: FrozenPart, request: FeatureReques
 def _compute_features(feats: np.ndarray, job: _FeatureJob, frozen: FrozenPart, request: FeatureRequest,
                       preprocessing: Preprocessing, runtime: Runtime, batch_size: int, progress: bool) -> None:
     group, device, precision = runtime.group, runtime.device, runtime.precision
-    mean_t, std_t = torch.tensor(preprocessing.mean, device=device), torch.tensor(preprocessing.std, device=device)
     generator = torch.Generator().manual_seed(request.seed + 7919)
     was_training = frozen.model.training
     frozen.model.eval()
@@ -284,7 +282,7 @@ def _compute_features(feats: np.ndarray, job: _FeatureJob, frozen: FrozenPart, r
             elif view > 0:
                 x = request.augment(x, generator)  # drawn on every rank, so each view is the same whoever computes it
             if number % group.local_world == group.local_rank:
-                x = normalize(x, mean_t, std_t)
+                x = preprocessing.normalize(x)
                 with torch.inference_mode(), precision.frozen_autocast():
                     feats[row:row + len(batch)] = to_stored(frozen(x), precision.frozen)
             row += len(batch)

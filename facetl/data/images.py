@@ -12,6 +12,8 @@ from typing import BinaryIO, Callable
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from facetl.preprocessing import Preprocessing
+
 # Files above this many pixels are refused rather than decoded: a decompression bomb would take the
 # machine's memory. 8K x 8K is far beyond any face photo.
 MAX_PIXELS = 64_000_000
@@ -31,10 +33,7 @@ def decode_image(path: Path, size: int, colour: str = "rgb") -> tuple[np.ndarray
 
     def square(image: Image.Image) -> np.ndarray:
         image.draft("RGB", (size, size))  # JPEG: decode at a reduced scale when much larger
-        image = _to_rgb(ImageOps.exif_transpose(image))
-        if colour == "grey":
-            image = image.convert("L").convert("RGB")
-        return np.asarray(image.resize((size, size), Image.BILINEAR), dtype=np.uint8)
+        return Preprocessing.pixels(size, colour).square(_to_rgb(ImageOps.exif_transpose(image)))
 
     return _decode(data, MAX_PIXELS, square), digest
 

@@ -23,13 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from facetl.data.faces import face_rows, faces_in_photos
 from facetl.data.images import UnreadableImage, decode_image
 from facetl.data.integrity import building_prefix, file_digest, problem_with, remove_stale_builds
 from facetl.errors import FacetlError
-from facetl.preprocessing import FaceAlignment
+from facetl.preprocessing import FaceAlignment, Preprocessing
 from facetl.progress import progress_bar
 
 
@@ -191,6 +190,7 @@ def _build_faces(folder: Path, files: list[Path], size: int, colour: str, alignm
     count = len(files)
     images = np.memmap(folder / "images.u8", dtype=np.uint8, mode="w+", shape=(max(count, 1), size, size, 3))
     hashes, errors, rows = [""] * count, {}, []
+    pixels = Preprocessing.pixels(size, colour)
     results = faces_in_photos(files, alignment, size)
     for i, result in enumerate(progress_bar(results, total=count, desc=f"finding faces, aligning at {size}px",
                                             unit="photo", enabled=progress)):
@@ -198,10 +198,7 @@ def _build_faces(folder: Path, files: list[Path], size: int, colour: str, alignm
         if result.error or not used:
             errors[i] = result.error or result.note
         else:
-            crop = used[0].crop
-            if colour == "grey":
-                crop = np.asarray(Image.fromarray(crop).convert("L").convert("RGB"))
-            images[i] = crop
+            images[i] = pixels.colour_crop(used[0].crop)
             hashes[i] = hashlib.sha1(Path(files[i]).read_bytes()).hexdigest()
         rows += face_rows(str(files[i]), result)
     images.flush()

@@ -15,6 +15,7 @@ from facetl.evaluate.plots import (plot_attribute_metrics, plot_confusion, plot_
                                    plot_precision_recall, plot_reliability, plot_roc)
 from facetl.record import RunRecord
 from facetl.runfolder import atomic_write_csv, atomic_write_json, atomic_write_text
+from facetl.tables import markdown_table
 
 
 @dataclass
@@ -110,12 +111,9 @@ def attribute_table(metrics: dict) -> list[str]:
     header = ["attribute", "images", "base rate", "threshold", *(m.label for m in metric_table())]
     keys = ["n_images", "base_rate", "threshold", *(m.key for m in metric_table())]
     averaged = attribute_mean_keys()
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for name, m in metrics["attributes"].items():
-        lines.append(f"| {name} | " + " | ".join(_fmt(m.get(k)) for k in keys) + " |")
-    lines.append("| **mean** | | " + " | ".join(f"**{_fmt(metrics.get(k))}**" if k in averaged else ""
-                                               for k in keys[1:]) + " |")
-    return lines
+    rows = [[name, *(_fmt(m.get(k)) for k in keys)] for name, m in metrics["attributes"].items()]
+    rows.append(["**mean**", "", *(f"**{_fmt(metrics.get(k))}**" if k in averaged else "" for k in keys[1:])])
+    return markdown_table(header, rows)
 
 
 def render_attribute_report(metrics: dict, record: RunRecord, config: dict, history: list[dict]) -> str:
@@ -182,8 +180,7 @@ def render_report(metrics: dict, record: RunRecord, config: dict, history: list[
     shown = summary_metrics()
     lines = header_lines(record, config)
     lines += [f"## Metrics on the {metrics['split']} split ({metrics['n_images']} images)", "",
-              "| " + " | ".join(m.title for m in shown) + " |", "|" + "---|" * len(shown),
-              "| " + " | ".join(m.format(metrics.get(m.key)) for m in shown) + " |", ""]
+              *markdown_table([m.title for m in shown], [[m.format(metrics.get(m.key)) for m in shown]]), ""]
     if len(metrics["class_names"]) == 2:
         lines += [threshold_sentence(metrics), ""]
     if metrics.get("tta", "none") != "none":
@@ -253,13 +250,12 @@ def group_lines(groups: dict) -> list[str]:
     shown = rows[:GROUPS_SHOWN]
     metrics = group_metrics_shown()
     header = ["group", "images", "base rate", *(m.label for m in metrics)]
-    lines = [f"## Per group ({groups['by']})", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join([r["group"], str(r["n"]), _fmt(r["base_rate"])] + [m.format(r[m.key]) for m in metrics])
-              + " |" for r in sorted(shown, key=lambda r: r["group"])]
-    gaps = groups["gaps"]
-    lines.append("| **largest gap** | | | " + " | ".join(
-        f"**{g['gap']:.4f}** ({g['lowest']} to {g['highest']})" if g else "n/a" for g in (gaps[m.key] for m in metrics))
-        + " |")
+    rows = [[r["group"], r["n"], _fmt(r["base_rate"]), *(m.format(r[m.key]) for m in metrics)]
+            for r in sorted(shown, key=lambda r: r["group"])]
+    gaps = [groups["gaps"][m.key] for m in metrics]
+    rows.append(["**largest gap**", "", "",
+                 *(f"**{g['gap']:.4f}** ({g['lowest']} to {g['highest']})" if g else "n/a" for g in gaps)])
+    lines = [f"## Per group ({groups['by']})", "", *markdown_table(header, rows)]
     lines += ["", f"Gaps are over the {groups['groups_in_gaps']} group(s) with at least {groups['gap_min_images']} "
               "images; smaller groups are listed but their scores move in large steps. F1 is n/a in a group "
               "without the positive class, ROC-AUC in a group with one class."
@@ -306,8 +302,8 @@ def mistakes_sentence(metrics: dict) -> str:
 
 def history_table(history: list[dict], config: dict) -> list[str]:
     """The per-epoch table of a report's Training section."""
-    return ["| epoch | train loss | train acc | val loss | val acc | lr | trains | seconds |",
-            "|---|---|---|---|---|---|---|---|"] + [
-        f"| {h['epoch']} | {h['train_loss']:.4f} | {h['train_acc']:.4f} | {h['val_loss']:.4f} | "
-        f"{h['val_acc']:.4f} | {_fmt_lr(h.get('lr'))} | {h.get('strategy') or config.get('strategy')} | "
-        f"{h['seconds']:.1f} |" for h in history]
+    header = ["epoch", "train loss", "train acc", "val loss", "val acc", "lr", "trains", "seconds"]
+    return markdown_table(header, [[h["epoch"], f"{h['train_loss']:.4f}", f"{h['train_acc']:.4f}",
+                                     f"{h['val_loss']:.4f}", f"{h['val_acc']:.4f}", _fmt_lr(h.get("lr")),
+                                     h.get("strategy") or config.get("strategy"), f"{h['seconds']:.1f}"]
+                                    for h in history])

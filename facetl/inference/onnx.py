@@ -129,10 +129,7 @@ def _check_graph(session, classes: int, size: int, path: Path) -> None:
 def _read_contract(metadata: dict[str, str], path: Path) -> tuple[list[str], Preprocessing]:
     try:
         class_names = [str(c) for c in json.loads(metadata["facetl.class_names"])]
-        preprocessing = Preprocessing.from_dict({
-            "size": metadata["facetl.size"], "mean": json.loads(metadata["facetl.mean"]),
-            "std": json.loads(metadata["facetl.std"]), "colour": metadata.get("facetl.colour", "rgb"),
-            "faces": json.loads(metadata.get("facetl.faces", "null"))})
+        preprocessing = Preprocessing.from_onnx_metadata(metadata)
     except (KeyError, TypeError, ValueError) as exc:
         raise FacetlError(f"{path} has damaged facetl metadata ({first_line(exc)})") from None
     return class_names, preprocessing

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
-from PIL import Image
 
 from facetl.data.faces import check_alignment, create_detector, faces_of_frame
 from facetl.data.faces.detect import torch_threads
@@ -22,12 +21,6 @@ from facetl.inference.classifiers import Classifier
 from facetl.inference.reid import DlibEmbedder, FaceReID
 from facetl.inference.tta import with_tta
 from facetl.preprocessing import FaceAlignment
-
-
-def crop_colour(crop: np.ndarray, colour: str) -> np.ndarray:
-    if colour == "grey":  # as the store made the training crops
-        return np.asarray(Image.fromarray(crop).convert("L").convert("RGB"))
-    return crop
 
 
 @dataclass(frozen=True)
@@ -71,7 +64,7 @@ class FrameAnalyser:
         found = self.detector.detect(frames, self.alignment.min_face) if frames else []
         judged = [faces_of_frame("<frame>", pixels, faces, self.alignment, prep.size, self.detector).used
                   for pixels, faces in zip(frames, found)]
-        crops = [crop_colour(face.crop, prep.colour) for used in judged for face in used]
+        crops = [prep.colour_crop(face.crop) for used in judged for face in used]
         with torch_threads(self.threads):
             probs = iter(with_tta(self.classifier.classify, np.stack(crops), self.tta) if crops else [])
         return [[FoundFace(face.face.box, face.face.score, next(probs), face.face.landmarks) for face in used]

@@ -96,33 +96,16 @@ def create_app(reader: PhotoReader, limits: Limits = Limits(), threads: int = 1,
     """The app around an opened reader. `threads`: torch's threads in the worker that runs the models;
     `allowed_hosts`: the names a request's Host header may give (None: any); `smooth_seconds`: the camera
     stream's time constant for smoothing labels (0: none)."""
-    worker = ThreadPoolExecutor(1, thread_name_prefix="facetl-serve", initializer=_set_torch_threads,
-                                initargs=(threads,))
-    worker.submit(reader.warm_up).result()
-    page = files("facetl.serve").joinpath("page.html").read_text(encoding="utf-8")
+    worker = ReaderWorker(reader, threads)
     cards = [run.card for run in reader.runs]
-    waiting = 0
-
-    async def read_on_worker(data: bytes, max_pixels: int) -> PhotoAnswer:
-        """The photo path: decode and read on the one worker, with the time waited for it."""
-        submitted = time.perf_counter()
-
-        def job() -> PhotoAnswer:
-            started = time.perf_counter()
-            answer = reader.read_bytes(data, max_pixels)
-            answer.milliseconds["queue"] = round((started - submitted) * 1000.0, 1)
-            return answer
-
-        return await asyncio.get_running_loop().run_in_executor(worker, job)
-
     streams = Streams(limits.stream, [card.name for card in cards], allowed_hosts, _sniff_frame,
-                      lambda data: read_on_worker(data, limits.stream.max_frame_pixels),
+                      lambda data: worker.read(data, limits.stream.max_frame_pixels),
                       lambda: StreamSmoothing(reader.runs, smooth_seconds), smooth_seconds)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
-        worker.shutdown(wait=True, cancel_futures=True)
+        worker.shutdown()
 
     app = FastAPI(title="facetl serve", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Faces in a photo, each labelled by every served run. POST a photo as the "
@@ -130,6 +113,45 @@ def create_app(reader: PhotoReader, limits: Limits = Limits(), threads: int = 1,
     _add_error_handlers(app)
     if allowed_hosts is not None:
         app.add_middleware(_HostCheck, allowed_hosts=allowed_hosts)
+    _add_pages(app, cards, worker)
+    _add_predict(app, worker, limits)
+
+    @app.websocket("/api/stream")
+    async def stream(websocket: WebSocket) -> None:
+        await streams.serve(websocket)
+
+    return app
+
+
+class ReaderWorker:
+    """The one thread that runs the reader (it is not thread-safe), warmed up when made; counts the photo
+    requests in flight, so the server can refuse more than its limit."""
+
+    def __init__(self, reader: PhotoReader, threads: int):
+        self.reader, self.waiting = reader, 0
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="facetl-serve", initializer=_set_torch_threads,
+                                       initargs=(threads,))
+        self.pool.submit(reader.warm_up).result()
+
+    async def read(self, data: bytes, max_pixels: int) -> PhotoAnswer:
+        """The photo path: decode and read on the one worker, with the time waited for it."""
+        submitted = time.perf_counter()
+
+        def job() -> PhotoAnswer:
+            started = time.perf_counter()
+            answer = self.reader.read_bytes(data, max_pixels)
+            answer.milliseconds["queue"] = round((started - submitted) * 1000.0, 1)
+            return answer
+
+        return await asyncio.get_running_loop().run_in_executor(self.pool, job)
+
+    def shutdown(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _add_pages(app: FastAPI, cards: list[ModelCard], worker: ReaderWorker) -> None:
+    """The page, the model cards and the health check."""
+    page = files("facetl.serve").joinpath("page.html").read_text(encoding="utf-8")
 
     @app.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
@@ -142,34 +164,31 @@ def create_app(reader: PhotoReader, limits: Limits = Limits(), threads: int = 1,
 
     @app.get("/healthz", response_model=Health)
     async def healthz() -> Health:
-        return Health("ok", [card.name for card in cards], waiting)
+        return Health("ok", [card.name for card in cards], worker.waiting)
 
     # HEAD as GET without the body; a route of its own, so the API description has one operation per path
     app.add_api_route("/healthz", healthz, methods=["HEAD"], response_model=Health, include_in_schema=False)
 
+
+def _add_predict(app: FastAPI, worker: ReaderWorker, limits: Limits) -> None:
+    """POST /api/predict: one photo in, every face with every run's answer out."""
+
     @app.post("/api/predict", response_model=PhotoAnswer, responses=ERRORS, openapi_extra=UPLOAD_BODY)
     async def predict(request: Request) -> PhotoAnswer:
-        nonlocal waiting
-        if waiting >= limits.max_waiting:
-            raise ApiError(503, f"busy: {waiting} requests in flight; try again shortly")
-        waiting += 1
+        if worker.waiting >= limits.max_waiting:
+            raise ApiError(503, f"busy: {worker.waiting} requests in flight; try again shortly")
+        worker.waiting += 1
         try:
             data = await _read_image_field(request, limits)
             _sniff(data, limits.max_pixels)
             try:
-                return await read_on_worker(data, limits.max_pixels)
+                return await worker.read(data, limits.max_pixels)
             except UnreadableImage as exc:
                 raise ApiError(422, f"cannot read the image: {exc}") from None
             except NonFiniteAnswer as exc:
                 raise ApiError(500, str(exc)) from None
         finally:
-            waiting -= 1
-
-    @app.websocket("/api/stream")
-    async def stream(websocket: WebSocket) -> None:
-        await streams.serve(websocket)
-
-    return app
+            worker.waiting -= 1
 
 
 def _set_torch_threads(threads: int) -> None:

@@ -21,7 +21,7 @@ from facetl.data.faces import LANDMARKS, PhotoFace, align_face, aligned_landmark
 from facetl.data.faces.composite import background
 from facetl.data.images import MAX_PIXELS, photo_from_bytes
 from facetl.errors import NotANumber
-from facetl.commands.predict import crop_colour, face_alignment_for
+from facetl.inference.photos import face_alignment_for
 from facetl.preprocessing import FaceAlignment
 from facetl.serve.runs import ServedRun
 
@@ -136,7 +136,7 @@ class PhotoReader:
                 if cut not in cuts:
                     cuts[cut] = [align_face(image, points, size, alignment.template, alignment.scale, face.face.box)
                                  for face, points in zip(used, marks[alignment.landmarks])]
-                crops = np.stack([crop_colour(crop, run.classifier.preprocessing.colour) for crop in cuts[cut]])
+                crops = np.stack([run.classifier.preprocessing.colour_crop(crop) for crop in cuts[cut]])
                 try:
                     outputs = run.classifier.classify(crops)  # refuses NaN or inf itself (NotANumber)
                 except NotANumber:

@@ -1,37 +1,33 @@
-"""`facetl predict RUN clip.mp4`: every face of a video found, tracked and labelled, frame by frame.
+"""Videos labelled face by face: every face of a video found, tracked and labelled, frame by frame.
 
-One row per face per analysed frame goes to --out (FRAME_COLUMNS, then the run's label columns), a row per
-track to NAME.tracks.csv beside it, and with --annotate the video again with each face boxed, numbered and
-labelled (H.264 MP4). --every K analyses every K-th frame (the annotated video holds each face's box and
-label until the next analysed frame); --smooth SECONDS smooths each track's probabilities
-(inference/video.py: ProbabilitySmoother) and the smoothed label is the one written, the raw one beside it.
-Photos given with videos are labelled as `facetl predict` labels photos and written to the same CSV.
-Every output is written under a temporary name and renamed when complete.
+The library behind `facetl predict RUN clip.mp4`. One row per face per analysed frame goes to the frames CSV
+(FRAME_COLUMNS, then the run's label columns), a row per track to NAME.tracks.csv beside it, and optionally
+the video again with each face boxed, numbered and labelled (H.264 MP4). `every` K analyses every K-th frame
+(the annotated video holds each face's box and label until the next analysed frame); `smooth` SECONDS smooths
+each track's probabilities (inference/video.py: ProbabilitySmoother) and the smoothed label is the one
+written, the raw one beside it. Every output is written under a temporary name and renamed when complete.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, ImageDraw, ImageFont
-
-from facetl.commands.predict import (Predictions, annotation_names, face_alignment_for, once_each, plan_annotations,
-                                     predict, write_annotations)
 from facetl.data.folders import is_image_name
 from facetl.data.video import VideoReader, VideoWriter, is_video_name
 from facetl.errors import FacetlError
+from facetl.inference.annotate import FacePainter, annotated_video_names
 from facetl.inference.classifiers import Classifier
+from facetl.inference.photos import Predictions, face_alignment_for, once_each
 from facetl.inference.reid import open_embedder
 from facetl.inference.video import FramePipeline, TrackedFace
 from facetl.outputs import inside
 from facetl.progress import progress_bar
 from facetl.preprocessing import FaceAlignment
-from facetl.runfolder import atomic_write_csv, csv_text, publish, temporary_beside
+from facetl.runfolder import atomic_write_csv, publish, temporary_beside
+from facetl.tables import csv_text
 
 FRAME_COLUMNS = ["path", "frame", "time_s", "track", "x", "y", "w", "h", "detection_score"]
 # Video frames are searched for faces on a copy at most this long (unless the run's alignment says less; photos:
@@ -79,34 +75,6 @@ def split_media(inputs: list[str]) -> tuple[list[str], list[Path]]:
         else:
             photos.append(item)
     return photos, once_each(videos)
-
-
-def predict_media(classifier: Classifier, photos: list[str], videos: list[Path], request: VideoRequest,
-                  faces: str = "auto", min_face: int | None = None) -> int:
-    """`facetl predict` when videos are among the inputs: their frames and the photos' rows in one CSV (a
-    photo's frame, time and track empty), photos annotated as PNG and videos as MP4. Exit 1 when a video
-    stopped early or a photo was skipped."""
-    alignment = video_alignment(classifier, faces, min_face)
-    photo_result = predict(classifier, photos, faces, min_face, tta=request.tta) if photos else None
-    photo_plan = []
-    if photo_result is not None and request.annotate is not None:
-        photo_plan = plan_annotations(photo_result.rows, request.annotate, request.overwrite, request.out)
-    rows = photo_frame_rows(photo_result) if photo_result is not None else []
-    results, summary = predict_videos(classifier, videos, alignment, request, rows)
-    for r in results:
-        if r.stopped:
-            print(f"warning: {r.path}: {r.stopped}; the {r.frames} frames before are kept", file=sys.stderr)
-        print(f"{r.path}: {r.frames} frames, {r.analysed} analysed, {r.faces} faces"
-              + (f"; annotated video {r.annotated}" if r.annotated else ""))
-    for line in summary.lines():
-        print("  " + line)
-    if request.out is not None:
-        print(f"wrote {sum(r.faces for r in results) + len(rows)} rows to {request.out}, "
-              f"{len(summary.tracks)} tracks to {tracks_path(request.out)}")
-    if photo_plan:
-        print(f"annotated {len(write_annotations(photo_plan))} photo(s) in {request.annotate}")
-    skipped = photo_result is not None and photo_result.skipped
-    return 1 if skipped or any(r.stopped for r in results) else 0
 
 
 def video_alignment(classifier: Classifier, faces: str, min_face: int | None) -> FaceAlignment:
@@ -201,12 +169,6 @@ class TrackSummary:
         if len(self.tracks) > limit:
             out.append(f"... and {len(self.tracks) - limit} more tracks")
         return out
-
-
-def annotated_video_names(videos: list[Path]) -> list[str]:
-    """NAME.annotated.mp4 for each video, at its path below the folder the videos share, named as photos'
-    are: clip.mp4 and clip.mkv side by side keep their extensions (clip.mp4.annotated.mp4, ...)."""
-    return annotation_names(list(map(str, videos)), ending=".annotated.mp4")
 
 
 def plan_video_outputs(videos: list[Path], request: VideoRequest) -> list[Path | None]:
@@ -394,32 +356,3 @@ class _VideoJob:
     def abort(self) -> None:
         if self.writer is not None:
             self.writer.abort()
-
-
-# One colour per track (cycled): a face keeps its colour while it keeps its number
-_PALETTE = [(40, 220, 60), (255, 170, 30), (60, 160, 255), (240, 70, 200), (250, 235, 60), (90, 230, 230),
-            (255, 90, 90), (170, 120, 255)]
-
-
-class FacePainter:
-    """Boxes, track numbers and labels drawn on frames (PIL), sized for the frame."""
-
-    def __init__(self, width: int, height: int):
-        self.line = max(2, round(max(width, height) / 320))
-        self.font = ImageFont.load_default(size=max(12, round(max(width, height) / 40)))
-
-    def paint(self, pixels: np.ndarray, faces: list[TrackedFace]) -> np.ndarray:
-        if not faces:
-            return pixels
-        image = Image.fromarray(pixels)
-        draw = ImageDraw.Draw(image)
-        for face in faces:
-            colour = _PALETTE[(face.track - 1) % len(_PALETTE)]
-            x, y, w, h = face.box
-            draw.rectangle((x, y, x + w, y + h), outline=colour, width=self.line)
-            text = f"#{face.track} {face.label}" + ("" if face.probability is None else f" {face.probability:.2f}")
-            left, top, right, bottom = draw.textbbox((0, 0), text, font=self.font)
-            y0 = max(0, y - (bottom - top) - 6)
-            draw.rectangle((x, y0, x + right - left + 6, y0 + bottom - top + 6), fill=colour)
-            draw.text((x + 3 - left, y0 + 3 - top), text, fill=(0, 0, 0), font=self.font)
-        return np.asarray(image)
