@@ -45,8 +45,8 @@ def add_arguments(parser) -> None:
     search.add_argument("--startup-trials", type=whole_number(0, 100_000), default=5, metavar="N",
                         help="trials that finish before the median pruner stops any (default 5)")
     workers = add_launcher_flags(parser, "workers (how the trials run)", "how the workers sharing the study run",
-                                 "workers sharing the study (without --launcher, more than 1: local processes at once on "
-                                 "this machine; slurm: the job array's tasks) (default 1)")
+                                 "workers sharing the study (without --launcher, more than 1: local processes at "
+                                 "once on this machine; slurm: the job array's tasks) (default 1)")
     workers.add_argument("--worker", metavar="DIR", help="run as one worker of the study in DIR until it has its "
                                                          "trials: what --parallel and cluster launchers start")
     workers.add_argument("--worker-index", type=whole_number(0, 1_000_000), metavar="K",

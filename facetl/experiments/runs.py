@@ -17,6 +17,7 @@ from facetl.evaluate.metrics import best_of, best_words, metric, summary_metrics
 from facetl.experiments.results import read_run
 from facetl.runfolder import atomic_write_csv, atomic_write_text
 from facetl.runreader import is_run_folder
+from facetl.tables import aligned_text, table_text
 
 
 @dataclass(frozen=True)
@@ -92,13 +93,7 @@ def text_table(rows: list[dict], markdown: bool = False) -> str:
     shown = [c for c in columns() if c.key != "note" or any(r["note"] for r in rows)]
     cells = [[c.format(r[c.key]) if c.key != "note" else (r["note"] or "") for c in shown] for r in rows]
     headers = [c.header for c in shown]
-    if markdown:
-        lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in line) + " |" for line in cells]
-        return "\n".join(lines) + "\n"
-    widths = [max(len(h), *(len(line[i]) for line in cells)) for i, h in enumerate(headers)]
-    return "\n".join("  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip()
-                     for line in [headers, *cells]) + "\n"
+    return table_text(".md", headers, cells) if markdown else aligned_text(headers, cells)
 
 
 def check_table_out(out: Path, overwrite: bool) -> None:

@@ -128,9 +128,20 @@ def sweep_status(out: Path) -> list[JobStatus]:
     statuses = [book.get(n) or JobStatus(n, "", "not launched") for n in book.meta.get("points", [])]
     statuses = [dataclasses.replace(s, state="finished", detail=s.detail if s.state == "finished" else "metrics.json")
                 if (out / s.name / "metrics.json").is_file() else s for s in statuses]
+    write_tables(out, book)
+    return refreshed(statuses)
+
+
+def refreshed(statuses: list[JobStatus]) -> list[JobStatus]:
+    """The active jobs' states as the launcher that gave each job id can tell from here (one ask per launcher);
+    a job no observer can see keeps its recorded state (its launching process may still run it)."""
+    asked: dict[type, tuple] = {}
     for number, status in enumerate(statuses):
         observer = observer_of(status.job_id) if status.active else None
-        if observer is not None:  # else its state is its launching process's to tell (it may still run it)
-            statuses[number] = observer.refresh([status])[0]
-    write_tables(out, book)
+        if observer is not None:
+            asked.setdefault(type(observer), (observer, []))[1].append(number)
+    statuses = list(statuses)
+    for observer, numbers in asked.values():
+        for number, fresh in zip(numbers, observer.refresh([statuses[n] for n in numbers])):
+            statuses[number] = fresh
     return statuses

@@ -13,6 +13,7 @@ import numpy as np
 from facetl.evaluate.metrics import best_of, best_words, summary_metrics
 from facetl.experiments.results import cell
 from facetl.runfolder import atomic_write_csv, atomic_write_text
+from facetl.tables import markdown_table
 
 # a sweep's results.csv: run, the metrics that sum a run up (the metric table's), then these
 COLUMNS_AFTER_METRICS = ["val_loss", "val_acc", "train_seconds", "trainable_params", "pretraining", "recipe",
@@ -36,11 +37,9 @@ def write_results(out: Path, rows: list[dict], select: str = "val_loss") -> None
 def results_table(rows: list[dict], best: int | None, select: str) -> str:
     metrics = summary_metrics()
     header = ["run", *(m.label for m in metrics), *HEADERS_AFTER_METRICS]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for i, r in enumerate(rows):
-        name = f"**{r['run']}** (best)" if i == best else r["run"]
-        cells = [name] + [m.format(r[m.key]) for m in metrics] + [cell(r[c], c) for c in COLUMNS_AFTER_METRICS[:-1]]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines = markdown_table(header, [[f"**{r['run']}** (best)" if i == best else r["run"]]
+                                     + [m.format(r[m.key]) for m in metrics]
+                                     + [cell(r[c], c) for c in COLUMNS_AFTER_METRICS[:-1]] for i, r in enumerate(rows)])
     lines += ["", f"Metrics on each run's test split; 'best' is {best_words(select)} at the selected epoch, the "
               "metric each run selected its epoch by (the test split does not choose).", ""]
     if any(r.get("attributes") for r in rows):
@@ -89,13 +88,12 @@ def write_fold_results(out: Path, rows: list[dict], folds: int, split_by: str | 
     atomic_write_csv(out / "results.csv", columns, csv_rows)
 
     header = ["fold"] + [h for _, h in shown] + ["test images", "train s"]
+    cells = [[r["run"]] + [cell(r[k]) for k, _ in shown]
+             + [cell(r["test_images"]), cell(r["train_seconds"], "train_seconds")] for r in rows]
+    cells.append([f"**mean ± std** ({len(rows)} folds)"]
+                 + [_mean_std(total[k], total[k + "_std"]) for k, _ in shown] + ["", ""])
     lines = [f"# {folds}-fold cross-validation" + (f", split by {split_by}" if split_by else ""), "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in rows:
-        lines.append("| " + " | ".join([r["run"]] + [cell(r[k]) for k, _ in shown]
-                                       + [cell(r["test_images"]), cell(r["train_seconds"], "train_seconds")]) + " |")
-    lines.append("| " + " | ".join([f"**mean ± std** ({len(rows)} folds)"]
-                                   + [_mean_std(total[k], total[k + "_std"]) for k, _ in shown] + ["", ""]) + " |")
+             *markdown_table(header, cells)]
     lines += ["", "Metrics on each fold's test split (every image is in exactly one fold's test split); std is the "
               "sample standard deviation over folds. "
               + (f"Every {split_by} group lies wholly in one split of each fold." if split_by else
@@ -111,9 +109,7 @@ def write_sweep_results(out: Path, rows: list[dict], folds: int, split_by: str |
     atomic_write_csv(out / "results.csv", columns, [[r.get(c) for c in columns] for r in rows])
     header = ["run"] + [h for _, h in shown]
     lines = [f"# sweep, {folds}-fold cross-validation per point" + (f", split by {split_by}" if split_by else ""), "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in rows:
-        lines.append("| " + " | ".join([r["run"]] + [_mean_std(r[k], r[k + "_std"]) for k, _ in shown]) + " |")
+             *markdown_table(header, [[r["run"]] + [_mean_std(r[k], r[k + "_std"]) for k, _ in shown] for r in rows])]
     lines += ["", "Mean ± sample std over each point's folds, on the folds' test splits; every point uses the same "
               "folds when the grid does not change the data.", ""]
     lines += [f"- {r['run']}: {r['results']}" for r in rows]

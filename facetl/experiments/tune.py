@@ -1,9 +1,9 @@
 """`facetl tune --config BASE --space lr=log:1e-5:1e-2 --space strategy=frozen,last-block --trials 30 --out DIR`.
 
 A search that learns from finished runs: Optuna's TPE sampler proposes each trial's values, a median pruner stops
-a trial whose validation loss at an epoch is worse than the median of earlier trials at that epoch (heard
-through fit's callbacks (pruning.PruneTrial), so the stopped run is still a whole run folder whose run.json says why), and the
-study lives in an RDB storage (SQLite in DIR unless --storage names another), so rerunning continues it and any
+a trial whose selection metric (val loss by default) at an epoch is worse than the median of earlier trials at that
+epoch (a fit callback, pruning.PruneTrial, so the stopped run is still a whole run folder whose run.json says why),
+and the study lives in an RDB storage (SQLite in DIR unless --storage names another), so rerunning continues it and any
 number of workers share it.
 
 DIR holds the study: tune.json (what is searched), base.yaml (the configuration every trial starts from),
@@ -44,6 +44,7 @@ from facetl.experiments.pruning import PruneTrial
 from facetl.experiments.space import Dimension, check_space, parse_space
 from facetl.experiments.run import Launch
 from facetl.runtime.signals import terminate_as_interrupt
+from facetl.tables import markdown_table
 from facetl.runfolder import atomic_write_csv, atomic_write_json, atomic_write_text, prepare_run_folder
 
 INSTALL = "facetl tune needs Optuna: pip install 'facetl[tune]'"
@@ -411,12 +412,11 @@ def trials_table(rows: list[dict], best: int | None, select: str = "val_loss") -
     if not rows:
         return "No trials yet.\n"
     keys = list(rows[0])
-    lines = ["| " + " | ".join(k.replace("_", " ") for k in keys) + " |", "|" + "---|" * len(keys)]
-    for r in rows:
-        cells = [_cell(r[k]) for k in keys]
+    cells = [[_cell(r[k]) for k in keys] for r in rows]
+    for line, r in zip(cells, rows):
         if r["trial"] == best:
-            cells[0] = f"**{cells[0]}** (best)"
-        lines.append("| " + " | ".join(cells) + " |")
+            line[0] = f"**{line[0]}** (best)"
+    lines = markdown_table([k.replace("_", " ") for k in keys], cells)
     return "\n".join(lines + ["", f"val loss and val acc: at the epoch each run selected; 'best' is "
                                   f"{best_words(select)} of the finished trials. A PRUNED trial stopped early, its "
                                   "run.json says at which epoch and why.", ""])
