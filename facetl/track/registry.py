@@ -2,14 +2,12 @@
 facetl/track/base.py) and its line here."""
 from __future__ import annotations
 
-from facetl.track.jsonlines import JsonLinesTracker
 from facetl.track.mlflow import MlflowTracker
 from facetl.track.tensorboard import TensorBoardTracker
 
 TRACKERS = {
     "tensorboard": TensorBoardTracker,
     "mlflow": MlflowTracker,
-    "jsonlines": JsonLinesTracker,
 }
 
 
