@@ -13,6 +13,7 @@ from facetl.evaluate.metrics import (CALIBRATION_BINS, attribute_mean_keys, attr
                                      per_class_auc, summary_metrics, val_loss_jumps)
 from facetl.evaluate.plots import (plot_attribute_metrics, plot_confusion, plot_curves, plot_errors,
                                    plot_precision_recall, plot_reliability, plot_roc)
+from facetl import history as epoch_history
 from facetl.record import RunRecord
 from facetl.runfolder import atomic_write_csv, atomic_write_json, atomic_write_text
 
@@ -305,9 +306,7 @@ def mistakes_sentence(metrics: dict) -> str:
 
 
 def history_table(history: list[dict], config: dict) -> list[str]:
-    """The per-epoch table of a report's Training section."""
-    return ["| epoch | train loss | train acc | val loss | val acc | lr | trains | seconds |",
-            "|---|---|---|---|---|---|---|---|"] + [
-        f"| {h['epoch']} | {h['train_loss']:.4f} | {h['train_acc']:.4f} | {h['val_loss']:.4f} | "
-        f"{h['val_acc']:.4f} | {_fmt_lr(h.get('lr'))} | {h.get('strategy') or config.get('strategy')} | "
-        f"{h['seconds']:.1f} |" for h in history]
+    """The per-epoch table of a report's Training section: facetl.history's columns."""
+    return ["| " + " | ".join(c.label for c in epoch_history.COLUMNS) + " |",
+            "|" + "---|" * len(epoch_history.COLUMNS)] + [
+        "| " + " | ".join(epoch_history.shown(h, config.get("strategy"))) + " |" for h in history]
