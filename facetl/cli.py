@@ -623,6 +623,11 @@ def cmd_sweep(args) -> int:
     if not config.out:
         raise FacetlError("sweep needs --out DIR for its runs and results table")
     tracking = tracking_from(args).together(config.out)  # --track: the points are one MLflow parent run's children
+    trackers = callbacks_for(tracking)
+    from facetl.train.fit import check_output_places
+
+    config.check()
+    check_output_places(config, config.out, run=False, callbacks=trackers)  # the trackers' places, before any work
     grid = parse_grid(args.grid)
     if args.detach and (args.launcher or "local") != "slurm":
         raise FacetlError("--detach is for --launcher slurm (local jobs end with the sweep)")
@@ -636,9 +641,9 @@ def cmd_sweep(args) -> int:
     elif config.folds:
         from facetl.commands.folds import sweep_folds
 
-        sweep_folds(config, grid, config.out, progress=True, callbacks=[TrainingPictures(), *callbacks_for(tracking)])
+        sweep_folds(config, grid, config.out, progress=True, callbacks=[TrainingPictures(), *trackers])
     else:
-        sweep(config, grid, config.out, progress=True, callbacks=[TrainingPictures(), *callbacks_for(tracking)])
+        sweep(config, grid, config.out, progress=True, callbacks=[TrainingPictures(), *trackers])
     print((Path(config.out) / "results.md").read_text())
     return 0
 
