@@ -13,19 +13,20 @@ class EpochColumn:
     key: str                       # history.csv's header and the row's key
     label: str                     # as a person reads it (the report's table)
     kind: str                      # "int", "text", "number" (6 decimals) or "lr" (6 significant digits)
+    shown: str                     # how the report's table shows a value (a format spec)
     tensorboard: str | None = None  # its TensorBoard tag, when tracked there
     mlflow: bool = False           # logged to MLflow each epoch
 
 
 COLUMNS: tuple[EpochColumn, ...] = (
-    EpochColumn("epoch", "epoch", "int"),
-    EpochColumn("train_loss", "train loss", "number", "train/loss", True),
-    EpochColumn("train_acc", "train acc", "number", "train/acc", True),
-    EpochColumn("val_loss", "val loss", "number", "val/loss", True),
-    EpochColumn("val_acc", "val acc", "number", "val/acc", True),
-    EpochColumn("lr", "lr", "lr", "lr", True),
-    EpochColumn("strategy", "trains", "text"),
-    EpochColumn("seconds", "seconds", "number", None, True),
+    EpochColumn("epoch", "epoch", "int", ""),
+    EpochColumn("train_loss", "train loss", "number", ".4f", "train/loss", True),
+    EpochColumn("train_acc", "train acc", "number", ".4f", "train/acc", True),
+    EpochColumn("val_loss", "val loss", "number", ".4f", "val/loss", True),
+    EpochColumn("val_acc", "val acc", "number", ".4f", "val/acc", True),
+    EpochColumn("lr", "lr", "lr", ".3g", "lr", True),
+    EpochColumn("strategy", "trains", "text", ""),
+    EpochColumn("seconds", "seconds", "number", ".1f", None, True),
 )
 EPOCH, TRAIN_LOSS, TRAIN_ACC, VAL_LOSS, VAL_ACC, LR, STRATEGY, SECONDS = (c.key for c in COLUMNS)
 HEADER = [c.key for c in COLUMNS]
@@ -48,6 +49,13 @@ def cells(row: dict) -> list[str]:
         out.append("" if value is None else str(value) if column.kind in ("int", "text") else
                    f"{value:.6g}" if column.kind == "lr" else f"{value:.6f}")
     return out
+
+
+def shown(row: dict, strategy: str | None = None) -> list[str]:
+    """One row of the report's epoch table; an empty cell where a run from before a column existed has none
+    (`strategy`: the run's, for rows from before each epoch recorded what trained)."""
+    values = {**row, STRATEGY: row.get(STRATEGY) or strategy}
+    return ["" if values.get(c.key) in (None, "") else format(values[c.key], c.shown) for c in COLUMNS]
 
 
 def parse(column: str, text: str):

@@ -14,6 +14,8 @@ import pytest
 
 from commandline import ENV, facetl, in_process, one_line_error
 from test_fit import SMILES, needs_smiles, small
+from facetl.track import TrackingSettings, callbacks_for
+from facetl.train.callbacks import Callback
 from facetl.train.fit import fit
 
 pytest.importorskip("mlflow")
@@ -165,27 +167,22 @@ def test_without_track_nothing_is_tracked(tmp_path):
     assert not event_folders(tmp_path)
 
 
-class BreakArtifacts:
+class BreakArtifacts(Callback):
     """After the first epoch, the MLflow artifact folder's place is taken by a file: logging the report fails."""
 
     def __init__(self, place: Path):
         self.place = place
 
-    def run_started(self, config, record, folder, resumed_after):
-        pass
-
-    def epoch_ended(self, row, best):
+    def on_epoch_end(self, row, best):
         self.place.write_text("not a folder")
-
-    def run_finished(self, folder, metrics):
-        pass
 
 
 @needs_smiles
 def test_a_tracker_failing_mid_run_warns_once_and_the_run_and_other_tracker_finish(tmp_path, store_in):
     store_in(tmp_path / "run")
-    config = tiny(tmp_path, "run", epochs=2, track=["tensorboard", "mlflow"])
-    result = fit(config, progress=False, quiet=True, observers=[BreakArtifacts(tmp_path / "run" / "mlartifacts")])
+    trackers = callbacks_for(TrackingSettings(("tensorboard", "mlflow")))
+    result = fit(tiny(tmp_path, "run", epochs=2), progress=False, quiet=True,
+                 callbacks=[BreakArtifacts(tmp_path / "run" / "mlartifacts"), *trackers])
     warnings = [line for line in (result.folder / "train.log").read_text().splitlines() if "tracking stopped" in line]
     assert len(warnings) == 1 and "MLflow" in warnings[0]
     assert (result.folder / "metrics.json").is_file()

@@ -14,6 +14,8 @@ import numpy as np
 from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score, precision_score,
                              recall_score, roc_auc_score, roc_curve)
 
+from facetl.history import EPOCH, VAL_LOSS
+
 
 @dataclass(frozen=True)
 class Metric:
@@ -220,11 +222,11 @@ def val_loss_jumps(history: list[dict], factor: float) -> list[dict]:
     """
     jumps, best = [], None
     for row in history:
-        loss = float(row["val_loss"])
-        if best is not None and (not np.isfinite(loss) or loss > factor * best["val_loss"]):
-            jumps.append({"epoch": row["epoch"], "val_loss": loss, "best_epoch": best["epoch"],
-                          "best_loss": float(best["val_loss"])})
-        if np.isfinite(loss) and (best is None or loss < best["val_loss"]):
+        loss = float(row[VAL_LOSS])
+        if best is not None and (not np.isfinite(loss) or loss > factor * best[VAL_LOSS]):
+            jumps.append({EPOCH: row[EPOCH], VAL_LOSS: loss, "best_epoch": best[EPOCH],
+                          "best_loss": float(best[VAL_LOSS])})
+        if np.isfinite(loss) and (best is None or loss < best[VAL_LOSS]):
             best = row
     return jumps
 

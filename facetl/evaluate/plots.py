@@ -20,6 +20,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from facetl.evaluate.metrics import (average_roc_curves, decide, expected_calibration_error, per_class_auc,  # noqa: E402
                                      reliability_bins, roc_curves)
 from facetl.evaluate.predictions import SplitResult  # noqa: E402
+from facetl.history import EPOCH, STRATEGY, TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS  # noqa: E402
 from facetl.runfolder import atomic_write_bytes  # noqa: E402
 
 MANY_CLASSES = 10  # above this, one ROC line per class is an unreadable tangle: per-class AUC bars instead
@@ -47,24 +48,25 @@ def short_name(path: str, width: int = CAPTION_WIDTH) -> str:
 def plot_curves(history: list[dict], path: Path, title: str = "", best_epoch: int | None = None,
                 select: str | None = None) -> Figure:
     """Loss and accuracy per epoch, with the epoch whose weights were kept marked on both panels."""
-    epochs = [h["epoch"] for h in history]
-    best = next((h for h in history if h["epoch"] == best_epoch), None)
+    epochs = [h[EPOCH] for h in history]
+    best = next((h for h in history if h[EPOCH] == best_epoch), None)
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8), gridspec_kw={"wspace": 0.28})
-    for ax, key, name in ((ax_loss, "loss", "loss"), (ax_acc, "acc", "accuracy")):
-        ax.plot(epochs, [h[f"train_{key}"] for h in history], "o-", label="train")
-        ax.plot(epochs, [h[f"val_{key}"] for h in history], "o-", label="validation")
+    for ax, (train, val), name in ((ax_loss, (TRAIN_LOSS, VAL_LOSS), "loss"), (ax_acc, (TRAIN_ACC, VAL_ACC),
+                                                                               "accuracy")):
+        ax.plot(epochs, [h[train] for h in history], "o-", label="train")
+        ax.plot(epochs, [h[val] for h in history], "o-", label="validation")
         if best is not None:
             label = f"selected epoch {best_epoch}" + (f" (by {select})" if select else "")
             ax.axvline(best_epoch, color="tab:green", ls="--", lw=1.2, label=label)
-            ax.plot([best_epoch], [best[f"val_{key}"]], "*", ms=13, color="tab:green")
+            ax.plot([best_epoch], [best[val]], "*", ms=13, color="tab:green")
         ax.set(xlabel="epoch", ylabel=name, title=name)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.25
         ax.margins(x=0.08)  # keeps a selected last epoch's line off the frame
         ax.grid(alpha=0.3)
         for h, before in zip(history[1:], history):  # gradual unfreezing steps
-            if h.get("strategy") and before.get("strategy") and h["strategy"] != before["strategy"]:
-                ax.axvline(h["epoch"] - 0.5, color="grey", ls=":", lw=1.2)
-                ax.annotate(f"unfreeze: {h['strategy']}", (h["epoch"] - 0.5, 1), xycoords=("data", "axes fraction"),
+            if h.get(STRATEGY) and before.get(STRATEGY) and h[STRATEGY] != before[STRATEGY]:
+                ax.axvline(h[EPOCH] - 0.5, color="grey", ls=":", lw=1.2)
+                ax.annotate(f"unfreeze: {h[STRATEGY]}", (h[EPOCH] - 0.5, 1), xycoords=("data", "axes fraction"),
                             rotation=90, va="top", ha="right", fontsize=7, color="dimgrey")
     # one legend under both panels: inside either, it would cover a spike or the last epochs
     fig.legend(*ax_loss.get_legend_handles_labels(), loc="upper center", ncol=3, fontsize=9, frameon=False,

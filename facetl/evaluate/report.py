@@ -12,6 +12,7 @@ from facetl.evaluate.metrics import (CALIBRATION_BINS, attribute_mean_keys, attr
 from facetl.evaluate.plots import (plot_attribute_metrics, plot_confusion, plot_curves, plot_errors,
                                    plot_precision_recall, plot_reliability, plot_roc)
 from facetl.evaluate.predictions import SplitResult
+from facetl import history as epoch_history
 from facetl.record import RunRecord
 from facetl.runfolder import atomic_write_csv, atomic_write_json, atomic_write_text
 from facetl.tables import markdown_table
@@ -286,9 +287,6 @@ def mistakes_sentence(metrics: dict) -> str:
 
 
 def history_table(history: list[dict], config: dict) -> list[str]:
-    """The per-epoch table of a report's Training section."""
-    header = ["epoch", "train loss", "train acc", "val loss", "val acc", "lr", "trains", "seconds"]
-    return markdown_table(header, [[h["epoch"], f"{h['train_loss']:.4f}", f"{h['train_acc']:.4f}",
-                                     f"{h['val_loss']:.4f}", f"{h['val_acc']:.4f}", _fmt_lr(h.get("lr")),
-                                     h.get("strategy") or config.get("strategy"), f"{h['seconds']:.1f}"]
-                                    for h in history])
+    """The per-epoch table of a report's Training section: facetl.history's columns."""
+    return markdown_table([c.label for c in epoch_history.COLUMNS],
+                          [epoch_history.shown(h, config.get("strategy")) for h in history])
