@@ -10,8 +10,7 @@ import sys
 import types
 
 from facetl import api as _api
-
-__version__ = "0.1.0"
+from facetl.version import __version__
 
 __all__ = ["load", "train", "evaluate", "Model", "Evaluation", "__version__"]
 

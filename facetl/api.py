@@ -145,8 +145,8 @@ def train(config: str | Path | dict[str, Any] | "TrainConfig", out: str | Path |
     Raises:
         FacetlError: a bad config key or value, missing data, or an output place facetl refuses.
     """
-    from facetl.commands.evaluate import training_pictures
     from facetl.config import TrainConfig, build_config, load_yaml, with_old_recipe
+    from facetl.gradcam import TrainingPictures
     from facetl.train.fit import fit
 
     if isinstance(config, TrainConfig):
@@ -161,7 +161,7 @@ def train(config: str | Path | dict[str, Any] | "TrainConfig", out: str | Path |
     resolved = build_config(values)
     if resolved.folds:
         raise FacetlError("facetl.train trains one run; cross-validation (folds) is `facetl train --folds K`")
-    return fit(resolved, progress=progress, pictures=training_pictures)
+    return fit(resolved, progress=progress, callbacks=[TrainingPictures()])
 
 
 @dataclass

@@ -147,7 +147,7 @@ def test_explain_picks_an_attribute_and_export_refuses_in_one_line(run, table, t
 
     with pytest.raises(FacetlError, match="multi-attribute"):
         export_run(run)
-    from facetl.commands.explain import target_index
+    from facetl.gradcam import target_index
     from facetl.inference.run import load_run
 
     with pytest.raises(FacetlError, match="attributes are: Smiling, Male, Young"):

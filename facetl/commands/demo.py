@@ -91,7 +91,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from facetl.commands.evaluate import TrainingPictures
+    from facetl.gradcam import TrainingPictures
 
     options = DemoOptions(Path(args.out), args.source, args.epochs, args.limit,
                           Path(args.data) if args.data else None, args.pretrain_epochs, args.pretrain_limit,

@@ -15,7 +15,7 @@ from facetl.data.split import load_split
 from facetl.data.store import cache_root, RowCut, open_image_store
 from facetl.errors import FacetlError
 from facetl.evaluate.report import SplitResult, write_evaluation
-from facetl.commands.explain import gradcam_gallery
+from facetl.gradcam import write_gradcam_gallery
 from facetl.inference.decision import Decision
 from facetl.inference.run import LoadedRun, load_run
 from facetl.outputs import unwritable
@@ -23,7 +23,6 @@ from facetl.runreader import locate_data
 from facetl.progress import progress_bar
 from facetl.runfolder import atomic_write_csv
 from facetl.runtime import Runtime
-from facetl.train.callbacks import Callback, FinalSplit, RunInfo
 from facetl.inference.tta import TTA_HELP, TTA_MODES, with_tta
 from facetl.flags import add_data, add_run, add_runtime_flags, renamed
 
@@ -152,30 +151,3 @@ def write_attribute_predictions(path: Path, names: list[str], labels: np.ndarray
     atomic_write_csv(path, header, rows)
 
 
-class TrainingPictures(Callback):
-    """fit's callback that draws the Grad-CAM gallery of a run that just finished training (gradcam.png, beside its
-    errors.png), before its report is written."""
-
-    name = "the Grad-CAM gallery"
-
-    def on_fit_start(self, run: RunInfo) -> None:
-        self.run = run
-
-    def on_final_split(self, final: FinalSplit) -> None:
-        if self.run.record.multi_attribute:  # the gallery shows one decision per image
-            return
-        run, split = self.run, final.split
-        loaded = LoadedRun(run.folder, run.config, run.record, final.model, final.history)
-        write_gradcam_gallery(loaded, split, run.folder / "gradcam.png", run.runtime)
-
-
-def write_gradcam_gallery(run, split: SplitResult, path: Path, runtime: Runtime) -> None:
-    """gradcam.png beside errors.png, before report.md is written (the report mentions it when it exists).
-    A picture is not worth a failed evaluation: anything going wrong is one warning, and no stale file stays."""
-    path.unlink(missing_ok=True)
-    try:
-        gradcam_gallery(run, split, path, runtime)
-    except Exception as exc:  # noqa: BLE001 - any failure of an extra picture
-        path.unlink(missing_ok=True)
-        why = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
-        warnings.warn(f"{path} not written: the Grad-CAM gallery failed ({why}); the rest goes on without it")

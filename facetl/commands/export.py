@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-import facetl
 from facetl.errors import FacetlError
 from facetl.flags import add_out, add_overwrite, add_run
+from facetl.version import __version__
 from facetl.inference.onnx import FORMAT_VERSION, INPUT_NAME, OUTPUT_NAME, first_line
 from facetl.inference.run import load_run
 from facetl.models.outputs import probabilities
@@ -82,7 +82,7 @@ def onnx_metadata(preprocessing: Preprocessing, class_names: list[str], title: s
                   threshold: float | None = None, temperature: float = 1.0) -> dict[str, str]:
     return {
         "facetl.format": FORMAT_VERSION,
-        "facetl.version": facetl.__version__,
+        "facetl.version": __version__,
         "facetl.title": title,
         "facetl.backbone": backbone,
         **preprocessing.to_onnx_metadata(),

@@ -40,7 +40,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from facetl.commands.evaluate import TrainingPictures  # the Grad-CAM gallery (a callback)
+    from facetl.gradcam import TrainingPictures  # the Grad-CAM gallery (a callback)
 
     if args.status:
         return show_status(Path(args.status))

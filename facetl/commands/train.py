@@ -37,7 +37,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from facetl.commands.evaluate import TrainingPictures
+    from facetl.gradcam import TrainingPictures
     from facetl.track import callbacks_for, tracking_from
     from facetl.train.fit import fit
 
@@ -78,7 +78,7 @@ def resumed_run(args) -> Path | None:
 
 def train_folds(args, config: TrainConfig, tracking) -> int:
     """`train --folds K`: cross-validation (facetl.experiments.folds.train_folds), in this process."""
-    from facetl.commands.evaluate import TrainingPictures
+    from facetl.gradcam import TrainingPictures
     from facetl.experiments.folds import train_folds as cross_validate
     from facetl.experiments.run import Launch
     from facetl.track import callbacks_for

@@ -54,7 +54,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from facetl.commands.evaluate import TrainingPictures  # the Grad-CAM gallery (a callback)
+    from facetl.gradcam import TrainingPictures  # the Grad-CAM gallery (a callback)
 
     if args.worker:
         run_worker(args.worker, worker_index(args.worker_index), callbacks=[TrainingPictures()])

@@ -188,7 +188,7 @@ def render_report(metrics: dict, record: RunRecord, config: dict, history: list[
     if len(metrics["class_names"]) > 2 and metrics.get("roc_auc_per_class"):
         lines += [weakest_sentence(metrics["roc_auc_per_class"]), ""]
     lines += ["## Most confident mistakes", "", "![errors](errors.png)", "", mistakes_sentence(metrics), ""]
-    if gradcam:  # written by facetl evaluate (facetl.commands.explain), beside errors.png
+    if gradcam:  # written by facetl evaluate (facetl.gradcam), beside errors.png
         lines += ["## Where the network looks", "",
                   f"Grad-CAM of the most confident right and wrong {metrics['split']} images: gradcam.png", "",
                   "![gradcam](gradcam.png)", ""]
