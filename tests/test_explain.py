@@ -188,7 +188,7 @@ def test_evaluate_writes_the_gradcam_gallery_and_the_report_shows_it(runs, when)
 
 
 def test_a_failing_gallery_is_one_warning_and_leaves_no_file(runs, tmp_path, monkeypatch):
-    import facetl.commands.evaluate
+    import facetl.gradcam
 
     path = tmp_path / "gradcam.png"
     path.write_bytes(b"from an earlier evaluation")
@@ -196,7 +196,7 @@ def test_a_failing_gallery_is_one_warning_and_leaves_no_file(runs, tmp_path, mon
     def broken(*args, **kwargs):
         raise RuntimeError("no gradients today\nsecond line")
 
-    monkeypatch.setattr(facetl.commands.evaluate, "gradcam_gallery", broken)
+    monkeypatch.setattr(facetl.gradcam, "gradcam_gallery", broken)
     with pytest.warns(UserWarning, match="no gradients today") as caught:
         split = SplitResult("test", np.array([0, 1]), np.array([[0.9, 0.1], [0.2, 0.8]]),
                             np.zeros((2, SIZE, SIZE, 3), np.uint8), ["a", "b"])
