@@ -48,10 +48,14 @@ def run(args) -> int:
     if not config.out:
         raise FacetlError("sweep needs --out DIR for its runs and results table")
     tracking = tracking_from(args).together(config.out)  # --track: the points are one MLflow parent run's children
+    trackers = callbacks_for(tracking)
+    from facetl.train.fit import check_output_places
+
+    check_output_places(config, config.out, run=False, callbacks=trackers)  # the trackers' places, before any work
     grid = parse_grid(args.grid)
     launcher = launcher_from_flags(args, Path(config.out))
     sweep(config, grid, config.out, Launch(launcher, args.nproc, args.detach, callbacks=[
-        TrainingPictures(), *callbacks_for(tracking)], tracking=tracking.values()))
+        TrainingPictures(), *trackers], tracking=tracking.values()))
     if not args.detach:
         print((Path(config.out) / "results.md").read_text())
     return 0

@@ -78,12 +78,12 @@ def cross_validate(config: TrainConfig, launch: Launch | None = None) -> dict:
     book = JobBook(out / JOBS_FILE, meta={"points": [t.name for t in trials]})
 
     def write_tables() -> None:
-        rows = [read_run(t.folder, t.name) for t in trials if t.finished]
+        rows = [read_run(t.folder, t.name, strict=True) for t in trials if t.finished]
         if rows:
             write_fold_results(out, rows, config.folds, config.split_by)
 
     run_trials(trials, book, launch, write_tables)
-    return summary([read_run(t.folder, t.name) for t in trials])
+    return summary([read_run(t.folder, t.name, strict=True) for t in trials])
 
 
 def train_folds(config: TrainConfig, launch: Launch | None = None) -> Path:

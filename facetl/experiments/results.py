@@ -22,8 +22,9 @@ RECORD_FIELDS = {"best_epoch": (int,), "train_seconds": (int, float), "stopped_a
                  "stopped_because": (str,)}
 
 
-def read_run(folder: Path, name: str) -> dict:
-    """Run folder `folder` as a row named `name`."""
+def read_run(folder: Path, name: str, strict: bool = False) -> dict:
+    """Run folder `folder` as a row named `name`. A damaged file is a note in the row (`facetl runs` lists what it
+    can); `strict` (a sweep's or folds' own finished trial, about to be summed up) raises it as one line instead."""
     folder, notes = Path(folder), []
     config = _read_config(folder, notes)
     history = _attempt(lambda: read_history(folder), notes) or []
@@ -33,6 +34,8 @@ def read_run(folder: Path, name: str) -> dict:
         record = _typed_record(record, notes)
     best_epoch = record.best_epoch if record else (min(history, key=_loss)["epoch"] if history else None)
     best = next((h for h in history if h["epoch"] == best_epoch), {})
+    if strict and notes:
+        raise FacetlError(notes[0])
     row = {"run": name, "backbone": config.get("backbone"), "strategy": config.get("strategy"),
            "lr": _number(config.get("lr")), "epochs": _number(config.get("epochs")), "best_epoch": best_epoch,
            **{m.key: _number((metrics or {}).get(m.key)) for m in summary_metrics()},

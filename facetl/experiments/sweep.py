@@ -97,14 +97,14 @@ def write_tables(out: Path, book: JobBook) -> list[dict]:
     returns their rows."""
     names, folds = book.meta.get("points", []), book.meta.get("folds") or 0
     if not folds:
-        rows = [read_run(out / name, name) for name in names if (out / name / "metrics.json").is_file()]
+        rows = [read_run(out / name, name, strict=True) for name in names if (out / name / "metrics.json").is_file()]
         if rows:
             write_results(out, rows, book.meta.get("select") or "val_loss")
         return rows
     split_by, sweep_rows = book.meta.get("split_by"), []
     for point in book.meta.get("grid", []):
         fold_names = [n.split("/", 1)[1] for n in names if n.startswith(point + "/")]
-        rows = [read_run(out / point / fold, fold) for fold in fold_names
+        rows = [read_run(out / point / fold, fold, strict=True) for fold in fold_names
                 if (out / point / fold / "metrics.json").is_file()]
         if rows:
             write_fold_results(out / point, rows, folds, split_by)
