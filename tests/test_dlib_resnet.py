@@ -81,6 +81,16 @@ def celebrity_files(shared_datasets, per_person: int, first: int = 0) -> tuple[l
     return files, labels
 
 
+def people_folder(shared_datasets, data: Path, people: int, per_person: int) -> tuple[list[Path], Path]:
+    """The first `people` celebrities' first crops copied into class folders under `data`; the files chosen."""
+    files, labels = celebrity_files(shared_datasets, per_person=per_person)
+    for file, label in zip(files, labels):
+        if label < people:
+            (data / file.parent.name).mkdir(parents=True, exist_ok=True)
+            (data / file.parent.name / file.name).write_bytes(file.read_bytes())
+    return files, data
+
+
 def rgb(path: Path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB"))
 
@@ -244,12 +254,7 @@ def test_a_frozen_dlib_run_caches_its_features_and_exports_to_onnx(cached_weight
     from facetl.inference.run import load_run
     from facetl.runtime import Runtime
 
-    files, labels = celebrity_files(shared_datasets, per_person=8)
-    data = tmp_path / "two"
-    for file, label in zip(files, labels):
-        if label < 2:
-            (data / file.parent.name).mkdir(parents=True, exist_ok=True)
-            (data / file.parent.name / file.name).write_bytes(file.read_bytes())
+    files, data = people_folder(shared_datasets, tmp_path / "two", people=2, per_person=8)
     run = tmp_path / "run"
     assert main(["train", "--data", str(data), "--backbone", "dlib_resnet", "--weights", "dlib", "--strategy",
                  "frozen", "--epochs", "2", "--out", str(run)]) == 0
@@ -273,12 +278,7 @@ def test_arcface_crops_are_recut_to_dlibs_framing_everywhere(cached_weights, sha
     from facetl.inference.run import load_run
     from facetl.runtime import Runtime
 
-    files, labels = celebrity_files(shared_datasets, per_person=6)
-    data = tmp_path / "three"
-    for file, label in zip(files, labels):
-        if label < 3:
-            (data / file.parent.name).mkdir(parents=True, exist_ok=True)
-            (data / file.parent.name / file.name).write_bytes(file.read_bytes())
+    files, data = people_folder(shared_datasets, tmp_path / "three", people=3, per_person=6)
     run = tmp_path / "run"
     assert main(["train", "--data", str(data), "--backbone", "dlib_resnet", "--weights", "dlib", "--crops",
                  "arcface", "--epochs", "2", "--out", str(run)]) == 0
