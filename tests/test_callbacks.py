@@ -109,3 +109,36 @@ def test_callbacks_without_some_hooks_and_stop_reasons():
     callbacks.fit_end({})
     callbacks.close()
     assert (first.rows, second.rows, third.rows, lines) == ([1], [1], [1], [])
+
+
+class Steps(Callback):
+    """Hears the stages of steps, as a progress bar would: each stage's name, its size and how far it got."""
+
+    def __init__(self):
+        self.stages = []
+
+    def on_progress_start(self, stage, total, unit):
+        self.stages.append([stage, total, unit, 0])
+
+    def on_progress(self, done):
+        self.stages[-1][3] = done
+
+
+@needs_smiles
+def test_progress_is_a_callback_that_hears_every_batch_of_training_and_validation_and_replaces_the_bars(
+        tmp_path, capsys, monkeypatch):
+    steps = Steps()
+    fit(small(tmp_path, "steps", epochs=2), progress=True, callbacks=[steps])
+    # 160 images in batches of 16: 128 train (8 batches), 16 val and 16 test (1 each)
+    assert steps.stages == [["epoch 1/2", 8, "batch", 8],
+                            ["validate", 1, "batch", 1], ["epoch 2/2", 8, "batch", 8], ["validate", 1, "batch", 1],
+                            ["test", 1, "batch", 1]]
+    assert "epoch 1/2:" not in capsys.readouterr().out  # a callback that hears the steps replaces the default bars
+
+    import facetl.progress
+    monkeypatch.setattr(facetl.progress, "LINE_SECONDS", 0.0)  # without a terminal: a line per step, as a long one
+    fit(small(tmp_path, "bars", epochs=1), progress=True)
+    out = capsys.readouterr().out
+    assert "epoch 1/1: 4/8 (50%) batch" in out and "epoch   1/1  train loss" in out
+    quiet = fit(small(tmp_path, "quiet", epochs=1), progress=False)
+    assert "epoch 1/1:" not in capsys.readouterr().out and quiet.metrics["n_images"] == 16

@@ -6,6 +6,10 @@ in this order:
 
     on_check(where, reads, own_run)  before any work: refuse (FacetlError) what the callback could not do
     on_fit_start(run)                the run folder, the resolved config and the record are ready; training begins
+    on_progress_start(stage, total, unit)  a stage of steps begins: the LR range test, an epoch's training
+                                     ("epoch 3/12"), a validation, the final split ("test")
+    on_progress(done)                `done` of the stage's `total` steps are through
+    on_progress_end()                the stage is over
     on_epoch_end(row, best)          an epoch is checkpointed (`row`: its history.csv row); may return a reason
                                      to stop training (a pruned trial), which the run records as an early stop
     on_final_split(final)            the final split is predicted, before its report is written
@@ -13,7 +17,9 @@ in this order:
     close()                          always, last, even when the run failed: release what it holds
 
 A callback is any object with some of these methods; subclass `Callback` for the no-op defaults. Whoever starts
-the work (a command) assembles the callbacks and hands them to fit; fit builds none. One callback object may hear
+the work (a command) assembles the callbacks and hands them to fit. fit builds one at most: the progress bars
+(facetl.train.progress_bars), when asked for progress and none was handed over, as Lightning's Trainer adds its
+progress bar. One callback object may hear
 several runs one after another (a sweep's points): each begins with on_fit_start and ends with close.
 
 A callback that raises during a run is said once in the log and left out of the rest of that run (closed at once):
@@ -23,7 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 if TYPE_CHECKING:
     import torch
@@ -65,6 +71,15 @@ class Callback:
     def on_fit_start(self, run: RunInfo) -> None:
         """Training begins."""
 
+    def on_progress_start(self, stage: str, total: int, unit: str) -> None:
+        """A stage of `total` steps (`unit`: batch, step) begins."""
+
+    def on_progress(self, done: int) -> None:
+        """`done` steps of the stage are through."""
+
+    def on_progress_end(self) -> None:
+        """The stage is over (finished, or left by an error)."""
+
     def on_epoch_end(self, row: dict, best: dict) -> str | None:
         """An epoch is checkpointed. Return a reason to stop training, or None."""
         return None
@@ -79,7 +94,8 @@ class Callback:
         """The run is over, finished or failed."""
 
 
-HOOKS = ("on_fit_start", "on_epoch_end", "on_final_split", "on_fit_end")
+HOOKS = ("on_fit_start", "on_progress_start", "on_progress", "on_progress_end", "on_epoch_end", "on_final_split",
+         "on_fit_end")
 
 
 class Callbacks:
@@ -91,6 +107,19 @@ class Callbacks:
 
     def fit_start(self, run: RunInfo) -> None:
         self._each("on_fit_start", run)
+
+    def steps(self, items: Sequence, stage: str, unit: str = "batch") -> Iterator:
+        """Iterate `items` (a stage's steps), telling the callbacks each step that is through."""
+        if not self.active:  # other ranks, quiet runs: nothing to tell
+            yield from items
+            return
+        self._each("on_progress_start", stage, len(items), unit)
+        try:
+            for done, item in enumerate(items, start=1):
+                yield item
+                self._each("on_progress", done)
+        finally:
+            self._each("on_progress_end")
 
     def epoch_end(self, row: dict, best: dict) -> str | None:
         """The first reason to stop that a callback gives, or None (every callback hears the epoch)."""

@@ -56,6 +56,7 @@ from facetl.train.lrfind import range_test
 from facetl.train.loop import (Evaluator, NonFiniteLoss, Optimisation, accuracy, balanced_order, class_weights,
                                train_one_epoch)
 from facetl.train.callbacks import Callbacks, FinalSplit, RunInfo, check_callbacks
+from facetl.train.progress_bars import ProgressBars, draws_progress
 from facetl.train.optim import (carry_state, describe_groups, make_optimizer, parameter_groups,
                                 set_learning_rates)
 from facetl.train.recipe import complete_recipe
@@ -112,11 +113,11 @@ def silence_stdout() -> None:
 
 @dataclass
 class RunContext:
-    """Where a run writes (its folder and log), whether it shows progress bars, and where it runs."""
+    """Where a run writes (its folder and log), where it runs, and who hears of it."""
 
     folder: Path
     log: RunLog
-    progress: bool
+    progress: bool  # bars while images and features are prepared; the steps of training go to the callbacks
     runtime: Runtime
     callbacks: Callbacks = field(default_factory=lambda: Callbacks((), print))  # rank 0's; none on other ranks
 
@@ -165,7 +166,8 @@ def fit(config: TrainConfig, resume: bool = False, progress: bool = True, quiet:
         only_find_lr: bool = False, callbacks: Sequence = ()) -> RunResult:
     """Train one run into config.out. `callbacks` (facetl.train.callbacks: trackers, a search's pruner, pictures of
     the final split) hear of the run's start, each epoch, the final split and its end, on rank 0 only; each is
-    closed when the run ends, finished or failed. `only_find_lr`: stop after the LR range test (facetl lr-find);
+    closed when the run ends, finished or failed. `progress`: bars while data is prepared, and ProgressBars for the
+    steps unless a callback handed over hears them itself. `only_find_lr`: stop after the LR range test (facetl lr-find);
     metrics then hold {"suggested_lr": ...}."""
     config.check()
     runtime = Runtime.for_training(config.device, config.precision)
@@ -181,6 +183,8 @@ def fit(config: TrainConfig, resume: bool = False, progress: bool = True, quiet:
         config = dataclasses.replace(config, out=str(folder))
         main = runtime.group.is_main
         log = RunLog(folder / "train.log" if main else None, quiet or not main)
+        callbacks = [*callbacks, ProgressBars()] if progress and not any(map(draws_progress, callbacks)) \
+            else list(callbacks)
         ctx = RunContext(folder, log, progress and main, runtime, Callbacks(callbacks if main else (), log))
         if not main:
             return _fit(config, ctx, resume, only_find_lr)
@@ -341,7 +345,7 @@ def find_lr(config: TrainConfig, setup: Setup, source, ctx: RunContext, strategy
         raise FacetlError("--lr auto and lr-find run in one process: find the LR first, then pass it with --nproc")
     probe = dataclasses.replace(config, lr=1e-3)  # only the groups' ratios matter: the test sets the LRs itself
     test = range_test(_optimisation(probe, setup, ctx, None), source, setup.data.labels, setup.data.index("train"),
-                      config.seed, progress=ctx.progress)
+                      config.seed, wrap_steps=lambda steps: ctx.callbacks.steps(steps, "LR range test", "step"))
     name = "lr_find" + (f"-{strategy.replace(':', '')}" if strategy else "")
     atomic_write_csv(ctx.folder / f"{name}.csv", ["lr", "loss", "smoothed_loss"], test.rows())
     plot_lr_find(test.lrs, test.losses, test.smoothed, test.suggestion, ctx.folder / f"{name}.png",
@@ -451,7 +455,7 @@ def evaluate_split(evaluator: Evaluator, index: np.ndarray, desc: str, ctx: RunC
     """Each rank evaluates its share; the gathered result equals one process evaluating all of it."""
     group = ctx.runtime.group
     mine = group.shard(index)
-    result = evaluator(mine, desc, ctx.progress)
+    result = evaluator(mine, lambda batches: ctx.callbacks.steps(batches, desc))
     probs, loss_sum = group.gather_in_order(len(index), result["probs"], result["loss"] * len(mine))
     right = accuracy(probs, evaluator.labels[index]) if len(index) else float("nan")
     return {"loss": loss_sum / max(len(index), 1), "acc": right, "probs": probs}
@@ -484,8 +488,8 @@ def run_epochs(config: TrainConfig, setup: Setup, source, state: TrainingState, 
         generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch * 101 + group.rank)
         torch.manual_seed(config.seed * 100_003 + epoch * 101 + group.rank)  # dropout
         try:
-            sums = train_one_epoch(state.opt, source, data.labels, order, generator, f"epoch {epoch}/{config.epochs}",
-                                   ctx.progress)
+            sums = train_one_epoch(state.opt, source, data.labels, order, generator,
+                                   lambda batches: ctx.callbacks.steps(batches, f"epoch {epoch}/{config.epochs}"))
         except NonFiniteLoss as exc:
             kept = "best.pt and last.pt keep the last good epoch" if state.history else "no epoch finished"
             raise FacetlError(f"stopped at epoch {epoch}: {exc}; {kept}") from None
@@ -642,7 +646,7 @@ def calibrate(evaluator: Evaluator, data: PreparedData, ctx: RunContext) -> tupl
     there. Every rank fits on the same gathered logits, so all agree on T."""
     index = data.index("val")
     group = ctx.runtime.group
-    mine = evaluator(group.shard(index), "calibrate", ctx.progress)["logits"]
+    mine = evaluator(group.shard(index), lambda batches: ctx.callbacks.steps(batches, "calibrate"))["logits"]
     logits, _ = group.gather_in_order(len(index), mine, 0.0)
     labels = data.labels[index]
     t = fit_temperature(logits, labels)

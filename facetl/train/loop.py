@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -11,8 +11,9 @@ from torch import nn
 
 from facetl.errors import FacetlError
 from facetl.models.outputs import probabilities
-from facetl.progress import progress_bar
 from facetl.runtime import Precision
+
+Steps = Callable[[Sequence], Iterable]  # wraps a stage's steps: iterates them, telling whoever listens
 
 
 def loss_fn(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None,
@@ -91,16 +92,16 @@ class Optimisation:
 
 
 def train_one_epoch(opt: Optimisation, source, labels: np.ndarray, order: np.ndarray, generator: torch.Generator,
-                    desc: str = "train", progress: bool = True) -> dict:
-    """Train over `order` in batches. Returns sums (loss, correct, seen) so that ranks can add theirs up.
+                    steps: Steps = iter) -> dict:
+    """Train over `order` in batches; `steps` wraps the batches (fit's tells the callbacks, progress bars among
+    them, of each one through). Returns sums (loss, correct, seen) so that ranks can add theirs up.
     Loss and right answers add up on the device and are read once, at the end: a read per step would make the
     host wait for the GPU every batch (on a CPU it costs nothing, so there the loss is checked every step)."""
     opt.model.eval()  # the frozen prefix computes as it did for the feature cache (no dropout, no drop-path)
     opt.part.train()  # safe: frozen batch-norm layers were replaced by ones that a .train() call cannot unfreeze
     sums, lrs = None, []
     watch = FiniteWatch(check_every=1 if opt.precision.device.type == "cpu" else FINITE_CHECK_EVERY)
-    for number, (start, stop) in enumerate(progress_bar(batch_bounds(len(order), opt.batch_size), desc=desc,
-                                                        unit="batch", enabled=progress, summary=False), start=1):
+    for number, (start, stop) in enumerate(steps(batch_bounds(len(order), opt.batch_size)), start=1):
         if opt.schedule is not None:
             lrs.append(opt.schedule(start / max(len(order), 1)))
         batch = order[start:stop]
@@ -210,11 +211,10 @@ class Evaluator:
     temperature: float = 1.0      # the run's calibration: divides the logits before the probabilities (not the loss)
 
     @torch.inference_mode()
-    def __call__(self, index: np.ndarray, desc: str = "eval", progress: bool = True) -> dict:
+    def __call__(self, index: np.ndarray, steps: Steps = iter) -> dict:
         self.model.eval()
         probs, raw, total_loss = [], [], None
-        for start in progress_bar(range(0, len(index), self.batch_size), desc=desc, unit="batch",
-                                  enabled=progress, summary=False):
+        for start in steps(range(0, len(index), self.batch_size)):
             batch = index[start:start + self.batch_size]
             z = self.source.batch(batch, None)
             y = torch.as_tensor(self.labels[batch]).to(z.device, non_blocking=True)

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from facetl.progress import progress_bar
 from facetl.train.loop import NonFiniteLoss, Optimisation, train_step
 
 SMOOTHING = 0.98       # exponential smoothing of the loss, debiased (fastai's)
@@ -42,7 +41,7 @@ class LRRange:
 
 
 def range_test(opt: Optimisation, source, labels: np.ndarray, index: np.ndarray, seed: int,
-               sweep: LRRange = LRRange(), progress: bool = True) -> RangeTest:
+               sweep: LRRange = LRRange(), wrap_steps: Steps = iter) -> RangeTest:
     start, end, steps = sweep.start, sweep.end, sweep.steps
     model_state = copy.deepcopy(opt.model.state_dict())
     optimizer_state = copy.deepcopy(opt.optimizer.state_dict())
@@ -54,7 +53,7 @@ def range_test(opt: Optimisation, source, labels: np.ndarray, index: np.ndarray,
     opt.model.eval()
     opt.part.train()
     try:
-        for i in progress_bar(range(steps), desc="LR range test", unit="step", enabled=progress, summary=False):
+        for i in wrap_steps(range(steps)):
             lr = start * (end / start) ** (i / (steps - 1))
             for group in opt.optimizer.param_groups:
                 group["lr"] = lr * group["base_lr"] / head_peak
