@@ -15,7 +15,7 @@ from facetl.runtime.signals import terminate_as_interrupt
 
 # The commands, in `facetl --help`'s order: facetl/commands/<module>.py each (lr_find.py is `facetl lr-find`).
 MODULES = ("train", "lr_find", "sweep", "tune", "runs", "evaluate", "predict", "explain", "faces", "inspect", "cache",
-           "backbones", "export", "demo", "serve", "classes")
+           "backbones", "export", "demo", "serve")
 
 
 def command_module(name: str):
