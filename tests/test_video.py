@@ -458,3 +458,19 @@ def test_annotating_with_every_k_holds_a_bounded_number_of_frames(run, clip_fram
                                               str(tmp_path / path.stem))
         assert code == 0
     assert peaks["long.mp4"] - peaks["short.mp4"] < 150, peaks
+
+
+def test_a_label_of_a_face_at_the_right_edge_of_a_frame_stays_inside_it():
+    from facetl.inference.annotate import FacePainter
+    from facetl.inference.video import TrackedFace
+
+    frame = np.full((120, 320, 3), 255, np.uint8)
+    face = TrackedFace(3, (280.0, 60.0, 38.0, 50.0), 0.99, np.array([0.1, 0.9]), np.array([0.1, 0.9]), "positives",
+                       0.9, None, "positives")
+    painted = FacePainter(320, 120).paint(frame, [face])
+    label_rows = painted[: 60 - 2]  # above the box: the label's filled band alone
+    filled = np.flatnonzero((label_rows != 255).any(axis=(0, 2)))
+    # the whole text "#3 positives 0.90" is wider than the 40 px right of the box: the band starts left of it and
+    # reaches no further than the frame's edge
+    assert filled.min() < 280 and filled.max() == 319
+    assert filled.max() - filled.min() > 80

@@ -89,8 +89,9 @@ def _annotated_png(source: Path, rows: list[Prediction]) -> bytes:
         text = _caption(p)
         box = draw.textbbox((x, y), text, font=font)
         top = max(0, y - (box[3] - box[1]) - 4)
-        draw.rectangle((x, top, x + box[2] - box[0] + 6, top + box[3] - box[1] + 4), fill=(40, 220, 60))
-        draw.text((x + 3, top + 1 - box[1] + y), text, fill=(0, 0, 0), font=font)
+        left = max(0, min(x, image.width - (box[2] - box[0] + 6)))  # a face at the right edge: its label stays in
+        draw.rectangle((left, top, left + box[2] - box[0] + 6, top + box[3] - box[1] + 4), fill=(40, 220, 60))
+        draw.text((left + 3, top + 1 - box[1] + y), text, fill=(0, 0, 0), font=font)
     buffer = io.BytesIO()
     image.save(buffer, "PNG")
     return buffer.getvalue()
@@ -111,6 +112,7 @@ class FacePainter:
     """Boxes, track numbers and labels drawn on frames (PIL), sized for the frame."""
 
     def __init__(self, width: int, height: int):
+        self.width = width
         self.line = max(2, round(max(width, height) / 320))
         self.font = ImageFont.load_default(size=max(12, round(max(width, height) / 40)))
 
@@ -126,6 +128,7 @@ class FacePainter:
             text = f"#{face.track} {face.label}" + ("" if face.probability is None else f" {face.probability:.2f}")
             left, top, right, bottom = draw.textbbox((0, 0), text, font=self.font)
             y0 = max(0, y - (bottom - top) - 6)
-            draw.rectangle((x, y0, x + right - left + 6, y0 + bottom - top + 6), fill=colour)
-            draw.text((x + 3 - left, y0 + 3 - top), text, fill=(0, 0, 0), font=self.font)
+            x0 = max(0, min(x, self.width - (right - left + 6)))  # a face at the frame's right edge: the label stays in
+            draw.rectangle((x0, y0, x0 + right - left + 6, y0 + bottom - top + 6), fill=colour)
+            draw.text((x0 + 3 - left, y0 + 3 - top), text, fill=(0, 0, 0), font=self.font)
         return np.asarray(image)
