@@ -18,12 +18,16 @@ everything else. Then the row the gender target is judged by: gender's best star
 identity`, so that every person is tested once.
 
     .venv/bin/python benchmarks/bench_transfer.py --shared ../shared/datasets --out /tmp/transfer \
-        [--tasks smile,gender,identity] [--starts scratch,run,fer,dlib] [--strategies frozen,tuned] [--quick]
+        [--tasks smile,gender,identity] [--starts scratch,run,fer,dlib] [--strategies frozen,tuned] \
+        [--limit N] [--quick]
 
 Every arm runs the installed command, `python -m facetl train ...`, in its own process, so its wall time is what
 a user waits (start-up, decoding, features and training); its command line is printed above its row. Every arm is
 an ordinary run folder under --out; a finished arm is reused when the script runs again (its time then says
-"reused"). --quick: 400 images and 1 epoch per arm, to check that it runs (its figures mean nothing).
+"reused"). --limit N: every arm of every task on the same stratified N-image subset (facetl's --limit, seeded, so every
+start of a task sees the same images and split): the whole table in under an hour on a laptop CPU; the gender
+folds row keeps all the images. --quick: 400 images and 1 epoch per arm, to check that it runs (its figures mean
+nothing).
 """
 from __future__ import annotations
 
@@ -36,6 +40,7 @@ import shlex
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
@@ -45,6 +50,17 @@ STARTS = {
     "dlib": ["--backbone", "dlib_resnet", "--weights", "dlib"],
 }
 STRATEGIES = ("frozen", "tuned")
+
+
+@dataclass(frozen=True)
+class Sizing:
+    quick: bool = False        # 400 images and 1 epoch an arm: does it run?
+    limit: int | None = None   # every single-split arm on this stratified subset of its task
+
+    def flags(self, folds: bool) -> list[str]:
+        if self.quick:
+            return ["--limit", "400", "--epochs", "1"]
+        return ["--limit", str(self.limit)] if self.limit and not folds else []
 
 
 def tasks(shared: Path) -> dict[str, list[str]]:
@@ -57,12 +73,12 @@ def tasks(shared: Path) -> dict[str, list[str]]:
     }
 
 
-def start_flags(task: str, start: str, out: Path, all_tasks: dict, quick: bool, say) -> list[str]:
+def start_flags(task: str, start: str, out: Path, all_tasks: dict, sizing: Sizing, say) -> list[str]:
     if start == "run":  # another task's from-scratch run (its preprocessing comes with it), trained when missing
         other = "gender" if task == "smile" else "smile"
         source = f"{other}-scratch-tuned"
-        train(out, source, [*all_tasks[other], *start_flags(other, "scratch", out, all_tasks, quick, say),
-                            "--strategy", "full"], quick, say)
+        train(out, source, [*all_tasks[other], *start_flags(other, "scratch", out, all_tasks, sizing, say),
+                            "--strategy", "full"], sizing, say)
         return ["--weights", str(out / source)]
     flags = list(STARTS[start])
     if start == "scratch" and task == "smile":
@@ -72,10 +88,9 @@ def start_flags(task: str, start: str, out: Path, all_tasks: dict, quick: bool, 
     return flags
 
 
-def train(out: Path, name: str, flags: list[str], quick: bool, say) -> dict:
+def train(out: Path, name: str, flags: list[str], sizing: Sizing, say) -> dict:
     folder = out / name
-    if quick:
-        flags = [*flags, "--limit", "400", "--epochs", "1"]
+    flags = [*flags, *sizing.flags(folds="--folds" in flags)]
     command = [sys.executable, "-m", "facetl", "train", *flags, "--out", str(folder)]
     finished = folder / ("results.csv" if "--folds" in flags else "metrics.json")
     if finished.is_file():
@@ -110,9 +125,9 @@ def row(start: str, result: dict) -> str:
     return f"| {start} | {result['strategy']} | {accuracy} | {auc} | {wall} |"
 
 
-def arm(out, name, start, flags, quick, say) -> dict | None:
+def arm(out, name, start, flags, sizing, say) -> dict | None:
     try:
-        result = train(out, name, flags, quick, say)
+        result = train(out, name, flags, sizing, say)
     except Exception as exc:  # noqa: BLE001 - a benchmark reports every arm it can
         say(f"| {start} | {name} | failed: {type(exc).__name__}: {str(exc)[:160]} | | |")
         return None
@@ -128,8 +143,10 @@ def main() -> None:
     parser.add_argument("--starts", default="scratch,run,fer,dlib")
     parser.add_argument("--strategies", default="frozen,tuned")
     parser.add_argument("--folds", type=int, default=5, help="gender's cross-validation over people (0: none)")
+    parser.add_argument("--limit", type=int, help="every single-split arm on this stratified subset of each task")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
+    sizing = Sizing(args.quick, args.limit)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     lines: list[str] = []
@@ -142,7 +159,9 @@ def main() -> None:
     import torch
 
     say(f"Measured {date.today()} on {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"torch {torch.__version__}" + (" (--quick: the figures mean nothing)" if args.quick else ""), "")
+        f"torch {torch.__version__}" + (" (--quick: the figures mean nothing)" if args.quick else "")
+        + (f"; every single-split arm on a stratified {args.limit}-image subset of its task" if args.limit else ""),
+        "")
     all_tasks = tasks(Path(args.shared).resolve())
     starts = args.starts.split(",")
     order = sorted(starts, key=lambda s: s != "scratch")  # the 'run' start of a task is another's scratch run
@@ -155,11 +174,11 @@ def main() -> None:
                 chosen = ["--strategy", "frozen" if strategy == "frozen" else
                           ("full" if start == "scratch" else "gradual")]
                 try:
-                    flags = [*all_tasks[task], *start_flags(task, start, out, all_tasks, args.quick, say), *chosen]
+                    flags = [*all_tasks[task], *start_flags(task, start, out, all_tasks, sizing, say), *chosen]
                 except Exception as exc:  # noqa: BLE001
                     say(f"| {start} | {strategy} | failed: {type(exc).__name__}: {str(exc)[:160]} | | |")
                     continue
-                result = arm(out, name, start, flags, args.quick, say)
+                result = arm(out, name, start, flags, sizing, say)
                 if result and result["accuracy"] > best.get(task, (-1,))[0]:
                     best[task] = (result["accuracy"], start, flags)
         say("| imagenet | frozen, fine-tuned | not measured: no network to fetch ImageNet weights | | |", "")
@@ -169,7 +188,7 @@ def main() -> None:
             "| start | strategy | mean test accuracy ± std | mean ROC-AUC | wall s |", "|---|---|---|---|---|")
         split_flags = [f for f in flags if f not in ("--split-by", "identity")]
         arm(out, f"gender-{start}-folds", start, [*split_flags, "--split-by", "identity", "--folds", str(args.folds)],
-            args.quick, say)
+            sizing, say)
         say("")
 
 

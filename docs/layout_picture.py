@@ -3,7 +3,7 @@
     .venv/bin/python docs/layout_picture.py
 
 Each row is a tier (a layers contract entry), top to bottom in the order imports may go; rooms in a row joined
-by `|` must not import each other, rooms joined by `:` may only import the ones to their right.
+by `|` must not import each other, rooms joined by `:` may import each other.
 """
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from facetl.errors import FacetlError
 if TYPE_CHECKING:  # for the signatures only: importing these pulls in torch
     from PIL.Image import Image
 
-    from facetl.commands.predict import Prediction
+    from facetl.inference.photos import Prediction
     from facetl.config import TrainConfig
     from facetl.inference.classifiers import Classifier
     from facetl.train.fit import RunResult
@@ -70,7 +70,7 @@ class Model:
         """
         import tempfile
 
-        from facetl.commands.predict import predict
+        from facetl.inference.photos import predict
 
         items = list(images) if isinstance(images, (list, tuple)) else [images]
         with tempfile.TemporaryDirectory(prefix="facetl-api-") as scratch:
@@ -202,7 +202,7 @@ def evaluate(run: str | Path, split: str = "test", data: str | None = None, imag
     Raises:
         FacetlError: not a finished run, its data has changed or cannot be found, or the split is empty.
     """
-    from facetl.commands.evaluate import DataLocation, evaluate_run
+    from facetl.evaluate_run import DataLocation, evaluate_run
     from facetl.runtime import Runtime
 
     metrics, folder = evaluate_run(run, split, Runtime.for_inference(device), False,

@@ -21,7 +21,7 @@ from facetl.data.folders import find_images
 from facetl.data.images import decode_image
 from facetl.errors import FacetlError
 from facetl.evaluate.predictions import SplitResult
-from facetl.commands.evaluate import evaluate_run
+from facetl.evaluate_run import evaluate_run
 from facetl.gradcam import (default_layer, grad_cam, map_sides, output_stems, resolve_layer, run_targets,
                             write_gradcam_gallery)
 from facetl.inference.run import load_run

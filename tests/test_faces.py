@@ -190,7 +190,7 @@ def test_unknown_detector_and_bad_settings_are_one_line():
 
 
 def test_extract_faces_end_to_end(tmp_path, astronaut, celebrity_crops, detector):
-    from facetl.commands.faces import FACES_CSV_HEADER, extract_faces
+    from facetl.data.face_crops import FACES_CSV_HEADER, extract_faces
     from facetl.data.spec import DataSpec
 
     data = tmp_path / "photos"
