@@ -8,29 +8,29 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from commandline import facetl, one_line_error
+from commandline import facetl, in_process, one_line_error
 from facetl.cli import MODULES, build_parser, command_module
 
 
-def test_an_abbreviated_flag_is_refused_and_the_full_name_suggested():
-    result = facetl("train", "--data", "x", "--epoch", "0")
+def test_an_abbreviated_flag_is_refused_and_the_full_name_suggested(capsys):
+    result = facetl("train", "--data", "x", "--epoch", "0")  # a fresh process, its output in a file
     line = one_line_error(result, "unrecognized arguments: --epoch", "did you mean --epochs?")
     assert line.startswith("facetl train: error:") and line.endswith("(see facetl train --help)")
-    one_line_error(facetl("export", "runs/x", "--ou", "y"), "unrecognized arguments: --ou", "did you mean --out?")
+    one_line_error(in_process(capsys, "export", "runs/x", "--ou", "y"), "unrecognized arguments: --ou", "did you mean --out?")
 
 
 @pytest.mark.parametrize("args, command", [(["export", "runs/x", "--bogus"], "export"),
                                            (["inspect", "--out", "somewhere"], "inspect"),
                                            (["evaluate", "runs/x", "--subset", "train"], "evaluate")])
-def test_an_error_names_the_commands_own_help(args, command):
-    line = one_line_error(facetl(*args))
+def test_an_error_names_the_commands_own_help(args, command, capsys):
+    line = one_line_error(in_process(capsys, *args))
     assert line.startswith(f"facetl {command}: error:") and line.endswith(f"(see facetl {command} --help)"), line
 
 
-def test_a_command_accepts_only_the_flags_it_uses():
+def test_a_command_accepts_only_the_flags_it_uses(capsys):
     for flag, value in (("--folds", "3"), ("--track", "mlflow"), ("--patience", "2")):
-        one_line_error(facetl("lr-find", "--data", "x", flag, value), f"unrecognized arguments: {flag}")
-    help_text = facetl("lr-find", "--help").stdout
+        one_line_error(in_process(capsys, "lr-find", "--data", "x", flag, value), f"unrecognized arguments: {flag}")
+    help_text = in_process(capsys, "lr-find", "--help").stdout
     assert "--folds" not in help_text and "--track" not in help_text and "--epochs" in help_text
 
 
@@ -48,27 +48,27 @@ def test_train_help_is_grouped_short_and_shows_no_python_reprs():
     assert "--track-group" not in result.stdout  # internal: set by sweep and --folds
 
 
-def test_every_command_help_is_grouped_and_free_of_reprs():
-    for module in MODULES:
+def test_every_command_help_is_grouped_and_free_of_reprs(capsys):
+    for module in MODULES:  # in this process: train's own --help above is the fresh-process check
         name = module.replace("_", "-")
-        text = facetl(name, "--help").stdout
+        text = in_process(capsys, name, "--help").stdout
         assert text.startswith(f"usage: facetl {name}"), name
         assert not re.search(r"\bNone\b|\[\d|\['", text), f"facetl {name} --help shows a Python repr"
 
 
-def test_the_run_to_resume_is_given_as_elsewhere_and_the_older_way_still_parses():
+def test_the_run_to_resume_is_given_as_elsewhere_and_the_older_way_still_parses(capsys):
     parser = build_parser(only="train")
     assert parser.parse_args(["train", "runs/a", "--resume", "--epochs", "3"]).run == "runs/a"
     assert parser.parse_args(["train", "--resume", "runs/a", "--epochs", "3"]).resume == "runs/a"
-    one_line_error(facetl("train", "runs/nope"), "only to continue it", "facetl train runs/nope --resume")
-    one_line_error(facetl("train", "runs/nope", "--resume"), "nothing to resume", "runs/nope")
+    one_line_error(in_process(capsys, "train", "runs/nope"), "only to continue it", "facetl train runs/nope --resume")
+    one_line_error(in_process(capsys, "train", "runs/nope", "--resume"), "nothing to resume", "runs/nope")
 
 
 def test_evaluate_split_is_now_subset_and_the_old_name_warns(capsys):
     args = build_parser(only="evaluate").parse_args(["evaluate", "runs/a", "--split", "val"])
     assert args.subset == "val"
     assert capsys.readouterr().err.strip() == "warning: --split is now --subset; the old name will go"
-    result = facetl("evaluate", "runs/a", "--split", "train")
+    result = in_process(capsys, "evaluate", "runs/a", "--split", "train")
     one_line_error(result, "--split", "invalid choice: 'train'")
 
 

@@ -35,6 +35,7 @@ def facetl(*args: str, **kwargs) -> subprocess.Popen:
                             text=True, **kwargs)
 
 
+@pytest.mark.slow  # two torchrun processes (half a minute): CI's slow set
 def test_two_process_metrics_equal_a_one_process_evaluation_of_the_same_checkpoint(tmp_path):
     run = tmp_path / "ddp"
     process = facetl("train", "--nproc", "2", *ARGS, "--epochs", "2", "--out", str(run))

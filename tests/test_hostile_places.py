@@ -142,7 +142,7 @@ TRACKING_PLACES = {
 }
 
 
-@pytest.mark.parametrize("command", ["train", "sweep"])
+@pytest.mark.parametrize("command", ["train", pytest.param("sweep", marks=pytest.mark.slow)])  # sweep: CI's slow set
 @pytest.mark.parametrize("case", list(TRACKING_PLACES))
 def test_a_tracking_place_in_the_data_another_run_or_unusable_is_one_line_before_any_folder(world, tmp_path,
                                                                                             command, case):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.commandline import facetl
+from tests.commandline import facetl, in_process
 
 av = pytest.importorskip("av")
 skdata = pytest.importorskip("skimage.data")
@@ -115,7 +115,7 @@ def test_a_photo_gets_the_same_faces_and_probabilities_from_predict_serve_and_a_
     np.testing.assert_allclose(from_video, from_serve, atol=TOLERANCE)
 
 
-def test_faces_none_labels_the_whole_photo_and_crops_stay_crops(crop_run, crops, astronaut, tmp_path):
+def test_faces_none_labels_the_whole_photo_and_crops_stay_crops(crop_run, crops, astronaut, tmp_path, capsys):
     crop = crops / "man" / "00.png"
     whole = facetl("predict", str(crop_run), str(astronaut), "--faces", "none", "--out", str(tmp_path / "none.csv"))
     assert whole.returncode == 0, whole.stderr
@@ -128,8 +128,8 @@ def test_faces_none_labels_the_whole_photo_and_crops_stay_crops(crop_run, crops,
     assert found.returncode == 0
 
     for faces in ("auto", "none"):  # a 112-px crop for a 32-px run is a crop: labelled whole either way
-        result = facetl("predict", str(crop_run), str(crop), "--faces", faces,
-                        "--out", str(tmp_path / f"crop-{faces}.csv"))
+        result = in_process(capsys, "predict", str(crop_run), str(crop), "--faces", faces,
+                            "--out", str(tmp_path / f"crop-{faces}.csv"))
         assert result.returncode == 0 and "their faces are found" not in result.stderr, result.stderr
     assert read_csv(tmp_path / "crop-auto.csv") == read_csv(tmp_path / "crop-none.csv")
     assert "x" not in read_csv(tmp_path / "crop-auto.csv")[0]

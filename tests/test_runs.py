@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from commandline import facetl, one_line_error
+from commandline import facetl, in_process, one_line_error
 from facetl.cli import main
 from facetl.record import RunRecord
 from facetl.inference.run import load_run
@@ -91,7 +91,7 @@ def booby_trapped(path: Path, marker: Path, **extra) -> Path:
     return path
 
 
-def test_a_checkpoint_that_would_run_code_is_refused_everywhere(run, tmp_path):
+def test_a_checkpoint_that_would_run_code_is_refused_everywhere(run, tmp_path, capsys):
     marker = tmp_path / "code-ran"
     shared = tmp_path / "shared-run"
     shutil.copytree(run, shared)
@@ -99,10 +99,10 @@ def test_a_checkpoint_that_would_run_code_is_refused_everywhere(run, tmp_path):
     booby_trapped(shared / "last.pt", marker)
     image = next((SMILES / "negatives").rglob("*.jpg"))
     one_line_error(facetl("evaluate", str(shared)), "best.pt", "refused")
-    one_line_error(facetl("predict", str(shared), str(image)), "best.pt", "refused")
-    one_line_error(facetl("train", "--resume", str(shared), "--epochs", "2"), "last.pt", "refused")
+    one_line_error(in_process(capsys, "predict", str(shared), str(image)), "best.pt", "refused")
+    one_line_error(in_process(capsys, "train", "--resume", str(shared), "--epochs", "2"), "last.pt", "refused")
     weights = booby_trapped(tmp_path / "weights.pth", marker)
-    one_line_error(facetl("train", "--data", str(SMILES), "--weights", str(weights), "--limit", "40",
-                          "--out", str(tmp_path / "new")), "weights.pth", "refused")
+    one_line_error(in_process(capsys, "train", "--data", str(SMILES), "--weights", str(weights), "--limit", "40",
+                              "--out", str(tmp_path / "new")), "weights.pth", "refused")
     assert not marker.exists()
     assert (shared / "config.yaml").is_file() and (shared / "metrics.json").is_file()  # nothing lost
