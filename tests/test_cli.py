@@ -276,7 +276,7 @@ def test_every_command_help_ends_with_examples_that_the_readme_shows():
 NOT_FACETL_FLAGS = {"--nnodes", "--nproc-per-node", "--rdzv-backend", "--rdzv-endpoint", "--rdzv-id",
                     "--markdown", "--quick", "--run", "--smiles", "--celebrity", "--photos", "--true-landmarks",
                     "--only", "--strict", "--runs", "--people-from", "--budget-s", "--cases",
-                    "--seconds", "--logdir", "--backend-store-uri"}  # tensorboard's and mlflow ui's own
+                    "--seconds", "--shared", "--logdir", "--backend-store-uri"}  # tensorboard's and mlflow ui's own
 FLAG = r"(?<![\w-])--[a-z][a-z0-9-]*"
 
 
