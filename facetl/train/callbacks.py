@@ -19,8 +19,8 @@ in this order:
 A callback is any object with some of these methods; subclass `Callback` for the no-op defaults. Whoever starts
 the work (a command) assembles the callbacks and hands them to fit. fit builds one at most: the progress bars
 (facetl.train.progress_bars), when asked for progress and none was handed over, as Lightning's Trainer adds its
-progress bar. One callback object may hear
-several runs one after another (a sweep's points): each begins with on_fit_start and ends with close.
+progress bar. One callback object may hear several runs one after another (a sweep's points): each begins with
+on_fit_start and ends with close.
 
 A callback that raises during a run is said once in the log and left out of the rest of that run (closed at once):
 a callback never stops training, except by asking through on_epoch_end.

@@ -125,6 +125,10 @@ class RunContext:
     def main(self) -> bool:
         return self.runtime.group.is_main
 
+    def steps(self, stage: str, unit: str = "batch"):
+        """What wraps a stage's steps (fit's loops take it): each step through is told to the callbacks."""
+        return lambda items: self.callbacks.steps(items, stage, unit)
+
 
 @dataclass
 class Setup:
@@ -345,7 +349,7 @@ def find_lr(config: TrainConfig, setup: Setup, source, ctx: RunContext, strategy
         raise FacetlError("--lr auto and lr-find run in one process: find the LR first, then pass it with --nproc")
     probe = dataclasses.replace(config, lr=1e-3)  # only the groups' ratios matter: the test sets the LRs itself
     test = range_test(_optimisation(probe, setup, ctx, None), source, setup.data.labels, setup.data.index("train"),
-                      config.seed, wrap_steps=lambda steps: ctx.callbacks.steps(steps, "LR range test", "step"))
+                      config.seed, wrap_steps=ctx.steps("LR range test", "step"))
     name = "lr_find" + (f"-{strategy.replace(':', '')}" if strategy else "")
     atomic_write_csv(ctx.folder / f"{name}.csv", ["lr", "loss", "smoothed_loss"], test.rows())
     plot_lr_find(test.lrs, test.losses, test.smoothed, test.suggestion, ctx.folder / f"{name}.png",
@@ -455,7 +459,7 @@ def evaluate_split(evaluator: Evaluator, index: np.ndarray, desc: str, ctx: RunC
     """Each rank evaluates its share; the gathered result equals one process evaluating all of it."""
     group = ctx.runtime.group
     mine = group.shard(index)
-    result = evaluator(mine, lambda batches: ctx.callbacks.steps(batches, desc))
+    result = evaluator(mine, ctx.steps(desc))
     probs, loss_sum = group.gather_in_order(len(index), result["probs"], result["loss"] * len(mine))
     right = accuracy(probs, evaluator.labels[index]) if len(index) else float("nan")
     return {"loss": loss_sum / max(len(index), 1), "acc": right, "probs": probs}
@@ -489,7 +493,7 @@ def run_epochs(config: TrainConfig, setup: Setup, source, state: TrainingState, 
         torch.manual_seed(config.seed * 100_003 + epoch * 101 + group.rank)  # dropout
         try:
             sums = train_one_epoch(state.opt, source, data.labels, order, generator,
-                                   lambda batches: ctx.callbacks.steps(batches, f"epoch {epoch}/{config.epochs}"))
+                                   ctx.steps(f"epoch {epoch}/{config.epochs}"))
         except NonFiniteLoss as exc:
             kept = "best.pt and last.pt keep the last good epoch" if state.history else "no epoch finished"
             raise FacetlError(f"stopped at epoch {epoch}: {exc}; {kept}") from None
@@ -646,7 +650,7 @@ def calibrate(evaluator: Evaluator, data: PreparedData, ctx: RunContext) -> tupl
     there. Every rank fits on the same gathered logits, so all agree on T."""
     index = data.index("val")
     group = ctx.runtime.group
-    mine = evaluator(group.shard(index), lambda batches: ctx.callbacks.steps(batches, "calibrate"))["logits"]
+    mine = evaluator(group.shard(index), ctx.steps("calibrate"))["logits"]
     logits, _ = group.gather_in_order(len(index), mine, 0.0)
     labels = data.labels[index]
     t = fit_temperature(logits, labels)
